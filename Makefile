@@ -1,0 +1,42 @@
+# fineflow: `make demo` runs the whole pipeline on the embedded local stack; `make test` runs the tests.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+export FINEFLOW_HOME ?= $(CURDIR)/.fineflow
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: env up down status deploy demo test model reset
+
+# The environment: pinned packages (requirements.lock), then this project, editable.
+$(BIN)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+env: $(BIN)/.installed
+
+up: env            ## start S3, MLflow, the Prefect server and worker (idempotent)
+	$(BIN)/python -m infra.stack up
+
+down: env          ## stop the stack and every endpoint it started; state is kept
+	$(BIN)/python -m infra.stack down
+
+status: env        ## each service and endpoint: up or down
+	$(BIN)/python -m infra.stack status
+
+deploy: up         ## register the Prefect deployments in prefect.yaml
+	$(BIN)/python -m infra.demo deploy
+
+demo: env          ## stack up, deployments registered, finetune/quickstart run through the worker
+	$(BIN)/python -m infra.demo
+
+test: env          ## the test suite (starts its own stack on free ports)
+	$(BIN)/python -m pytest tests
+
+model: env         ## rebuild the embedded base model deterministically (about 4 minutes)
+	$(BIN)/python -m infra.tiny_model --out infra/models/tiny-llama
+
+reset: env         ## stop everything and delete the state directory
+	$(BIN)/python -m infra.stack reset

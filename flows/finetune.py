@@ -1,0 +1,66 @@
+"""The ``finetune`` flow: download -> prepare -> finetune -> merge -> evaluate -> deploy -> register.
+
+    prefect deployment run finetune/quickstart
+    python -m flows.finetune deployments/quickstart.yaml      # the same, in this process
+
+The flow only wires steps (``tasks/steps.py``); one MLflow run records it all.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+
+from tasks import steps, tracking
+from tasks.config import load_config
+from tasks.data import PreparedDataset
+from tasks.evaluate import EvalReport
+
+
+class PipelineSummary(BaseModel):
+    mlflow_run_id: str
+    mlflow_run_url: str
+    dataset: PreparedDataset
+    merged_model_uri: str
+    report: EvalReport
+    endpoint_url: str
+    registration: steps.Registration
+
+
+@flow(name="finetune", log_prints=True)
+def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict | None = None) -> PipelineSummary:
+    config = load_config(config_path, overrides)
+    flow_run_id = str(flow_run.get_id() or "local")
+    run_id = tracking.start_run(
+        config.experiment, run_name=f"{config.name}-{flow_run.get_name() or 'local'}",
+        tags={"prefect_flow_run_id": flow_run_id, "base_model": config.model.base_model,
+              "framework": config.finetune.framework, "pipeline": config.name},
+        params=config.model_dump(mode="json"),
+    )
+    tracking.log_text(run_id, config.model_dump_json(indent=1), "config/pipeline.json")
+    try:
+        base = steps.download(config.model.base_model, run_id)
+        data = steps.prepare_dataset(config, run_id)
+        tracking.client().set_tag(run_id, "dataset_hash", data.hash)
+        trained = steps.finetune(config, base, data, run_id)
+        merged = steps.merge(config, base, trained, run_id)
+        report = steps.evaluate_models(config.evaluate, base, merged, data, run_id)
+        endpoint = steps.deploy(config.deploy, merged, config.registry.model_name,
+                                config.data.prompt_template_name, run_id)
+        registration = steps.register(config, endpoint, merged, report, data, run_id, flow_run_id)
+    except BaseException:
+        tracking.end_run(run_id, "FAILED")
+        raise
+    tracking.end_run(run_id, "FINISHED")
+    summary = PipelineSummary(mlflow_run_id=run_id, mlflow_run_url=tracking.run_url(run_id), dataset=data,
+                              merged_model_uri=merged.s3_uri, report=report, endpoint_url=endpoint.url,
+                              registration=registration)
+    get_run_logger().info("pipeline finished: %s", summary.model_dump_json())
+    return summary
+
+
+if __name__ == "__main__":
+    print(finetune(sys.argv[1] if len(sys.argv) > 1 else "deployments/quickstart.yaml").model_dump_json(indent=1))

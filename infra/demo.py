@@ -1,0 +1,128 @@
+"""``make demo``: start the stack, register the deployments, run finetune/quickstart through the worker.
+
+    python -m infra.demo                 # the whole demo
+    python -m infra.demo deploy          # only `prefect deploy --all` against the stack
+    python -m infra.demo run NAME        # run deployment finetune/NAME and print its summary
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from uuid import UUID
+
+import httpx
+
+from infra import stack
+from tasks.settings import REPO_ROOT, Settings
+
+
+def prefect_env() -> dict[str, str]:
+    settings = Settings.load()
+    settings.require("prefect_api_url")
+    return {**os.environ, "PREFECT_API_URL": settings.prefect_api_url, "FINEFLOW_REPO": str(REPO_ROOT)}
+
+
+def register_deployments() -> None:
+    print("registering Prefect deployments from prefect.yaml ...", flush=True)
+    argv = [str(stack.BIN / "prefect"), "--no-prompt", "deploy", "--all"]
+    proc = subprocess.run(argv, cwd=REPO_ROOT, env=prefect_env(), capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        sys.exit(f"prefect deploy failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    print("  deployments: finetune/quickstart, finetune/alpacalora", flush=True)
+
+
+def start_deployment(deployment: str, parameters: dict | None = None) -> UUID:
+    os.environ.update(prefect_env())
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(deployment, parameters=parameters or {}, timeout=0)
+    print(f"flow run {run.name} ({run.id}) of {deployment} scheduled; the worker picks it up ...", flush=True)
+    return run.id
+
+
+def follow(flow_run_id: UUID, timeout_s: float = 3600, echo=print):
+    """Echo the flow run's log lines as they arrive; return its final state."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                    sort=LogSort.TIMESTAMP_ASC, offset=seen, limit=200)
+            for log in logs:
+                echo(f"  {log.timestamp:%H:%M:%S} {log.message[:300]}")
+            seen += len(logs)
+            if state and state.is_final():
+                return state
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flow run {flow_run_id} did not finish within {timeout_s:.0f}s ({state.name})")
+            time.sleep(3)
+
+
+def summary(flow_run_id: UUID) -> dict:
+    """Read what the run produced from MLflow (the system of record) and ask the endpoint once."""
+    from tasks import registry, tracking
+    from tasks.deploy import RelayServer
+
+    client = tracking.client()
+    run = tracking.run_for_flow_run(str(flow_run_id))
+    if run is None:
+        sys.exit(f"no MLflow run is tagged with flow run {flow_run_id}")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = json.loads(open(client.download_artifacts(run.info.run_id, "config/pipeline.json", tmp)).read())
+    model_name, alias = config["registry"]["model_name"], config["registry"]["alias"]
+    version = run.data.tags.get("registered_version")
+    production = registry.alias_version(model_name, alias)
+    if production is None:
+        sys.exit(f"{model_name} has no {alias} version: the gate has never passed ({run.data.tags})")
+    endpoint = registry.version_tags(model_name, production)["endpoint_url"]
+    sample = {"instruction": "Convert the word to upper case.", "input": "fineflow"}
+    from tasks.prompter import Prompter
+
+    prompt = Prompter.from_template(config["data"]["prompt_template_name"]).generate_prompt(sample)
+    response = httpx.post(f"{endpoint}/v1/completions", json={"prompt": prompt, "max_tokens": 24}, timeout=60)
+    response.raise_for_status()
+    m = run.data.metrics
+    return {
+        "mlflow_run": tracking.run_url(run.info.run_id),
+        "model": f"{model_name} version {version}" + ("" if version == production else " (not promoted)"),
+        "alias": f"{alias} -> version {production}",
+        "endpoint": endpoint,
+        "exact_match": f"base {m['base_exact_match']:.3f} -> finetuned {m['candidate_exact_match']:.3f}",
+        "val_loss": f"base {m['base_val_loss']:.3f} -> finetuned {m['candidate_val_loss']:.3f}",
+        "completion": f"{sample['instruction']} {sample['input']!r} -> "
+                      f"{RelayServer.extract_result(response, prompt).strip()!r}",
+    }
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    start = time.monotonic()
+    if args[:1] == ["deploy"]:
+        stack.up()
+        register_deployments()
+        return
+    name = args[1] if args[:1] == ["run"] and len(args) > 1 else "quickstart"
+    if not args:
+        stack.up()
+        register_deployments()
+    flow_run_id = start_deployment(f"finetune/{name}")
+    state = follow(flow_run_id, echo=lambda line: print(line, flush=True))
+    if not state.is_completed():
+        sys.exit(f"flow run {flow_run_id} ended {state.name}: {state.message}")
+    print(f"\n=== fineflow demo: finetune/{name} completed in {time.monotonic() - start:.0f}s ===")
+    for key, value in summary(flow_run_id).items():
+        print(f"{key:12s} {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""The embedded local stack: SeaweedFS S3, MLflow, a Prefect server and one worker.
+
+    python -m infra.stack up        # start what is not running (idempotent)
+    python -m infra.stack status    # each service: pid, url, healthy or not
+    python -m infra.stack down      # stop everything, state is kept
+    eval "$(python -m infra.stack env)"   # point the prefect/mlflow CLIs at it
+
+Every service binds 127.0.0.1, logs to ``$FINEFLOW_HOME/logs/<service>.log`` and
+is health-checked before ``up`` returns.  Ports default to the values below and
+can be moved with ``--ports free`` (tests do this) or FINEFLOW_*_PORT variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.deploy.endpoints import free_port, group_alive
+from tasks.settings import Settings, state_dir
+
+DEFAULT_PORTS = {"s3": 18333, "s3_master": 19333, "s3_volume": 18080, "s3_filer": 18888,
+                 "mlflow": 15000, "prefect": 14200}
+WORK_POOL = "fineflow-local"
+BUCKET = "fineflow"
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    health_url: str
+    env: dict[str, str]
+    stop_signal: int = signal.SIGTERM
+    timeout_s: float = 90.0
+
+
+def _ports(home: Path, mode: str) -> dict[str, int]:
+    """Ports are chosen once and kept in stack.json, so `up` twice finds the same stack."""
+    stack_file = home / "stack.json"
+    if stack_file.exists():
+        return json.loads(stack_file.read_text())["ports"]
+    if mode == "free":
+        return {name: free_port() for name in DEFAULT_PORTS}
+    return {name: int(os.environ.get(f"FINEFLOW_{name.upper()}_PORT", port))
+            for name, port in DEFAULT_PORTS.items()}
+
+
+def _credentials(home: Path) -> dict:
+    """Generated on first start, stored readable by the user only."""
+    path = home / "s3-credentials.json"
+    if not path.exists():
+        config = {"identities": [{
+            "name": "fineflow",
+            "credentials": [{"accessKey": "ff" + secrets.token_hex(8), "secretKey": secrets.token_hex(20)}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }]}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(config, f)
+    return json.loads(path.read_text())["identities"][0]["credentials"][0]
+
+
+def services(home: Path, ports: dict[str, int]) -> list[Service]:
+    creds = _credentials(home)
+    s3_url = f"http://127.0.0.1:{ports['s3']}"
+    s3_env = {"AWS_ACCESS_KEY_ID": creds["accessKey"], "AWS_SECRET_ACCESS_KEY": creds["secretKey"],
+              "MLFLOW_S3_ENDPOINT_URL": s3_url}
+    prefect_env = {"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   "PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api",
+                   "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_LOGGING_LEVEL": "INFO",
+                   "FINEFLOW_HOME": str(home)}
+    mlflow_host = f"127.0.0.1:{ports['mlflow']}"
+    return [
+        Service("s3", [str(BIN / "weed"), "mini", f"-dir={home / 's3'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                       f"-s3.config={home / 's3-credentials.json'}", f"-s3.port={ports['s3']}",
+                       f"-master.port={ports['s3_master']}", f"-volume.port={ports['s3_volume']}",
+                       f"-filer.port={ports['s3_filer']}", "-webdav=false", "-admin.ui=false"],
+                f"http://127.0.0.1:{ports['s3_master']}/cluster/status", {}),
+        Service("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
+                           "--workers", "2", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+                           "--artifacts-destination", f"s3://{BUCKET}/mlflow",
+                           "--allowed-hosts", f"{mlflow_host},localhost:{ports['mlflow']}"],
+                f"http://{mlflow_host}/health", s3_env),
+        Service("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                            "--port", str(ports["prefect"])],
+                f"http://127.0.0.1:{ports['prefect']}/api/health", prefect_env),
+        Service("worker", [str(BIN / "prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
+                "", prefect_env, stop_signal=signal.SIGINT),  # a worker stops on SIGINT only
+    ]
+
+
+def _pid(home: Path, name: str) -> int | None:
+    path = home / "pids" / f"{name}.pid"
+    if not path.exists():
+        return None
+    pid = int(path.read_text())
+    if group_alive(pid):  # each service leads its own process group
+        return pid
+    path.unlink()
+    return None
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status == 200
+    except Exception:
+        return False
+
+
+def _wait_healthy(svc: Service, home: Path) -> None:
+    deadline = time.monotonic() + svc.timeout_s
+    while time.monotonic() < deadline:
+        if not svc.health_url or _healthy(svc.health_url):
+            return
+        if _pid(home, svc.name) is None:
+            break
+        time.sleep(0.5)
+    log = home / "logs" / f"{svc.name}.log"
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    raise RuntimeError(f"{svc.name} did not become healthy at {svc.health_url}; log {log}:\n{tail}")
+
+
+def _ensure_bucket(home: Path) -> None:
+    from tasks.storage import s3_client
+
+    client = s3_client(Settings.load())
+    deadline = time.monotonic() + 30
+    while True:  # the S3 gateway answers a little after the master
+        try:
+            names = [b["Name"] for b in client.list_buckets().get("Buckets", [])]
+            if BUCKET not in names:
+                client.create_bucket(Bucket=BUCKET)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _ensure_work_pool(env: dict[str, str]) -> None:
+    argv = [str(BIN / "prefect"), "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"]
+    subprocess.run(argv, env={**os.environ, **env}, check=True, capture_output=True, timeout=120)
+
+
+def up(ports_mode: str = "default") -> dict:
+    home = state_dir()
+    for sub in ("logs", "pids", "s3", "prefect"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    ports = _ports(home, ports_mode)
+    stack = {"ports": ports, "s3_endpoint": f"http://127.0.0.1:{ports['s3']}", "s3_bucket": BUCKET,
+             "mlflow_uri": f"http://127.0.0.1:{ports['mlflow']}", "mlflow_artifacts_uri": f"s3://{BUCKET}/mlflow",
+             "prefect_api_url": f"http://127.0.0.1:{ports['prefect']}/api", "work_pool": WORK_POOL}
+    (home / "stack.json").write_text(json.dumps(stack, indent=1))
+    for svc in services(home, ports):
+        if svc.name == "worker":
+            _ensure_work_pool(svc.env)
+        if _pid(home, svc.name) is None:
+            print(f"starting {svc.name} ...", flush=True)
+            with open(home / "logs" / f"{svc.name}.log", "ab") as log:
+                proc = subprocess.Popen(svc.argv, env={**os.environ, **svc.env}, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True, cwd=home)
+            (home / "pids" / f"{svc.name}.pid").write_text(str(proc.pid))
+        _wait_healthy(svc, home)
+        if svc.name == "s3":
+            _ensure_bucket(home)
+        print(f"  {svc.name:8s} ready  {svc.health_url or 'polling ' + WORK_POOL}", flush=True)
+    return stack
+
+
+def down() -> None:
+    home = state_dir()
+    if not (home / "stack.json").exists():
+        print("no stack state; nothing to stop")
+        return
+    for svc in reversed(services(home, json.loads((home / "stack.json").read_text())["ports"])):
+        pid = _pid(home, svc.name)
+        if pid is None:
+            continue
+        os.killpg(pid, svc.stop_signal)
+        for _ in range(100):
+            if not group_alive(pid):
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        (home / "pids" / f"{svc.name}.pid").unlink(missing_ok=True)
+        print(f"stopped {svc.name}")
+    from tasks.deploy.endpoints import stop_all
+
+    stop_all()
+
+
+def status() -> bool:
+    home = state_dir()
+    if not (home / "stack.json").exists():
+        print(f"stack not initialised (state dir {home})")
+        return False
+    ok = True
+    for svc in services(home, json.loads((home / "stack.json").read_text())["ports"]):
+        pid = _pid(home, svc.name)
+        healthy = pid is not None and (not svc.health_url or _healthy(svc.health_url))
+        ok &= healthy
+        print(f"{svc.name:8s} {'up' if healthy else 'DOWN':5s} pid={pid or '-':<8} {svc.health_url}")
+    from tasks.deploy.endpoints import list_endpoints
+
+    for ep in list_endpoints():
+        print(f"endpoint {ep.name}: {ep.url} pid={ep.pid} {'alive' if ep.alive() else 'dead'}")
+    print(f"state: {home}")
+    return ok
+
+
+def env_exports() -> str:
+    """Shell exports that point prefect and mlflow CLIs at the running stack (no secrets)."""
+    settings = Settings.load()
+    settings.require("prefect_api_url", "mlflow_uri")
+    return (f"export PREFECT_API_URL={settings.prefect_api_url}\n"
+            f"export MLFLOW_TRACKING_URI={settings.mlflow_uri}\n"
+            f"export FINEFLOW_HOME={settings.home}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status", "reset", "env"])
+    parser.add_argument("--ports", choices=["default", "free"], default="default")
+    args = parser.parse_args()
+    if args.command == "up":
+        up(args.ports)
+    elif args.command == "down":
+        down()
+    elif args.command == "env":
+        print(env_exports())
+    elif args.command == "reset":
+        down()
+        shutil.rmtree(state_dir(), ignore_errors=True)
+        print(f"removed {state_dir()}")
+    else:
+        sys.exit(0 if status() else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Running endpoints: started detached so they outlive the flow run, listed, stopped.
+
+Each endpoint is a process group recorded in ``$FINEFLOW_HOME/endpoints/<name>.json``.
+
+    python -m tasks.deploy.endpoints list
+    python -m tasks.deploy.endpoints stop NAME
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tasks.settings import state_dir
+
+
+class Endpoint(BaseModel):
+    name: str
+    url: str
+    pid: int
+    backend: str
+    argv: list[str]
+    model_path: str
+    log_path: str
+    started_at: float
+
+    def alive(self) -> bool:
+        return group_alive(self.pid)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=3) as resp:
+                return resp.status == 200
+        except Exception:
+            return False
+
+
+def free_port() -> int:
+    """A free port whose gRPC twin (+10000, SeaweedFS's convention) is free too."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 < 65536:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 10000))
+                    return port
+                except OSError:
+                    continue
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether the process group's leader still runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        return Path(f"/proc/{pgid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return True  # no /proc (macOS): trust the signal
+
+
+def _registry() -> Path:
+    path = state_dir() / "endpoints"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def start_detached(name: str, argv: list[str], url: str, backend: str, model_path: str,
+                   env: dict[str, str] | None = None, timeout_s: float = 120) -> Endpoint:
+    """Start ``argv`` in its own session and wait until ``url``/health answers 200."""
+    log_path = state_dir() / "logs" / f"endpoint-{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, **(env or {})})
+    ep = Endpoint(name=name, url=url, pid=proc.pid, backend=backend, argv=argv, model_path=model_path,
+                  log_path=str(log_path), started_at=time.time())
+    deadline = time.monotonic() + timeout_s
+    while not ep.healthy():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(ep.pid)
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"endpoint {name} failed its health check at {url}/health; log {log_path}:\n{tail}")
+        time.sleep(0.5)
+    (_registry() / f"{name}.json").write_text(ep.model_dump_json(indent=1))
+    return ep
+
+
+def get(name: str) -> Endpoint | None:
+    path = _registry() / f"{name}.json"
+    return Endpoint.model_validate_json(path.read_text()) if path.exists() else None
+
+
+def list_endpoints() -> list[Endpoint]:
+    return [Endpoint.model_validate_json(p.read_text()) for p in sorted(_registry().glob("*.json"))]
+
+
+def stop_process(pid: int, timeout_s: float = 15) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not group_alive(pid):
+            return
+        time.sleep(0.2)
+    os.killpg(pid, signal.SIGKILL)
+
+
+def stop(name: str) -> bool:
+    ep = get(name)
+    if ep is None:
+        return False
+    stop_process(ep.pid)
+    (_registry() / f"{name}.json").unlink(missing_ok=True)
+    return True
+
+
+def stop_all() -> None:
+    for ep in list_endpoints():
+        stop(ep.name)
+        print(f"stopped endpoint {ep.name}")
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["stop"] and len(sys.argv) == 3:
+        sys.exit(0 if stop(sys.argv[2]) else f"no endpoint named {sys.argv[2]}")
+    for ep in list_endpoints():
+        print(f"{ep.name}\t{ep.url}\t{ep.backend}\tpid={ep.pid}\t{'healthy' if ep.healthy() else 'unhealthy'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The built-in OpenAI-compatible server for a transformers causal LM.
+
+    python -m tasks.deploy.relay_app --model PATH --port 8000 [--host 127.0.0.1] [--name NAME]
+
+Routes: ``/health``, ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``.
+Chat messages are rendered with ``--prompt-template`` (the template the model was
+finetuned with): the system and user messages become the instruction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+
+import torch
+import uvicorn
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel
+
+from tasks.evaluate import _load, generate
+from tasks.prompter import Prompter
+
+
+class CompletionRequest(BaseModel):
+    model: str | None = None
+    prompt: str | list[str]
+    max_tokens: int = 32
+    temperature: float = 0.0
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model: str | None = None
+    messages: list[ChatMessage]
+    max_tokens: int = 32
+    temperature: float = 0.0
+
+
+def create_app(model_path: str, name: str, prompt_template: str = "alpaca") -> FastAPI:
+    model, tokenizer = _load(model_path)
+    prompter = Prompter.from_template(prompt_template)
+    app = FastAPI(title=f"fineflow relay: {name}")
+    created = int(time.time())
+
+    def complete(prompts: list[str], max_tokens: int) -> list[str]:
+        if not 1 <= max_tokens <= 512:
+            raise HTTPException(400, "max_tokens must be between 1 and 512")
+        with torch.inference_mode():
+            return generate(model, tokenizer, prompts, max_new_tokens=max_tokens)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "model": name}
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "fineflow"}]}
+
+    @app.post("/v1/completions")
+    def completions(req: CompletionRequest):
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        texts = complete(prompts, req.max_tokens)
+        return {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "created": int(time.time()),
+                "model": name, "choices": [{"index": i, "text": t, "finish_reason": "stop"}
+                                           for i, t in enumerate(texts)]}
+
+    @app.post("/v1/chat/completions")
+    def chat(req: ChatRequest):
+        users = [m.content for m in req.messages if m.role == "user"]
+        if not users:
+            raise HTTPException(400, "messages must contain a user message")
+        system = "\n".join(m.content for m in req.messages if m.role == "system")
+        instruction = "\n".join(filter(None, [system, users[-1]]))
+        slots = {s: "" for s in prompter.slots}
+        slots[prompter.slots[0] if prompter.slots else "instruction"] = instruction
+        text = complete([prompter.generate_prompt(slots)], req.max_tokens)[0]
+        return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+                "model": name, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                            "finish_reason": "stop"}]}
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--name", default="fineflow-model")
+    parser.add_argument("--prompt-template", default="alpaca")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    uvicorn.run(create_app(args.model, args.name, args.prompt_template), host=args.host, port=args.port,
+                log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Launchers run a component's command: each argv as a subprocess, streamed, exit code checked.
+
+``remote(ngpus=...)`` is the contract's default.  Inside fineflow the "remote"
+machine is the Prefect worker's job (a process here, a GPU pod on a Kubernetes
+work pool), so it runs the command where the step runs, with the GPU count recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+
+class LaunchError(RuntimeError):
+    """A command exited non-zero; the message holds the masked command and the log's tail."""
+
+
+class LocalLauncher:
+    def __init__(self, *, ngpus: int = 0, sync: bool = True, log_path: str | Path | None = None,
+                 on_line: Callable[[str], None] | None = None, env: dict[str, str] | None = None):
+        self.ngpus = ngpus
+        self.sync = sync
+        self.log_path = Path(log_path) if log_path else None
+        self.on_line = on_line
+        self.env = env or {}
+
+    def launch(self, command, name: str = "job"):
+        for argv in command.argvs:
+            self.run(argv, name=name, extra_env=command.env)
+        if command.checker is not None and not command.checker():
+            raise LaunchError(f"{name}: readiness check failed after `{command}`")
+        return command.return_value
+
+    def run(self, argv: list[str], name: str = "job", extra_env: dict[str, str] | None = None) -> None:
+        """Run one argv, stream each output line to the log file and ``on_line``; raise on non-zero exit."""
+        from tasks.core import mask_argv  # local import: core imports this module
+
+        env = {**os.environ, **self.env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+        tail: deque[str] = deque(maxlen=40)
+        log = open(self.log_path, "a", encoding="utf-8") if self.log_path else None
+        start = time.monotonic()
+        try:
+            if log:
+                log.write(f"$ {' '.join(mask_argv(argv))}\n")
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    stdin=subprocess.DEVNULL, env=env, bufsize=1)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                if log:
+                    log.write(line + "\n")
+                    log.flush()
+                if self.on_line:
+                    self.on_line(line)
+            code = proc.wait()
+        finally:
+            if log:
+                log.close()
+        if code != 0:
+            raise LaunchError(
+                f"{name} failed with exit code {code} after {time.monotonic() - start:.0f}s: "
+                f"{' '.join(mask_argv(argv))}\n--- last output ---\n" + "\n".join(tail)
+            )
+
+
+class EmptyLauncher(LocalLauncher):
+    """The contract's ``launchers.empty()``: run in place, no GPU request."""
+
+
+def empty(**kw) -> EmptyLauncher:
+    return EmptyLauncher(**kw)
+
+
+def local(**kw) -> LocalLauncher:
+    return LocalLauncher(**kw)
+
+
+def remote(ngpus: int = 1, sync: bool = True, **kw) -> LocalLauncher:
+    return LocalLauncher(ngpus=ngpus, sync=sync, **kw)

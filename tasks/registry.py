@@ -1,0 +1,40 @@
+"""The MLflow model registry: one version per deployed endpoint, the ``production`` alias as the gate's output."""
+
+from __future__ import annotations
+
+from mlflow.exceptions import MlflowException
+
+from tasks.tracking import client
+
+
+def ensure_model(name: str) -> None:
+    c = client()
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(name, description="Created by fineflow: one version per deployed endpoint.")
+
+
+def create_version(name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
+    ensure_model(name)
+    version = client().create_model_version(name, source=source, run_id=run_id, tags=tags)
+    return str(version.version)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    try:
+        return str(client().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    return dict(client().get_model_version(name, version).tags)
+
+
+def set_tag(name: str, version: str, key: str, value: str) -> None:
+    client().set_model_version_tag(name, version, key, value)
+
+
+def move_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, version)

@@ -1,0 +1,205 @@
+"""One Prefect task per pipeline step; each returns a small typed value and times itself into MLflow."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from tasks import launchers, storage, tracking
+from tasks.config import DeploySection, EvaluateSection, PipelineConfig
+from tasks.data import PreparedDataset, prepare, read_jsonl
+from tasks.deploy import RelayServer
+from tasks.deploy.endpoints import Endpoint, start_detached
+from tasks.evaluate import EvalReport, evaluate
+from tasks.finetune import AlpacaloraFinetune
+from tasks.finetune.base import parse_metric_line
+from tasks.merge import weight_delta
+from tasks.models import ModelRef, resolve_model
+from tasks.settings import Settings
+
+
+class TrainResult(BaseModel):
+    lora_path: str
+    merge_path: str
+    steps: int
+    final_loss: float | None
+    log_path: str
+
+
+class MergedModel(BaseModel):
+    path: str
+    weight_delta: float
+    s3_uri: str
+
+
+@contextmanager
+def timed(run_id: str, step: str):
+    start = time.monotonic()
+    yield
+    tracking.log_metrics(run_id, {f"duration_{step}_s": time.monotonic() - start})
+
+
+def workdir(run_id: str) -> Path:
+    path = Settings.load().home / "runs" / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@task(retries=2, retry_delay_seconds=2)
+def download(base_model: str, run_id: str) -> ModelRef:
+    """Resolve the base model to a local directory with weights."""
+    with timed(run_id, "download"):
+        ref = resolve_model(base_model)
+    get_run_logger().info("base model %s at %s", ref.name, ref.path)
+    return ref
+
+
+@task
+def prepare_dataset(config: PipelineConfig, run_id: str) -> PreparedDataset:
+    """Validate every record, split, render prompts, and store the result in S3 under its content hash."""
+    d = config.data
+    with timed(run_id, "prepare"):
+        prepared = prepare(d.path, workdir(run_id) / "data", d.val_set_size, d.prompt_template_name, d.seed)
+        prepared.uri = f"s3://{Settings.load().s3_bucket}/datasets/{prepared.hash}"
+        if not storage.exists(f"{prepared.uri}/manifest.json"):
+            storage.upload_dir(Path(prepared.train_path).parent, prepared.uri)
+    tracking.log_params(run_id, {"dataset.hash": prepared.hash, "dataset.uri": prepared.uri,
+                                 "dataset.n_train": prepared.n_train, "dataset.n_val": prepared.n_val})
+    get_run_logger().info("dataset %s: %d train / %d val -> %s", prepared.hash[:12], prepared.n_train,
+                          prepared.n_val, prepared.uri)
+    return prepared
+
+
+@task
+def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, run_id: str) -> TrainResult:
+    """LoRA-train in a subprocess; loss by step reaches MLflow while it runs."""
+    logger = get_run_logger()
+    target = workdir(run_id) / "finetune"
+    log_path = workdir(run_id) / "train.log"
+    history: list[dict] = []
+
+    def on_line(line: str) -> None:
+        metric = parse_metric_line(line)
+        if metric is None:
+            return
+        history.append(metric)
+        values = {k: v for k, v in metric.items() if k not in ("step", "epoch")}
+        # Trainer's end-of-training summary reuses the name train_loss for the mean; keep it apart.
+        names = {k: "train_loss" if k == "loss" else f"summary_{k}" if k.startswith("train_") else k for k in values}
+        tracking.log_metrics(run_id, {names[k]: v for k, v in values.items()}, step=metric["step"])
+        logger.info("step %s %s", metric["step"], json.dumps(values))
+
+    params = {**config.finetune.params, "val_set_size": config.data.val_set_size,
+              "prompt_template_name": config.data.prompt_template_name}
+    trainer = AlpacaloraFinetune(base.path, str(target), launcher=launchers.remote(log_path=log_path, on_line=on_line),
+                                 **params)
+    logger.info("running %s", trainer.train_cmd(data.train_path, data.val_path))
+    with timed(run_id, "finetune"):
+        trainer.launcher.run(trainer.train_cmd(data.train_path, data.val_path), name="finetune")
+    tracking.log_artifact(run_id, log_path, "logs")
+    tracking.loss_plot(run_id, history)
+    losses = [h["loss"] for h in history if "loss" in h]
+    return TrainResult(lora_path=trainer.target_path, merge_path=trainer.merge_path,
+                       steps=max((h["step"] for h in history), default=0),
+                       final_loss=losses[-1] if losses else None, log_path=str(log_path))
+
+
+@task
+def merge(config: PipelineConfig, base: ModelRef, trained: TrainResult, run_id: str) -> MergedModel:
+    """Merge the adapter, copy tokenizer files, check the weights moved, upload through MLflow to S3."""
+    trainer = AlpacaloraFinetune(base.path, trained.lora_path, merge_path=trained.merge_path,
+                                 launcher=launchers.remote(log_path=trained.log_path))
+    with timed(run_id, "merge"):
+        for argv in (trainer.merge_cmd(), trainer.copy_cmd()):
+            trainer.launcher.run(argv, name="merge")
+        delta = weight_delta(base.path, trained.merge_path)
+        if delta == 0.0:
+            raise RuntimeError(f"merged weights in {trained.merge_path} are identical to the base: LoRA had no effect")
+        tracking.log_artifacts(run_id, trained.merge_path, "merged_model")
+    tracking.log_metrics(run_id, {"merge_max_weight_delta": delta})
+    return MergedModel(path=trained.merge_path, weight_delta=delta,
+                       s3_uri=tracking.artifact_s3_uri(run_id, "merged_model"))
+
+
+@task
+def evaluate_models(cfg: EvaluateSection, base: ModelRef, merged: MergedModel, data: PreparedDataset,
+                    run_id: str) -> EvalReport:
+    """Validation loss, perplexity and greedy exact-match for base and candidate; apply the gate."""
+    records = read_jsonl(data.val_path)[: cfg.max_samples]
+    with timed(run_id, "evaluate"):
+        report = evaluate(base.path, merged.path, records, cfg.gate, cfg.max_new_tokens)
+    for who in ("base", "candidate"):
+        s = getattr(report, who)
+        tracking.log_metrics(run_id, {f"{who}_exact_match": s.exact_match, f"{who}_val_loss": s.val_loss,
+                                      f"{who}_perplexity": s.perplexity})
+    tracking.log_text(run_id, report.model_dump_json(indent=1), "eval/report.json")
+    get_run_logger().info("gate %s: %s", "passed" if report.passed else "FAILED", report.reason)
+    return report
+
+
+@task
+def deploy(cfg: DeploySection, merged: MergedModel, name: str, template: str, run_id: str) -> Endpoint:
+    """Start the server detached (it outlives the flow run), health-check and smoke-test it."""
+    server = RelayServer(host=cfg.host, port=cfg.port or None, name=name, prompt_template=template)
+    command = server.cmd(merged.path)
+    endpoint_name = f"{name}-{run_id[:8]}"
+    with timed(run_id, "deploy"):
+        ep = start_detached(endpoint_name, command.argvs[0], command.return_value, "relay", merged.path)
+        smoke = httpx.post(f"{ep.url}/v1/completions", json={"prompt": "hello", "max_tokens": 4}, timeout=30)
+        smoke.raise_for_status()
+        RelayServer.extract_result(smoke, None)
+    get_run_logger().info("endpoint %s serving at %s", ep.name, ep.url)
+    return ep
+
+
+class Registration(BaseModel):
+    model_name: str
+    version: str
+    alias: str
+    promoted: bool
+    previous_version: str | None
+    reason: str
+
+
+@task
+def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: EvalReport,
+             data: PreparedDataset, run_id: str, flow_run_id: str) -> Registration:
+    """Register the endpoint as a model version; move the alias only if healthy and the gate passed.
+
+    The endpoint the alias pointed to before is stopped after the move, not before.
+    """
+    from tasks import registry
+    from tasks.core import mask_argv
+    from tasks.deploy import endpoints
+
+    name, alias = config.registry.model_name, config.registry.alias
+    healthy = ep.healthy()
+    tags = {"endpoint_url": ep.url, "endpoint_name": ep.name, "backend": ep.backend,
+            "launch_command": " ".join(mask_argv(ep.argv)), "health": "ok" if healthy else "failed",
+            "dataset_hash": data.hash, "prefect_flow_run_id": flow_run_id, "gate": report.reason,
+            "candidate_exact_match": f"{report.candidate.exact_match:.4f}",
+            "base_exact_match": f"{report.base.exact_match:.4f}"}
+    version = registry.create_version(name, merged.s3_uri, run_id, tags)
+    previous = registry.alias_version(name, alias)
+    promoted = healthy and report.passed
+    if promoted:
+        registry.move_alias(name, alias, version)
+        reason = f"{alias} -> version {version} ({report.reason})"
+        if previous and previous != version:
+            old = registry.version_tags(name, previous).get("endpoint_name")
+            if old and old != ep.name and endpoints.stop(old):
+                get_run_logger().info("stopped replaced endpoint %s (version %s)", old, previous)
+    else:
+        reason = f"not promoted: {'health check failed' if not healthy else report.reason}"
+        registry.set_tag(name, version, "status", "rejected")
+        endpoints.stop(ep.name)  # the previous production endpoint keeps serving
+    get_run_logger().info("model %s version %s: %s", name, version, reason)
+    tracking.client().set_tag(run_id, "registered_version", version)
+    return Registration(model_name=name, version=version, alias=alias, promoted=promoted,
+                        previous_version=previous, reason=reason)

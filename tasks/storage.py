@@ -1,0 +1,71 @@
+"""S3-compatible object storage: one client, directory upload/download, listing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+from tasks.settings import Settings
+
+
+def s3_client(settings: Settings | None = None):
+    settings = settings or Settings.load()
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint,
+        aws_access_key_id=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
+        aws_secret_access_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
+    )
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+def upload_dir(local: Path, uri: str, client=None) -> list[str]:
+    """Upload every file below ``local`` to ``uri``; returns the keys written."""
+    client = client or s3_client()
+    bucket, prefix = split_uri(uri)
+    keys = []
+    for path in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+        key = f"{prefix.rstrip('/')}/{path.relative_to(local).as_posix()}"
+        client.upload_file(str(path), bucket, key)
+        keys.append(key)
+    return keys
+
+
+def upload_file(local: Path, uri: str, client=None) -> str:
+    client = client or s3_client()
+    bucket, key = split_uri(uri)
+    client.upload_file(str(local), bucket, key)
+    return uri
+
+
+def download_dir(uri: str, local: Path, client=None) -> Path:
+    client = client or s3_client()
+    bucket, prefix = split_uri(uri)
+    for key in list_keys(uri, client):
+        target = Path(local) / key[len(prefix):].lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, key, str(target))
+    return Path(local)
+
+
+def list_keys(uri: str, client=None) -> list[str]:
+    client = client or s3_client()
+    bucket, prefix = split_uri(uri)
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(obj["Key"] for obj in page.get("Contents", []))
+    return keys
+
+
+def exists(uri: str, client=None) -> bool:
+    return bool(list_keys(uri, client))

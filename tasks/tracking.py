@@ -1,0 +1,136 @@
+"""MLflow: one run per pipeline run, addressed by id (never the thread-local "active run").
+
+Prefect may run tasks in worker threads, so every call names its ``run_id``.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from tasks.settings import Settings
+
+_SECRET_KEY = re.compile(r"(token|secret|password|api[_-]?key|access[_-]?key|credential)", re.I)
+REDACTED = "***redacted***"
+
+
+def client(settings: Settings | None = None) -> MlflowClient:
+    settings = settings or Settings.load()
+    settings.require("mlflow_uri")
+    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+
+
+def redact(obj: Any) -> Any:
+    """A copy of ``obj`` whose secret-looking keys have their values replaced."""
+    if isinstance(obj, dict):
+        return {k: (REDACTED if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def flatten(obj: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def start_run(experiment: str, run_name: str, tags: dict[str, str], params: dict) -> str:
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
+    run = c.create_run(exp_id, run_name=run_name, tags=tags)
+    log_params(run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in flatten(redact(params)).items()]
+    for i in range(0, len(items), 100):
+        client().log_batch(run_id, params=items[i:i + 100])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client().log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    client().log_text(run_id, text, artifact_file)
+
+
+def log_artifacts(run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+    client().log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def log_artifact(run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+    client().log_artifact(run_id, str(local_path), artifact_path)
+
+
+def loss_plot(run_id: str, history: list[dict[str, float]]) -> None:
+    """Plot train (and eval) loss by step into ``plots/loss.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in ("loss", "eval_loss"):
+        points = [(h["step"], h[key]) for h in history if key in h]
+        if points:
+            ax.plot(*zip(*points), label=key, marker="." if key == "eval_loss" else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "loss.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        log_artifact(run_id, path, "plots")
+
+
+def end_run(run_id: str, status: str) -> None:
+    client().set_terminated(run_id, status)
+
+
+def run_url(run_id: str) -> str:
+    c = client()
+    run = c.get_run(run_id)
+    return f"{Settings.load().mlflow_uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def artifact_s3_uri(run_id: str, artifact_path: str) -> str:
+    """Where the tracking server put ``artifact_path`` of ``run_id`` in the bucket (proxied artifacts)."""
+    run = client().get_run(run_id)
+    uri = run.info.artifact_uri
+    if uri.startswith("mlflow-artifacts:/"):
+        dest = Settings.load().mlflow_artifacts_uri
+        if not dest:
+            raise RuntimeError("FINEFLOW_MLFLOW_ARTIFACTS (the server's --artifacts-destination) is not set")
+        uri = dest.rstrip("/") + "/" + uri[len("mlflow-artifacts:/"):].lstrip("/")
+    return f"{uri.rstrip('/')}/{artifact_path}"
+
+
+def run_for_flow_run(flow_run_id: str):
+    """The MLflow run that a Prefect flow run recorded (tagged ``prefect_flow_run_id``), or None."""
+    c = client()
+    runs = c.search_runs([e.experiment_id for e in c.search_experiments()],
+                         filter_string=f"tags.prefect_flow_run_id = '{flow_run_id}'")
+    return runs[0] if runs else None

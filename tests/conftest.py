@@ -1,0 +1,51 @@
+"""Shared fixtures: a private state directory for every test session, and the real local stack on free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_MODEL = REPO / "infra" / "models" / "tiny-llama"
+DATASET = REPO / "infra" / "datasets" / "word_ops.json"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fineflow_home(tmp_path_factory):
+    """Tests never touch the developer's .fineflow/ or a configured remote stack."""
+    home = tmp_path_factory.mktemp("fineflow-home")
+    saved = {k: os.environ.get(k) for k in ("FINEFLOW_HOME", "MLFLOW_TRACKING_URI", "PREFECT_API_URL",
+                                            "FINEFLOW_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    for k in saved:
+        os.environ.pop(k, None)
+    os.environ["FINEFLOW_HOME"] = str(home)
+    yield home
+    for k, v in saved.items():
+        if v is not None:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def stack(fineflow_home):
+    """The real stack: SeaweedFS, MLflow, Prefect server and worker, on free ports; stopped at the end."""
+    from infra import stack as local_stack
+    from infra.demo import register_deployments
+
+    info = local_stack.up("free")
+    os.environ["PREFECT_API_URL"] = info["prefect_api_url"]
+    register_deployments()
+    yield info
+    local_stack.down()
+
+
+@pytest.fixture
+def alpaca_file(tmp_path):
+    """Write records (dicts or raw strings) as a JSONL file; returns its path."""
+    def write(rows, name="data.jsonl"):
+        path = tmp_path / name
+        path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+        return path
+    return write

@@ -1,0 +1,118 @@
+"""End to end on the real local stack: deployments run through the Prefect worker.
+
+The tests run in order and share the stack: the quickstart run promotes a first
+version, a second run replaces it, a run on bad data changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import httpx
+import psutil
+import pytest
+
+from infra import stack as local_stack
+from infra.demo import follow, start_deployment
+from tasks import registry, storage, tracking
+from tasks.deploy import endpoints
+from tasks.settings import Settings
+
+pytestmark = pytest.mark.stack
+MODEL = "fineflow-quickstart"
+STATE: dict = {}
+
+
+def run(parameters: dict | None = None):
+    flow_run_id = start_deployment("finetune/quickstart", parameters)
+    logs: list[str] = []
+    state = follow(flow_run_id, timeout_s=1200, echo=logs.append)
+    return flow_run_id, state, "\n".join(logs)
+
+
+def test_stack_is_private_and_idempotent(stack):
+    home = Settings.load().home
+    assert stat.S_IMODE(os.stat(home / "s3-credentials.json").st_mode) == 0o600
+    pids = {p.name: p.read_text() for p in (home / "pids").iterdir()}
+    assert local_stack.up("free")["ports"] == stack["ports"]  # `up` twice is harmless
+    assert {p.name: p.read_text() for p in (home / "pids").iterdir()} == pids
+    assert local_stack.status()
+    listening = set()
+    for pid in map(int, pids.values()):
+        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            listening |= {c.laddr.ip for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}
+    # S3 refuses anonymous requests: the generated credentials are required.
+    anonymous = httpx.get(f"{stack['s3_endpoint']}/fineflow")
+    assert anonymous.status_code == 403
+
+
+def test_quickstart_deployment_promotes_a_finetuned_model(stack):
+    flow_run_id, state, logs = run()
+    assert state.is_completed(), logs
+    mlrun = tracking.run_for_flow_run(str(flow_run_id))
+    run_id = mlrun.info.run_id
+    assert mlrun.info.status == "FINISHED"
+    assert {"dataset_hash", "base_model", "framework"} <= set(mlrun.data.tags)
+
+    # Loss by step, durations, evaluation of base and candidate.
+    losses = tracking.client().get_metric_history(run_id, "train_loss")
+    assert len(losses) >= 20 and losses[-1].value < losses[0].value
+    metrics = mlrun.data.metrics
+    assert {f"duration_{s}_s" for s in ("download", "prepare", "finetune", "merge", "evaluate", "deploy")} <= set(metrics)
+    assert metrics["candidate_exact_match"] > metrics["base_exact_match"] + 0.05
+    assert metrics["candidate_val_loss"] < metrics["base_val_loss"]
+    assert mlrun.data.params["finetune.params.lora_r"] == "16"
+
+    # Artifacts, and the merged model and dataset in the bucket.
+    c = tracking.client()
+    top = {a.path for a in c.list_artifacts(run_id)}
+    assert {"config", "logs", "plots", "eval", "merged_model"} <= top
+    assert {a.path for a in c.list_artifacts(run_id, "plots")} == {"plots/loss.png"}
+    version = mlrun.data.tags["registered_version"]
+    mv = tracking.client().get_model_version(MODEL, version)
+    keys = storage.list_keys(mv.source)
+    assert mv.source.startswith("s3://fineflow/") and any(k.endswith("model.safetensors") for k in keys)
+    assert storage.list_keys(f"s3://fineflow/datasets/{mlrun.data.tags['dataset_hash']}/")
+
+    # The version carries the endpoint and moved the alias; the endpoint answers.
+    tags = mv.tags
+    assert tags["backend"] == "relay" and tags["prefect_flow_run_id"] == str(flow_run_id)
+    assert "tasks.deploy.relay_app" in tags["launch_command"] and tags["health"] == "ok"
+    assert registry.alias_version(MODEL, "production") == version
+    answer = httpx.post(f"{tags['endpoint_url']}/v1/completions", json={"prompt": "hi", "max_tokens": 4}, timeout=30)
+    assert answer.status_code == 200 and "text" in answer.json()["choices"][0]
+    STATE.update(version=version, endpoint=tags["endpoint_name"])
+
+
+def test_second_run_replaces_production_and_stops_the_old_endpoint(stack):
+    assert STATE, "needs the quickstart run"
+    params = {"overrides": {"finetune": {"params": {"max_steps": 30}},
+                            "evaluate": {"max_samples": 20, "gate": {"metric": "val_loss", "min_improvement": 0}}}}
+    flow_run_id, state, logs = run(params)
+    assert state.is_completed(), logs
+    new_version = tracking.run_for_flow_run(str(flow_run_id)).data.tags["registered_version"]
+    assert int(new_version) == int(STATE["version"]) + 1
+    assert registry.alias_version(MODEL, "production") == new_version
+    assert logs.index("production -> version") < logs.index(f"stopped replaced endpoint {STATE['endpoint']}")
+    assert endpoints.get(STATE["endpoint"]) is None
+    new_tags = registry.version_tags(MODEL, new_version)
+    assert httpx.get(f"{new_tags['endpoint_url']}/health").status_code == 200
+    STATE.update(version=new_version, endpoint=new_tags["endpoint_name"], url=new_tags["endpoint_url"])
+
+
+def test_bad_dataset_fails_before_training_and_changes_nothing(stack, tmp_path):
+    assert "url" in STATE, "needs the replacement run"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": "b"}\n{"instruction": "a"\n')
+    versions_before = len(tracking.client().search_model_versions(f"name = '{MODEL}'"))
+    flow_run_id, state, logs = run({"overrides": {"data": {"path": str(bad)}}})
+    assert state.is_failed()
+    assert f"{bad}, line 3: malformed JSON" in logs
+    mlrun = tracking.run_for_flow_run(str(flow_run_id))
+    assert mlrun.info.status == "FAILED" and "train_loss" not in mlrun.data.metrics
+    assert len(tracking.client().search_model_versions(f"name = '{MODEL}'")) == versions_before
+    assert registry.alias_version(MODEL, "production") == STATE["version"]
+    assert httpx.get(f"{STATE['url']}/health").status_code == 200
+
