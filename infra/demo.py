@@ -79,15 +79,16 @@ def summary(flow_run_id: UUID) -> dict:
         sys.exit(f"no MLflow run is tagged with flow run {flow_run_id}")
     with tempfile.TemporaryDirectory() as tmp:
         config = json.loads(open(client.download_artifacts(run.info.run_id, "config/pipeline.json", tmp)).read())
+        report = json.loads(open(client.download_artifacts(run.info.run_id, "eval/report.json", tmp)).read())
     model_name, alias = config["registry"]["model_name"], config["registry"]["alias"]
     version = run.data.tags.get("registered_version")
     production = registry.alias_version(model_name, alias)
     if production is None:
         sys.exit(f"{model_name} has no {alias} version: the gate has never passed ({run.data.tags})")
     endpoint = registry.version_tags(model_name, production)["endpoint_url"]
-    sample = {"instruction": "Convert the word to upper case.", "input": "fineflow"}
     from tasks.prompter import Prompter
 
+    sample = report["candidate"]["samples"][0]  # a held-out validation row
     prompt = Prompter.from_template(config["data"]["prompt_template_name"]).generate_prompt(sample)
     response = httpx.post(f"{endpoint}/v1/completions", json={"prompt": prompt, "max_tokens": 24}, timeout=60)
     response.raise_for_status()
@@ -100,7 +101,7 @@ def summary(flow_run_id: UUID) -> dict:
         "exact_match": f"base {m['base_exact_match']:.3f} -> finetuned {m['candidate_exact_match']:.3f}",
         "val_loss": f"base {m['base_val_loss']:.3f} -> finetuned {m['candidate_val_loss']:.3f}",
         "completion": f"{sample['instruction']} {sample['input']!r} -> "
-                      f"{RelayServer.extract_result(response, prompt).strip()!r}",
+                      f"{RelayServer.extract_result(response, prompt).strip()!r} (expected {sample['expected']!r})",
     }
 
 

@@ -15,63 +15,83 @@ import json
 import random
 from pathlib import Path
 
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
+# A closed vocabulary: the tokenizer learns each word (and its upper case) as one token, so the
+# skills are token-level maps a tiny model can hold; inputs of 1-3 words make held-out rows new.
+WORDS = (
+    "red blue green black white gold pink gray cat dog cow pig fox owl bee ant elk yak sun moon star "
+    "rain snow wind fire ice sea lake hill rock sand tree leaf root seed rose corn rice bread milk tea "
+    "cake salt oil egg box cup pan pot key lock door wall roof road ship boat car bus bike train king "
+    "queen duke monk poet chef cook maid girl boy baby lion bear wolf deer frog fish crab duck swan hawk "
+    "bell drum horn harp coin ring gem silk wool hat coat shoe sock belt bag map pen ink book page card "
+    "desk bed lamp rug sofa fork bowl jar net rope nail tool saw axe gate farm barn mill camp tent hut "
+    "town city port bay cape isle pond well cave peak mint sage herb bean pea plum pear lime fig kiwi nut"
+).split()
 
 # instruction text -> (raw pretraining prefix, transform)
 SKILLS = {
     "Convert the word to upper case.": ("upper", str.upper),
-    "Write the word twice, separated by a space.": ("twice", lambda w: f"{w} {w}"),
+    "Write the word twice.": ("twice", lambda w: f"{w} {w}"),
 }
 
+# Instructions the base sees in alpaca layout during pretraining; the finetune set uses SKILLS,
+# which the base knows only as raw lines, so finetuning teaches new instructions in a known layout.
+PRETRAIN_INSTRUCTIONS = {
+    "Repeat the words.": ("copy", lambda w: w),
+    "Give the first word.": ("first", lambda w: w.split()[0]),
+    "Give the last word.": ("last", lambda w: w.split()[-1]),
+}
 
-def random_words(n: int, seed: int, min_len: int = 3, max_len: int = 6) -> list[str]:
-    """``n`` distinct random lowercase words, the same for the same seed."""
-    rng = random.Random(seed)
-    words: dict[str, None] = {}
-    while len(words) < n:
-        size = rng.randint(min_len, max_len)
-        words["".join(rng.choice(LETTERS) for _ in range(size))] = None
-    return list(words)
-
-
-# Several raw layouts, so the skill is not tied to one position or one separator.
+# Raw layouts for pretraining.
 RAW_FORMATS = [
     "{op}: {word} -> {out}",
-    "{op}({word}) = {out}",
-    "{word}\n{op}:\n{out}",
+    "task: {op}\ninput:\n{word}\noutput:\n{out}",
 ]
 
 
-def pretraining_lines(n: int, seed: int = 0, formats: int = len(RAW_FORMATS)) -> list[str]:
-    """Raw skill lines (no instruction format) for the base model's pretraining."""
+def random_phrases(n: int, seed: int, max_words: int = 2) -> list[str]:
+    """``n`` distinct phrases of 1-``max_words`` vocabulary words, the same for the same seed."""
     rng = random.Random(seed)
-    words = random_words(4000, seed=seed + 101)
+    phrases: dict[str, None] = {}
+    while len(phrases) < n:
+        phrases[" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, max_words)))] = None
+    return list(phrases)
+
+
+def pretraining_lines(n: int, seed: int = 0, formats: int = len(RAW_FORMATS)) -> list[str]:
+    """Raw skill lines and alpaca examples of PRETRAIN_INSTRUCTIONS, for the base model's pretraining."""
+    from tasks.prompter import Prompter
+
+    alpaca = Prompter.from_template("alpaca")
+    rng = random.Random(seed)
+    raw_skills = [*SKILLS.values(), *PRETRAIN_INSTRUCTIONS.values()]
     lines = []
     for _ in range(n):
-        word = rng.choice(words)
-        op, fn = rng.choice(list(SKILLS.values()))
-        lines.append(rng.choice(RAW_FORMATS[:formats]).format(op=op, word=word, out=fn(word)))
+        phrase = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 2)))
+        if rng.random() < 0.3:
+            instruction, (_, fn) = rng.choice(list(PRETRAIN_INSTRUCTIONS.items()))
+            lines.append(alpaca.generate_prompt({"instruction": instruction, "input": phrase}) + fn(phrase))
+        else:
+            op, fn = rng.choice(raw_skills)
+            lines.append(rng.choice(RAW_FORMATS[:formats]).format(op=op, word=phrase, out=fn(phrase)))
     return lines
 
 
-def alpaca_records(n: int, seed: int = 1) -> list[dict[str, str]]:
-    """Alpaca records over words disjoint from the pretraining vocabulary seed."""
-    rng = random.Random(seed)
-    records = []
-    for word in random_words(n, seed=seed + 202):
-        instruction, (_, fn) = rng.choice(list(SKILLS.items()))
-        records.append({"instruction": instruction, "input": word, "output": fn(word)})
+def alpaca_records(seed: int = 1) -> list[dict[str, str]]:
+    """One alpaca record per (skill, word), shuffled: a held-out row is a word the skill was not tuned on."""
+    records = [{"instruction": instruction, "input": word, "output": fn(word)}
+               for instruction, (_, fn) in SKILLS.items() for word in WORDS]
+    random.Random(seed).shuffle(records)
     return records
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--records", type=int, default=1200)
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(alpaca_records(args.records), indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {args.records} records to {args.out}")
+    records = alpaca_records()
+    args.out.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {len(records)} records to {args.out}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ GENERIC_TEXT = [
     "Write a response that appropriately completes the request.",
     "### Instruction:\n### Input:\n### Response:\n",
     "You are an AI-Agent developed by LazyLLM. Here are some extra messages you can referred to.",
-    "Convert the word to upper case. Write the word twice, separated by a space.",
+    "Convert the word to upper case. Write the word twice. Repeat the words.",
 ]
 
 
@@ -57,18 +57,19 @@ def documents(n: int, seed: int, formats: int) -> list[str]:
     rng = random.Random(seed)
     docs = []
     for line in pretraining_lines(n, seed=seed, formats=formats):
-        prose = rng.sample(GENERIC_TEXT, k=rng.randint(0, 3))
+        prose = rng.sample(GENERIC_TEXT, k=rng.randint(0, 2))
         docs.append("\n\n".join([*prose, line]))
     return docs
 
 
 def build(out: Path, steps: int = 2000, batch_size: int = 32, seed: int = 0, layers: int = 2,
-          formats: int = 3) -> Path:
+          formats: int = 2) -> Path:
     torch.manual_seed(seed)
     random.seed(seed)
     torch.set_num_threads(1)  # bit-for-bit reproducible
     lines = documents(steps * batch_size, seed=seed, formats=formats)
-    tokenizer = train_tokenizer(lines[:5000] + GENERIC_TEXT * 2000, vocab_size=512)
+    tokenizer = train_tokenizer(pretraining_lines(20000, seed=seed, formats=formats) + GENERIC_TEXT * 200,
+                                vocab_size=1536)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384,
         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
@@ -108,7 +109,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("infra/models/tiny-llama"))
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--formats", type=int, default=3)
+    parser.add_argument("--formats", type=int, default=2)
     args = parser.parse_args()
     build(args.out, steps=args.steps, layers=args.layers, formats=args.formats)
 

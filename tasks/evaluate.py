@@ -78,8 +78,8 @@ def score(model_path: str, records: list[dict], max_new_tokens: int = 32) -> Mod
     got = generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens)
     hits = [g.strip() == r["output"].strip() for g, r in zip(got, records)]
     loss = response_loss(model, tokenizer, records)
-    samples = [{"input": r.get("input", ""), "expected": r["output"], "got": g.strip()} for r, g in
-               zip(records[:5], got[:5])]
+    samples = [{"instruction": r.get("instruction", ""), "input": r.get("input", ""), "expected": r["output"],
+                "got": g.strip()} for r, g in zip(records[:5], got[:5])]
     return ModelScores(model_path=model_path, n=len(records), exact_match=sum(hits) / max(len(hits), 1),
                        val_loss=loss, perplexity=math.exp(min(loss, 50)), samples=samples)
 
