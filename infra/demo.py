@@ -52,6 +52,7 @@ def follow(flow_run_id: UUID, timeout_s: float = 3600, echo=print):
     from prefect.client.schemas.sorting import LogSort
 
     seen = 0
+    quiet_polls = 0  # logs are shipped in batches and can land after the final state: drain them
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while True:
@@ -62,10 +63,12 @@ def follow(flow_run_id: UUID, timeout_s: float = 3600, echo=print):
                 echo(f"  {log.timestamp:%H:%M:%S} {log.message[:300]}")
             seen += len(logs)
             if state and state.is_final():
-                return state
-            if time.monotonic() > deadline:
+                quiet_polls = 0 if logs else quiet_polls + 1
+                if quiet_polls >= 2:
+                    return state
+            elif time.monotonic() > deadline:
                 raise TimeoutError(f"flow run {flow_run_id} did not finish within {timeout_s:.0f}s ({state.name})")
-            time.sleep(3)
+            time.sleep(3 if not (state and state.is_final()) else 1.5)
 
 
 def summary(flow_run_id: UUID) -> dict:

@@ -188,18 +188,20 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
     version = registry.create_version(name, merged.s3_uri, run_id, tags)
     previous = registry.alias_version(name, alias)
     promoted = healthy and report.passed
+    logger = get_run_logger()
     if promoted:
         registry.move_alias(name, alias, version)
         reason = f"{alias} -> version {version} ({report.reason})"
+        logger.info("moved alias %s", reason)
         if previous and previous != version:
             old = registry.version_tags(name, previous).get("endpoint_name")
             if old and old != ep.name and endpoints.stop(old):
-                get_run_logger().info("stopped replaced endpoint %s (version %s)", old, previous)
+                logger.info("stopped replaced endpoint %s (version %s)", old, previous)
     else:
         reason = f"not promoted: {'health check failed' if not healthy else report.reason}"
         registry.set_tag(name, version, "status", "rejected")
         endpoints.stop(ep.name)  # the previous production endpoint keeps serving
-    get_run_logger().info("model %s version %s: %s", name, version, reason)
+    logger.info("model %s version %s: %s", name, version, reason)
     tracking.client().set_tag(run_id, "registered_version", version)
     return Registration(model_name=name, version=version, alias=alias, promoted=promoted,
                         previous_version=previous, reason=reason)

@@ -95,7 +95,8 @@ def test_second_run_replaces_production_and_stops_the_old_endpoint(stack):
     new_version = tracking.run_for_flow_run(str(flow_run_id)).data.tags["registered_version"]
     assert int(new_version) == int(STATE["version"]) + 1
     assert registry.alias_version(MODEL, "production") == new_version
-    assert logs.index("production -> version") < logs.index(f"stopped replaced endpoint {STATE['endpoint']}")
+    assert logs.index(f"moved alias production -> version {new_version}") < \
+        logs.index(f"stopped replaced endpoint {STATE['endpoint']}")
     assert endpoints.get(STATE["endpoint"]) is None
     new_tags = registry.version_tags(MODEL, new_version)
     assert httpx.get(f"{new_tags['endpoint_url']}/health").status_code == 200
