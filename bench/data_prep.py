@@ -34,7 +34,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in alpaca_records(args.rows, seed=7)))
+        base = alpaca_records()
+        rows = ({**base[i % len(base)], "input": f"{base[i % len(base)]['input']} {i}"} for i in range(args.rows))
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
         def baseline():
             return [json.loads(line) for line in path.read_text().splitlines()]

@@ -76,6 +76,7 @@ def summary(flow_run_id: UUID) -> dict:
     from tasks import registry, tracking
     from tasks.deploy import RelayServer
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = tracking.client()
     run = tracking.run_for_flow_run(str(flow_run_id))
     if run is None:
