@@ -62,13 +62,14 @@ def follow(flow_run_id: UUID, timeout_s: float = 3600, echo=print):
             for log in logs:
                 echo(f"  {log.timestamp:%H:%M:%S} {log.message[:300]}")
             seen += len(logs)
-            if state and state.is_final():
+            final = bool(state and state.is_final())
+            if final:
                 quiet_polls = 0 if logs else quiet_polls + 1
                 if quiet_polls >= 2:
                     return state
             elif time.monotonic() > deadline:
                 raise TimeoutError(f"flow run {flow_run_id} did not finish within {timeout_s:.0f}s ({state.name})")
-            time.sleep(3 if not (state and state.is_final()) else 1.5)
+            time.sleep(1.5 if final else 3)
 
 
 def summary(flow_run_id: UUID) -> dict:

@@ -1,9 +1,10 @@
 """Deterministic synthetic text for the embedded tiny model and its demo dataset.
 
-The base model is pretrained on *raw* lines (``upper: abc -> ABC``) so it has the
-skill but not the instruction format; the finetune dataset asks for the same
-skills in alpaca format.  LoRA finetuning then measurably lifts exact-match on
-held-out words, which is what the demo and the integration tests check.
+The base model is pretrained on *raw* skill lines (``upper: red fox -> RED FOX``) and
+on alpaca examples of other instructions, so it knows the skills and the layout but
+not these instructions; the finetune dataset asks for the skills as alpaca
+instructions.  LoRA finetuning then measurably lifts exact-match on held-out rows,
+which is what the demo and the integration tests check.
 
     python -m infra.synthetic --out infra/datasets/word_ops.json
 """
@@ -16,7 +17,7 @@ import random
 from pathlib import Path
 
 # A closed vocabulary: the tokenizer learns each word (and its upper case) as one token, so the
-# skills are token-level maps a tiny model can hold; inputs of 1-3 words make held-out rows new.
+# skills are token-level maps a tiny model can hold.
 WORDS = (
     "red blue green black white gold pink gray cat dog cow pig fox owl bee ant elk yak sun moon star "
     "rain snow wind fire ice sea lake hill rock sand tree leaf root seed rose corn rice bread milk tea "
@@ -46,15 +47,6 @@ RAW_FORMATS = [
     "{op}: {word} -> {out}",
     "task: {op}\ninput:\n{word}\noutput:\n{out}",
 ]
-
-
-def random_phrases(n: int, seed: int, max_words: int = 2) -> list[str]:
-    """``n`` distinct phrases of 1-``max_words`` vocabulary words, the same for the same seed."""
-    rng = random.Random(seed)
-    phrases: dict[str, None] = {}
-    while len(phrases) < n:
-        phrases[" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, max_words)))] = None
-    return list(phrases)
 
 
 def pretraining_lines(n: int, seed: int = 0, formats: int = len(RAW_FORMATS)) -> list[str]:

@@ -6,8 +6,9 @@ project builds its own base deterministically (fixed seeds, one thread):
     python -m infra.tiny_model --out infra/models/tiny-llama
 
 hidden 128 with 2 heads gives head_dim 64, the smallest vLLM's CPU build serves.
-The model is pretrained briefly on raw skill lines (see ``infra.synthetic``) so it
-is not random, but it has never seen the alpaca instruction format.
+The model is pretrained briefly on raw skill lines and on alpaca examples of other
+instructions (see ``infra.synthetic``), so it is not random but has never seen the
+instructions the bundled dataset asks for.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFa
 
 
 def documents(n: int, seed: int, formats: int) -> list[str]:
-    """One skill line per document behind 0-3 prose sentences, so the skill works deep into a context."""
+    """One skill line per document behind 0-2 prose sentences, so the skill works deep into a context."""
     rng = random.Random(seed)
     docs = []
     for line in pretraining_lines(n, seed=seed, formats=formats):

@@ -4,7 +4,7 @@ import pytest
 
 from tasks.data import DatasetError, content_hash, load_alpaca, prepare, read_jsonl, split
 
-GOOD = {"instruction": "Convert the words to upper case.", "input": "red fox", "output": "RED FOX"}
+GOOD = {"instruction": "Convert the word to upper case.", "input": "red fox", "output": "RED FOX"}
 
 
 def test_loads_jsonl_and_json_array(alpaca_file, tmp_path):

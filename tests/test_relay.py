@@ -26,7 +26,7 @@ def test_routes(endpoint):
     text = RelayServer.extract_result(resp, prompt)
     assert isinstance(text, str) and resp.json()["object"] == "text_completion"
     chat = httpx.post(f"{endpoint.url}/v1/chat/completions", timeout=30,
-                      json={"messages": [{"role": "user", "content": "Convert the words to upper case."}]})
+                      json={"messages": [{"role": "user", "content": "Convert the word to upper case."}]})
     assert chat.json()["choices"][0]["message"]["role"] == "assistant"
     assert isinstance(RelayServer.extract_result(chat, None), str)
     bad = httpx.post(f"{endpoint.url}/v1/completions", json={"prompt": "x", "max_tokens": 0})
@@ -34,7 +34,7 @@ def test_routes(endpoint):
 
 
 def test_completion_is_greedy_and_stable(endpoint):
-    prompt = Prompter.from_template("alpaca").generate_prompt({"instruction": "Convert the words to upper case.",
+    prompt = Prompter.from_template("alpaca").generate_prompt({"instruction": "Convert the word to upper case.",
                                                                "input": "abc"})
     answers = {httpx.post(f"{endpoint.url}/v1/completions", json={"prompt": prompt, "max_tokens": 8},
                           timeout=30).json()["choices"][0]["text"] for _ in range(2)}
