@@ -49,7 +49,7 @@ def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict |
         merged = steps.merge(config, base, trained, run_id)
         report = steps.evaluate_models(config.evaluate, base, merged, data, run_id)
         endpoint = steps.deploy(config.deploy, merged, config.registry.model_name,
-                                config.data.prompt_template_name, run_id)
+                                config.data.prompt_template_name, data, run_id)
         registration = steps.register(config, endpoint, merged, report, data, run_id, flow_run_id)
     except BaseException:
         tracking.end_run(run_id, "FAILED")

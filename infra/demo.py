@@ -91,10 +91,10 @@ def summary(flow_run_id: UUID) -> dict:
     if production is None:
         sys.exit(f"{model_name} has no {alias} version: the gate has never passed ({run.data.tags})")
     endpoint = registry.version_tags(model_name, production)["endpoint_url"]
-    from tasks.prompter import Prompter
+    from tasks.prompter import get_prompter, render_record
 
     sample = report["candidate"]["samples"][0]  # a held-out validation row
-    prompt = Prompter.from_template(config["data"]["prompt_template_name"]).generate_prompt(sample)
+    prompt = render_record(get_prompter(config["data"]["prompt_template_name"]), sample)
     response = httpx.post(f"{endpoint}/v1/completions", json={"prompt": prompt, "max_tokens": 24}, timeout=60)
     response.raise_for_status()
     m = run.data.metrics

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.evaluate import GateConfig
 from tasks.settings import REPO_ROOT
@@ -28,6 +28,15 @@ class DataSection(Section):
     val_set_size: int = Field(200, ge=1)
     prompt_template_name: str = "alpaca"
     seed: int = 42
+
+    @field_validator("prompt_template_name")
+    @classmethod
+    def known_prompter(cls, name: str) -> str:
+        from tasks.prompter import PROMPTERS
+
+        if name not in PROMPTERS:
+            raise ValueError(f"unknown prompt template {name!r}; known: {', '.join(sorted(PROMPTERS))}")
+        return name
 
 
 class FinetuneSection(Section):
@@ -58,6 +67,16 @@ class DeploySection(Section):
     backend: Literal["relay"] = "relay"
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
+    # How the endpoint's answers are shaped (tasks.formatter): a formatter name and its selector.
+    formatter: str = "empty"
+    formatter_selector: str | None = None
+
+    @model_validator(mode="after")
+    def known_formatter(self) -> "DeploySection":
+        from tasks.formatter import make_formatter
+
+        make_formatter(self.formatter, self.formatter_selector)  # FormatterError is a ValueError
+        return self
 
 
 class RegisterSection(Section):

@@ -71,6 +71,9 @@ class Command:
         return f"<Command {self}>"
 
 
+LazyLLMCMD = Command  # the contract's name for a command object
+
+
 class ComponentBase:
     """A component runs through its launcher; a subclass gives ``apply`` or ``cmd``."""
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.prompter import Prompter
+from tasks.prompter import get_prompter, render_record
 
 ALPACA_SCHEMA = {"instruction": "non-empty string", "input": "string (optional)", "output": "non-empty string"}
 
@@ -91,9 +91,10 @@ def split(records: list[dict], val_set_size: int, seed: int = 42) -> tuple[list[
     return shuffled[: len(shuffled) - val_set_size], shuffled[len(shuffled) - val_set_size:]
 
 
-def render(records: list[dict[str, str]], prompter: Prompter) -> list[dict[str, str]]:
-    """Add the rendered ``prompt`` the model sees; ``output`` stays the target."""
-    return [{**r, "prompt": prompter.generate_prompt(r)} for r in records]
+def render(records: list[dict[str, str]], prompter) -> list[dict[str, str]]:
+    """Add the ``prompt`` the model sees, rendered by a prompter from ``get_prompter``; ``output`` stays the
+    target."""
+    return [{**r, "prompt": render_record(prompter, r)} for r in records]
 
 
 class PreparedDataset(BaseModel):
@@ -118,8 +119,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def prepare(path: str | Path, workdir: Path, val_set_size: int = 200, prompt_template_name: str = "alpaca",
             seed: int = 42) -> PreparedDataset:
     """Validate, split and render ``path`` into ``workdir/<hash>/``."""
+    prompter = get_prompter(prompt_template_name)
     records = load_alpaca(path)
-    prompter = Prompter.from_template(prompt_template_name)
     digest = content_hash({"records": records, "val_set_size": val_set_size,
                            "template": prompt_template_name, "seed": seed})
     train, val = split(records, val_set_size, seed)

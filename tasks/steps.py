@@ -19,8 +19,10 @@ from tasks.deploy.endpoints import Endpoint, start_detached
 from tasks.evaluate import EvalReport, evaluate
 from tasks.finetune import AlpacaloraFinetune
 from tasks.finetune.base import parse_metric_line
+from tasks.formatter import make_formatter
 from tasks.merge import weight_delta
 from tasks.models import ModelRef, resolve_model
+from tasks.prompter import get_prompter, render_record
 from tasks.settings import Settings
 
 
@@ -144,17 +146,25 @@ def evaluate_models(cfg: EvaluateSection, base: ModelRef, merged: MergedModel, d
 
 
 @task
-def deploy(cfg: DeploySection, merged: MergedModel, name: str, template: str, run_id: str) -> Endpoint:
-    """Start the server detached (it outlives the flow run), health-check and smoke-test it."""
+def deploy(cfg: DeploySection, merged: MergedModel, name: str, template: str, data: PreparedDataset,
+           run_id: str) -> Endpoint:
+    """Start the server detached (it outlives the flow run), health-check it, and smoke-test it with a
+    validation record: the answer goes through the backend's ``extract_result`` and the configured formatter."""
     server = RelayServer(host=cfg.host, port=cfg.port or None, name=name, prompt_template=template)
     command = server.cmd(merged.path)
     endpoint_name = f"{name}-{run_id[:8]}"
+    record = read_jsonl(data.val_path)[0]
+    prompt = render_record(get_prompter(template), record)
     with timed(run_id, "deploy"):
         ep = start_detached(endpoint_name, command.argvs[0], command.return_value, "relay", merged.path)
-        smoke = httpx.post(f"{ep.url}/v1/completions", json={"prompt": "hello", "max_tokens": 4}, timeout=30)
+        smoke = httpx.post(f"{ep.url}/v1/completions", json={"prompt": prompt, "max_tokens": 16}, timeout=30)
         smoke.raise_for_status()
-        RelayServer.extract_result(smoke, None)
-    get_run_logger().info("endpoint %s serving at %s", ep.name, ep.url)
+        answer = make_formatter(cfg.formatter, cfg.formatter_selector)(server.extract_result(smoke, prompt))
+    tracking.client().set_tag(run_id, "smoke_answer", str(answer)[:250])
+    logger = get_run_logger()
+    logger.info("endpoint %s serving at %s", ep.name, ep.url)
+    logger.info("smoke test: %s %r -> %r (expected %r)", record["instruction"], record.get("input", ""),
+                answer, record.get("output"))
     return ep
 
 

@@ -21,6 +21,14 @@ def test_config_errors_name_file_and_field(tmp_path):
     path.write_text("name: x\ndata: {path: d.json}\nregistry: {model_name: m}\nfinetune: {params: {lora_rank: 4}}\n")
     with pytest.raises(ConfigError, match=r"finetune.params: .*lora_rank.*allowed: .*lora_r"):
         load_config(path)
+    path.write_text("name: x\ndata: {path: d.json, prompt_template_name: alpacca}\nregistry: {model_name: m}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: data.prompt_template_name: .*unknown prompt template "
+                                          r"'alpacca'; known: alpaca"):
+        load_config(path)
+    path.write_text("name: x\ndata: {path: d.json}\nregistry: {model_name: m}\n"
+                    "deploy: {formatter: json, formatter_selector: '[a, 1:2]'}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: deploy: .*mixes a slice and a list"):
+        load_config(path)
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "missing.yaml")
 

@@ -1,7 +1,8 @@
 import pytest
 
 from tasks import launchers
-from tasks.core import Command, ComponentBase, UnknownKwargsError, check_kwargs, mask_argv
+from tasks.core import Command, ComponentBase, LazyLLMCMD, UnknownKwargsError, check_kwargs, mask_argv
+from tasks.deploy import DummyDeploy, LazyLLMDeployBase
 from tasks.finetune import AlpacaloraFinetune, DummyFinetune, alpacalora
 from tasks.finetune.base import parse_module_list
 
@@ -87,3 +88,36 @@ def test_parse_module_list():
     assert parse_module_list("[wo,wqkv]") == ["wo", "wqkv"]
     assert parse_module_list("q_proj, v_proj") == ["q_proj", "v_proj"]
     assert parse_module_list("[]") == []
+
+
+def test_dummy_deploy_replies_whole_or_streamed():
+    deployer = DummyDeploy()
+    assert deployer.launcher.sync is False  # launchers.remote(sync=False), as documented
+    assert deployer({"inputs": "hi", "parameters": {"temperature": 0.5}}) == \
+        "reply for hi, and parameters is {'temperature': 0.5}"
+    # A bare input fills message_format, whose parameters are the defaults.
+    assert deployer("hello") == "reply for hello, and parameters is {'do_sample': False, 'temperature': 0.1}"
+    assert DummyDeploy.message_format["inputs"] == ""  # the class template is never mutated
+    pieces = list(DummyDeploy(stream=True)("hello"))
+    assert len(pieces) == 7 and "".join(pieces) == deployer("hello")
+    with pytest.raises(UnknownKwargsError, match="allowed: port"):
+        DummyDeploy(prot=1)
+
+
+def test_extract_result_defaults_to_the_raw_output_and_is_overridable():
+    assert LazyLLMDeployBase.extract_result("raw", {"q": 1}) == "raw"
+
+    class MyDeployer(LazyLLMDeployBase):
+        @staticmethod
+        def extract_result(output, inputs):
+            return output["result"]
+
+    assert MyDeployer().extract_result({"result": 42}, None) == 42
+
+
+def test_command_object_holds_argvs_return_value_and_check():
+    command = LazyLLMCMD([["train", "--token", "s3cret"], ["merge"]], return_value="/out", checker=lambda: True)
+    assert command is not None and LazyLLMCMD is Command
+    assert command.argvs == [["train", "--token", "s3cret"], ["merge"]]
+    assert command.return_value == "/out" and command.checker()
+    assert str(command) == "train --token '******' && merge"

@@ -69,3 +69,16 @@ def test_prepare_renders_prompts_and_hashes_content(alpaca_file, tmp_path):
     assert again.hash == prepared.hash
     assert prepare(path, tmp_path / "work3", val_set_size=6).hash != prepared.hash
     assert content_hash({"a": 1, "b": 2}) == content_hash({"b": 2, "a": 1})
+
+
+def test_prepare_renders_through_the_named_prompter(alpaca_file, tmp_path):
+    from tasks.prompter import AlpacaPrompter
+
+    path = alpaca_file([{**GOOD, "input": str(i)} for i in range(10)])
+    prepared = prepare(path, tmp_path / "work", val_set_size=2, prompt_template_name="lazyllm_alpaca")
+    row = read_jsonl(prepared.train_path)[0]
+    expected = AlpacaPrompter("{instruction}", extra_keys=["input"]).generate_prompt(
+        {"instruction": row["instruction"], "input": row["input"]})
+    assert row["prompt"] == expected and row["output"] not in row["prompt"]
+    assert prepared.template == "lazyllm_alpaca"
+    assert prepared.hash != prepare(path, tmp_path / "w2", val_set_size=2).hash

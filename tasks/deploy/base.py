@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from tasks import launchers
@@ -19,6 +21,34 @@ class LazyLLMDeployBase(ComponentBase):
     def extract_result(output, inputs):
         """The final result from a raw model output; backends override this."""
         return output
+
+
+class DummyDeploy(LazyLLMDeployBase):
+    """A stand-in deployment for tests and examples: it answers a request in ``message_format`` with
+    ``reply for <inputs>, and parameters is <parameters>``, whole or (``stream=True``) piece by piece."""
+
+    keys_name_handle = {"inputs": "inputs"}
+    message_format = {"inputs": "", "parameters": {"do_sample": False, "temperature": 0.1}}
+    allowed = ("port",)
+
+    def __init__(self, launcher: Any = None, *, stream: bool = False, **kw):
+        check_kwargs(type(self).__name__, kw, self.allowed)
+        super().__init__(launcher=launcher or launchers.remote(sync=False))
+        self.stream = stream
+        self.kw = kw
+
+    def _request(self, x: Any) -> dict:
+        request = copy.deepcopy(self.message_format)
+        if isinstance(x, dict):
+            request.update(x)
+        else:
+            request[self.keys_name_handle["inputs"]] = x
+        return request
+
+    def apply(self, x: Any) -> str | Iterator[str]:
+        r = self._request(x)
+        pieces = ["reply", " for", f" {r['inputs']}", ", and", " parameters", " is", f" {r['parameters']}"]
+        return iter(pieces) if self.stream else "".join(pieces)
 
 
 class RelayServer(LazyLLMDeployBase):

@@ -19,7 +19,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from tasks.evaluate import _load, generate
-from tasks.prompter import Prompter
+from tasks.prompter import get_prompter, render_record
 
 
 class CompletionRequest(BaseModel):
@@ -43,7 +43,7 @@ class ChatRequest(BaseModel):
 
 def create_app(model_path: str, name: str, prompt_template: str = "alpaca") -> FastAPI:
     model, tokenizer = _load(model_path)
-    prompter = Prompter.from_template(prompt_template)
+    prompter = get_prompter(prompt_template)
     app = FastAPI(title=f"fineflow relay: {name}")
     created = int(time.time())
 
@@ -76,9 +76,7 @@ def create_app(model_path: str, name: str, prompt_template: str = "alpaca") -> F
             raise HTTPException(400, "messages must contain a user message")
         system = "\n".join(m.content for m in req.messages if m.role == "system")
         instruction = "\n".join(filter(None, [system, users[-1]]))
-        slots = {s: "" for s in prompter.slots}
-        slots[prompter.slots[0] if prompter.slots else "instruction"] = instruction
-        text = complete([prompter.generate_prompt(slots)], req.max_tokens)[0]
+        text = complete([render_record(prompter, {"instruction": instruction})], req.max_tokens)[0]
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
                 "model": name, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                             "finish_reason": "stop"}]}

@@ -58,11 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_records(path: str, template: str) -> list[dict]:
     from tasks.data import load_alpaca, read_jsonl, render
-    from tasks.prompter import Prompter
+    from tasks.prompter import get_prompter
 
     records = read_jsonl(path) if path.endswith(".jsonl") else load_alpaca(path)
     if records and "prompt" not in records[0]:
-        records = render(records, Prompter.from_template(template))
+        records = render(records, get_prompter(template))
     return records
 
 
