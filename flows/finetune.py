@@ -43,7 +43,7 @@ def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict |
     tracking.log_text(run_id, config.model_dump_json(indent=1), "config/pipeline.json")
     try:
         base = steps.download(config.model.base_model, run_id)
-        data = steps.prepare_dataset(config, run_id)
+        data = steps.prepare_dataset(config, base, run_id)
         tracking.client().set_tag(run_id, "dataset_hash", data.hash)
         trained = steps.finetune(config, base, data, run_id)
         merged = steps.merge(config, base, trained, run_id)

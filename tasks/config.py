@@ -28,6 +28,9 @@ class DataSection(Section):
     val_set_size: int = Field(200, ge=1)
     prompt_template_name: str = "alpaca"
     seed: int = 42
+    # Records longer than the finetune's cutoff_len (in tokens): "warn" counts them (training truncates),
+    # "reject" fails the run before training, naming the first one.
+    on_long: Literal["warn", "reject"] = "warn"
 
     @field_validator("prompt_template_name")
     @classmethod

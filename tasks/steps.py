@@ -21,7 +21,7 @@ from tasks.finetune import AlpacaloraFinetune
 from tasks.finetune.base import parse_metric_line
 from tasks.formatter import make_formatter
 from tasks.merge import weight_delta
-from tasks.models import ModelRef, resolve_model
+from tasks.models import ModelManager, ModelNotFoundError, ModelRef
 from tasks.prompter import get_prompter, render_record
 from tasks.settings import Settings
 
@@ -55,24 +55,37 @@ def workdir(run_id: str) -> Path:
 
 @task(retries=2, retry_delay_seconds=2)
 def download(base_model: str, run_id: str) -> ModelRef:
-    """Resolve the base model to a local directory with weights."""
+    """The base model as a local directory with weights: found under the search roots or the cache, or
+    downloaded by ``ModelManager`` from ``LAZYLLM_MODEL_SOURCE`` (a hub or an S3 mirror)."""
     with timed(run_id, "download"):
-        ref = resolve_model(base_model)
+        manager = ModelManager()
+        path = manager.download(base_model)
+        if not path:
+            raise ModelNotFoundError(f"model {base_model!r} is neither local (model_path, {manager.cache_dir}, "
+                                     f"infra/models) nor downloadable from {manager.model_source}; see the log above")
+        ref = ModelRef(name=Path(base_model).name, path=path)
     get_run_logger().info("base model %s at %s", ref.name, ref.path)
     return ref
 
 
 @task
-def prepare_dataset(config: PipelineConfig, run_id: str) -> PreparedDataset:
-    """Validate every record, split, render prompts, and store the result in S3 under its content hash."""
+def prepare_dataset(config: PipelineConfig, base: ModelRef, run_id: str) -> PreparedDataset:
+    """Validate every record, dedupe, check lengths against cutoff_len, split, render prompts, and store the
+    result in S3 under its content hash."""
+    from tasks.finetune.alpacalora import DEFAULTS
+
     d = config.data
+    cutoff_len = config.finetune.params.get("cutoff_len", DEFAULTS["cutoff_len"])
     with timed(run_id, "prepare"):
-        prepared = prepare(d.path, workdir(run_id) / "data", d.val_set_size, d.prompt_template_name, d.seed)
+        prepared = prepare(d.path, workdir(run_id) / "data", d.val_set_size, d.prompt_template_name, d.seed,
+                           format="alpaca", cutoff_len=cutoff_len, tokenizer_path=base.path, on_long=d.on_long)
         prepared.uri = f"s3://{Settings.load().s3_bucket}/datasets/{prepared.hash}"
         if not storage.exists(f"{prepared.uri}/manifest.json"):
             storage.upload_dir(Path(prepared.train_path).parent, prepared.uri)
     tracking.log_params(run_id, {"dataset.hash": prepared.hash, "dataset.uri": prepared.uri,
-                                 "dataset.n_train": prepared.n_train, "dataset.n_val": prepared.n_val})
+                                 "dataset.n_train": prepared.n_train, "dataset.n_val": prepared.n_val,
+                                 "dataset.n_duplicates": prepared.n_duplicates,
+                                 "dataset.n_too_long": prepared.n_too_long})
     get_run_logger().info("dataset %s: %d train / %d val -> %s", prepared.hash[:12], prepared.n_train,
                           prepared.n_val, prepared.uri)
     return prepared

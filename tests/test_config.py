@@ -1,7 +1,7 @@
 import pytest
 
 from tasks.config import ConfigError, load_config
-from tasks.models import ModelNotFoundError, resolve_model, validate_model_path
+from tasks.models import ModelManager, validate_model_path
 from tasks.tracking import REDACTED, flatten, redact
 
 from conftest import REPO, TINY_MODEL
@@ -38,13 +38,13 @@ def test_overrides_merge_deeply():
     assert config.finetune.params["max_steps"] == 7 and config.finetune.params["lora_r"] == 16
 
 
-def test_resolve_model_finds_embedded_and_rejects_bad_names(tmp_path):
-    assert resolve_model("tiny-llama").path == str(TINY_MODEL)
+def test_model_manager_finds_the_embedded_base_and_rejects_bad_names(tmp_path):
+    manager = ModelManager(model_path="", cache_dir=str(tmp_path))
+    assert manager.download("tiny-llama") == str(TINY_MODEL)
     assert validate_model_path(TINY_MODEL) and not validate_model_path(tmp_path)
-    with pytest.raises(ModelNotFoundError, match="not found"):
-        resolve_model("no-such-model")
+    assert manager.find_local("no-such-model") is None
     with pytest.raises(ValueError, match="invalid model name"):
-        resolve_model("../etc")
+        manager.download("../etc")
 
 
 def test_secrets_are_redacted_from_params():

@@ -1,0 +1,100 @@
+"""A small local server speaking the Hugging Face and ModelScope file APIs, for ModelManager's tests.
+
+No hub is reachable from the test machines: this is the one sanctioned stand-in. It serves
+real files (the embedded model), honours Range requests, can demand a token, and can cut a
+file short once to test that downloads resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+
+class FakeHub:
+    def __init__(self, repos: dict[str, Path], token: str | None = None):
+        self.repos = {repo: {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+                      for repo, d in repos.items()}
+        self.token = token
+        self.cut_once: set[str] = set()  # paths whose next GET stops halfway
+        self.ranges: list[str] = []  # Range headers received
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                hub.handle(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def listing(self, repo: str) -> list[dict]:
+        return [{"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                for p, b in self.repos[repo].items()]
+
+    def handle(self, req: BaseHTTPRequestHandler) -> None:
+        if self.token and req.headers.get("Authorization") != f"Bearer {self.token}":
+            return self.reply(req, 401, b'{"error": "unauthorized"}')
+        url = urlparse(req.path)
+        parts = [unquote(p) for p in url.path.strip("/").split("/")]
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "revision":  # HF listing
+            repo = "/".join(parts[2:4])
+            if repo not in self.repos:
+                return self.reply(req, 404, b"{}")
+            siblings = [{"rfilename": f["path"], "size": f["size"], "lfs": {"sha256": f["sha256"]}}
+                        for f in self.listing(repo)]
+            return self.reply(req, 200, json.dumps({"id": repo, "siblings": siblings}).encode())
+        if len(parts) >= 5 and parts[2] == "resolve":  # HF file
+            return self.send_file(req, "/".join(parts[:2]), "/".join(parts[4:]))
+        if parts[:3] == ["api", "v1", "models"] and parts[5:7] == ["repo", "files"]:  # ModelScope listing
+            repo = "/".join(parts[3:5])
+            if repo not in self.repos:
+                return self.reply(req, 404, b"{}")
+            files = [{"Path": f["path"], "Type": "blob", "Size": f["size"], "Sha256": f["sha256"]}
+                     for f in self.listing(repo)]
+            return self.reply(req, 200, json.dumps({"Code": 200, "Data": {"Files": files}}).encode())
+        if parts[:3] == ["api", "v1", "models"] and parts[5:] == ["repo"]:  # ModelScope file
+            return self.send_file(req, "/".join(parts[3:5]), query.get("FilePath", ""))
+        return self.reply(req, 404, b"{}")
+
+    def send_file(self, req: BaseHTTPRequestHandler, repo: str, path: str) -> None:
+        data = self.repos.get(repo, {}).get(path)
+        if data is None:
+            return self.reply(req, 404, b"{}")
+        start, status = 0, 200
+        if rng := req.headers.get("Range"):
+            self.ranges.append(rng)
+            start, status = int(rng.removeprefix("bytes=").split("-")[0]), 206
+        body = data[start:]
+        req.send_response(status)
+        req.send_header("Content-Length", str(len(body)))
+        if status == 206:
+            req.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        req.end_headers()
+        if path in self.cut_once:
+            self.cut_once.discard(path)
+            req.wfile.write(body[: len(body) // 2])
+            req.wfile.flush()
+            req.close_connection = True
+            return
+        req.wfile.write(body)
+
+    @staticmethod
+    def reply(req: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        req.send_response(status)
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        req.wfile.write(body)

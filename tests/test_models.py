@@ -1,0 +1,143 @@
+"""ModelManager: local search, hub downloads (against a local stand-in hub) with resume and progress,
+the S3 mirror on SeaweedFS, model types and prompt keys."""
+
+import filecmp
+import shutil
+
+import pytest
+
+from tasks.models import (INCOMPLETE_MARKER, MODELS, LLMType, ModelManager, download_model, get_model_prompt_keys,
+                          get_model_type, upload_model, validate_model_path)
+from tasks.models.mirror import MirrorError
+from tasks.prompter import ChatPrompter
+
+from conftest import TINY_MODEL
+from hub_server import FakeHub
+
+HF_REPO, MS_REPO = "internlm/internlm2-chat-7b", "Shanghai_AI_Laboratory/internlm2-chat-7b"
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    server = FakeHub({HF_REPO: TINY_MODEL, MS_REPO: TINY_MODEL, "org/tiny": TINY_MODEL}, token="hub-token-123")
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", server.url)
+    yield server
+    server.close()
+
+
+def same_tree(a, b) -> bool:
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and \
+        all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
+
+
+def test_defaults_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAZYLLM_MODEL_SOURCE", "huggingface")
+    monkeypatch.setenv("LAZYLLM_MODEL_SOURCE_TOKEN", "secret-token")
+    monkeypatch.setenv("LAZYLLM_MODEL_CACHE_DIR", str(tmp_path))
+    m = ModelManager()
+    assert (m.model_source, m.token, m.cache_dir) == ("huggingface", "secret-token", tmp_path)
+    assert "secret-token" not in repr(m)
+    monkeypatch.delenv("LAZYLLM_MODEL_SOURCE")
+    assert ModelManager().model_source == "modelscope"
+    with pytest.raises(ValueError, match="model_source must be one of huggingface, modelscope"):
+        ModelManager(model_source="civitai")
+
+
+def test_search_order_model_path_then_cache(tmp_path):
+    root, cache = tmp_path / "root", tmp_path / "cache"
+    shutil.copytree(TINY_MODEL, root / "internlm2-chat-7b")
+    shutil.copytree(TINY_MODEL, cache / "internlm2-chat-7b")
+    m = ModelManager(model_path=str(root), cache_dir=str(cache))
+    assert m.download("internlm2-chat-7b") == str(root / "internlm2-chat-7b")
+    assert ModelManager(model_path="", cache_dir=str(cache)).download("internlm2-chat-7b") == \
+        str(cache / "internlm2-chat-7b")
+    assert m.download(str(TINY_MODEL)) == str(TINY_MODEL)
+    assert m.download("") is False
+    with pytest.raises(ValueError, match="invalid model name"):
+        m.download("../../etc/passwd")
+
+
+@pytest.mark.parametrize("source, repo", [("huggingface", HF_REPO), ("modelscope", MS_REPO)])
+def test_hub_download_by_short_name(hub, tmp_path, source, repo):
+    progress = []
+    m = ModelManager(model_source=source, token="hub-token-123", cache_dir=str(tmp_path / "cache"))
+    path = m.download("internlm2-chat-7b", call_back=lambda done, total, name: progress.append((done, total)))
+    assert path == str(tmp_path / "cache" / "internlm2-chat-7b")
+    assert same_tree(TINY_MODEL, tmp_path / "cache" / "internlm2-chat-7b") and validate_model_path(path)
+    total = sum(p.stat().st_size for p in TINY_MODEL.rglob("*") if p.is_file())
+    assert progress[-1] == (total, total)
+    assert m.download("internlm2-chat-7b") == path  # now found in the cache
+    assert ModelManager(model_source=source, token="hub-token-123",
+                        cache_dir=str(tmp_path / "c2")).download("org/tiny") == str(tmp_path / "c2" / "tiny")
+
+
+def test_wrong_token_and_unknown_repo_fail_cleanly(hub, tmp_path, caplog):
+    m = ModelManager(model_source="huggingface", token="wrong", cache_dir=str(tmp_path))
+    assert m.download("internlm2-chat-7b") is False
+    assert "access denied (401)" in caplog.text and "wrong" not in caplog.text.replace("token=", "")
+    m = ModelManager(model_source="huggingface", token="hub-token-123", cache_dir=str(tmp_path))
+    assert m.download("nobody/nothing") is False and "not found" in caplog.text
+    assert m.download("not-in-the-table") is False and "short-name table" in caplog.text
+    assert not validate_model_path(tmp_path / "nothing")
+
+
+def test_interrupted_download_resumes_and_never_looks_complete(hub, tmp_path):
+    hub.cut_once.add("model.safetensors")
+    m = ModelManager(model_source="huggingface", token="hub-token-123", cache_dir=str(tmp_path))
+    assert m.download("internlm2-chat-7b") is False
+    target, partial = tmp_path / "internlm2-chat-7b", tmp_path / "internlm2-chat-7b.partial"
+    assert not target.exists() and (partial / INCOMPLETE_MARKER).exists()
+    assert not validate_model_path(partial) and m.find_local("internlm2-chat-7b") is None
+    kept = (partial / "model.safetensors.part").stat().st_size
+    assert kept > 0
+    assert m.download("internlm2-chat-7b") == str(target)
+    assert f"bytes={kept}-" in hub.ranges  # the second attempt asked only for the rest
+    assert same_tree(TINY_MODEL, target) and not partial.exists()
+
+
+def test_s3_mirror_round_trip(stack, tmp_path):
+    from tasks import storage
+    from tasks.settings import Settings
+
+    bucket = Settings.load().s3_bucket
+    model = tmp_path / "big-model"
+    shutil.copytree(TINY_MODEL, model)
+    (model / "extra.bin").write_bytes(bytes(range(256)) * 50_000)  # 12.8 MB: several 5 MB parts
+    uri = f"s3://{bucket}/mirror/big-model"
+    manifest = upload_model(model, uri, chunk_mb=5)
+    assert set(manifest["files"]) == {p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file()}
+    head = storage.s3_client().head_object(Bucket=bucket, Key="mirror/big-model/extra.bin")
+    assert head["ETag"].strip('"').endswith("-3")  # a multipart upload in three parts
+    path = ModelManager(model_source=f"s3://{bucket}/mirror", cache_dir=str(tmp_path / "cache")).download("big-model")
+    assert path == str(tmp_path / "cache" / "big-model") and same_tree(model, tmp_path / "cache" / "big-model")
+    storage.s3_client().put_object(Bucket=bucket, Key="mirror/big-model/extra.bin", Body=b"tampered")
+    with pytest.raises(MirrorError, match="sha256 mismatch"):
+        download_model(uri, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+    with pytest.raises(MirrorError, match="not a complete mirror"):
+        download_model(f"s3://{bucket}/mirror/absent", tmp_path / "absent")
+
+
+def test_model_types_and_llmtype():
+    assert LLMType("LLM") is LLMType.LLM and LLMType.LLM == "llm" and LLMType.VLM == "VLM"
+    assert {LLMType.EMBED: 1}["embed"] == 1
+    cases = {"internlm2-chat-7b": "llm", "InternVL3_5-1B": "vlm", "bge-m3": "embed", "BAAI/bge-reranker-large":
+             "rerank", "openai/clip-vit-base-patch32": "cross_modal_embed", "SenseVoiceSmall": "stt",
+             "ChatTTS": "tts", "bark": "tts", "musicgen-small": "tts", "stable-diffusion-3-medium": "sd",
+             "PP-OCRv4": "ocr", "Qwen2-VL-2B-Instruct": "vlm", "whisper-large-v3": "stt", "gte-large": "embed",
+             "some-new-model": "llm", "/abs/path/to/bge-m3": "embed"}
+    assert {m: get_model_type(m) for m in cases} == cases
+    for name in ("chatglm3-6b", "internlm2-chat-20b", "internlm2-chat-7b", "InternVL3_5-1B", "bge-m3",
+                 "SenseVoiceSmall", "ChatTTS", "bark", "musicgen-small", "stable-diffusion-3-medium"):
+        assert name.lower() in MODELS  # every model the reference names has a short name
+    with pytest.raises(ValueError, match="non-empty"):
+        get_model_type("")
+
+
+def test_prompt_keys_configure_a_chat_prompter():
+    keys = get_model_prompt_keys("internlm2-chat-7b")
+    assert keys["soh"] == "<|im_start|>user\n" and get_model_prompt_keys("unknown-model") == {}
+    prompt = ChatPrompter("be brief").set_model_configs(**keys).generate_prompt("hi")
+    assert "<|im_start|>user\n" in prompt and prompt.endswith("<|im_start|>assistant\n\n")
