@@ -75,6 +75,13 @@ def test_every_format_in_every_file_type_is_detected_and_read(tmp_path, fmt, suf
         assert got[key] == value or (key == "label" and got[key] == float(value))
 
 
+def test_openai_tool_call_turns_are_valid(tmp_path):
+    record = {"messages": [{"role": "user", "content": "weather?"},
+                           {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "function": {}}]},
+                           {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]}
+    assert load_dataset(write(tmp_path / "d.jsonl", [record])).records == [record]
+
+
 def test_lines_and_units_are_reported(tmp_path):
     assert load_dataset(write(tmp_path / "d.jsonl", ["", *variants("alpaca", 2)])).lines == [2, 3]
     assert load_dataset(write(tmp_path / "d.json", variants("alpaca", 2))).unit == "record"

@@ -110,6 +110,8 @@ def _turns(where: Where, field: str, value: Any, role_key: str, text_key: str, r
             raise where.error(f"{field}[{i}].{role_key}", f"{turn.get(role_key)!r} is not one of {sorted(roles)}")
         if text_key not in turn:
             raise where.error(f"{field}[{i}].{text_key}", "missing required field")
+        if turn.get("tool_calls") and turn[text_key] is None:
+            continue  # an assistant turn that only calls tools
         _string(where, f"{field}[{i}].{text_key}", turn[text_key], required=not turn.get("tool_calls"))
     return value
 
