@@ -38,7 +38,7 @@ def write_rows(path: Path, rows: int) -> None:
             f.write(json.dumps({**r, "input": f"{r['input']} {i}"}) + "\n")
 
 
-def run_baseline(path: Path) -> int:
+def run_baseline(path: Path) -> tuple[int, int]:
     from tasks.data.prepare import load_tokenizer, token_lengths
     from tasks.prompter import TEMPLATES
 
@@ -53,7 +53,7 @@ def run_baseline(path: Path) -> int:
     return token_stats(token_lengths(texts(), tokenizer))
 
 
-def run_fineflow(path: Path) -> int:
+def run_fineflow(path: Path) -> tuple[int, int]:
     from tasks.data import iter_dataset
     from tasks.data.prepare import load_tokenizer, token_lengths
     from tasks.prompter import get_prompter, render_record
@@ -64,6 +64,7 @@ def run_fineflow(path: Path) -> int:
 
 
 def token_stats(lengths) -> tuple[int, int]:
+    """(rows, tokens): both sides must agree, or they did not tokenize the same texts."""
     rows = tokens = 0
     for n in lengths:
         rows, tokens = rows + 1, tokens + n

@@ -35,10 +35,9 @@ class DataSection(Section):
     @field_validator("prompt_template_name")
     @classmethod
     def known_prompter(cls, name: str) -> str:
-        from tasks.prompter import PROMPTERS
+        from tasks.prompter import get_prompter
 
-        if name not in PROMPTERS:
-            raise ValueError(f"unknown prompt template {name!r}; known: {', '.join(sorted(PROMPTERS))}")
+        get_prompter(name)  # a ValueError naming the known ones
         return name
 
 

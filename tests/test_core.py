@@ -117,7 +117,7 @@ def test_extract_result_defaults_to_the_raw_output_and_is_overridable():
 
 def test_command_object_holds_argvs_return_value_and_check():
     command = LazyLLMCMD([["train", "--token", "s3cret"], ["merge"]], return_value="/out", checker=lambda: True)
-    assert command is not None and LazyLLMCMD is Command
+    assert LazyLLMCMD is Command
     assert command.argvs == [["train", "--token", "s3cret"], ["merge"]]
     assert command.return_value == "/out" and command.checker()
     assert str(command) == "train --token '******' && merge"

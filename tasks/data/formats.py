@@ -100,7 +100,7 @@ def _strings(where: Where, field: str, value: Any, non_empty: bool) -> list[str]
     return value
 
 
-def _turns(where: Where, field: str, value: Any, role_key: str, text_key: str, roles: dict[str, str]) -> list:
+def _turns(where: Where, field: str, value: Any, role_key: str, text_key: str, roles: tuple[str, ...]) -> list:
     if not isinstance(value, list) or not value:
         raise where.error(field, "expected a non-empty list of turns")
     for i, turn in enumerate(value):
@@ -118,7 +118,7 @@ def _turns(where: Where, field: str, value: Any, role_key: str, text_key: str, r
 
 def _sharegpt(where: Where, r: dict) -> None:
     turns = _turns(where, "conversations", r["conversations"], "from", "value",
-                   {"human": "user", "gpt": "assistant", "observation": "user", "function_call": "assistant"})
+                   ("human", "gpt", "observation", "function_call"))
     for i, turn in enumerate(turns):
         expected = ("human", "observation") if i % 2 == 0 else ("gpt", "function_call")
         if turn["from"] not in expected:
@@ -130,7 +130,7 @@ def _sharegpt(where: Where, r: dict) -> None:
 
 def _openai(where: Where, r: dict) -> None:
     messages = _turns(where, "messages", r["messages"], "role", "content",
-                      {"system": "", "user": "", "assistant": "", "tool": ""})
+                      ("system", "user", "assistant", "tool"))
     if not any(m["role"] == "user" for m in messages):
         raise where.error("messages", "no user message")
     if messages[-1]["role"] != "assistant":
@@ -148,6 +148,12 @@ def _label(where: Where, value: Any) -> float:
 CHECKS: dict[str, Callable[[Where, dict], None]] = {"sharegpt": _sharegpt, "openai": _openai}
 
 
+def _check_not_mixed(record: dict, where: Where) -> None:
+    other = detect(record)
+    if other and other != where.fmt:
+        raise where.error(None, f"mixed formats: this record looks like {other}, but the dataset is {where.fmt}")
+
+
 def validate(record: Any, where: Where) -> dict:
     """``record`` checked against ``where.fmt``'s schema and normalised; a ``DatasetError`` otherwise."""
     fmt = where.fmt
@@ -156,16 +162,12 @@ def validate(record: Any, where: Where) -> dict:
         raise where.error(None, f"record is a {type(record).__name__}, not an object")
     unknown = sorted(set(record) - set(schema))
     if unknown:
-        other = detect(record)
-        if other and other != fmt:
-            raise where.error(None, f"mixed formats: this record looks like {other}, but the dataset is {fmt}")
+        _check_not_mixed(record, where)
         hint = difflib.get_close_matches(unknown[0], list(schema), n=1)
         raise where.error(unknown[0], f"unknown field(s) {unknown}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
     for field, (_, required) in schema.items():
         if required and field not in record:
-            other = detect(record)
-            if other and other != fmt:
-                raise where.error(None, f"mixed formats: this record looks like {other}, but the dataset is {fmt}")
+            _check_not_mixed(record, where)
             raise where.error(field, "missing required field")
     out = dict(record)
     for field, (desc, required) in schema.items():

@@ -139,12 +139,11 @@ def prepare(path: str | Path, workdir: Path, val_set_size: int = 200, prompt_tem
     n_duplicates = dedupe(dataset)
     digest = content_hash({"records": dataset.records, "val_set_size": val_set_size,
                            "template": prompt_template_name, "seed": seed})
-    train, val = split(dataset.records, val_set_size, seed)
-    if dataset.format == "alpaca":
-        train, val = render(train, prompter), render(val, prompter)
+    records = render(dataset.records, prompter) if dataset.format == "alpaca" else dataset.records
     n_too_long = 0
     if cutoff_len and tokenizer_path and dataset.format == "alpaca":
-        n_too_long = check_lengths(dataset, render(dataset.records, prompter), tokenizer_path, cutoff_len, on_long)
+        n_too_long = check_lengths(dataset, records, tokenizer_path, cutoff_len, on_long)
+    train, val = split(records, val_set_size, seed)
     out = Path(workdir) / digest[:16]
     prepared = PreparedDataset(source=str(path), hash=digest, format=dataset.format, template=prompt_template_name,
                                n_train=len(train), n_val=len(val), n_duplicates=n_duplicates, n_too_long=n_too_long,

@@ -13,9 +13,7 @@ to ``<target>``, so an interrupted download never leaves a directory that looks 
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from tasks.models.local import INCOMPLETE_MARKER
+from tasks.models.local import filling, safe_relpath, sha256_file
 
 ENDPOINTS = {"huggingface": ("HF_ENDPOINT", "https://huggingface.co"),
              "modelscope": ("MODELSCOPE_ENDPOINT", "https://www.modelscope.cn")}
@@ -74,13 +72,6 @@ def list_files(client: httpx.Client, source: str, repo: str, revision: str | Non
             for f in files if f.get("Type", "blob") == "blob"]
 
 
-def _safe_relpath(path: str) -> Path:
-    rel = Path(path)
-    if rel.is_absolute() or ".." in rel.parts:
-        raise HubError(f"the hub listed an unsafe file path {path!r}")
-    return rel
-
-
 def _fetch(client: httpx.Client, f: HubFile, dest: Path, progress: tqdm, call_back: Callable | None) -> None:
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
@@ -91,9 +82,7 @@ def _fetch(client: httpx.Client, f: HubFile, dest: Path, progress: tqdm, call_ba
     with client.stream("GET", f.url, headers=headers, follow_redirects=True) as response:
         if response.status_code in (401, 403):
             raise HubError(f"{f.url}: access denied ({response.status_code}); check the token")
-        if response.status_code == 416:  # nothing left to fetch
-            pass
-        else:
+        if response.status_code != 416:  # 416: the part file is already whole
             response.raise_for_status()
             mode = "ab" if have and response.status_code == 206 else "wb"
             if mode == "wb" and have:
@@ -113,33 +102,25 @@ def _verify(part: Path, f: HubFile) -> None:
     size = part.stat().st_size
     if f.size is not None and size != f.size:
         raise HubError(f"{f.path}: got {size} bytes, the hub lists {f.size}; run the download again to resume")
-    if f.sha256:
-        digest = hashlib.sha256()
-        with open(part, "rb") as fh:
-            for block in iter(lambda: fh.read(CHUNK), b""):
-                digest.update(block)
-        if digest.hexdigest() != f.sha256:
-            part.unlink()
-            raise HubError(f"{f.path}: sha256 mismatch; the partial file was removed")
+    if f.sha256 and sha256_file(part) != f.sha256:
+        part.unlink()
+        raise HubError(f"{f.path}: sha256 mismatch; the partial file was removed")
 
 
 def download_repo(source: str, repo: str, target: Path, *, token: str | None = None, revision: str | None = None,
                   call_back: Callable | None = None, timeout: float = 60) -> Path:
     """Fetch every file of ``repo`` into ``target``; resumes what an earlier attempt left in ``target.partial``."""
-    partial = target.with_name(target.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    (partial / INCOMPLETE_MARKER).touch()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
+    with filling(target) as partial, httpx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
         files = list_files(client, source, repo, revision)
         if not files:
             raise HubError(f"{source} repository {repo} lists no files")
         total = sum(f.size or 0 for f in files) or None
-        done = sum((partial / _safe_relpath(f.path)).stat().st_size for f in files
-                   if (partial / _safe_relpath(f.path)).exists())
+        done = sum((partial / safe_relpath(f.path)).stat().st_size for f in files
+                   if (partial / safe_relpath(f.path)).exists())
         with tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=f"{source}:{repo}") as progress:
             for f in files:
-                dest = partial / _safe_relpath(f.path)
+                dest = partial / safe_relpath(f.path)
                 if dest.exists():
                     continue
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -147,8 +128,4 @@ def download_repo(source: str, repo: str, target: Path, *, token: str | None = N
                 if part.exists():
                     progress.update(part.stat().st_size)
                 _fetch(client, f, dest, progress, call_back)
-    (partial / INCOMPLETE_MARKER).unlink()
-    if target.exists():
-        shutil.rmtree(target)
-    partial.rename(target)
     return target

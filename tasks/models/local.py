@@ -4,7 +4,11 @@ project's embedded models (``infra/models``)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -37,3 +41,33 @@ def search_roots(model_path: str | None = None, cache_dir: str | None = None) ->
     roots = [p for p in (model_path or os.environ.get("LAZYLLM_MODEL_PATH", "")).split(":") if p]
     cache = cache_dir or os.environ.get("LAZYLLM_MODEL_CACHE_DIR", "~/.lazyllm/model")
     return [Path(p).expanduser() for p in roots] + [Path(cache).expanduser(), EMBEDDED_MODELS]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def safe_relpath(path: str) -> Path:
+    """``path`` as a relative path that stays inside the directory it is joined to."""
+    rel = Path(path)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"unsafe file path {path!r} in a model listing")
+    return rel
+
+
+@contextmanager
+def filling(target: Path) -> Iterator[Path]:
+    """A ``<target>.partial`` directory, marked incomplete, that becomes ``target`` only if the block succeeds;
+    after a failure it stays, so the next attempt continues from what is there."""
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / INCOMPLETE_MARKER).touch()
+    yield partial
+    (partial / INCOMPLETE_MARKER).unlink()
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)

@@ -8,16 +8,14 @@ checksum, and renames the directory into place only when all match.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
 
 from tasks import storage
-from tasks.models.local import INCOMPLETE_MARKER
+from tasks.models.local import INCOMPLETE_MARKER, filling, safe_relpath, sha256_file
 
 MANIFEST = "fineflow-manifest.json"
 
@@ -29,14 +27,6 @@ class MirrorError(RuntimeError):
 def transfer_config(chunk_mb: int = 8, workers: int = 8) -> TransferConfig:
     return TransferConfig(multipart_threshold=chunk_mb << 20, multipart_chunksize=chunk_mb << 20,
                           max_concurrency=workers, use_threads=True)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def upload_model(local: str | Path, uri: str, *, chunk_mb: int = 8, workers: int = 4, client=None) -> dict:
@@ -70,17 +60,11 @@ def download_model(uri: str, target: str | Path, *, chunk_mb: int = 8, workers: 
         manifest = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}")["Body"].read())
     except ClientError as e:
         raise MirrorError(f"{uri}: no {MANIFEST} ({e.response['Error'].get('Code')}); not a complete mirror") from None
-    target = Path(target)
-    partial = target.with_name(target.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    (partial / INCOMPLETE_MARKER).touch()
     config = transfer_config(chunk_mb)
 
-    def get(item: tuple[str, dict]) -> None:
+    def get(partial: Path, item: tuple[str, dict]) -> None:
         rel, meta = item
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise MirrorError(f"{uri}: unsafe path {rel!r} in the manifest")
-        dest = partial / rel
+        dest = partial / safe_relpath(rel)
         if dest.exists() and dest.stat().st_size == meta["size"] and sha256_file(dest) == meta["sha256"]:
             return  # kept from an interrupted attempt
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -89,10 +73,7 @@ def download_model(uri: str, target: str | Path, *, chunk_mb: int = 8, workers: 
             dest.unlink()
             raise MirrorError(f"{uri}/{rel}: sha256 mismatch against the manifest")
 
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(get, manifest["files"].items()))
-    (partial / INCOMPLETE_MARKER).unlink()
-    if target.exists():
-        shutil.rmtree(target)
-    partial.rename(target)
+    target = Path(target)
+    with filling(target) as partial, ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda item: get(partial, item), manifest["files"].items()))
     return target
