@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export FINEFLOW_HOME ?= $(CURDIR)/.fineflow
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: env up down status deploy demo test model reset
+.PHONY: env envs up down status deploy demo test model reset
 
 # The environment: pinned packages (requirements.lock), then this project, editable.
 $(BIN)/.installed: requirements.lock pyproject.toml
@@ -16,6 +16,9 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 env: $(BIN)/.installed
+
+envs: env          ## build every framework environment in infra/envs/ (once per machine; cached, see README)
+	$(BIN)/python -m tasks.envs build --all
 
 up: env            ## start S3, MLflow, the Prefect server and worker (idempotent)
 	$(BIN)/python -m infra.stack up
@@ -32,7 +35,7 @@ deploy: up         ## register the Prefect deployments in prefect.yaml
 demo: env          ## stack up, deployments registered, finetune/quickstart run through the worker
 	$(BIN)/python -m infra.demo
 
-test: env          ## the test suite (starts its own stack on free ports)
+test: envs         ## the test suite (starts its own stack on free ports)
 	$(BIN)/python -m pytest tests
 
 model: env         ## rebuild the embedded base model deterministically (about 4 minutes)

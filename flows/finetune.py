@@ -47,9 +47,8 @@ def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict |
         tracking.client().set_tag(run_id, "dataset_hash", data.hash)
         trained = steps.finetune(config, base, data, run_id)
         merged = steps.merge(config, base, trained, run_id)
-        report = steps.evaluate_models(config.evaluate, base, merged, data, run_id)
-        endpoint = steps.deploy(config.deploy, merged, config.registry.model_name,
-                                config.data.prompt_template_name, data, run_id)
+        report = steps.evaluate_models(config.evaluate, base, merged, trained, data, run_id)
+        endpoint = steps.deploy(config.deploy, merged, config.registry.model_name, trained, data, run_id)
         registration = steps.register(config, endpoint, merged, report, data, run_id, flow_run_id)
     except BaseException:
         tracking.end_run(run_id, "FAILED")

@@ -27,13 +27,20 @@ def prefect_env() -> dict[str, str]:
     return {**os.environ, "PREFECT_API_URL": settings.prefect_api_url, "FINEFLOW_REPO": str(REPO_ROOT)}
 
 
+def deployment_names() -> list[str]:
+    import yaml
+
+    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    return [f"finetune/{d['name']}" for d in spec["deployments"]]
+
+
 def register_deployments() -> None:
     print("registering Prefect deployments from prefect.yaml ...", flush=True)
     argv = [str(stack.BIN / "prefect"), "--no-prompt", "deploy", "--all"]
     proc = subprocess.run(argv, cwd=REPO_ROOT, env=prefect_env(), capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         sys.exit(f"prefect deploy failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    print("  deployments: finetune/quickstart, finetune/alpacalora", flush=True)
+    print(f"  deployments: {', '.join(deployment_names())}", flush=True)
 
 
 def start_deployment(deployment: str, parameters: dict | None = None) -> UUID:
@@ -43,6 +50,11 @@ def start_deployment(deployment: str, parameters: dict | None = None) -> UUID:
     run = run_deployment(deployment, parameters=parameters or {}, timeout=0)
     print(f"flow run {run.name} ({run.id}) of {deployment} scheduled; the worker picks it up ...", flush=True)
     return run.id
+
+
+def shorten(message: str, head: int = 1500, tail: int = 2500) -> str:
+    """A long message (a failed command's output) keeps its start and its end, where the error is."""
+    return message if len(message) <= head + tail else f"{message[:head]}\n  [...]\n{message[-tail:]}"
 
 
 def follow(flow_run_id: UUID, timeout_s: float = 3600, echo=print):
@@ -60,7 +72,7 @@ def follow(flow_run_id: UUID, timeout_s: float = 3600, echo=print):
             logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
                                     sort=LogSort.TIMESTAMP_ASC, offset=seen, limit=200)
             for log in logs:
-                echo(f"  {log.timestamp:%H:%M:%S} {log.message[:300]}")
+                echo(f"  {log.timestamp:%H:%M:%S} {shorten(log.message)}")
             seen += len(logs)
             final = bool(state and state.is_final())
             if final:
@@ -74,8 +86,8 @@ def follow(flow_run_id: UUID, timeout_s: float = 3600, echo=print):
 
 def summary(flow_run_id: UUID) -> dict:
     """Read what the run produced from MLflow (the system of record) and ask the endpoint once."""
-    from tasks import registry, tracking
-    from tasks.deploy import RelayServer
+    from tasks import inference, registry, tracking
+    from tasks.deploy import endpoints, get_engine
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = tracking.client()
@@ -90,12 +102,14 @@ def summary(flow_run_id: UUID) -> dict:
     production = registry.alias_version(model_name, alias)
     if production is None:
         sys.exit(f"{model_name} has no {alias} version: the gate has never passed ({run.data.tags})")
-    endpoint = registry.version_tags(model_name, production)["endpoint_url"]
-    from tasks.prompter import get_prompter, render_record
-
+    tags = registry.version_tags(model_name, production)
+    endpoint, engine = tags["endpoint_url"], get_engine(tags["backend"])
+    served = endpoints.get(tags["endpoint_name"])
     sample = report["candidate"]["samples"][0]  # a held-out validation row
-    prompt = render_record(get_prompter(config["data"]["prompt_template_name"]), sample)
-    response = httpx.post(f"{endpoint}/v1/completions", json={"prompt": prompt, "max_tokens": 24}, timeout=60)
+    record = {**sample, "output": sample["expected"]}
+    prompt = inference.render_prompts(run.data.tags["prompt_style"], [record], served.model_path)[0]
+    path, payload = engine(prompt_style=run.data.tags["prompt_style"]).smoke_request(prompt)
+    response = httpx.post(f"{endpoint}{path}", json={**payload, "max_tokens": 24}, timeout=60)
     response.raise_for_status()
     m = run.data.metrics
     return {
@@ -106,7 +120,7 @@ def summary(flow_run_id: UUID) -> dict:
         "exact_match": f"base {m['base_exact_match']:.3f} -> finetuned {m['candidate_exact_match']:.3f}",
         "val_loss": f"base {m['base_val_loss']:.3f} -> finetuned {m['candidate_val_loss']:.3f}",
         "completion": f"{sample['instruction']} {sample['input']!r} -> "
-                      f"{RelayServer.extract_result(response, prompt).strip()!r} (expected {sample['expected']!r})",
+                      f"{engine.extract_result(response, prompt).strip()!r} (expected {sample['expected']!r})",
     }
 
 

@@ -76,12 +76,23 @@ def alpaca_records(seed: int = 1) -> list[dict[str, str]]:
     return records
 
 
+def preference_records(seed: int = 2, n: int = 160) -> list[dict[str, str]]:
+    """Preference pairs for DPO: the right skill's answer is chosen, the other skill's answer is rejected
+    (the confusion a model that has not learnt the instructions makes)."""
+    transforms = [fn for _, fn in SKILLS.values()]
+    records = [{"instruction": r["instruction"], "input": r["input"], "chosen": r["output"],
+                "rejected": next(other(r["input"]) for other in transforms if other(r["input"]) != r["output"])}
+               for r in alpaca_records(seed)]
+    return records[:n]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--preference", action="store_true", help="write preference pairs (for DPO) instead")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    records = alpaca_records()
+    records = preference_records() if args.preference else alpaca_records()
     args.out.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {len(records)} records to {args.out}")
 

@@ -1,17 +1,22 @@
 """Pipeline configuration: the YAML files in ``deployments/``, validated in one place.
 
-An error names the file and the field (``deployments/x.yaml: finetune.params: ...``).
+An error names the file and the field (``deployments/x.yaml: finetune.llamafactory.params: ...``).
+``finetune`` is a union keyed on ``framework`` and ``deploy`` one keyed on ``backend``, built from
+the backend tables, so each backend's parameters are checked by its own typed model. Validating
+a config imports no torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from tasks.deploy import ENGINES
 from tasks.evaluate import GateConfig
+from tasks.finetune import FRAMEWORKS
 from tasks.settings import REPO_ROOT
 
 
@@ -41,22 +46,20 @@ class DataSection(Section):
         return name
 
 
-class FinetuneSection(Section):
-    framework: Literal["alpacalora"] = "alpacalora"
-    params: dict[str, Any] = {}
+def _sections(table: dict[str, type], key: str, fields: dict[str, Any], base: type[BaseModel]) -> Any:
+    """One config section per row of a backend table, joined in a union on ``key`` (the row's name); each
+    section's ``params`` is that backend's own typed ``Params``."""
+    sections = [create_model(f"{name.title()}{base.__name__}", __base__=base,
+                             **{key: (Literal[name], name), "params": (cls.Params, Field(default_factory=cls.Params))},
+                             **fields)
+                for name, cls in table.items()]
+    return Annotated[Union[tuple(sections)], Field(discriminator=key)]  # noqa: UP007 (a runtime-built union)
 
-    @field_validator("params")
-    @classmethod
-    def known_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        from tasks.core import check_kwargs
-        from tasks.finetune.alpacalora import DEFAULTS, FINEFLOW_EXTRAS
 
-        # data_path/val_set_size/prompt_template_name come from the data section.
-        try:
-            check_kwargs("AlpacaloraFinetune", params, set(DEFAULTS) | set(FINEFLOW_EXTRAS))
-        except TypeError as e:  # pydantic reports ValueErrors with the field's location
-            raise ValueError(str(e)) from None
-        return params
+FinetuneSection = _sections(FRAMEWORKS, "framework", {
+    # Processes for one training run: > 1 runs it under torchrun (the launcher's ngpus).
+    "nproc": (int, Field(1, ge=1)),
+}, Section)
 
 
 class EvaluateSection(Section):
@@ -65,8 +68,7 @@ class EvaluateSection(Section):
     gate: GateConfig = GateConfig()
 
 
-class DeploySection(Section):
-    backend: Literal["relay"] = "relay"
+class DeploySettings(Section):
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
     # How the endpoint's answers are shaped (tasks.formatter): a formatter name and its selector.
@@ -74,11 +76,14 @@ class DeploySection(Section):
     formatter_selector: str | None = None
 
     @model_validator(mode="after")
-    def known_formatter(self) -> "DeploySection":
+    def known_formatter(self) -> "DeploySettings":
         from tasks.formatter import make_formatter
 
         make_formatter(self.formatter, self.formatter_selector)  # FormatterError is a ValueError
         return self
+
+
+DeploySection = _sections(ENGINES, "backend", {}, DeploySettings)
 
 
 class RegisterSection(Section):
@@ -91,10 +96,22 @@ class PipelineConfig(Section):
     experiment: str = "fineflow"
     model: ModelSection = ModelSection()
     data: DataSection
-    finetune: FinetuneSection = FinetuneSection()
+    finetune: FinetuneSection
     evaluate: EvaluateSection = EvaluateSection()
-    deploy: DeploySection = DeploySection()
+    deploy: DeploySection
     registry: RegisterSection
+
+    @model_validator(mode="before")
+    @classmethod
+    def default_backends(cls, data: Any) -> Any:
+        """``finetune`` and ``deploy`` may be left out, or name no backend: AlpacaLoRA and the relay server."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for section, key, default in (("finetune", "framework", "alpacalora"), ("deploy", "backend", "relay")):
+                value = data.get(section) or {}
+                if isinstance(value, dict):
+                    data[section] = {key: default, **value}
+        return data
 
 
 class ConfigError(ValueError):
@@ -123,7 +140,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConf
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
+                             for err in e.errors())
         raise ConfigError(f"{path}: {problems}") from None
     if not Path(config.data.path).is_absolute() and not config.data.path.startswith("s3://"):
         config.data.path = str(REPO_ROOT / config.data.path)

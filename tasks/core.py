@@ -2,70 +2,59 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from tasks import launchers
-
-# argv elements following these flags, or KEY=VALUE pairs with these keys, are masked in str().
-_SECRET_FLAG = re.compile(r"^--?[\w-]*(token|secret|password|api[-_]?key|access[-_]?key)[\w-]*$", re.I)
-_SECRET_PAIR = re.compile(r"^([\w.-]*(token|secret|password|api[-_]?key|access[-_]?key)[\w.-]*)=(.+)$", re.I)
-MASK = "******"
+from tasks.masking import show_argv
 
 
-class UnknownKwargsError(TypeError):
-    """A component was given keyword arguments it does not accept."""
+
+class UnknownKwargsError(TypeError, ValueError):
+    """A component was given keyword arguments it does not accept.
+
+    A TypeError, as Python's own for a bad keyword; also a ValueError, so that inside a pydantic
+    validator (a pipeline config) it becomes a validation error located at the field.
+    """
 
 
 def check_kwargs(owner: str, given: Mapping[str, Any], allowed: Iterable[str]) -> None:
-    """Reject unknown keyword arguments, naming the allowed ones."""
+    """Reject unknown keyword arguments, suggesting the closest allowed name and listing them all."""
+    import difflib
+
     allowed = sorted(allowed)
     unknown = sorted(set(given) - set(allowed))
     if unknown:
+        hints = [f"{u!r}: did you mean {m[0]!r}?" for u in unknown if (m := difflib.get_close_matches(u, allowed, 1))]
         raise UnknownKwargsError(
-            f"{owner} got unknown keyword argument(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+            f"{owner} got unknown keyword argument(s) {', '.join(unknown)}"
+            + (f" ({'; '.join(hints)})" if hints else "") + f"; allowed: {', '.join(allowed)}"
         )
-
-
-def mask_argv(argv: list[str]) -> list[str]:
-    """A copy of ``argv`` with secret values replaced, for logs and MLflow tags."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append(MASK)
-            hide_next = False
-        elif m := _SECRET_PAIR.match(arg):
-            out.append(f"{m.group(1)}={MASK}")
-        else:
-            out.append(arg)
-            hide_next = bool(_SECRET_FLAG.match(arg))
-    return out
 
 
 class Command:
     """What a component runs: one argv or a list of argvs, run in order.
 
     ``return_value`` is what calling the component returns once every argv has
-    succeeded (a path or a URL); ``checker`` is an optional readiness check.
+    succeeded (a path or a URL); ``checker`` is an optional readiness check, which a
+    server is given ``ready_timeout_s`` to pass.
     ``str()`` is shell-like for people to read, with secrets masked; the argvs
     are always executed as lists, never through a shell.
     """
 
     def __init__(self, argvs: list[str] | list[list[str]], return_value: Any = None,
-                 checker: Callable[[], bool] | None = None, env: dict[str, str] | None = None):
+                 checker: Callable[[], bool] | None = None, env: dict[str, str] | None = None,
+                 ready_timeout_s: float = 120):
         if argvs and isinstance(argvs[0], str):
             argvs = [argvs]  # type: ignore[list-item]
         self.argvs: list[list[str]] = [list(a) for a in argvs]  # type: ignore[union-attr]
         self.return_value = return_value
         self.checker = checker
         self.env = env or {}
+        self.ready_timeout_s = ready_timeout_s
 
     def __str__(self) -> str:
-        import shlex
-
-        return " && ".join(shlex.join(mask_argv(a)) for a in self.argvs)
+        return " && ".join(show_argv(a) for a in self.argvs)
 
     def __repr__(self) -> str:
         return f"<Command {self}>"

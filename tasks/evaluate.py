@@ -1,5 +1,6 @@
 """Evaluate base and candidate on the validation split: loss, perplexity, greedy exact-match.
 
+Torch is imported only when scoring (``tasks.inference``), so the config can import the gate's model.
 The gate decides whether the candidate may be promoted; the report says why.
 """
 
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from pydantic import BaseModel
 
 
@@ -34,52 +34,19 @@ class EvalReport(BaseModel):
     reason: str
 
 
-def _load(path: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def score(model_path: str, records: list[dict], style: str, prompts: list[str] | None = None,
+          max_new_tokens: int = 32) -> ModelScores:
+    """Greedy exact-match and response loss of one model; ``prompts`` default to ``records`` rendered in ``style``."""
+    from tasks import inference
 
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return model, tokenizer
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 32) -> list[str]:
-    """Greedy completions of ``prompts`` (each prefixed with BOS, as in training)."""
-    outputs = []
-    for i in range(0, len(prompts), batch_size):
-        batch = [tokenizer.bos_token + p for p in prompts[i:i + batch_size]]
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        outputs += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-    return outputs
-
-
-@torch.no_grad()
-def response_loss(model, tokenizer, records: list[dict]) -> float:
-    """Mean token cross-entropy of the expected outputs given their prompts."""
-    total, count = 0.0, 0
-    for r in records:
-        prompt_ids = tokenizer(tokenizer.bos_token + r["prompt"], add_special_tokens=False).input_ids
-        ids = tokenizer(tokenizer.bos_token + r["prompt"] + r["output"] + tokenizer.eos_token,
-                        add_special_tokens=False, return_tensors="pt").input_ids
-        labels = ids.clone()
-        labels[:, : len(prompt_ids)] = -100
-        n = int((labels != -100).sum()) - 1
-        total += model(input_ids=ids, labels=labels).loss.item() * n
-        count += n
-    return total / max(count, 1)
-
-
-def score(model_path: str, records: list[dict], max_new_tokens: int = 32) -> ModelScores:
-    model, tokenizer = _load(model_path)
-    got = generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens)
-    hits = [g.strip() == r["output"].strip() for g, r in zip(got, records)]
-    loss = response_loss(model, tokenizer, records)
-    samples = [{"instruction": r.get("instruction", ""), "input": r.get("input", ""), "expected": r["output"],
-                "got": g.strip()} for r, g in zip(records[:5], got[:5])]
+    model, tokenizer = inference.load_model(model_path)
+    examples = [inference.example(r) for r in records]
+    prompts = prompts or inference.render_prompts(style, records, model_path)
+    got = inference.generate(model, tokenizer, prompts, style, max_new_tokens)
+    hits = [g.strip() == ex["output"].strip() for g, ex in zip(got, examples)]
+    loss = inference.response_loss(model, tokenizer, style, prompts, [ex["output"] for ex in examples])
+    samples = [{"instruction": ex["instruction"], "input": ex["input"], "expected": ex["output"], "got": g.strip()}
+               for ex, g in zip(examples[:5], got[:5])]
     return ModelScores(model_path=model_path, n=len(records), exact_match=sum(hits) / max(len(hits), 1),
                        val_loss=loss, perplexity=math.exp(min(loss, 50)), samples=samples)
 
@@ -95,9 +62,14 @@ def apply_gate(base: ModelScores, candidate: ModelScores, gate: GateConfig) -> t
     return True, f"{gate.metric}: candidate {c:.4f} vs base {b:.4f}"
 
 
-def evaluate(base_path: str, candidate_path: str, records: list[dict], gate: GateConfig,
+def evaluate(base_path: str, candidate_path: str, records: list[dict], gate: GateConfig, style: str,
              max_new_tokens: int = 32) -> EvalReport:
-    base = score(base_path, records, max_new_tokens)
-    candidate = score(candidate_path, records, max_new_tokens)
+    """Score base and candidate on the same prompts, rendered in ``style`` with the candidate's tokenizer (a chat
+    template lives beside the model that was trained with it), and apply the gate."""
+    from tasks import inference
+
+    prompts = inference.render_prompts(style, records, candidate_path)
+    base = score(base_path, records, style, prompts, max_new_tokens)
+    candidate = score(candidate_path, records, style, prompts, max_new_tokens)
     passed, reason = apply_gate(base, candidate, gate)
     return EvalReport(base=base, candidate=candidate, gate=gate, passed=passed, reason=reason)

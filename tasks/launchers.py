@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
+
+from tasks.masking import show_argv
 
 
 class LaunchError(RuntimeError):
@@ -37,15 +41,13 @@ class LocalLauncher:
 
     def run(self, argv: list[str], name: str = "job", extra_env: dict[str, str] | None = None) -> None:
         """Run one argv, stream each output line to the log file and ``on_line``; raise on non-zero exit."""
-        from tasks.core import mask_argv  # local import: core imports this module
-
         env = {**os.environ, **self.env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
         tail: deque[str] = deque(maxlen=40)
         log = open(self.log_path, "a", encoding="utf-8") if self.log_path else None
         start = time.monotonic()
         try:
             if log:
-                log.write(f"$ {' '.join(mask_argv(argv))}\n")
+                log.write(f"$ {show_argv(argv)}\n")
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     stdin=subprocess.DEVNULL, env=env, bufsize=1)
             assert proc.stdout is not None
@@ -64,8 +66,49 @@ class LocalLauncher:
         if code != 0:
             raise LaunchError(
                 f"{name} failed with exit code {code} after {time.monotonic() - start:.0f}s: "
-                f"{' '.join(mask_argv(argv))}\n--- last output ---\n" + "\n".join(tail)
+                f"{show_argv(argv)}\n--- last output ---\n" + "\n".join(tail)
             )
+
+
+@contextmanager
+def follow(path: str | Path | None, on_line: Callable[[str], None], interval_s: float = 0.5):
+    """While the block runs, call ``on_line`` for each line appended to ``path`` (a framework's own metrics log);
+    lines already there when it starts are skipped, a truncated file is read again from the top, and the last
+    lines are read after the block ends. ``path`` None: nothing to follow."""
+    if path is None:
+        yield
+        return
+    path = Path(path)
+    offset = path.stat().st_size if path.exists() else 0
+    done = threading.Event()
+
+    def read_new() -> None:
+        nonlocal offset
+        if not path.exists():
+            return
+        size = path.stat().st_size
+        if size < offset:
+            offset = 0
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        offset += len(complete)
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            on_line(line)
+
+    def loop() -> None:
+        while not done.wait(interval_s):
+            read_new()
+
+    thread = threading.Thread(target=loop, name=f"follow-{path.name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        read_new()
 
 
 class EmptyLauncher(LocalLauncher):

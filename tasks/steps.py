@@ -1,4 +1,8 @@
-"""One Prefect task per pipeline step; each returns a small typed value and times itself into MLflow."""
+"""One Prefect task per pipeline step; each returns a small typed value and times itself into MLflow.
+
+Steps never name a framework or an engine: they call the backend interfaces
+(``tasks/finetune/base.py``, ``tasks/deploy/base.py``) of what the config chose.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +15,27 @@ import httpx
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from tasks import launchers, storage, tracking
+from tasks import envs, inference, launchers, storage, tracking
 from tasks.config import DeploySection, EvaluateSection, PipelineConfig
-from tasks.data import PreparedDataset, prepare, read_jsonl
-from tasks.deploy import RelayServer
-from tasks.deploy.endpoints import Endpoint, start_detached
+from tasks.data import DatasetError, PreparedDataset, prepare, read_jsonl
+from tasks.deploy import endpoints, get_engine
+from tasks.deploy.endpoints import Endpoint
 from tasks.evaluate import EvalReport, evaluate
-from tasks.finetune import AlpacaloraFinetune
-from tasks.finetune.base import parse_metric_line
+from tasks.finetune import LazyLLMFinetuneBase, get_framework
 from tasks.formatter import make_formatter
+from tasks.masking import show_argv
 from tasks.merge import weight_delta
 from tasks.models import ModelManager, ModelNotFoundError, ModelRef
-from tasks.prompter import get_prompter, render_record
 from tasks.settings import Settings
 
 
 class TrainResult(BaseModel):
-    lora_path: str
-    merge_path: str
+    framework: str
+    target_path: str
     steps: int
     final_loss: float | None
+    tokens_per_second: float | None = None
+    prompt_style: str  # how the trained model is prompted (tasks.inference), for evaluation and serving
     log_path: str
 
 
@@ -68,39 +73,53 @@ def download(base_model: str, run_id: str) -> ModelRef:
     return ref
 
 
+def make_trainer(config: PipelineConfig, base_path: str, run_id: str, **launcher_kw) -> LazyLLMFinetuneBase:
+    """The configured framework's component, training into this run's working directory. The data section's
+    split size and prompt template reach a framework that takes them."""
+    section = config.finetune
+    cls = get_framework(section.framework)
+    from_data = {"val_set_size": config.data.val_set_size, "prompt_template_name": config.data.prompt_template_name}
+    params = {**{k: v for k, v in from_data.items() if k in cls.Params.model_fields},
+              **section.params.model_dump(exclude_unset=True)}
+    launcher = launchers.remote(ngpus=section.nproc, **launcher_kw)
+    return cls(base_path, str(workdir(run_id) / "finetune"), launcher=launcher, **params)
+
+
 @task
 def prepare_dataset(config: PipelineConfig, base: ModelRef, run_id: str) -> PreparedDataset:
-    """Validate every record, dedupe, check lengths against cutoff_len, split, render prompts, and store the
-    result in S3 under its content hash."""
-    from tasks.finetune.alpacalora import DEFAULTS
-
+    """Validate every record, dedupe, check lengths against the framework's cutoff_len, split, render prompts,
+    and store the result in S3 under its content hash. Records the framework cannot train on fail here."""
     d = config.data
-    cutoff_len = config.finetune.params.get("cutoff_len", DEFAULTS["cutoff_len"])
+    trainer = make_trainer(config, base.path, run_id)
     with timed(run_id, "prepare"):
         prepared = prepare(d.path, workdir(run_id) / "data", d.val_set_size, d.prompt_template_name, d.seed,
-                           format="alpaca", cutoff_len=cutoff_len, tokenizer_path=base.path, on_long=d.on_long)
+                           format=None, cutoff_len=trainer.cutoff_len, tokenizer_path=base.path, on_long=d.on_long)
+        if prepared.format not in trainer.formats():
+            raise DatasetError(d.path, None, None, f"{config.finetune.framework} ({type(trainer).__name__}) trains "
+                                                   f"on {' or '.join(trainer.formats())} records, not "
+                                                   f"{prepared.format} records")
         prepared.uri = f"s3://{Settings.load().s3_bucket}/datasets/{prepared.hash}"
         if not storage.exists(f"{prepared.uri}/manifest.json"):
             storage.upload_dir(Path(prepared.train_path).parent, prepared.uri)
     tracking.log_params(run_id, {"dataset.hash": prepared.hash, "dataset.uri": prepared.uri,
-                                 "dataset.n_train": prepared.n_train, "dataset.n_val": prepared.n_val,
-                                 "dataset.n_duplicates": prepared.n_duplicates,
+                                 "dataset.format": prepared.format, "dataset.n_train": prepared.n_train,
+                                 "dataset.n_val": prepared.n_val, "dataset.n_duplicates": prepared.n_duplicates,
                                  "dataset.n_too_long": prepared.n_too_long})
-    get_run_logger().info("dataset %s: %d train / %d val -> %s", prepared.hash[:12], prepared.n_train,
-                          prepared.n_val, prepared.uri)
+    get_run_logger().info("dataset %s: %d train / %d val %s records -> %s", prepared.hash[:12], prepared.n_train,
+                          prepared.n_val, prepared.format, prepared.uri)
     return prepared
 
 
 @task
 def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, run_id: str) -> TrainResult:
-    """LoRA-train in a subprocess; loss by step reaches MLflow while it runs."""
+    """Train with the configured framework, in its own environment, as a subprocess; loss by step reaches MLflow
+    while it runs (from its stdout or the metrics file it writes)."""
     logger = get_run_logger()
-    target = workdir(run_id) / "finetune"
     log_path = workdir(run_id) / "train.log"
     history: list[dict] = []
 
     def on_line(line: str) -> None:
-        metric = parse_metric_line(line)
+        metric = trainer.parse_metrics(line)
         if metric is None:
             return
         history.append(metric)
@@ -110,45 +129,56 @@ def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, run_
         tracking.log_metrics(run_id, {names[k]: v for k, v in values.items()}, step=metric["step"])
         logger.info("step %s %s", metric["step"], json.dumps(values))
 
-    params = {**config.finetune.params, "val_set_size": config.data.val_set_size,
-              "prompt_template_name": config.data.prompt_template_name}
-    trainer = AlpacaloraFinetune(base.path, str(target), launcher=launchers.remote(log_path=log_path, on_line=on_line),
-                                 **params)
-    logger.info("running %s", trainer.train_cmd(data.train_path, data.val_path))
-    with timed(run_id, "finetune"):
-        trainer.launcher.run(trainer.train_cmd(data.train_path, data.val_path), name="finetune")
-    tracking.log_artifact(run_id, log_path, "logs")
+    trainer = make_trainer(config, base.path, run_id, log_path=log_path, on_line=on_line)
+    tracking.client().set_tag(run_id, "prompt_style", trainer.prompt_style())
+    envs.ensure(trainer.environment, log=logger.info)
+    trainset, valset = trainer.prepare_data(data.train_path, data.val_path, data.format,
+                                            workdir(run_id) / "framework-data")
+    command = trainer.train_command(trainset, valset)
+    logger.info("running %s", command)
+    try:
+        with timed(run_id, "finetune"), launchers.follow(trainer.metrics_file(), on_line):
+            trainer.launcher.launch(command, name="finetune")
+    finally:
+        if log_path.exists():
+            tracking.log_artifact(run_id, log_path, "logs")  # a failed run's log reaches MLflow too
     tracking.loss_plot(run_id, history)
     losses = [h["loss"] for h in history if "loss" in h]
-    return TrainResult(lora_path=trainer.target_path, merge_path=trainer.merge_path,
-                       steps=max((h["step"] for h in history), default=0),
-                       final_loss=losses[-1] if losses else None, log_path=str(log_path))
+    speeds = [h["tokens_per_second"] for h in history if "tokens_per_second" in h]
+    return TrainResult(framework=config.finetune.framework, target_path=trainer.target_path,
+                       steps=max((h["step"] for h in history), default=0), final_loss=losses[-1] if losses else None,
+                       tokens_per_second=speeds[-1] if speeds else None, prompt_style=trainer.prompt_style(),
+                       log_path=str(log_path))
 
 
 @task
 def merge(config: PipelineConfig, base: ModelRef, trained: TrainResult, run_id: str) -> MergedModel:
-    """Merge the adapter, copy tokenizer files, check the weights moved, upload through MLflow to S3."""
-    trainer = AlpacaloraFinetune(base.path, trained.lora_path, merge_path=trained.merge_path,
-                                 launcher=launchers.remote(log_path=trained.log_path))
+    """Run the framework's export (merge the LoRA adapter, or copy a full finetune), check the weights moved,
+    and upload the model through MLflow to S3."""
+    trainer = make_trainer(config, base.path, run_id, log_path=trained.log_path)
     with timed(run_id, "merge"):
-        for argv in (trainer.merge_cmd(), trainer.copy_cmd()):
-            trainer.launcher.run(argv, name="merge")
-        delta = weight_delta(base.path, trained.merge_path)
+        export = trainer.export_command()
+        if export is not None:
+            get_run_logger().info("running %s", export)
+            trainer.launcher.launch(export, name="merge")
+        delta = weight_delta(base.path, trainer.output_path)
         if delta == 0.0:
-            raise RuntimeError(f"merged weights in {trained.merge_path} are identical to the base: LoRA had no effect")
-        tracking.log_artifacts(run_id, trained.merge_path, "merged_model")
+            raise RuntimeError(f"merged weights in {trainer.output_path} are identical to the base: training had "
+                               "no effect")
+        tracking.log_artifacts(run_id, trainer.output_path, "merged_model")
     tracking.log_metrics(run_id, {"merge_max_weight_delta": delta})
-    return MergedModel(path=trained.merge_path, weight_delta=delta,
+    return MergedModel(path=trainer.output_path, weight_delta=delta,
                        s3_uri=tracking.artifact_s3_uri(run_id, "merged_model"))
 
 
 @task
-def evaluate_models(cfg: EvaluateSection, base: ModelRef, merged: MergedModel, data: PreparedDataset,
-                    run_id: str) -> EvalReport:
-    """Validation loss, perplexity and greedy exact-match for base and candidate; apply the gate."""
+def evaluate_models(cfg: EvaluateSection, base: ModelRef, merged: MergedModel, trained: TrainResult,
+                    data: PreparedDataset, run_id: str) -> EvalReport:
+    """Validation loss, perplexity and greedy exact-match for base and candidate, prompted the way the candidate
+    was trained; apply the gate."""
     records = read_jsonl(data.val_path)[: cfg.max_samples]
     with timed(run_id, "evaluate"):
-        report = evaluate(base.path, merged.path, records, cfg.gate, cfg.max_new_tokens)
+        report = evaluate(base.path, merged.path, records, cfg.gate, trained.prompt_style, cfg.max_new_tokens)
     for who in ("base", "candidate"):
         s = getattr(report, who)
         tracking.log_metrics(run_id, {f"{who}_exact_match": s.exact_match, f"{who}_val_loss": s.val_loss,
@@ -159,25 +189,27 @@ def evaluate_models(cfg: EvaluateSection, base: ModelRef, merged: MergedModel, d
 
 
 @task
-def deploy(cfg: DeploySection, merged: MergedModel, name: str, template: str, data: PreparedDataset,
+def deploy(cfg: DeploySection, merged: MergedModel, name: str, trained: TrainResult, data: PreparedDataset,
            run_id: str) -> Endpoint:
-    """Start the server detached (it outlives the flow run), health-check it, and smoke-test it with a
-    validation record: the answer goes through the backend's ``extract_result`` and the configured formatter."""
-    server = RelayServer(host=cfg.host, port=cfg.port or None, name=name, prompt_template=template)
-    command = server.cmd(merged.path)
-    endpoint_name = f"{name}-{run_id[:8]}"
+    """Start the configured engine detached (it outlives the flow run), wait for its readiness probe, and
+    smoke-test it with a validation record: the answer goes through the engine's ``extract_result`` and the
+    configured formatter."""
+    engine = get_engine(cfg.backend)(host=cfg.host, port=cfg.port or None, name=name,
+                                     prompt_style=trained.prompt_style, **cfg.params.model_dump())
+    command = engine.cmd(merged.path)
     record = read_jsonl(data.val_path)[0]
-    prompt = render_record(get_prompter(template), record)
+    prompt = inference.render_prompts(trained.prompt_style, [record], merged.path)[0]
     with timed(run_id, "deploy"):
-        ep = start_detached(endpoint_name, command.argvs[0], command.return_value, "relay", merged.path)
-        smoke = httpx.post(f"{ep.url}/v1/completions", json={"prompt": prompt, "max_tokens": 16}, timeout=30)
+        ep = endpoints.start(f"{name}-{run_id[:8]}", command, cfg.backend, merged.path)
+        path, payload = engine.smoke_request(prompt)
+        smoke = httpx.post(f"{ep.url}{path}", json=payload, timeout=30)
         smoke.raise_for_status()
-        answer = make_formatter(cfg.formatter, cfg.formatter_selector)(server.extract_result(smoke, prompt))
+        answer = make_formatter(cfg.formatter, cfg.formatter_selector)(engine.extract_result(smoke, prompt))
     tracking.client().set_tag(run_id, "smoke_answer", str(answer)[:250])
     logger = get_run_logger()
     logger.info("endpoint %s serving at %s", ep.name, ep.url)
-    logger.info("smoke test: %s %r -> %r (expected %r)", record["instruction"], record.get("input", ""),
-                answer, record.get("output"))
+    ex = inference.example(record)
+    logger.info("smoke test: %s %r -> %r (expected %r)", ex["instruction"], ex["input"], answer, ex["output"])
     return ep
 
 
@@ -198,13 +230,12 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
     The endpoint the alias pointed to before is stopped after the move, not before.
     """
     from tasks import registry
-    from tasks.core import mask_argv
-    from tasks.deploy import endpoints
 
     name, alias = config.registry.model_name, config.registry.alias
     healthy = ep.healthy()
     tags = {"endpoint_url": ep.url, "endpoint_name": ep.name, "backend": ep.backend,
-            "launch_command": " ".join(mask_argv(ep.argv)), "health": "ok" if healthy else "failed",
+            "launch_command": show_argv(ep.argv), "health": "ok" if healthy else "failed",
+            "framework": config.finetune.framework,
             "dataset_hash": data.hash, "prefect_flow_run_id": flow_run_id, "gate": report.reason,
             "candidate_exact_match": f"{report.candidate.exact_match:.4f}",
             "base_exact_match": f"{report.base.exact_match:.4f}"}

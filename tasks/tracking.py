@@ -5,33 +5,20 @@ Prefect may run tasks in worker threads, so every call names its ``run_id``.
 
 from __future__ import annotations
 
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from tasks.masking import redact
 from tasks.settings import Settings
-
-_SECRET_KEY = re.compile(r"(token|secret|password|api[_-]?key|access[_-]?key|credential)", re.I)
-REDACTED = "***redacted***"
 
 
 def client(settings: Settings | None = None) -> MlflowClient:
     settings = settings or Settings.load()
     settings.require("mlflow_uri")
     return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
-
-
-def redact(obj: Any) -> Any:
-    """A copy of ``obj`` whose secret-looking keys have their values replaced."""
-    if isinstance(obj, dict):
-        return {k: (REDACTED if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v))
-                for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
 
 
 def flatten(obj: dict, prefix: str = "") -> dict[str, str]:

@@ -2,15 +2,59 @@ import pytest
 
 from tasks.config import ConfigError, load_config
 from tasks.models import ModelManager, validate_model_path
-from tasks.tracking import REDACTED, flatten, redact
+from tasks.masking import REDACTED, redact
+from tasks.tracking import flatten
 
 from conftest import REPO, TINY_MODEL
 
 
-@pytest.mark.parametrize("name", ["quickstart", "alpacalora"])
+@pytest.mark.parametrize("name", ["quickstart", "alpacalora", "llamafactory", "llamafactory-dpo"])
 def test_shipped_configs_validate(name):
     config = load_config(REPO / "deployments" / f"{name}.yaml")
     assert config.name == name and config.registry.alias == "production"
+
+
+def test_every_shipped_config_has_a_prefect_deployment():
+    import yaml
+
+    deployments = {d["name"]: d["parameters"]["config_path"]
+                   for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    shipped = {p.stem: f"deployments/{p.name}" for p in (REPO / "deployments").glob("*.yaml")}
+    assert deployments == shipped
+
+
+def test_misspelled_or_mistyped_llamafactory_param_names_file_and_field(tmp_path):
+    path = tmp_path / "lf.yaml"
+    head = "name: x\ndata: {path: d.json}\nregistry: {model_name: m}\n"
+    path.write_text(head + "finetune: {framework: llamafactory, params: {lora_rnk: 4}}\n")
+    with pytest.raises(ConfigError, match=r"lf.yaml: finetune.llamafactory.params: LlamafactoryFinetune got unknown "
+                                          r"keyword argument\(s\) lora_rnk \('lora_rnk': did you mean 'lora_r'\?\)"):
+        load_config(path)
+    path.write_text(head + "finetune: {framework: llamafactory, params: {learning_rate: fast}}\n")
+    with pytest.raises(ConfigError, match=r"lf.yaml: finetune.llamafactory.params.learning_rate: Input should be a "
+                                          r"valid number"):
+        load_config(path)
+    path.write_text(head + "finetune: {framework: llamafactory, params: {stage: dop}}\n")
+    with pytest.raises(ConfigError, match=r"finetune.llamafactory.params.stage: Input should be 'pt', 'sft'"):
+        load_config(path)
+    path.write_text(head + "finetune: {framework: lamafactory}\n")
+    with pytest.raises(ConfigError, match=r"finetune: Input tag 'lamafactory' found using 'framework' does not match "
+                                          r"any of the expected tags: 'alpacalora', 'llamafactory'"):
+        load_config(path)
+    # The contract's auto_map names are accepted and land on LLaMA-Factory's own.
+    path.write_text(head + "finetune: {framework: llamafactory, params: {micro_batch_size: 4, gradient_step: 2}}\n")
+    params = load_config(path).finetune.params
+    assert (params.per_device_train_batch_size, params.gradient_accumulation_steps) == (4, 2)
+
+
+def test_validating_a_config_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from tasks.config import load_config; load_config('deployments/llamafactory.yaml'); "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
 
 
 def test_config_errors_name_file_and_field(tmp_path):
@@ -19,7 +63,9 @@ def test_config_errors_name_file_and_field(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml: data.val_set_size: Input should be greater than or equal to 1"):
         load_config(path)
     path.write_text("name: x\ndata: {path: d.json}\nregistry: {model_name: m}\nfinetune: {params: {lora_rank: 4}}\n")
-    with pytest.raises(ConfigError, match=r"finetune.params: .*lora_rank.*allowed: .*lora_r"):
+    with pytest.raises(ConfigError, match=r"finetune.alpacalora.params: AlpacaloraFinetune got unknown keyword "
+                                          r"argument\(s\) lora_rank \('lora_rank': did you mean 'lora_r'\?\); "
+                                          r"allowed: .*lora_r"):
         load_config(path)
     path.write_text("name: x\ndata: {path: d.json, prompt_template_name: alpacca}\nregistry: {model_name: m}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: data.prompt_template_name: .*unknown prompt template "
@@ -27,7 +73,7 @@ def test_config_errors_name_file_and_field(tmp_path):
         load_config(path)
     path.write_text("name: x\ndata: {path: d.json}\nregistry: {model_name: m}\n"
                     "deploy: {formatter: json, formatter_selector: '[a, 1:2]'}\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: deploy: .*mixes a slice and a list"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: deploy.relay: .*mixes a slice and a list"):
         load_config(path)
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "missing.yaml")
@@ -35,7 +81,7 @@ def test_config_errors_name_file_and_field(tmp_path):
 
 def test_overrides_merge_deeply():
     config = load_config(REPO / "deployments" / "quickstart.yaml", {"finetune": {"params": {"max_steps": 7}}})
-    assert config.finetune.params["max_steps"] == 7 and config.finetune.params["lora_r"] == 16
+    assert config.finetune.params.max_steps == 7 and config.finetune.params.lora_r == 16
 
 
 def test_model_manager_finds_the_embedded_base_and_rejects_bad_names(tmp_path):

@@ -1,7 +1,8 @@
 import pytest
 
 from tasks import launchers
-from tasks.core import Command, ComponentBase, LazyLLMCMD, UnknownKwargsError, check_kwargs, mask_argv
+from tasks.core import Command, ComponentBase, LazyLLMCMD, UnknownKwargsError, check_kwargs
+from tasks.masking import mask_argv
 from tasks.deploy import DummyDeploy, LazyLLMDeployBase
 from tasks.finetune import AlpacaloraFinetune, DummyFinetune, alpacalora
 from tasks.finetune.base import parse_module_list

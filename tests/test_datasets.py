@@ -119,10 +119,21 @@ def test_llamafactory_dataset_info(tmp_path, fmt, columns):
     dataset = load_dataset(write(tmp_path / "d.jsonl", variants(fmt)))
     out = to_llamafactory(dataset, tmp_path / "lf", name="mine")
     info = json.loads((out / "dataset_info.json").read_text())["mine"]
-    assert info["file_name"] == "mine.json" and info["columns"] == columns
+    # LLaMA-Factory reads every mapped column (a missing one is a KeyError mid-training): only present ones map.
+    present = {k: v for k, v in columns.items() if any(v in r for r in dataset.records)}
+    assert info["file_name"] == "mine.json" and info["columns"] == present
     assert info.get("formatting", "alpaca") == ("sharegpt" if fmt in ("sharegpt", "openai") else "alpaca")
     assert info.get("ranking", False) == (fmt == "preference")
     assert json.loads((out / "mine.json").read_text()) == dataset.records
+
+
+def test_llamafactory_maps_only_columns_the_records_have_and_keeps_other_datasets(tmp_path):
+    plain = load_dataset(write(tmp_path / "p.jsonl", [{"instruction": "a", "output": "b"}]))
+    out = to_llamafactory(plain, tmp_path / "lf", name="train")
+    to_llamafactory(plain, out, name="val")
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert set(info) == {"train", "val"}
+    assert info["train"]["columns"] == {"prompt": "instruction", "query": "input", "response": "output"}  # no system
 
 
 def test_flagembedding_from_triplets_and_rerank_pairs(tmp_path):

@@ -20,7 +20,7 @@ def test_gate_compares_candidate_with_base():
 
 def test_score_reports_exact_match_and_loss(tmp_path):
     prepared = prepare(DATASET, tmp_path, val_set_size=10)
-    result = score(str(TINY_MODEL), read_jsonl(prepared.val_path), max_new_tokens=8)
+    result = score(str(TINY_MODEL), read_jsonl(prepared.val_path), "alpaca", max_new_tokens=8)
     assert result.n == 10 and 0.0 <= result.exact_match <= 1.0
     assert result.val_loss > 0 and abs(result.perplexity - 2.718281828 ** result.val_loss) < 1e-3 * result.perplexity
     assert {"instruction", "input", "expected", "got"} == set(result.samples[0])

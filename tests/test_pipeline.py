@@ -24,8 +24,8 @@ MODEL = "fineflow-quickstart"
 STATE: dict = {}
 
 
-def run(parameters: dict | None = None):
-    flow_run_id = start_deployment("finetune/quickstart", parameters)
+def run(parameters: dict | None = None, deployment: str = "finetune/quickstart"):
+    flow_run_id = start_deployment(deployment, parameters)
     logs: list[str] = []
     state = follow(flow_run_id, timeout_s=1200, echo=logs.append)
     return flow_run_id, state, "\n".join(logs)
@@ -117,3 +117,69 @@ def test_bad_dataset_fails_before_training_and_changes_nothing(stack, tmp_path):
     assert registry.alias_version(MODEL, "production") == STATE["version"]
     assert httpx.get(f"{STATE['url']}/health").status_code == 200
 
+
+
+# -- LLaMA-Factory through the same flow, in its own environment --------------------------------------------------
+LF_MODEL = "fineflow-llamafactory"
+
+
+def test_llamafactory_deployment_trains_exports_and_promotes(stack):
+    flow_run_id, state, logs = run(deployment="finetune/llamafactory")
+    assert state.is_completed(), logs
+    mlrun = tracking.run_for_flow_run(str(flow_run_id))
+    run_id, metrics = mlrun.info.run_id, mlrun.data.metrics
+    assert mlrun.info.status == "FINISHED" and mlrun.data.tags["framework"] == "llamafactory"
+    assert mlrun.data.tags["prompt_style"] == "chat_template"
+    # Step losses parsed live from LLaMA-Factory's trainer_log.jsonl, and its token throughput.
+    losses = tracking.client().get_metric_history(run_id, "train_loss")
+    assert [m.step for m in losses][:3] == [10, 20, 30] and len(losses) >= 30 and losses[-1].value < losses[0].value
+    assert metrics["tokens_per_second"] > 0 and "eval_loss" in metrics
+    assert "llamafactory-cli train" in logs and "llamafactory-cli export" in logs
+    # Base vs candidate on the held-out split, prompted with the exported chat template: the gate passed.
+    assert metrics["candidate_exact_match"] > metrics["base_exact_match"] + 0.05
+    assert mlrun.data.params["finetune.params.lora_r"] == "16" and mlrun.data.params["finetune.framework"] == \
+        "llamafactory"
+    # The export's merged model in S3, a version tagged framework=llamafactory, the alias moved to it.
+    version = mlrun.data.tags["registered_version"]
+    mv = tracking.client().get_model_version(LF_MODEL, version)
+    keys = storage.list_keys(mv.source)
+    assert any(k.endswith("model.safetensors") for k in keys) and any(k.endswith("chat_template.jinja") for k in keys)
+    assert mv.tags["framework"] == "llamafactory" and mv.tags["health"] == "ok"
+    assert registry.alias_version(LF_MODEL, "production") == version
+    chat = httpx.post(f"{mv.tags['endpoint_url']}/v1/chat/completions", timeout=30, json={
+        "messages": [{"role": "user", "content": "Convert the word to upper case.\nsaw"}], "max_tokens": 8})
+    assert chat.status_code == 200
+    STATE.update(lf_version=version, lf_url=mv.tags["endpoint_url"])
+
+
+def test_llamafactory_failure_from_config_overlay_changes_nothing(stack, tmp_path):
+    assert "lf_version" in STATE, "needs the llamafactory run"
+    overlay = tmp_path / "broken.yaml"
+    overlay.write_text("lora_target: no_such_module\n")
+    versions_before = len(tracking.client().search_model_versions(f"name = '{LF_MODEL}'"))
+    flow_run_id, state, logs = run({"overrides": {"finetune": {"params": {"config_path": str(overlay)}}}},
+                                   deployment="finetune/llamafactory")
+    assert state.is_failed(), logs
+    assert "llamafactory-cli train" in logs and "no_such_module" in logs
+    assert "llamafactory-cli export" not in logs  # the export never ran
+    mlrun = tracking.run_for_flow_run(str(flow_run_id))
+    assert mlrun.info.status == "FAILED" and "merged_model" not in {a.path for a in
+                                                                    tracking.client().list_artifacts(mlrun.info.run_id)}
+    assert "logs" in {a.path for a in tracking.client().list_artifacts(mlrun.info.run_id)}  # the failed log is kept
+    assert len(tracking.client().search_model_versions(f"name = '{LF_MODEL}'")) == versions_before
+    assert registry.alias_version(LF_MODEL, "production") == STATE["lf_version"]
+    assert httpx.get(f"{STATE['lf_url']}/health").status_code == 200
+
+
+def test_llamafactory_dpo_deployment_runs_to_a_registered_version(stack):
+    flow_run_id, state, logs = run(deployment="finetune/llamafactory-dpo")
+    assert state.is_completed(), logs
+    mlrun = tracking.run_for_flow_run(str(flow_run_id))
+    metrics = mlrun.data.metrics
+    assert mlrun.data.params["finetune.params.stage"] == "dpo" and mlrun.data.params["dataset.format"] == \
+        "preference"
+    assert "accuracy" in metrics  # LLaMA-Factory's reward accuracy, chosen over rejected
+    assert metrics["candidate_val_loss"] < metrics["base_val_loss"]
+    version = mlrun.data.tags["registered_version"]
+    assert registry.version_tags("fineflow-llamafactory-dpo", version)["framework"] == "llamafactory"
+    assert registry.alias_version("fineflow-llamafactory-dpo", "production") == version

@@ -3,8 +3,9 @@
 import httpx
 import pytest
 
-from tasks.deploy import RelayServer
-from tasks.deploy import endpoints
+from tasks.core import Command
+from tasks.deploy import RelayServer, endpoints
+from tasks.deploy.base import http_ready
 from tasks.prompter import Prompter
 
 from conftest import TINY_MODEL
@@ -12,8 +13,7 @@ from conftest import TINY_MODEL
 
 @pytest.fixture(scope="module")
 def endpoint(fineflow_home):
-    command = RelayServer(name="tiny").cmd(str(TINY_MODEL))
-    ep = endpoints.start_detached("relay-test", command.argvs[0], command.return_value, "relay", str(TINY_MODEL))
+    ep = endpoints.start("relay-test", RelayServer(name="tiny").cmd(str(TINY_MODEL)), "relay", str(TINY_MODEL))
     yield ep
     endpoints.stop("relay-test")
 
@@ -42,15 +42,35 @@ def test_completion_is_greedy_and_stable(endpoint):
 
 
 def test_listing_and_stopping(fineflow_home):
-    command = RelayServer(name="short-lived").cmd(str(TINY_MODEL))
-    ep = endpoints.start_detached("short-lived", command.argvs[0], command.return_value, "relay", str(TINY_MODEL))
+    ep = endpoints.start("short-lived", RelayServer(name="short-lived").cmd(str(TINY_MODEL)), "relay",
+                         str(TINY_MODEL))
     assert "short-lived" in [e.name for e in endpoints.list_endpoints()]
     assert endpoints.stop("short-lived") and not ep.alive()
     assert endpoints.get("short-lived") is None and not endpoints.stop("short-lived")
 
 
 def test_failed_start_reports_log(fineflow_home):
-    with pytest.raises(RuntimeError, match="failed its health check"):
-        endpoints.start_detached("broken", ["python3", "-c", "print('no model here'); raise SystemExit(1)"],
-                                 "http://127.0.0.1:9", "relay", "none", timeout_s=10)
+    command = Command(["python3", "-c", "print('no model here'); raise SystemExit(1)"],
+                      return_value="http://127.0.0.1:9", checker=http_ready("http://127.0.0.1:9/health"),
+                      ready_timeout_s=10)
+    with pytest.raises(RuntimeError, match=r"failed its health check .*\(exited with code 1\)(.|\n)*no model here"):
+        endpoints.start("broken", command, "relay", "none")
     assert endpoints.get("broken") is None
+
+
+def test_the_whole_command_runs_preparation_env_and_readiness(fineflow_home, tmp_path):
+    """Every argv before the last runs to the end first; the server gets the command's env; the readiness probe
+    decides when it is up."""
+    marker = tmp_path / "prepared"
+    port = endpoints.free_port()
+    server = ("import http.server, os, pathlib; assert pathlib.Path(os.environ['MARKER']).exists(); "
+              f"http.server.HTTPServer(('127.0.0.1', {port}), http.server.SimpleHTTPRequestHandler).serve_forever()")
+    command = Command([["python3", "-c", "import os, pathlib; pathlib.Path(os.environ['MARKER']).touch()"],
+                       ["python3", "-c", server]], return_value=f"http://127.0.0.1:{port}",
+                      checker=http_ready(f"http://127.0.0.1:{port}/"), env={"MARKER": str(marker)}, ready_timeout_s=20)
+    ep = endpoints.start("whole-command", command, "test", "none")
+    try:
+        assert marker.exists() and ep.argv == command.argvs[-1]
+        assert httpx.get(f"{ep.url}/").status_code == 200
+    finally:
+        assert endpoints.stop("whole-command")

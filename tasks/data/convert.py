@@ -24,15 +24,22 @@ LLAMAFACTORY_INFO = {
 
 
 def to_llamafactory(dataset: Dataset, out_dir: str | Path, name: str = "fineflow") -> Path:
-    """Write ``<name>.json`` and ``dataset_info.json`` into ``out_dir``; returns the ``dataset_dir``."""
+    """Write ``<name>.json`` into ``out_dir`` and describe it in ``dataset_info.json`` (added to the datasets
+    already described there, so a train and a validation set can share a ``dataset_dir``); returns ``out_dir``."""
     if dataset.format not in LLAMAFACTORY_INFO:
         raise DatasetError(dataset.path, None, None, f"LLaMA-Factory does not train on {dataset.format} records; "
                                                      f"convertible: {', '.join(LLAMAFACTORY_INFO)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(dataset.records, ensure_ascii=False), encoding="utf-8")
-    info = {name: {"file_name": f"{name}.json", **LLAMAFACTORY_INFO[dataset.format]}}
-    (out / "dataset_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    info_path = out / "dataset_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    described = dict(LLAMAFACTORY_INFO[dataset.format])
+    present = {key for record in dataset.records for key in record}
+    # LLaMA-Factory reads every mapped column: map only the optional ones (input, system, tools) that occur.
+    described["columns"] = {k: v for k, v in described["columns"].items() if v in present}
+    info[name] = {"file_name": f"{name}.json", **described}
+    info_path.write_text(json.dumps(info, indent=1), encoding="utf-8")
     return out
 
 

@@ -1,21 +1,61 @@
-"""Deploy component bases and the built-in relay backend."""
+"""The deploy engine interface, behind the contract's ``LazyLLMDeployBase``, and ``DummyDeploy``.
+
+A serving engine is one module under ``tasks/deploy/`` with one class that declares:
+
+- ``engine`` (its name in the table in ``tasks/deploy/__init__.py`` and in pipeline configs) and
+  ``Params`` (its typed parameters);
+- ``environment``: the ``infra/envs/<name>.txt`` it runs in (None: this interpreter);
+- ``cmd(model_path)``: a ``Command`` whose last argv is the server (earlier argvs run first, to the
+  end), with its ``env``, its URL as ``return_value`` and its readiness probe as ``checker``
+  (``http_ready``, waited for up to ``ready_timeout_s``);
+- ``smoke_request(prompt)``: the request that proves it answers, for its model type;
+- ``extract_result(output, inputs)``: the answer in a raw response.
+"""
 
 from __future__ import annotations
 
 import copy
-import sys
-from collections.abc import Iterator
-from typing import Any
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
-from tasks import launchers
-from tasks.core import ComponentBase, Command, check_kwargs
+from pydantic import BaseModel, ConfigDict
+
+from tasks import envs, launchers
+from tasks.core import ComponentBase, check_kwargs
+
+
+class DeployParams(BaseModel):
+    """An engine's typed parameters (the pipeline's ``deploy.params``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ready_timeout_s: float = 120  # how long the readiness probe may take to answer
+
+
+def http_ready(url: str, timeout_s: float = 3) -> Callable[[], bool]:
+    """A readiness probe: ``url`` answers 200 within ``timeout_s``."""
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                return resp.status == 200
+        except Exception:
+            return False
+    return check
 
 
 class LazyLLMDeployBase(ComponentBase):
     """A serving backend: ``cmd(model_path)`` builds the launch command; the call returns the URL."""
 
+    engine: ClassVar[str] = ""
+    Params: ClassVar[type[DeployParams]] = DeployParams
+    environment: ClassVar[str | None] = envs.MAIN
+
     def __init__(self, *, launcher: Any = None):
         super().__init__(launcher=launcher or launchers.remote())
+
+    def smoke_request(self, prompt: str) -> tuple[str, dict[str, Any]]:
+        """The path and JSON body of a request that shows the endpoint answers ``prompt``."""
+        raise NotImplementedError
 
     @staticmethod
     def extract_result(output, inputs):
@@ -49,33 +89,3 @@ class DummyDeploy(LazyLLMDeployBase):
         r = self._request(x)
         pieces = ["reply", " for", f" {r['inputs']}", ", and", " parameters", " is", f" {r['parameters']}"]
         return iter(pieces) if self.stream else "".join(pieces)
-
-
-class RelayServer(LazyLLMDeployBase):
-    """fineflow's built-in OpenAI-compatible server (``tasks.deploy.relay_app``) for transformers models."""
-
-    allowed = ("host", "port", "name", "prompt_template")
-
-    def __init__(self, launcher: Any = None, **kw):
-        check_kwargs(type(self).__name__, kw, self.allowed)
-        super().__init__(launcher=launcher)
-        self.kw = {"host": "127.0.0.1", "port": None, "name": "fineflow-model", "prompt_template": "alpaca", **kw}
-
-    def url(self) -> str:
-        return f"http://{self.kw['host']}:{self.kw['port']}"
-
-    def cmd(self, model_path: str) -> Command:
-        if not self.kw["port"]:
-            from tasks.deploy.endpoints import free_port
-
-            self.kw["port"] = free_port()
-        argv = [sys.executable, "-m", "tasks.deploy.relay_app", "--model", model_path, "--host", self.kw["host"],
-                "--port", str(self.kw["port"]), "--name", self.kw["name"],
-                "--prompt-template", self.kw["prompt_template"]]
-        return Command(argv, return_value=self.url())
-
-    @staticmethod
-    def extract_result(output, inputs):
-        """``output`` is the HTTP response of ``/v1/completions`` or ``/v1/chat/completions``."""
-        choice = output.json()["choices"][0]
-        return choice["message"]["content"] if "message" in choice else choice["text"]

@@ -20,6 +20,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from tasks import launchers
+from tasks.core import Command
+from tasks.masking import show_argv
 from tasks.settings import state_dir
 
 
@@ -77,22 +80,32 @@ def _registry() -> Path:
     return path
 
 
-def start_detached(name: str, argv: list[str], url: str, backend: str, model_path: str,
-                   env: dict[str, str] | None = None, timeout_s: float = 120) -> Endpoint:
-    """Start ``argv`` in its own session and wait until ``url``/health answers 200."""
+def start(name: str, command: Command, backend: str, model_path: str) -> Endpoint:
+    """Run ``command``: every argv but the last to the end (preparation), then the last one, the server,
+    detached in its own session with ``command.env``; wait until ``command.checker`` passes (up to
+    ``command.ready_timeout_s``). A server that exits or never gets ready is stopped, and the error holds the
+    tail of its log."""
     log_path = state_dir() / "logs" / f"endpoint-{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if len(command.argvs) > 1:
+        prepare = Command(command.argvs[:-1], env=command.env)
+        launchers.local(log_path=log_path).launch(prepare, name=f"endpoint {name}")
+    argv = command.argvs[-1]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **(env or {})})
-    ep = Endpoint(name=name, url=url, pid=proc.pid, backend=backend, argv=argv, model_path=model_path,
-                  log_path=str(log_path), started_at=time.time())
-    deadline = time.monotonic() + timeout_s
-    while not ep.healthy():
+                                start_new_session=True, env={**os.environ, **command.env})
+    ep = Endpoint(name=name, url=str(command.return_value), pid=proc.pid, backend=backend, argv=argv,
+                  model_path=model_path, log_path=str(log_path), started_at=time.time())
+    ready = command.checker or ep.healthy
+    deadline = time.monotonic() + command.ready_timeout_s
+    while not ready():
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_process(ep.pid)
+            why = f"exited with code {proc.returncode}" if proc.poll() is not None else \
+                f"not ready after {command.ready_timeout_s:.0f}s"
             tail = log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"endpoint {name} failed its health check at {url}/health; log {log_path}:\n{tail}")
+            raise RuntimeError(f"endpoint {name} failed its health check at {ep.url} ({why}): "
+                               f"`{show_argv(argv)}`; log {log_path}:\n{tail}")
         time.sleep(0.5)
     (_registry() / f"{name}.json").write_text(ep.model_dump_json(indent=1))
     return ep

@@ -1,10 +1,11 @@
 """The built-in OpenAI-compatible server for a transformers causal LM.
 
-    python -m tasks.deploy.relay_app --model PATH --port 8000 [--host 127.0.0.1] [--name NAME]
+    python -m tasks.deploy.relay_app --model PATH --port 8000 [--host 127.0.0.1] [--name NAME] [--prompt-style S]
 
 Routes: ``/health``, ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``.
-Chat messages are rendered with ``--prompt-template`` (the template the model was
-finetuned with): the system and user messages become the instruction.
+Prompts are handled in ``--prompt-style`` (``tasks.inference``: a prompter name, or
+``chat_template``), the style the model was finetuned in: a completion prompt is taken as
+rendered text; chat messages (the system and the last user message) are rendered in it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
-from tasks.evaluate import _load, generate
-from tasks.prompter import get_prompter, render_record
+from tasks import inference
 
 
 class CompletionRequest(BaseModel):
@@ -41,17 +41,15 @@ class ChatRequest(BaseModel):
     temperature: float = 0.0
 
 
-def create_app(model_path: str, name: str, prompt_template: str = "alpaca") -> FastAPI:
-    model, tokenizer = _load(model_path)
-    prompter = get_prompter(prompt_template)
+def create_app(model_path: str, name: str, prompt_style: str = "alpaca") -> FastAPI:
+    model, tokenizer = inference.load_model(model_path)
     app = FastAPI(title=f"fineflow relay: {name}")
     created = int(time.time())
 
     def complete(prompts: list[str], max_tokens: int) -> list[str]:
         if not 1 <= max_tokens <= 512:
             raise HTTPException(400, "max_tokens must be between 1 and 512")
-        with torch.inference_mode():
-            return generate(model, tokenizer, prompts, max_new_tokens=max_tokens)
+        return inference.generate(model, tokenizer, prompts, prompt_style, max_new_tokens=max_tokens)
 
     @app.get("/health")
     def health():
@@ -71,12 +69,10 @@ def create_app(model_path: str, name: str, prompt_template: str = "alpaca") -> F
 
     @app.post("/v1/chat/completions")
     def chat(req: ChatRequest):
-        users = [m.content for m in req.messages if m.role == "user"]
-        if not users:
+        if not any(m.role == "user" for m in req.messages):
             raise HTTPException(400, "messages must contain a user message")
-        system = "\n".join(m.content for m in req.messages if m.role == "system")
-        instruction = "\n".join(filter(None, [system, users[-1]]))
-        text = complete([render_record(prompter, {"instruction": instruction})], req.max_tokens)[0]
+        record = {"messages": [m.model_dump() for m in req.messages]}
+        text = complete([inference.render_prompt(prompt_style, record, tokenizer)], req.max_tokens)[0]
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
                 "model": name, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                             "finish_reason": "stop"}]}
@@ -90,10 +86,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--name", default="fineflow-model")
-    parser.add_argument("--prompt-template", default="alpaca")
+    parser.add_argument("--prompt-style", default="alpaca")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    uvicorn.run(create_app(args.model, args.name, args.prompt_template), host=args.host, port=args.port,
+    uvicorn.run(create_app(args.model, args.name, args.prompt_style), host=args.host, port=args.port,
                 log_level="info")
 
 

@@ -1,10 +1,26 @@
-"""Finetune backends (the contract's ``lazyllm.components.finetune``).
+"""Finetune backends (the contract's ``lazyllm.components.finetune``), one module per framework.
 
-Implemented: ``LazyLLMFinetuneBase``, ``DummyFinetune``, ``AlpacaloraFinetune``.
-The other frameworks (Collie, LLaMA-Factory, FlagEmbedding, Auto) come with their own issues.
+``FRAMEWORKS`` is the one table of them: a pipeline's ``finetune.framework`` names a row, and
+``tasks/config.py`` builds the config's union from it. Adding a framework is a module here (a
+``LazyLLMFinetuneBase`` subclass, see ``base.py``), a line in this table, and, if it needs
+its own packages, ``infra/envs/<name>.txt``.
 """
 
 from tasks.finetune.alpacalora import AlpacaloraFinetune, alpacalora
-from tasks.finetune.base import DummyFinetune, LazyLLMFinetuneBase
+from tasks.finetune.base import DummyFinetune, FinetuneParams, LazyLLMFinetuneBase
+from tasks.finetune.llamafactory import LlamafactoryFinetune, llamafactory
 
-__all__ = ["LazyLLMFinetuneBase", "DummyFinetune", "AlpacaloraFinetune", "alpacalora"]
+FRAMEWORKS: dict[str, type[LazyLLMFinetuneBase]] = {
+    "alpacalora": AlpacaloraFinetune,
+    "llamafactory": LlamafactoryFinetune,
+}
+
+
+def get_framework(name: str) -> type[LazyLLMFinetuneBase]:
+    if name not in FRAMEWORKS:
+        raise ValueError(f"unknown finetune framework {name!r}; known: {', '.join(sorted(FRAMEWORKS))}")
+    return FRAMEWORKS[name]
+
+
+__all__ = ["FRAMEWORKS", "LazyLLMFinetuneBase", "DummyFinetune", "FinetuneParams", "AlpacaloraFinetune",
+           "LlamafactoryFinetune", "alpacalora", "llamafactory", "get_framework"]

@@ -1,97 +1,110 @@
-"""``AlpacaloraFinetune``: LoRA finetuning with PEFT + transformers' Trainer, as a subprocess.
+"""``AlpacaloraFinetune``: LoRA finetuning with PEFT + transformers' Trainer (``train_lora.py``), as a subprocess.
 
     trainer = AlpacaloraFinetune('infra/models/tiny-llama', '/tmp/out', max_steps=100)
     trainer.cmd('train.jsonl')   # [train argv, merge argv, copy argv]
     trainer('train.jsonl')       # runs them; returns merge_path
+
+Runs in the main environment (its script is part of fineflow). More than one process
+(``launchers.remote(ngpus=N)``) runs the script under ``torchrun --nproc_per_node N``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from typing import Any
+from typing import Any, ClassVar
 
-from tasks.core import Command, check_kwargs
-from tasks.finetune.base import LazyLLMFinetuneBase, random_nccl_port
+from tasks import envs
+from tasks.core import Command
+from tasks.finetune.base import FinetuneParams, LazyLLMFinetuneBase, random_nccl_port, split_target
 
-# The contract's defaults, then fineflow's own additions (documented in the README).
-DEFAULTS: dict[str, Any] = {
-    "data_path": None,
-    "batch_size": 64,
-    "micro_batch_size": 4,
-    "num_epochs": 2,
-    "learning_rate": 5.0e-4,
-    "cutoff_len": 1030,
-    "filter_nums": 1024,
-    "val_set_size": 200,
-    "lora_r": 8,
-    "lora_alpha": 32,
-    "lora_dropout": 0.05,
-    "lora_target_modules": "[wo,wqkv]",
-    "modules_to_save": "[tok_embeddings,output]",
-    "deepspeed": None,
-    "prompt_template_name": "alpaca",
-    "train_on_inputs": True,
-    "show_prompt": False,
-    "nccl_port": None,
-}
-FINEFLOW_EXTRAS: dict[str, Any] = {
-    "max_steps": -1,  # > 0 caps training (tests, smoke runs)
-    "logging_steps": 5,
-    "save_steps": 100,
-    "seed": 42,
-    "resume": True,  # continue from the newest checkpoint in target_path
-}
+
+class AlpacaloraParams(FinetuneParams):
+    """The contract's keyword arguments and defaults, then fineflow's additions (documented in the README)."""
+
+    owner: ClassVar[str] = "AlpacaloraFinetune"
+    data_path: str | None = None
+    batch_size: int = 64
+    micro_batch_size: int = 4
+    num_epochs: float = 2
+    learning_rate: float = 5.0e-4
+    cutoff_len: int = 1030
+    filter_nums: int = 1024
+    val_set_size: int = 200
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "[wo,wqkv]"
+    modules_to_save: str = "[tok_embeddings,output]"
+    deepspeed: str | None = None
+    prompt_template_name: str = "alpaca"
+    train_on_inputs: bool = True
+    show_prompt: bool = False
+    nccl_port: int | None = None
+    # fineflow's additions
+    max_steps: int = -1  # > 0 caps training (tests, smoke runs)
+    logging_steps: int = 5
+    save_steps: int = 100
+    seed: int = 42
+    resume: bool = True  # continue from the newest checkpoint in target_path
+
+
+# Passed to train_lora.py as --name value, in this order.
+SCRIPT_ARGS = ("batch_size", "micro_batch_size", "num_epochs", "learning_rate", "cutoff_len", "val_set_size", "lora_r",
+               "lora_alpha", "lora_dropout", "lora_target_modules", "modules_to_save", "prompt_template_name",
+               "train_on_inputs", "max_steps", "logging_steps", "save_steps", "seed", "resume")
 
 
 class AlpacaloraFinetune(LazyLLMFinetuneBase):
+    framework: ClassVar[str] = "alpacalora"
+    Params: ClassVar[type[FinetuneParams]] = AlpacaloraParams
+
     def __init__(self, base_model: str, target_path: str, merge_path: str | None = None, model_name: str = "LLM",
                  cp_files: str = "tokeniz*", launcher: Any = None, **kw):
-        check_kwargs(type(self).__name__, kw, [*DEFAULTS, *FINEFLOW_EXTRAS])
-        if not merge_path:
-            merge_path = os.path.join(target_path, "lazyllm_merge")
-            target_path = os.path.join(target_path, "lazyllm_lora")
+        self.params = AlpacaloraParams.from_kwargs(kw)
+        target_path, merge_path = split_target(target_path, merge_path)
         super().__init__(base_model, target_path, launcher=launcher)
         self.merge_path = merge_path
         self.model_name = model_name
         self.cp_files = cp_files
-        self.kw = {**DEFAULTS, **FINEFLOW_EXTRAS, **kw}
-        if self.kw["nccl_port"] is None:
-            self.kw["nccl_port"] = random_nccl_port()
+        if self.params.nccl_port is None:
+            self.params.nccl_port = random_nccl_port()
+        self.kw = self.params.model_dump()
+
+    def prompt_style(self) -> str:
+        return self.params.prompt_template_name
 
     def _data_file(self, name: str | None) -> str | None:
         if name is None or os.path.isabs(name) or os.path.exists(name):
             return name
-        base = self.kw["data_path"] or os.environ.get("LAZYLLM_DATA_PATH")
+        base = self.params.data_path or os.environ.get("LAZYLLM_DATA_PATH")
         return os.path.join(base, name) if base else name
 
-    def train_cmd(self, trainset: str, valset: str | None = None) -> list[str]:
-        argv = [sys.executable, "-m", "tasks.finetune.train_lora", "--base_model", self.base_model,
+    def _python(self) -> list[str]:
+        nproc = getattr(self.launcher, "ngpus", 1) or 1
+        if nproc > 1:
+            return [envs.bin_path(self.environment, "torchrun"), f"--nproc_per_node={nproc}",
+                    f"--master_port={self.params.nccl_port}", "-m"]
+        return [envs.bin_path(self.environment, "python"), "-m"]
+
+    def train_command(self, trainset: str, valset: str | None = None) -> Command:
+        argv = [*self._python(), "tasks.finetune.train_lora", "--base_model", self.base_model,
                 "--data_path", self._data_file(trainset), "--output_dir", self.target_path]
         if valset:
             argv += ["--val_path", self._data_file(valset)]
-        for key in ("batch_size", "micro_batch_size", "num_epochs", "learning_rate", "cutoff_len", "val_set_size",
-                    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "modules_to_save",
-                    "prompt_template_name", "train_on_inputs", "max_steps", "logging_steps", "save_steps",
-                    "seed", "resume"):
-            argv += [f"--{key}", str(self.kw[key])]
-        if self.kw["deepspeed"]:
-            argv += ["--deepspeed", str(self.kw["deepspeed"])]
-        return argv
+        for key in SCRIPT_ARGS:
+            argv += [f"--{key}", str(getattr(self.params, key))]
+        if self.params.deepspeed:
+            argv += ["--deepspeed", str(self.params.deepspeed)]
+        return Command(argv, return_value=self.target_path, env=self.command_env())
 
-    def merge_cmd(self) -> list[str]:
-        return [sys.executable, "-m", "tasks.merge", "merge", "--base_model", self.base_model,
-                "--lora_path", self.target_path, "--merge_path", self.merge_path]
-
-    def copy_cmd(self) -> list[str]:
-        return [sys.executable, "-m", "tasks.merge", "copy", "--src", self.base_model, "--dst", self.merge_path,
+    def export_command(self) -> Command | None:
+        python = envs.bin_path(self.environment, "python")
+        merge = [python, "-m", "tasks.merge", "merge", "--base_model", self.base_model,
+                 "--lora_path", self.target_path, "--merge_path", self.merge_path]
+        copy = [python, "-m", "tasks.merge", "copy", "--src", self.base_model, "--dst", self.merge_path,
                 "--pattern", self.cp_files]
+        return Command([merge, copy], return_value=self.merge_path, env=self.command_env())
 
-    def cmd(self, trainset: str, valset: str | None = None) -> Command | list[str]:
-        if not self.merge_path:
-            return self.train_cmd(trainset, valset)
-        return Command([self.train_cmd(trainset, valset), self.merge_cmd(), self.copy_cmd()],
-                       return_value=self.merge_path)
 
 
 def alpacalora(base_model: str, target_path: str, **kw) -> AlpacaloraFinetune:

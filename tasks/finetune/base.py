@@ -1,20 +1,37 @@
-"""Finetune component bases (the contract's ``LazyLLMFinetuneBase`` and ``DummyFinetune``)."""
+"""The finetune backend interface, behind the contract's ``LazyLLMFinetuneBase``, and ``DummyFinetune``.
+
+A framework is one module under ``tasks/finetune/`` with one class that declares:
+
+- ``framework`` (its name in the table in ``tasks/finetune/__init__.py`` and in pipeline configs);
+- ``Params``: its keyword arguments as a pydantic model holding the contract's defaults once;
+- ``environment``: the ``infra/envs/<name>.txt`` it runs in (None: this interpreter);
+- ``formats()``: the dataset formats it trains on, and ``prepare_data()``: the converter to its files;
+- ``train_command()`` and ``export_command()`` (merge the adapter / copy the model; None if training
+  leaves the finished model): the commands, as argv lists;
+- ``metrics_file()`` / ``parse_metrics()``: how its log becomes step metrics;
+- ``prompt_style()``: how the trained model must be prompted (``tasks.inference``).
+
+The pipeline's steps call only these; ``cmd()`` and ``__call__`` are the contract's face over them.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
-from tasks import launchers
-from tasks.core import ComponentBase
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from tasks import envs, launchers
+from tasks.core import Command, ComponentBase, check_kwargs
 
 METRIC_PREFIX = "FINEFLOW_METRIC "
 
 
 def parse_metric_line(line: str) -> dict[str, Any] | None:
-    """Training scripts print ``FINEFLOW_METRIC {json}`` lines; the step logs them while training runs."""
+    """fineflow's training scripts print ``FINEFLOW_METRIC {json}`` lines; the step logs them while training runs."""
     if not line.startswith(METRIC_PREFIX):
         return None
     try:
@@ -23,8 +40,37 @@ def parse_metric_line(line: str) -> dict[str, Any] | None:
         return None
 
 
+class FinetuneParams(BaseModel):
+    """A framework's keyword arguments. Unknown names fail naming the closest allowed one."""
+
+    model_config = ConfigDict(extra="forbid")
+    owner: ClassVar[str] = "finetune"
+    aliases: ClassVar[dict[str, str]] = {}  # accepted name -> field (the contract's ``auto_map``)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_kwargs(cls.owner, data, [*cls.model_fields, *cls.aliases])
+            data = {cls.aliases.get(k, k): v for k, v in data.items()}
+        return data
+
+    @classmethod
+    def from_kwargs(cls, kw: dict[str, Any]) -> "FinetuneParams":
+        check_kwargs(cls.owner, kw, [*cls.model_fields, *cls.aliases])  # UnknownKwargsError, a TypeError
+        try:
+            return cls.model_validate(kw)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise ValueError(f"{cls.owner}: {problems}") from None
+
+
 class LazyLLMFinetuneBase(ComponentBase):
     """Holds the base model and the target path; the launcher defaults to ``remote(ngpus=1)``."""
+
+    framework: ClassVar[str] = ""
+    Params: ClassVar[type[FinetuneParams]] = FinetuneParams
+    environment: ClassVar[str | None] = envs.MAIN
 
     def __init__(self, base_model: str, target_path: str, *, launcher: Any = None):
         super().__init__(launcher=launcher or launchers.remote(ngpus=1))
@@ -32,7 +78,54 @@ class LazyLLMFinetuneBase(ComponentBase):
         self.target_path = target_path
         self.merge_path: str | None = None
 
+    # The backend interface; a framework overrides what differs.
+    def formats(self) -> tuple[str, ...]:
+        return ("alpaca",)
+
+    @property
+    def cutoff_len(self) -> int | None:
+        return getattr(getattr(self, "params", None), "cutoff_len", None)
+
+    def prompt_style(self) -> str:
+        return "alpaca"
+
+    def prepare_data(self, train_path: str, val_path: str | None, fmt: str, out_dir: str | Path
+                     ) -> tuple[str, str | None]:
+        """The prepare step's JSONL files -> what ``train_command`` takes. Default: used as they are."""
+        return train_path, val_path
+
+    def train_command(self, trainset: str, valset: str | None = None) -> Command:
+        raise NotImplementedError
+
+    def export_command(self) -> Command | None:
+        """What turns the training output into the finished model in ``merge_path``; None: nothing to do."""
+        return None
+
+    def metrics_file(self) -> Path | None:
+        """A file the framework appends metric lines to while training (None: its stdout carries them)."""
+        return None
+
+    def parse_metrics(self, line: str) -> dict[str, Any] | None:
+        """A dict with ``step`` and metric values from one log line, or None."""
+        return parse_metric_line(line)
+
+    @property
+    def output_path(self) -> str:
+        """Where the finished model is once the commands have run."""
+        return self.merge_path or self.target_path
+
+    def command_env(self) -> dict[str, str]:
+        """Environment variables for the commands: the framework environment's bin on PATH."""
+        return envs.path_env(self.environment)
+
+    def cmd(self, trainset: str, valset: str | None = None) -> Command:
+        train = self.train_command(trainset, valset)
+        export = self.export_command()
+        argvs = train.argvs + (export.argvs if export else [])
+        return Command(argvs, return_value=self.output_path, env={**train.env, **(export.env if export else {})})
+
     def __call__(self, *args, **kw):
+        envs.ensure(self.environment)
         super().__call__(*args, **kw)
         return self.merge_path or self.target_path
 
@@ -46,6 +139,13 @@ class DummyFinetune(LazyLLMFinetuneBase):
 
     def cmd(self, *args, **kw) -> str:
         return f"echo 'dummy finetune!, and init-args is {self.kw}'"
+
+
+def split_target(target_path: str, merge_path: str | None) -> tuple[str, str]:
+    """The contract's layout: without ``merge_path``, ``target_path/lazyllm_lora`` and ``target_path/lazyllm_merge``."""
+    if merge_path:
+        return target_path, merge_path
+    return os.path.join(target_path, "lazyllm_lora"), os.path.join(target_path, "lazyllm_merge")
 
 
 def parse_module_list(value: str | list[str] | None) -> list[str]:

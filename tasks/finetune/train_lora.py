@@ -66,17 +66,10 @@ def load_records(path: str, template: str) -> list[dict]:
     return records
 
 
-def tokenize(records: list[dict], tokenizer, cutoff_len: int, train_on_inputs: bool) -> list[dict]:
-    out = []
-    for r in records:
-        prompt_ids = tokenizer(tokenizer.bos_token + r["prompt"], add_special_tokens=False).input_ids
-        full_ids = tokenizer(tokenizer.bos_token + r["prompt"] + r["output"] + tokenizer.eos_token,
-                             add_special_tokens=False).input_ids[:cutoff_len]
-        labels = list(full_ids)
-        if not train_on_inputs:
-            labels[: len(prompt_ids)] = [-100] * min(len(prompt_ids), len(labels))
-        out.append({"input_ids": full_ids, "attention_mask": [1] * len(full_ids), "labels": labels})
-    return out
+def tokenize(records: list[dict], tokenizer, style: str, cutoff_len: int, train_on_inputs: bool) -> list[dict]:
+    from tasks.inference import encode_example
+
+    return [encode_example(tokenizer, style, r["prompt"], r["output"], cutoff_len, train_on_inputs) for r in records]
 
 
 def lora_targets(model, wanted: list[str], what: str) -> list[str]:
@@ -119,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     val = load_records(args.val_path, args.prompt_template_name) if args.val_path else []
     if not args.val_path and args.val_set_size > 0 and len(train) > args.val_set_size:
         train, val = train[: -args.val_set_size], train[-args.val_set_size:]
-    train_ds = tokenize(train, tokenizer, args.cutoff_len, args.train_on_inputs)
-    val_ds = tokenize(val, tokenizer, args.cutoff_len, args.train_on_inputs)
+    style = args.prompt_template_name
+    train_ds = tokenize(train, tokenizer, style, args.cutoff_len, args.train_on_inputs)
+    val_ds = tokenize(val, tokenizer, style, args.cutoff_len, args.train_on_inputs)
     print(f"training on {len(train_ds)} records, validating on {len(val_ds)}", flush=True)
 
     training_args = TrainingArguments(
@@ -132,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         save_steps=args.save_steps, save_total_limit=2, eval_strategy="steps" if val_ds else "no",
         eval_steps=args.save_steps if val_ds else None, bf16=use_bf16, use_cpu=not torch.cuda.is_available(),
         report_to=[], seed=args.seed, deepspeed=args.deepspeed, disable_tqdm=True, dataloader_num_workers=0,
+        include_num_input_tokens_seen=True,
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds or None,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),

@@ -1,0 +1,52 @@
+"""``RelayServer``: fineflow's built-in OpenAI-compatible server (``relay_app.py``) for transformers causal LMs.
+
+    server = RelayServer(name='tiny', prompt_style='alpaca')
+    command = server.cmd('infra/models/tiny-llama')   # Command: the server argv; return_value is its URL
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from tasks import envs
+from tasks.core import Command, check_kwargs
+from tasks.deploy.base import DeployParams, LazyLLMDeployBase, http_ready
+
+
+class RelayParams(DeployParams):
+    pass
+
+
+class RelayServer(LazyLLMDeployBase):
+    engine: ClassVar[str] = "relay"
+    Params: ClassVar[type[DeployParams]] = RelayParams
+    allowed = ("host", "port", "name", "prompt_style", *RelayParams.model_fields)
+
+    def __init__(self, launcher: Any = None, **kw):
+        check_kwargs(type(self).__name__, kw, self.allowed)
+        super().__init__(launcher=launcher)
+        self.params = RelayParams(**{k: v for k, v in kw.items() if k in RelayParams.model_fields})
+        self.kw = {"host": "127.0.0.1", "port": None, "name": "fineflow-model", "prompt_style": "alpaca", **kw}
+
+    def url(self) -> str:
+        return f"http://{self.kw['host']}:{self.kw['port']}"
+
+    def cmd(self, model_path: str) -> Command:
+        if not self.kw["port"]:
+            from tasks.deploy.endpoints import free_port
+
+            self.kw["port"] = free_port()
+        argv = [envs.bin_path(self.environment, "python"), "-m", "tasks.deploy.relay_app", "--model", model_path,
+                "--host", self.kw["host"], "--port", str(self.kw["port"]), "--name", self.kw["name"],
+                "--prompt-style", self.kw["prompt_style"]]
+        return Command(argv, return_value=self.url(), checker=http_ready(f"{self.url()}/health"),
+                       env=envs.path_env(self.environment), ready_timeout_s=self.params.ready_timeout_s)
+
+    def smoke_request(self, prompt: str) -> tuple[str, dict[str, Any]]:
+        return "/v1/completions", {"prompt": prompt, "max_tokens": 16}
+
+    @staticmethod
+    def extract_result(output, inputs):
+        """``output`` is the HTTP response of ``/v1/completions`` or ``/v1/chat/completions``."""
+        choice = output.json()["choices"][0]
+        return choice["message"]["content"] if "message" in choice else choice["text"]

@@ -1,0 +1,139 @@
+"""Prompts in, tokens out: written once for training, evaluation and serving.
+
+A *prompt style* says how a record becomes the text a model sees, and so must be the same
+when the model is trained, evaluated and served:
+
+- a prompter name (``alpaca``, ``lazyllm_chat``, ...; ``tasks.prompter.get_prompter``): the
+  record is rendered by that prompter and the model's BOS token is put in front, as
+  ``AlpacaloraFinetune`` trains;
+- ``chat_template``: the record becomes chat messages rendered by the tokenizer's own chat
+  template, which carries its special tokens itself (what LLaMA-Factory trains with and
+  saves beside the model it exports).
+
+The response is the target in both: ``output`` followed by EOS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CHAT_TEMPLATE = "chat_template"
+IGNORE = -100  # label of a token that does not count in the loss
+
+
+def example(record: dict[str, Any]) -> dict[str, str]:
+    """One evaluation example (``instruction``, ``input``, ``output``, ``system``) from a record of any chat
+    format: alpaca, preference (the chosen answer), sharegpt and OpenAI messages (the last exchange)."""
+    if "instruction" in record:
+        output = record.get("output", record.get("chosen", ""))
+        return {"instruction": record["instruction"], "input": record.get("input") or "", "output": output,
+                "system": record.get("system") or ""}
+    turns = record.get("conversations") or record.get("messages") or []
+    role = lambda t: t.get("from", t.get("role"))  # noqa: E731
+    text = lambda t: t.get("value", t.get("content")) or ""  # noqa: E731
+    users = [i for i, t in enumerate(turns) if role(t) in ("human", "user")]
+    if not users:
+        raise ValueError(f"record has no user turn to evaluate: {sorted(record)}")
+    last = users[-1]
+    answer = next((text(t) for t in turns[last + 1:] if role(t) in ("gpt", "assistant")), "")
+    system = record.get("system") or next((text(t) for t in turns if role(t) == "system"), "")
+    return {"instruction": text(turns[last]), "input": "", "output": answer, "system": system}
+
+
+def messages(record: dict[str, str]) -> list[dict[str, str]]:
+    """Chat messages for a record, joined the way LLaMA-Factory joins alpaca columns (instruction, newline, input)."""
+    ex = example(record)
+    user = "\n".join(part for part in (ex["instruction"], ex["input"]) if part)
+    return ([{"role": "system", "content": ex["system"]}] if ex["system"] else []) + [{"role": "user", "content": user}]
+
+
+def render_prompt(style: str, record: dict[str, Any], tokenizer=None) -> str:
+    """The prompt text for ``record`` in ``style`` (without BOS; ``model_text`` adds it where the style wants)."""
+    if style == CHAT_TEMPLATE:
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("prompt style 'chat_template' needs a tokenizer that has a chat template")
+        return tokenizer.apply_chat_template(messages(record), tokenize=False, add_generation_prompt=True)
+    from tasks.prompter import get_prompter, render_record
+
+    ex = example(record)  # a plain template has no system slot: the system text leads the instruction
+    return render_record(get_prompter(style), {"instruction": "\n".join(filter(None, [ex["system"], ex["instruction"]])),
+                                               "input": ex["input"]})
+
+
+def render_prompts(style: str, records: list[dict[str, Any]], model_path: str) -> list[str]:
+    """Prompts for ``records`` in ``style``; a chat template is read from the tokenizer in ``model_path``."""
+    tokenizer = load_tokenizer(model_path) if style == CHAT_TEMPLATE else None
+    return [render_prompt(style, r, tokenizer) for r in records]
+
+
+def model_text(tokenizer, style: str, prompt: str) -> str:
+    """What is tokenized for a prompt: prompter styles train with BOS in front; chat templates carry their own."""
+    return prompt if style == CHAT_TEMPLATE else (tokenizer.bos_token or "") + prompt
+
+
+def encode_example(tokenizer, style: str, prompt: str, output: str, cutoff_len: int | None = None,
+                   train_on_inputs: bool = False) -> dict[str, list[int]]:
+    """Token ids and labels of prompt + output + EOS; prompt tokens are masked out of the labels unless
+    ``train_on_inputs``. Training and the validation loss both use this."""
+    head = model_text(tokenizer, style, prompt)
+    prompt_ids = tokenizer(head, add_special_tokens=False).input_ids
+    ids = tokenizer(head + output + tokenizer.eos_token, add_special_tokens=False).input_ids
+    if cutoff_len:
+        ids = ids[:cutoff_len]
+    labels = list(ids)
+    if not train_on_inputs:
+        labels[: len(prompt_ids)] = [IGNORE] * min(len(prompt_ids), len(labels))
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def load_tokenizer(path: str):
+    """The model's tokenizer, left-padded for batched generation."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str):
+    """A causal LM and its tokenizer, in float32 on the CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+def generate(model, tokenizer, prompts: list[str], style: str, max_new_tokens: int = 32,
+             batch_size: int = 32) -> list[str]:
+    """Greedy completions of ``prompts`` (rendered prompt texts in ``style``)."""
+    import torch
+
+    outputs: list[str] = []
+    with torch.inference_mode():
+        for i in range(0, len(prompts), batch_size):
+            batch = [model_text(tokenizer, style, p) for p in prompts[i:i + batch_size]]
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            outputs += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+    return outputs
+
+
+def response_loss(model, tokenizer, style: str, prompts: list[str], outputs: list[str]) -> float:
+    """Mean cross-entropy over the response tokens (output + EOS) given their prompts; prompt tokens do not count."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for prompt, output in zip(prompts, outputs):
+            enc = encode_example(tokenizer, style, prompt, output)
+            ids, labels = torch.tensor([enc["input_ids"]]), torch.tensor([enc["labels"]])
+            n = int((labels[:, 1:] != IGNORE).sum())  # the loss is over shifted labels
+            if n == 0:
+                continue
+            total += model(input_ids=ids, labels=labels).loss.item() * n
+            count += n
+    return total / max(count, 1)
