@@ -52,7 +52,7 @@ def start_deployment(deployment: str, parameters: dict | None = None) -> UUID:
     return run.id
 
 
-def shorten(message: str, head: int = 1500, tail: int = 2500) -> str:
+def shorten(message: str, head: int = 300, tail: int = 1200) -> str:
     """A long message (a failed command's output) keeps its start and its end, where the error is."""
     return message if len(message) <= head + tail else f"{message[:head]}\n  [...]\n{message[-tail:]}"
 

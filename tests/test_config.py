@@ -97,3 +97,15 @@ def test_secrets_are_redacted_from_params():
     params = redact({"s3": {"secret_key": "abc", "endpoint": "http://x"}, "hf_token": "t", "api_key": None})
     assert params == {"s3": {"secret_key": REDACTED, "endpoint": "http://x"}, "hf_token": REDACTED, "api_key": None}
     assert flatten({"a": {"b": 1}, "c": [1]}) == {"a.b": "1", "c": "[1]"}
+
+
+def test_backend_tables_are_in_sync_with_their_modules_and_environments():
+    from tasks import envs
+    from tasks.deploy import ENGINES
+    from tasks.finetune import FRAMEWORKS
+
+    for table, key in ((FRAMEWORKS, "framework"), (ENGINES, "engine")):
+        for name, cls in table.items():
+            assert getattr(cls, key) == name and cls.Params is not None
+            if cls.environment is not None:  # its own environment: a pinned requirements file exists
+                assert envs.spec_path(cls.environment).is_file()

@@ -179,7 +179,9 @@ class LlamafactoryFinetune(LazyLLMFinetuneBase):
                  "throughput": "tokens_per_second", "total_tokens": "total_tokens", "reward": "reward",
                  "accuracy": "accuracy"}
         metric = {names[k]: v for k, v in row.items() if k in names and isinstance(v, (int, float))}
-        return {"step": row["current_steps"], **metric} if metric else None
+        # The closing row repeats the throughput with no loss: nothing new to log.
+        measured = {"loss", "eval_loss", "reward", "accuracy"} & set(metric)
+        return {"step": row["current_steps"], **metric} if measured else None
 
     # --- the commands
     def _check_format(self, fmt: str, path: str, line: int | None) -> None:
