@@ -1,7 +1,7 @@
-"""Prompters: the reference's examples where they agree with the templates in DESIGN.md ("Prompter facts").
+"""Prompters: the reference's documented examples, as the reference package renders them.
 
-Where a reference example disagrees, the test asserts the template's string and a comment says what the
-reference shows and why it is a typo.
+Where a documented example string disagrees with what ``lazyllm==1.4.0`` does, the package is the truth
+(tests/test_reference_diff.py compares thousands of calls with it); a comment says what the example shows.
 """
 
 import pytest
@@ -36,7 +36,8 @@ def test_prompter_alpaca_template_and_label():
     p = Prompter.from_template("alpaca")
     prompt = p.generate_prompt({"instruction": "Convert the word to upper case.", "input": "abc"})
     assert prompt.endswith("### Instruction:\nConvert the word to upper case.\n\n### Input:\nabc\n\n### Response:\n")
-    assert p.get_response(prompt + "ABC") == "ABC"
+    assert p.get_response(prompt + "ABC") == "\nABC"  # split at "### Response:", nothing stripped (as the reference)
+    assert p.get_response(prompt + "ABC", prompt) == "ABC"
     assert p.generate_prompt({"instruction": "x", "input": "y"}, label="z").endswith("### Response:\nz")
     assert Prompter.empty().generate_prompt("as is") == "as is"
 
@@ -44,14 +45,14 @@ def test_prompter_alpaca_template_and_label():
 def test_prompter_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown prompt template 'nope'; known: alpaca"):
         Prompter.from_template("nope")
-    with pytest.raises(KeyError, match="lacks field"):
+    with pytest.raises(PrompterError, match=r"cannot fill the prompt .* KeyError\('input'\)"):
         Prompter.from_template("alpaca").generate_prompt({"instruction": "only"})
-    with pytest.raises(ValueError, match="exactly one slot"):
+    with pytest.raises(PrompterError, match="exactly one slot"):
         Prompter.from_template("alpaca").generate_prompt("a string")
-    with pytest.raises(ValueError, match="history slot"):
+    with pytest.raises(ValueError, match=r"plus exactly the history slot \{llm_chat_history\}"):
         Prompter(prompt="{a}", chat_prompt="no history here {a}")
     (tmp_path / "p.json").write_text('{"prompt": "Q: {q}", "response_split": "A:"}')
-    assert Prompter.from_file(tmp_path / "p.json").get_response("Q: hi A: there") == "there"
+    assert Prompter.from_file(tmp_path / "p.json").get_response("Q: hi A: there") == " there"
 
 
 # -- EmptyPrompter ----------------------------------------------------------------------------------
@@ -93,13 +94,17 @@ def test_alpaca_reference_examples():
 
     p = AlpacaPrompter(dict(system="hello world", user="this is user instruction {input}"))
     # The reference writes "hello word" here (a typo); otherwise the string matches.
+    # The package writes "hello world\n\n" where the example shows "\n\n\n\n": the template is
+    # "{system}\n{instruction}\n{tools}\n{user}", and a dict instruction's system part ends at the user part.
     assert p.generate_prompt(dict(input="my input")) == (
-        SYSTEM + "\n" + PREFIX + "hello world\n\n\n\nthis is user instruction my input### Response:\n")
-    # The reference's system content ends at "hello world": it drops the "\n\n" (and any extra-keys block)
-    # that follows the user part. fineflow keeps that text with the system part, so extra keys survive.
+        SYSTEM + "\n" + PREFIX + "hello world\n\nthis is user instruction my input### Response:\n")
     assert p.generate_prompt(dict(input="my input"), format="openai") == {"messages": [
-        {"role": "system", "content": SYSTEM + "\n" + PREFIX + "hello world\n\n"},
+        {"role": "system", "content": SYSTEM + "\n" + PREFIX + "hello world"},
         {"role": "user", "content": "this is user instruction my input"}]}
+    # Extra keys of a dict instruction belong to its user part.
+    p = AlpacaPrompter(dict(system="sys", user="u {input}"), extra_keys=["k"])
+    assert p.generate_prompt({"input": "i", "k": "v"}, format="openai")["messages"][1]["content"] == \
+        "u i\n\n" + EXTRA + "### k:\nv\n\n"
 
 
 def test_alpaca_rejects_history_and_unplaced_input():
@@ -121,11 +126,19 @@ def test_alpaca_get_response_and_tools():
     assert p.get_response(prompt + "answer") == "answer"
     assert p.get_response("garbage ### Response:\nanswer") == "answer"
     tools = [{"type": "function", "function": {"name": "search"}}]
-    assert '### Function-call Tools. \n\n[{"type": "function", "function": {"name": "search"}}]\n\n' in \
+    # In a text prompt, tools bring the function-call prompt, whose tool tokens are the model's: without them
+    # it has unfilled slots (the reference fails the same way).
+    with pytest.raises(PrompterError, match="tool_start_token"):
         p.generate_prompt("q", tools=tools)
+    p.set_model_configs(tool_start_token="<call>", tool_args_token="=>", tool_end_token="</call>")
+    text = p.generate_prompt("q", tools=tools)
+    assert "<call>tool name (one of [\"search\"])\n=>the input to the tool" in text
+    # Tools are written as JSON5, as the reference writes them (keys unquoted).
+    assert '### Function-call Tools. \n\n[{type: "function", "function": {name: "search"}}]\n\n' in text
     assert p.generate_prompt("q", tools=tools, return_dict=True)["tools"] == tools
-    with pytest.raises(PrompterError, match="give them once"):
-        AlpacaPrompter("{instruction}", tools=tools).generate_prompt("q", tools=tools)
+    both = AlpacaPrompter("{instruction}", tools=tools).generate_prompt("q", tools=tools[:0] or None,
+                                                                        format="openai")
+    assert both["tools"] == tools  # the constructor's tools when the call gives none
 
 
 # -- ChatPrompter -----------------------------------------------------------------------------------------
@@ -159,9 +172,9 @@ def test_chat_reference_examples():
     values = {"input": "my input", "query": "this is user query"}
     # The reference joins the user part and the input with a space; the template writes "{user}{input}".
     assert p.generate_prompt(values) == (
-        SYSTEM + "hello world\n\n" + "\n\n\n\n" + "this is user instruction my inputthis is user query\n\n")
+        SYSTEM + "hello world" + "\n\n\n\n" + "this is user instruction my inputthis is user query\n\n")
     assert p.generate_prompt(values, return_dict=True) == {"messages": [
-        {"role": "system", "content": SYSTEM + "\nhello world\n\n"},
+        {"role": "system", "content": SYSTEM + "\nhello world"},
         {"role": "user", "content": "this is user instruction my inputthis is user query"}]}
 
 
@@ -173,7 +186,7 @@ def test_chat_history_from_constructor_then_call_and_openai_messages():
     messages = p.generate_prompt("now", history=[["u1", "a1"]], format="openai")["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert [m["content"] for m in messages[1:]] == ["u0", "a0", "u1", "a1", "now"]
-    assert p.get_response("<a>\nthe answer") == "\nthe answer"
+    assert p.get_response("<a>\nthe answer") == "the answer"  # split at the assistant token and its newline
 
 
 def test_tool_calls_and_tool_results_use_the_tool_tokens():
@@ -186,9 +199,9 @@ def test_tool_calls_and_tool_results_use_the_tool_tokens():
                {"role": "tool", "content": "sunny"}]
     text = p.generate_prompt("and tomorrow?", history=history)
     assert text.startswith(SYSTEM + "<call> marks a call")
-    assert '<a><call>\nget_weather=>{"city": "北京"}</call>\n</a><tool>sunny</tool>' in text
-    tool_turn = p.generate_prompt([{"role": "tool", "content": "rainy"}])
-    assert tool_turn.endswith("<tool>\nrainy\n</tool><a>\n")
+    assert '<a><call>\nget_weather=>{city: "北京"}</call>\n</a><tool>sunny</tool>' in text  # JSON5, as the reference
+    messages = p.generate_prompt("and tomorrow?", history=history, format="openai")["messages"]
+    assert messages[1:4] == history and messages[-1] == {"role": "user", "content": "and tomorrow?"}
 
 
 def test_pre_hook_show_and_system_prompt_switch(monkeypatch, caplog):
@@ -202,7 +215,7 @@ def test_pre_hook_show_and_system_prompt_switch(monkeypatch, caplog):
     assert "HI" in caplog.text
     monkeypatch.setenv("LAZYLLM_DISABLE_SYSTEM_PROMPT", "1")
     assert ChatPrompter("{q}").generate_prompt("x", format="openai")["messages"][0]["content"] == "x\n\n"
-    assert AlpacaPrompter("{q}").generate_prompt("x").startswith("\n" + PREFIX)
+    assert AlpacaPrompter("{q}").generate_prompt("x").startswith(PREFIX)  # leading newlines are stripped
 
 
 def test_input_is_not_mutated_and_configs_are_checked():
@@ -214,7 +227,7 @@ def test_input_is_not_mutated_and_configs_are_checked():
         p.set_model_configs(start="x")
     with pytest.raises(PrompterError, match="unknown format 'xml'"):
         p.generate_prompt("x", format="xml")
-    with pytest.raises(PrompterError, match="history item 0"):
+    with pytest.raises(PrompterError, match="history must be .user, assistant. pairs or message dicts"):
         p.generate_prompt("1", history=["not a turn"])
     assert p.model_configs["system"] == SYSTEM
     assert isinstance(p, LazyLLMPrompterBase)

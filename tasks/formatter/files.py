@@ -30,8 +30,9 @@ def encode_query_with_filepaths(query: str | None = None, files: str | list[str]
     return LAZYLLM_QUERY_PREFIX + json.dumps({"query": query, "files": files or []})
 
 
-def decode_query_with_filepaths(query_files: str) -> dict | str:
-    """``{'query': ..., 'files': [...]}`` for an encoded query; a plain query comes back unchanged."""
+def decode_query_with_filepaths(query_files: str) -> Any:
+    """``{'query': ..., 'files': [...]}`` for an encoded query (as it was encoded); a plain query comes back
+    unchanged."""
     if not isinstance(query_files, str):
         raise QueryTypeError(f"query_files must be a str, got {type(query_files).__name__}")
     body = query_files.lstrip()
@@ -41,9 +42,9 @@ def decode_query_with_filepaths(query_files: str) -> dict | str:
         obj = json.loads(body[len(LAZYLLM_QUERY_PREFIX):])
     except json.JSONDecodeError as e:
         raise ValueError(f"JSON parsing failed for the encoded query: {e}") from None
-    if not (isinstance(obj, dict) and isinstance(obj.get("query"), str) and isinstance(obj.get("files"), list)):
-        raise ValueError(f"an encoded query must be {{'query': str, 'files': list}}, got {obj!r}")
-    return obj if obj["files"] else obj["query"]
+    if isinstance(obj, dict) and obj.get("files") == [] and isinstance(obj.get("query"), str):
+        return obj["query"]  # no files: the plain query, so any query survives encode -> decode
+    return obj
 
 
 def lazyllm_merge_query(*args: str) -> str:
@@ -54,8 +55,8 @@ def lazyllm_merge_query(*args: str) -> str:
     for item in args:
         decoded = decode_query_with_filepaths(item)
         if isinstance(decoded, dict):
-            query += decoded["query"]
-            files.extend(decoded["files"])
+            query += decoded.get("query", "")
+            files.extend(decoded.get("files", []))
         else:
             query += decoded
     return encode_query_with_filepaths(query, files)

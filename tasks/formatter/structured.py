@@ -69,7 +69,12 @@ def extract_json(text: str) -> list[Any]:
 
 
 class JsonFormatter(JsonLikeFormatter):
-    """Extracts the JSON in a model's answer (one object, or a list when there are several), then selects."""
+    """Extracts the JSON in a model's answer (one object, or a list when there are several), then selects.
+
+    An answer that holds no JSON object or array comes back unchanged when there is no selector, and a
+    selector on it is a ``FormatterError`` (the reference selects from an empty string instead: ``''`` for a
+    slice, an error for an index): a model that answered in prose keeps its answer or says so.
+    """
 
     def _load(self, msg: str) -> Any:
         found = extract_json(msg)

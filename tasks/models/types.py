@@ -85,7 +85,7 @@ TYPE_RULES: list[tuple[str, str]] = [
     (r"bge|gte-|(^|[-_/])e5[-_]|embed|minilm|m3e|text2vec|mpnet", "embed"),
     (r"whisper|sensevoice|paraformer|asr", "stt"),
     (r"tts|bark|musicgen|piper|cosyvoice|speecht5", "tts"),
-    (r"stable-diffusion|sdxl|(^|[-_/])sd[-_\d]|flux", "sd"),
+    (r"stable-diffusion|sdxl|(^|[-_/])sd[-_\d]|flux|cogview", "sd"),
     (r"ocr", "ocr"),
     (r"vl\b|vl[-_]|internvl|llava|minicpm-v|-vision|glm-4v|cogvlm", "vlm"),
 ]

@@ -17,12 +17,14 @@ class AlpacaPrompter(LazyLLMPrompterBase):
     def __init__(self, instruction: str | dict | None = None, extra_keys: list[str] | None = None,
                  show: bool = False, tools: list | None = None):
         super().__init__(show, tools=tools)
-        instruction = self._join_instruction(instruction)
-        self._init_prompt(ALPACA_TEMPLATE,
-                          ALPACA_PREFIX + instruction + "\n\n" + self._get_extro_key_template(extra_keys),
-                          ALPACA_SPLIT)
+        extra = self._get_extro_key_template(extra_keys)
+        if isinstance(instruction, dict):  # the extra-keys block belongs to the user part
+            body = self._join_instruction(instruction, ("\n\n" + extra) if extra else "")
+        else:
+            body = self._join_instruction(instruction) + "\n\n" + extra
+        self._init_prompt(ALPACA_TEMPLATE, ALPACA_PREFIX + body, ALPACA_SPLIT)
 
-    def _check_values(self, instruction: str, input: Any, history: list, tools: list | None) -> None:
+    def _check_values(self, instruction: str, input: Any, history: Any, tools: Any) -> None:
         if history:
             raise PrompterError("AlpacaPrompter does not support chat history; use ChatPrompter")
         if input:

@@ -30,6 +30,34 @@ MODEL_CONFIG_KEYS = ("system", "sos", "eos", "soh", "eoh", "soa", "eoa", "soe", 
 _TOOL_TOKENS = ("tool_start_token", "tool_end_token", "tool_args_token")
 _SLOT = re.compile(r"\{(\w+)\}")
 OUTPUT_FORMATS = ("openai",)
+# The function-call prompt added to a text prompt's instruction when tools are given (where the instruction has
+# FC_PROMPT_PLACEHOLDER, there; else after it).
+FC_PROMPT = ("{tool_start_token}tool name (one of {tool_names})\n"
+             "{tool_args_token}the input to the tool, in a JSON format representing the kwargs. Can only return json.\n"
+             "{tool_end_token}end of tool.\n"
+             "(e.g. {tool_start_token}tool_name\n{tool_args_token}{{'input': 'hello world', 'num_beams': 5}}\n"
+             "{tool_end_token}).\n")
+FC_PROMPT_PLACEHOLDER = "<!lazyllm-fc-prompt!>"
+
+
+# Reserved words that JSON5 writes quoted even where they are identifiers.
+_JSON5_RESERVED = frozenset("""break case catch class const continue debugger default delete do else enum export extends
+false finally for function if implements import in instanceof interface let new null package private protected public
+return static super switch this throw true try typeof var void while with yield""".split())
+
+
+def dumps_json5(obj: Any) -> str:
+    """``obj`` as JSON5, the way the reference writes tools into prompts: keys that are identifiers (and not
+    reserved words) unquoted, everything else as JSON."""
+    if isinstance(obj, dict):
+        def key(k: Any) -> str:
+            k = str(k)
+            return k if k.replace("$", "_").isidentifier() and k not in _JSON5_RESERVED else json.dumps(
+                k, ensure_ascii=False)
+        return "{" + ", ".join(f"{key(k)}: {dumps_json5(v)}" for k, v in obj.items()) + "}"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ", ".join(dumps_json5(v) for v in obj) + "]"
+    return json.dumps(obj, ensure_ascii=False)
 
 
 class PrompterError(ValueError):
@@ -42,8 +70,8 @@ def default_system_prompt() -> str:
 
 
 def instruction_slots(template: str) -> list[str]:
-    """The ``{slots}`` of an instruction template, in order, without repeats or tool tokens."""
-    return [s for s in dict.fromkeys(_SLOT.findall(template)) if s not in _TOOL_TOKENS]
+    """The ``{slots}`` of an instruction template, in order, without repeats."""
+    return list(dict.fromkeys(_SLOT.findall(template)))
 
 
 class LazyLLMPrompterBase:
@@ -52,11 +80,14 @@ class LazyLLMPrompterBase:
     ISA = "<!lazyllm-spliter!>"
     ISE = "</!lazyllm-spliter!>"
 
-    def __init__(self, show: bool = False, tools: list | None = None, history: list | None = None):
+    def __init__(self, show: bool = False, tools: list | None = None, history: list | None = None,
+                 skills: str | None = None, enable_system: bool = True):
         self._configs = {key: "" for key in MODEL_CONFIG_KEYS}
         self._configs["system"] = default_system_prompt()
         self._show = show
         self._tools = tools
+        self._skills = skills or ""
+        self._enable_system = enable_system
         self._history = list(history or [])
         self._pre_hook: Callable | None = None
         self._template = "{instruction}{input}"
@@ -82,13 +113,14 @@ class LazyLLMPrompterBase:
         return prefix + "".join(f"### {k}:\n{{{k}}}\n\n" for k in extra_keys)
 
     @classmethod
-    def _join_instruction(cls, instruction: str | dict | None) -> str:
-        """A ``dict(system=..., user=...)`` instruction becomes one string with the user part marked."""
+    def _join_instruction(cls, instruction: str | dict | None, user_suffix: str = "") -> str:
+        """A ``dict(system=..., user=...)`` instruction becomes one string with the user part (and
+        ``user_suffix``) marked."""
         if instruction is None:
             return ""
         if isinstance(instruction, dict):
             check_kwargs(f"{cls.__name__} instruction", instruction, ("system", "user"))
-            return instruction.get("system", "") + cls.ISA + instruction.get("user", "") + cls.ISE
+            return instruction.get("system", "") + cls.ISA + instruction.get("user", "") + user_suffix + cls.ISE
         if not isinstance(instruction, str):
             raise PrompterError(f"instruction must be a str or dict(system=..., user=...), got {type(instruction)}")
         return instruction
@@ -111,26 +143,43 @@ class LazyLLMPrompterBase:
         return self
 
     # -- the pieces of a prompt ------------------------------------------------------------------
-    def _fill_instruction(self, input: Any) -> tuple[str, Any]:
-        """Fill the instruction's slots from ``input``; return the instruction and what is left as input."""
+    def _instruction_for(self, tools: list | None, for_messages: bool) -> str:
+        """The instruction template for this call: with the function-call prompt when tools go into a text
+        prompt, and the configured tool tokens (and ``{tool_names}``) filled in."""
         template = self._instruction_template
-        for token in _TOOL_TOKENS:
-            template = template.replace(f"{{{token}}}", self._configs[token])
+        fc_prompt = FC_PROMPT if tools and not for_messages else ""
+        if fc_prompt and FC_PROMPT_PLACEHOLDER not in template:
+            template = f"{template}\n\n{fc_prompt}"
+        template = template.replace(FC_PROMPT_PLACEHOLDER, fc_prompt)
+        for token in _TOOL_TOKENS:  # an unset token stays a slot, which the input must then fill
+            if self._configs[token] and token in template:
+                template = template.replace(f"{{{token}}}", self._configs[token])
+        if "tool_names" in template:
+            names = dumps_json5([t["function"]["name"] for t in tools]) if tools else ""
+            template = template.replace("{tool_names}", names)
+        return template
+
+    @staticmethod
+    def _fill_instruction(template: str, input: Any) -> tuple[str, Any]:
+        """Fill the instruction's slots from ``input``; return the instruction and what is left as input.
+
+        A string (or integer) fills the single slot, or is the input when there is none; a dict fills the
+        slots it names, and at most one other key's value is the input.
+        """
         slots = instruction_slots(template)
-        if input is None:
-            input = ""
-        if isinstance(input, (str, int, float)) and not isinstance(input, bool):
+        if isinstance(input, (str, int)):
             if len(slots) == 1:
-                return template.replace(f"{{{slots[0]}}}", str(input)), ""
+                try:
+                    return template.format(**{slots[0]: input}), ""
+                except (IndexError, KeyError, ValueError) as e:
+                    raise PrompterError(f"the instruction {template!r} is not a format string with one slot "
+                                        f"{{{slots[0]}}}: {e!r}") from None
             if slots:
                 raise PrompterError(f"the instruction has slots {slots}; pass a dict with those keys, not a string")
-            return template, str(input)
-        if isinstance(input, list):
-            if slots:
-                raise PrompterError(f"the instruction has slots {slots}; a list of messages cannot fill them")
             return template, input
         if not isinstance(input, dict):
-            raise PrompterError(f"input must be a str, a dict or a list of messages, got {type(input).__name__}")
+            raise PrompterError(f"input must be a str or a dict (filling the instruction's slots), "
+                                f"got {type(input).__name__}")
         missing = [s for s in slots if s not in input]
         if missing:
             raise PrompterError(f"input lacks key(s) {missing}; the instruction's slots are {slots}")
@@ -139,119 +188,127 @@ class LazyLLMPrompterBase:
             raise PrompterError(f"unexpected input keys {sorted(rest)}: the slots are {slots}, and at most one "
                                 "other key may be given as the input")
         for slot in slots:
-            template = template.replace(f"{{{slot}}}", str(input[slot]))
-        return template, (str(next(iter(rest.values()))) if rest else "")
+            if not isinstance(input[slot], str):
+                raise PrompterError(f"input[{slot!r}] fills a slot and must be a str, got {type(input[slot]).__name__}")
+            template = template.replace(f"{{{slot}}}", input[slot])
+        return template, (next(iter(rest.values())) if rest else "")
 
     def _split_instruction(self, instruction: str) -> tuple[str, str]:
-        """Split a joined dict instruction into (system part, user part); text after the user part stays
-        with the system part, so an extra-keys block is never lost."""
-        start, end = instruction.find(self.ISA), instruction.rfind(self.ISE)
-        if start < 0 or end < start:
+        """A joined dict instruction -> (system part, user part); what follows the user part's end marker is
+        not part of either."""
+        start = instruction.find(self.ISA)
+        end = instruction.rfind(self.ISE)
+        if start < 0 or end < 0 or end < start:
             return instruction, ""
-        return instruction[:start] + instruction[end + len(self.ISE):], instruction[start + len(self.ISA):end]
+        return instruction[:start], instruction[start + len(self.ISA):end]
 
-    def _all_history(self, history: list | None) -> list:
-        history = self._history + list(history or [])
-        for i, item in enumerate(history):
-            if isinstance(item, (list, tuple)):
-                if not 1 <= len(item) <= 2:
+    def _history_messages(self, history: list | None) -> list[dict]:
+        messages: list[dict] = []
+        for i, item in enumerate(self._history + list(history or [])):
+            if isinstance(item, list):
+                if len(item) > 2:
                     raise PrompterError(f"history item {i} must be [user, assistant], got {len(item)} elements")
-            elif not (isinstance(item, dict) and "role" in item):
-                raise PrompterError(f"history item {i} must be [user, assistant] or a message dict with a "
-                                    f"'role', got {item!r}")
-        return history
-
-    def _history_text(self, history: list) -> str:
-        c = self._configs
-        out = []
-        for item in history:
-            if isinstance(item, (list, tuple)):
-                user, answer = (list(item) + [""])[:2]
-                out.append(f"{c['soh']}{user}{c['eoh']}{c['soa']}{answer}{c['eoa']}")
-            elif item["role"] == "user":
-                out.append(f"{c['soh']}{item.get('content', '')}{c['eoh']}")
-            elif item["role"] == "assistant":
-                out.append(f"{c['soa']}{item.get('content') or ''}{self._tool_calls_text(item)}{c['eoa']}")
-            elif item["role"] == "tool":
-                out.append(f"{c['soe']}{item.get('content', '')}{c['eoe']}")
+                messages += [{"role": role, "content": text} for role, text in zip(("user", "assistant"), item)]
+            elif isinstance(item, dict):
+                messages.append(item)
             else:
-                out.append(f"{c['sos']}{item.get('content', '')}{c['eos']}")
-        return "".join(out)
+                raise PrompterError(f"history item {i} must be [user, assistant] or a message dict, got {item!r}")
+        return messages
+
+    def _history_text(self, history: list | None) -> str:
+        c = self._configs
+
+        def turn(user: Any, answer: Any) -> str:
+            return f"{c['soh']}{user}{c['eoh']}{c['soa']}{answer}{c['eoa']}"
+
+        def pair(item: Any) -> tuple:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise PrompterError(f"a history turn must be [user, assistant], got {item!r}")
+            return tuple(item)
+
+        out = "".join(turn(*pair(item)) for item in self._history)
+        if not history:
+            return out
+        if isinstance(history[0], list):
+            return out + "".join(turn(*pair(item)) for item in history)
+        if not isinstance(history[0], dict):
+            raise PrompterError(f"history must be [user, assistant] pairs or message dicts, got {history[0]!r}")
+        for item in history:
+            role = item["role"]
+            if role == "user":
+                out += f"{c['soh']}{item['content']}{c['eoh']}"
+            elif role == "assistant":
+                out += f"{c['soa']}{item.get('content', '')}{self._tool_calls_text(item)}{c['eoa']}"
+            elif role == "tool":
+                out += f"{c['soe']}{self._tool_result(item['content'])}{c['eoe']}"
+        return out
+
+    @staticmethod
+    def _tool_result(content: Any) -> Any:
+        try:
+            return json.loads(content.strip())
+        except Exception:  # noqa: BLE001 (not JSON: the text as it is)
+            return content
 
     def _tool_calls_text(self, message: dict) -> str:
         c = self._configs
         out = []
-        for call in message.get("tool_calls") or []:
+        for call in message.get("tool_calls", []):
             fn = call["function"]
-            text = (fn["name"] + c["tool_args_token"] + json.dumps(fn.get("arguments"), ensure_ascii=False)
-                    if c["tool_args_token"] else json.dumps(fn, ensure_ascii=False))
+            text = (fn["name"] + c["tool_args_token"] + dumps_json5(fn["arguments"])
+                    if c["tool_args_token"] else fn)
             out.append(f"{c['tool_start_token']}\n{text}{c['tool_end_token']}\n")
         return "".join(out)
 
-    @staticmethod
-    def _history_messages(history: list) -> list[dict]:
-        messages: list[dict] = []
-        for item in history:
-            if isinstance(item, dict):
-                messages.append(dict(item))
-            else:
-                messages.append({"role": "user", "content": item[0]})
-                if len(item) > 1:
-                    messages.append({"role": "assistant", "content": item[1]})
-        return messages
-
-    def _resolve_tools(self, tools: list | None) -> list | None:
-        if self._tools and tools:
-            raise PrompterError("tools were given to the constructor and to generate_prompt; give them once")
-        return self._tools or tools or None
-
-    def _check_values(self, instruction: str, input: Any, history: list, tools: list | None) -> None:
+    def _check_values(self, instruction: str, input: Any, history: Any, tools: Any) -> None:
         """Subclasses reject what their layout cannot hold."""
 
     # -- output ----------------------------------------------------------------------------------
-    def _prompt_text(self, instruction: str, input: Any, user: str, history: list, tools: list | None,
+    def _prompt_text(self, instruction: str, input: Any, user: str, history: str, tools: str,
                      label: str | None) -> str:
         c = self._configs
-        soh, eoh = c["soh"], c["eoh"]
-        if isinstance(input, list):  # messages: a tool result is wrapped in the tool-output tokens
-            if any(m.get("role") == "tool" for m in input):
-                soh, eoh = c["soe"], c["eoe"]
-            input = "\n".join(str(m.get("content", "")) for m in input)
-        tools_text = TOOLS_HEADER + json.dumps(tools, ensure_ascii=False) + "\n\n" if tools else ""
-        params = dict(c, instruction=instruction, input=input, user=user, history=self._history_text(history),
-                      tools=tools_text, soh=soh, eoh=eoh)
-        return self._template.format(**params) + (label or "")
+        if isinstance(input, dict):
+            raise PrompterError(f"a text prompt has no place for a message dict as the input: {input!r}")
+        params = dict(c, instruction=instruction, input=input, user=user, history=history, tools=tools,
+                      skills=self._skills)
+        return (self._template.format(**params) + (label or "")).lstrip("\n")
 
     def _prompt_messages(self, instruction: str, input: Any, user: str, history: list,
                          tools: list | None) -> dict[str, Any]:
-        messages = self._history_messages(history)
-        if isinstance(input, list):
-            messages.extend(dict(m) for m in input)
-        else:
+        messages = list(history)
+        if isinstance(input, str):
             messages.append({"role": "user", "content": input})
+        elif isinstance(input, dict):
+            messages.append(input)
+        else:
+            raise PrompterError(f"the input of a messages prompt must be a str or a message dict, got {input!r}")
         if user:
-            messages[-1]["content"] = user + (messages[-1].get("content") or "")
-        system = "\n".join(part for part in (self._configs["system"], instruction) if part)
-        messages.insert(0, {"role": "system", "content": system})
+            messages[-1]["content"] = user + messages[-1]["content"]
+        if self._enable_system:
+            system = "\n".join(part for part in (self._configs["system"], instruction, self._skills) if part)
+            messages.insert(0, {"role": "system", "content": system})
         return {"messages": messages, "tools": tools} if tools else {"messages": messages}
 
-    def generate_prompt(self, input: str | dict | list | None = None, history: list | None = None,
+    def generate_prompt(self, input: str | dict | None = None, history: list | None = None,
                         tools: list | None = None, label: str | None = None, *, show: bool = False,
                         return_dict: bool = False, format: str | None = None) -> str | dict:
         """The prompt for ``input``: a string, or ``{'messages': [...]}`` with ``format='openai'``."""
         if format is not None and format not in OUTPUT_FORMATS:
             raise PrompterError(f"unknown format {format!r}; known: {', '.join(OUTPUT_FORMATS)}")
-        as_messages = return_dict or format == "openai"
-        input, history, tools = copy.deepcopy(input), copy.deepcopy(history), copy.deepcopy(tools)
+        if return_dict and format is None:
+            format = "openai"
+        input = copy.deepcopy(input)
         if self._pre_hook:
             input, history, tools, label = self._pre_hook(input, history, tools, label)
-        instruction, input = self._fill_instruction(input)
-        history = self._all_history(history)
-        tools = self._resolve_tools(tools)
-        self._check_values(instruction, input, history, tools)
+        tools = tools or self._tools
+        as_messages = format == "openai"
+        instruction, input = self._fill_instruction(self._instruction_for(tools, as_messages), input)
+        history_part = self._history_messages(history) if as_messages else self._history_text(history)
+        tools_part = tools if as_messages else (TOOLS_HEADER + dumps_json5(tools) + "\n\n" if tools else "")
+        self._check_values(instruction, input, history_part, tools_part)
         instruction, user = self._split_instruction(instruction)
-        result = (self._prompt_messages(instruction, input, user, history, tools) if as_messages
-                  else self._prompt_text(instruction, input, user, history, tools, label))
+        result = (self._prompt_messages(instruction, input, user, history_part, tools_part) if as_messages
+                  else self._prompt_text(instruction, input, user, history_part, tools_part, label))
         if show or self._show:
             log.info("prompt: %r", result)
         return result
