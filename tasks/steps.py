@@ -22,6 +22,7 @@ from tasks.deploy import endpoints, get_engine
 from tasks.deploy.endpoints import Endpoint
 from tasks.evaluate import EvalReport, evaluate
 from tasks.finetune import LazyLLMFinetuneBase, get_framework
+from tasks.finetune.auto import plan_dict
 from tasks.formatter import make_formatter
 from tasks.masking import show_argv
 from tasks.merge import weight_delta
@@ -131,6 +132,10 @@ def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, run_
 
     trainer = make_trainer(config, base.path, run_id, log_path=log_path, on_line=on_line)
     tracking.client().set_tag(run_id, "prompt_style", trainer.prompt_style())
+    if plan := plan_dict(trainer):  # AutoFinetune chose the framework: record what and why
+        tracking.log_params(run_id, {f"auto.{k}": v for k, v in plan.items() if k != "reason"})
+        tracking.client().set_tag(run_id, "auto_reason", plan["reason"][:5000])
+        logger.info("AutoFinetune: %s", plan["reason"])
     envs.ensure(trainer.environment, log=logger.info)
     trainset, valset = trainer.prepare_data(data.train_path, data.val_path, data.format,
                                             workdir(run_id) / "framework-data")

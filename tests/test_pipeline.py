@@ -183,3 +183,19 @@ def test_llamafactory_dpo_deployment_runs_to_a_registered_version(stack):
     version = mlrun.data.tags["registered_version"]
     assert registry.version_tags("fineflow-llamafactory-dpo", version)["framework"] == "llamafactory"
     assert registry.alias_version("fineflow-llamafactory-dpo", "production") == version
+
+
+def test_auto_deployment_chooses_records_and_promotes(stack):
+    flow_run_id, state, logs = run(deployment="finetune/auto")
+    assert state.is_completed(), logs
+    mlrun = tracking.run_for_flow_run(str(flow_run_id))
+    params, tags, metrics = mlrun.data.params, mlrun.data.tags, mlrun.data.metrics
+    # The choice and why, in MLflow: an llm -> the first available framework; the batch layout for the hardware.
+    assert params["auto.framework"] == "llamafactory" and params["auto.model_type"] == "llm"
+    assert (params["auto.micro_batch_size"], params["auto.gradient_accumulation_steps"]) == ("16", "1")
+    assert "first available of llamafactory, alpacalora, collie" in tags["auto_reason"]
+    assert "AutoFinetune: llm model: llamafactory" in logs and "llamafactory-cli export" in logs
+    assert metrics["candidate_exact_match"] > metrics["base_exact_match"] + 0.05
+    version = tags["registered_version"]
+    assert registry.version_tags("fineflow-auto", version)["framework"] == "auto"
+    assert registry.alias_version("fineflow-auto", "production") == version

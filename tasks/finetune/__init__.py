@@ -7,12 +7,14 @@ its own packages, ``infra/envs/<name>.txt``.
 """
 
 from tasks.finetune.alpacalora import AlpacaloraFinetune, alpacalora
+from tasks.finetune.auto import AutoFinetune, auto
 from tasks.finetune.base import DummyFinetune, FinetuneParams, LazyLLMFinetuneBase
 from tasks.finetune.llamafactory import LlamafactoryFinetune, llamafactory
 
 FRAMEWORKS: dict[str, type[LazyLLMFinetuneBase]] = {
     "alpacalora": AlpacaloraFinetune,
     "llamafactory": LlamafactoryFinetune,
+    "auto": AutoFinetune,  # chooses one of the others (tasks/finetune/auto.py)
 }
 
 
@@ -23,4 +25,4 @@ def get_framework(name: str) -> type[LazyLLMFinetuneBase]:
 
 
 __all__ = ["FRAMEWORKS", "LazyLLMFinetuneBase", "DummyFinetune", "FinetuneParams", "AlpacaloraFinetune",
-           "LlamafactoryFinetune", "alpacalora", "llamafactory", "get_framework"]
+           "LlamafactoryFinetune", "AutoFinetune", "alpacalora", "llamafactory", "auto", "get_framework"]

@@ -73,6 +73,13 @@ class AlpacaloraFinetune(LazyLLMFinetuneBase):
     def prompt_style(self) -> str:
         return self.params.prompt_template_name
 
+    @classmethod
+    def auto_params(cls, plan, *, ctx_len: int, lora_r: int) -> dict[str, Any]:
+        # train_lora.py accumulates batch_size // micro_batch_size micro batches per process.
+        return {"micro_batch_size": plan.micro_batch_size,
+                "batch_size": plan.micro_batch_size * plan.gradient_accumulation_steps,
+                "cutoff_len": ctx_len, "lora_r": lora_r}
+
     def _data_file(self, name: str | None) -> str | None:
         if name is None or os.path.isabs(name) or os.path.exists(name):
             return name

@@ -114,6 +114,11 @@ class LazyLLMFinetuneBase(ComponentBase):
         """Where the finished model is once the commands have run."""
         return self.merge_path or self.target_path
 
+    @classmethod
+    def auto_params(cls, plan: Any, *, ctx_len: int, lora_r: int) -> dict[str, Any]:
+        """This framework's keyword arguments for an ``AutoFinetune`` plan (batch layout, context, rank)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be chosen by AutoFinetune")
+
     def command_env(self) -> dict[str, str]:
         """Environment variables for the commands: the framework environment's bin on PATH."""
         return envs.path_env(self.environment)
@@ -123,6 +128,9 @@ class LazyLLMFinetuneBase(ComponentBase):
         export = self.export_command()
         argvs = train.argvs + (export.argvs if export else [])
         return Command(argvs, return_value=self.output_path, env={**train.env, **(export.env if export else {})})
+
+    def __repr__(self) -> str:
+        return f"<fineflow.llm.finetune type={type(self).__name__}>"
 
     def __call__(self, *args, **kw):
         envs.ensure(self.environment)

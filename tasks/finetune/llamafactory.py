@@ -154,6 +154,12 @@ class LlamafactoryFinetune(LazyLLMFinetuneBase):
     def prompt_style(self) -> str:
         return CHAT_TEMPLATE  # LLaMA-Factory saves its template as the exported tokenizer's chat template
 
+    @classmethod
+    def auto_params(cls, plan, *, ctx_len: int, lora_r: int) -> dict[str, Any]:
+        return {"per_device_train_batch_size": plan.micro_batch_size,
+                "gradient_accumulation_steps": plan.gradient_accumulation_steps, "cutoff_len": ctx_len,
+                "lora_r": lora_r}
+
     def prepare_data(self, train_path: str, val_path: str | None, fmt: str, out_dir: str | Path
                      ) -> tuple[str, str | None]:
         """The prepare step's JSONL (records as loaded, plus fineflow's rendered ``prompt``) -> a LLaMA-Factory
