@@ -92,6 +92,7 @@ def prepare_dataset(config: PipelineConfig, base: ModelRef, run_id: str) -> Prep
     and store the result in S3 under its content hash. Records the framework cannot train on fail here."""
     d = config.data
     trainer = make_trainer(config, base.path, run_id)
+    trainer.preflight()  # a framework that cannot run here says so before any work
     with timed(run_id, "prepare"):
         prepared = prepare(d.path, workdir(run_id) / "data", d.val_set_size, d.prompt_template_name, d.seed,
                            format=None, cutoff_len=trainer.cutoff_len, tokenizer_path=base.path, on_long=d.on_long)

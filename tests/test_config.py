@@ -8,7 +8,7 @@ from tasks.tracking import flatten
 from conftest import REPO, TINY_MODEL
 
 
-@pytest.mark.parametrize("name", ["quickstart", "alpacalora", "llamafactory", "llamafactory-dpo"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "deployments").glob("*.yaml")))
 def test_shipped_configs_validate(name):
     config = load_config(REPO / "deployments" / f"{name}.yaml")
     assert config.name == name and config.registry.alias == "production"

@@ -199,3 +199,14 @@ def test_auto_deployment_chooses_records_and_promotes(stack):
     version = tags["registered_version"]
     assert registry.version_tags("fineflow-auto", version)["framework"] == "auto"
     assert registry.alias_version("fineflow-auto", "production") == version
+
+
+def test_collie_deployment_fails_at_once_saying_what_is_missing(stack):
+    versions = lambda: len(tracking.client().search_model_versions("name = 'fineflow-collie'"))  # noqa: E731
+    before = versions()
+    flow_run_id, state, logs = run(deployment="finetune/collie")
+    assert state.is_failed()
+    assert "CollieFinetune needs CUDA GPUs with NCCL" in logs and "this machine has no CUDA device" in logs
+    mlrun = tracking.run_for_flow_run(str(flow_run_id))
+    assert mlrun.info.status == "FAILED" and "duration_prepare_s" not in mlrun.data.metrics  # before any work
+    assert versions() == before

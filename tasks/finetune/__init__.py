@@ -9,11 +9,13 @@ its own packages, ``infra/envs/<name>.txt``.
 from tasks.finetune.alpacalora import AlpacaloraFinetune, alpacalora
 from tasks.finetune.auto import AutoFinetune, auto
 from tasks.finetune.base import DummyFinetune, FinetuneParams, LazyLLMFinetuneBase
+from tasks.finetune.collie import CollieFinetune, collie
 from tasks.finetune.llamafactory import LlamafactoryFinetune, llamafactory
 
 FRAMEWORKS: dict[str, type[LazyLLMFinetuneBase]] = {
     "alpacalora": AlpacaloraFinetune,
     "llamafactory": LlamafactoryFinetune,
+    "collie": CollieFinetune,  # CUDA GPUs with NCCL only: its preflight refuses elsewhere
     "auto": AutoFinetune,  # chooses one of the others (tasks/finetune/auto.py)
 }
 
@@ -25,4 +27,5 @@ def get_framework(name: str) -> type[LazyLLMFinetuneBase]:
 
 
 __all__ = ["FRAMEWORKS", "LazyLLMFinetuneBase", "DummyFinetune", "FinetuneParams", "AlpacaloraFinetune",
-           "LlamafactoryFinetune", "AutoFinetune", "alpacalora", "llamafactory", "auto", "get_framework"]
+           "LlamafactoryFinetune", "CollieFinetune", "AutoFinetune", "alpacalora", "llamafactory", "collie", "auto",
+           "get_framework"]

@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 
 from tasks import envs
 from tasks.core import Command
-from tasks.finetune.base import FinetuneParams, LazyLLMFinetuneBase, random_nccl_port, split_target
+from tasks.finetune.base import (FinetuneParams, LazyLLMFinetuneBase, merge_lora_command, random_nccl_port,
+                                 split_target)
 
 
 class AlpacaloraParams(FinetuneParams):
@@ -105,12 +106,7 @@ class AlpacaloraFinetune(LazyLLMFinetuneBase):
         return Command(argv, return_value=self.target_path, env=self.command_env())
 
     def export_command(self) -> Command | None:
-        python = envs.bin_path(self.environment, "python")
-        merge = [python, "-m", "tasks.merge", "merge", "--base_model", self.base_model,
-                 "--lora_path", self.target_path, "--merge_path", self.merge_path]
-        copy = [python, "-m", "tasks.merge", "copy", "--src", self.base_model, "--dst", self.merge_path,
-                "--pattern", self.cp_files]
-        return Command([merge, copy], return_value=self.merge_path, env=self.command_env())
+        return merge_lora_command(self, self.cp_files)
 
 
 

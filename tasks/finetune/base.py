@@ -79,6 +79,9 @@ class LazyLLMFinetuneBase(ComponentBase):
         self.merge_path: str | None = None
 
     # The backend interface; a framework overrides what differs.
+    def preflight(self) -> None:
+        """Fail at once, saying what is missing, where the framework cannot run on this machine."""
+
     def formats(self) -> tuple[str, ...]:
         return ("alpaca",)
 
@@ -133,6 +136,7 @@ class LazyLLMFinetuneBase(ComponentBase):
         return f"<fineflow.llm.finetune type={type(self).__name__}>"
 
     def __call__(self, *args, **kw):
+        self.preflight()
         envs.ensure(self.environment)
         super().__call__(*args, **kw)
         return self.merge_path or self.target_path
@@ -147,6 +151,17 @@ class DummyFinetune(LazyLLMFinetuneBase):
 
     def cmd(self, *args, **kw) -> str:
         return f"echo 'dummy finetune!, and init-args is {self.kw}'"
+
+
+def merge_lora_command(trainer: LazyLLMFinetuneBase, cp_files: str) -> Command:
+    """Merge a PEFT adapter into its base (``tasks.merge``, in this environment) and copy ``cp_files`` from the
+    base: the export of the frameworks that leave an adapter and no merge of their own."""
+    python = envs.bin_path(envs.MAIN, "python")
+    merge = [python, "-m", "tasks.merge", "merge", "--base_model", trainer.base_model,
+             "--lora_path", trainer.target_path, "--merge_path", trainer.merge_path]
+    copy = [python, "-m", "tasks.merge", "copy", "--src", trainer.base_model, "--dst", trainer.merge_path,
+            "--pattern", cp_files]
+    return Command([merge, copy], return_value=trainer.merge_path, env=trainer.command_env())
 
 
 def split_target(target_path: str, merge_path: str | None) -> tuple[str, str]:
