@@ -18,48 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 from tasks.core import check_kwargs
+from tasks.prompter.tools import (FC_PROMPT, FC_PROMPT_PLACEHOLDER, TOOL_TOKENS, TOOLS_HEADER, dumps_json5,
+                                  tool_result)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM = "You are an AI-Agent developed by LazyLLM."
 EXTRA_KEYS_PREFIX = "Here are some extra messages you can referred to:\n\n"
-TOOLS_HEADER = "### Function-call Tools. \n\n"
 MODEL_CONFIG_KEYS = ("system", "sos", "eos", "soh", "eoh", "soa", "eoa", "soe", "eoe",
                      "tool_start_token", "tool_end_token", "tool_args_token")
-# Tool tokens may appear as placeholders in an instruction; they are not input slots.
-_TOOL_TOKENS = ("tool_start_token", "tool_end_token", "tool_args_token")
 _SLOT = re.compile(r"\{(\w+)\}")
 OUTPUT_FORMATS = ("openai",)
-# The function-call prompt added to a text prompt's instruction when tools are given (where the instruction has
-# FC_PROMPT_PLACEHOLDER, there; else after it).
-FC_PROMPT = ("{tool_start_token}tool name (one of {tool_names})\n"
-             "{tool_args_token}the input to the tool, in a JSON format representing the kwargs. Can only return json.\n"
-             "{tool_end_token}end of tool.\n"
-             "(e.g. {tool_start_token}tool_name\n{tool_args_token}{{'input': 'hello world', 'num_beams': 5}}\n"
-             "{tool_end_token}).\n")
-FC_PROMPT_PLACEHOLDER = "<!lazyllm-fc-prompt!>"
-
-
-# Reserved words that JSON5 writes quoted even where they are identifiers.
-_JSON5_RESERVED = frozenset("""break case catch class const continue debugger default delete do else enum export extends
-false finally for function if implements import in instanceof interface let new null package private protected public
-return static super switch this throw true try typeof var void while with yield""".split())
-
-
-def dumps_json5(obj: Any) -> str:
-    """``obj`` as JSON5, the way the reference writes tools into prompts: keys that are identifiers (and not
-    reserved words) unquoted, everything else as JSON."""
-    if isinstance(obj, dict):
-        def key(k: Any) -> str:
-            k = str(k)
-            return k if k.replace("$", "_").isidentifier() and k not in _JSON5_RESERVED else json.dumps(
-                k, ensure_ascii=False)
-        return "{" + ", ".join(f"{key(k)}: {dumps_json5(v)}" for k, v in obj.items()) + "}"
-    if isinstance(obj, (list, tuple)):
-        return "[" + ", ".join(dumps_json5(v) for v in obj) + "]"
-    return json.dumps(obj, ensure_ascii=False)
-
-
 class PrompterError(ValueError):
     """The input, history or tools do not fit the prompter's templates."""
 
@@ -151,7 +120,7 @@ class LazyLLMPrompterBase:
         if fc_prompt and FC_PROMPT_PLACEHOLDER not in template:
             template = f"{template}\n\n{fc_prompt}"
         template = template.replace(FC_PROMPT_PLACEHOLDER, fc_prompt)
-        for token in _TOOL_TOKENS:  # an unset token stays a slot, which the input must then fill
+        for token in TOOL_TOKENS:  # an unset token stays a slot, which the input must then fill
             if self._configs[token] and token in template:
                 template = template.replace(f"{{{token}}}", self._configs[token])
         if "tool_names" in template:
@@ -240,15 +209,8 @@ class LazyLLMPrompterBase:
             elif role == "assistant":
                 out += f"{c['soa']}{item.get('content', '')}{self._tool_calls_text(item)}{c['eoa']}"
             elif role == "tool":
-                out += f"{c['soe']}{self._tool_result(item['content'])}{c['eoe']}"
+                out += f"{c['soe']}{tool_result(item['content'])}{c['eoe']}"
         return out
-
-    @staticmethod
-    def _tool_result(content: Any) -> Any:
-        try:
-            return json.loads(content.strip())
-        except Exception:  # noqa: BLE001 (not JSON: the text as it is)
-            return content
 
     def _tool_calls_text(self, message: dict) -> str:
         c = self._configs
