@@ -8,7 +8,6 @@ Each endpoint is a process group recorded in ``$FINEFLOW_HOME/endpoints/<name>.j
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket

@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from tasks import envs
 from tasks.core import Command
-from tasks.finetune.base import (FinetuneParams, LazyLLMFinetuneBase, merge_lora_command, random_nccl_port,
-                                 split_target)
+from tasks.finetune.base import FinetuneParams, MergedLoraFinetune, random_nccl_port
 
 
 class AlpacaloraParams(FinetuneParams):
@@ -40,7 +41,7 @@ class AlpacaloraParams(FinetuneParams):
     prompt_template_name: str = "alpaca"
     train_on_inputs: bool = True
     show_prompt: bool = False
-    nccl_port: int | None = None
+    nccl_port: int | None = Field(default_factory=random_nccl_port)  # the contract: random in 19000-20500
     # fineflow's additions
     max_steps: int = -1  # > 0 caps training (tests, smoke runs)
     logging_steps: int = 5
@@ -55,24 +56,9 @@ SCRIPT_ARGS = ("batch_size", "micro_batch_size", "num_epochs", "learning_rate", 
                "train_on_inputs", "max_steps", "logging_steps", "save_steps", "seed", "resume")
 
 
-class AlpacaloraFinetune(LazyLLMFinetuneBase):
+class AlpacaloraFinetune(MergedLoraFinetune):
     framework: ClassVar[str] = "alpacalora"
     Params: ClassVar[type[FinetuneParams]] = AlpacaloraParams
-
-    def __init__(self, base_model: str, target_path: str, merge_path: str | None = None, model_name: str = "LLM",
-                 cp_files: str = "tokeniz*", launcher: Any = None, **kw):
-        self.params = AlpacaloraParams.from_kwargs(kw)
-        target_path, merge_path = split_target(target_path, merge_path)
-        super().__init__(base_model, target_path, launcher=launcher)
-        self.merge_path = merge_path
-        self.model_name = model_name
-        self.cp_files = cp_files
-        if self.params.nccl_port is None:
-            self.params.nccl_port = random_nccl_port()
-        self.kw = self.params.model_dump()
-
-    def prompt_style(self) -> str:
-        return self.params.prompt_template_name
 
     @classmethod
     def auto_params(cls, plan, *, ctx_len: int, lora_r: int) -> dict[str, Any]:
@@ -105,8 +91,6 @@ class AlpacaloraFinetune(LazyLLMFinetuneBase):
             argv += ["--deepspeed", str(self.params.deepspeed)]
         return Command(argv, return_value=self.target_path, env=self.command_env())
 
-    def export_command(self) -> Command | None:
-        return merge_lora_command(self, self.cp_files)
 
 
 

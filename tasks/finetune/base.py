@@ -153,15 +153,29 @@ class DummyFinetune(LazyLLMFinetuneBase):
         return f"echo 'dummy finetune!, and init-args is {self.kw}'"
 
 
-def merge_lora_command(trainer: LazyLLMFinetuneBase, cp_files: str) -> Command:
-    """Merge a PEFT adapter into its base (``tasks.merge``, in this environment) and copy ``cp_files`` from the
-    base: the export of the frameworks that leave an adapter and no merge of their own."""
-    python = envs.bin_path(envs.MAIN, "python")
-    merge = [python, "-m", "tasks.merge", "merge", "--base_model", trainer.base_model,
-             "--lora_path", trainer.target_path, "--merge_path", trainer.merge_path]
-    copy = [python, "-m", "tasks.merge", "copy", "--src", trainer.base_model, "--dst", trainer.merge_path,
-            "--pattern", cp_files]
-    return Command([merge, copy], return_value=trainer.merge_path, env=trainer.command_env())
+class MergedLoraFinetune(LazyLLMFinetuneBase):
+    """A framework that leaves a PEFT adapter which fineflow merges into the base (``tasks.merge``, in this
+    environment) and completes with the base's ``cp_files``: AlpacaLoRA and CoLLiE. Their contract
+    constructors are the same; their ``Params`` have ``prompt_template_name``."""
+
+    def __init__(self, base_model: str, target_path: str, merge_path: str | None = None, model_name: str = "LLM",
+                 cp_files: str = "tokeniz*", launcher: Any = None, **kw):
+        self.params = self.Params.from_kwargs(kw)
+        target_path, merge_path = split_target(target_path, merge_path)
+        super().__init__(base_model, target_path, launcher=launcher)
+        self.merge_path, self.model_name, self.cp_files = merge_path, model_name, cp_files
+        self.kw = self.params.model_dump()
+
+    def prompt_style(self) -> str:
+        return self.params.prompt_template_name
+
+    def export_command(self) -> Command | None:
+        python = envs.bin_path(envs.MAIN, "python")
+        merge = [python, "-m", "tasks.merge", "merge", "--base_model", self.base_model,
+                 "--lora_path", self.target_path, "--merge_path", self.merge_path]
+        copy = [python, "-m", "tasks.merge", "copy", "--src", self.base_model, "--dst", self.merge_path,
+                "--pattern", self.cp_files]
+        return Command([merge, copy], return_value=self.merge_path, env=self.command_env())
 
 
 def split_target(target_path: str, merge_path: str | None) -> tuple[str, str]:

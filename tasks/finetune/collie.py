@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from tasks import envs
 from tasks.core import Command
-from tasks.finetune.base import FinetuneParams, LazyLLMFinetuneBase, merge_lora_command, split_target
+from tasks.finetune.base import FinetuneParams, MergedLoraFinetune
 
 SCRIPT = Path(__file__).with_name("collie_train.py")
 
@@ -67,29 +67,16 @@ def cuda_with_nccl() -> tuple[bool, str]:
     return True, f"{torch.cuda.device_count()} CUDA device(s) with NCCL"
 
 
-class CollieFinetune(LazyLLMFinetuneBase):
+class CollieFinetune(MergedLoraFinetune):
     framework: ClassVar[str] = "collie"
     Params: ClassVar[type[FinetuneParams]] = CollieParams
     environment: ClassVar[str | None] = "collie"
-
-    def __init__(self, base_model: str, target_path: str, merge_path: str | None = None, model_name: str = "LLM",
-                 cp_files: str = "tokeniz*", launcher: Any = None, **kw):
-        self.params = CollieParams.from_kwargs(kw)
-        target_path, merge_path = split_target(target_path, merge_path)
-        super().__init__(base_model, target_path, launcher=launcher)
-        self.merge_path = merge_path
-        self.model_name = model_name
-        self.cp_files = cp_files
-        self.kw = self.params.model_dump()
 
     def preflight(self) -> None:
         ok, found = cuda_with_nccl()
         if not ok:
             raise CollieUnavailableError(f"CollieFinetune needs CUDA GPUs with NCCL (CoLLiE's setup_distribution "
                                          f"starts an NCCL process group on a CUDA device); this machine has {found}")
-
-    def prompt_style(self) -> str:
-        return self.params.prompt_template_name
 
     @classmethod
     def auto_params(cls, plan, *, ctx_len: int, lora_r: int) -> dict[str, Any]:
@@ -106,8 +93,6 @@ class CollieFinetune(LazyLLMFinetuneBase):
             argv += [f"--{key}", str(getattr(self.params, key))]
         return Command(argv, return_value=self.target_path, env=self.command_env())
 
-    def export_command(self) -> Command | None:
-        return merge_lora_command(self, self.cp_files)
 
 
 def collie(base_model: str, target_path: str, **kw) -> CollieFinetune:

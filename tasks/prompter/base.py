@@ -10,7 +10,6 @@ strings are in DESIGN.md ("Prompter facts").
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import re
