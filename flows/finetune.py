@@ -41,10 +41,11 @@ def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict |
         params=config.model_dump(mode="json"),
     )
     tracking.log_text(run_id, config.model_dump_json(indent=1), "config/pipeline.json")
+    tracking.log_text(run_id, tracking.environment_record(), "config/environment.txt")
     try:
         base = steps.download(config.model.base_model, run_id)
         data = steps.prepare_dataset(config, base, run_id)
-        tracking.client().set_tag(run_id, "dataset_hash", data.hash)
+        tracking.set_tag(run_id, "dataset_hash", data.hash)
         trained = steps.finetune(config, base, data, run_id)
         merged = steps.merge(config, base, trained, run_id)
         report = steps.evaluate_models(config.evaluate, base, merged, trained, data, run_id)

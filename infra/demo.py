@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from uuid import UUID
 
 import httpx
@@ -25,6 +26,16 @@ def prefect_env() -> dict[str, str]:
     settings = Settings.load()
     settings.require("prefect_api_url")
     return {**os.environ, "PREFECT_API_URL": settings.prefect_api_url, "FINEFLOW_REPO": str(REPO_ROOT)}
+
+
+@contextmanager
+def prefect_api():
+    """Prefect's client settings pointed at the configured server for the block. Prefect reads its settings
+    when it is first imported, so setting ``PREFECT_API_URL`` in ``os.environ`` later would not reach it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_env()["PREFECT_API_URL"]}):
+        yield
 
 
 def deployment_names() -> list[str]:
@@ -44,10 +55,10 @@ def register_deployments() -> None:
 
 
 def start_deployment(deployment: str, parameters: dict | None = None) -> UUID:
-    os.environ.update(prefect_env())
     from prefect.deployments import run_deployment
 
-    run = run_deployment(deployment, parameters=parameters or {}, timeout=0)
+    with prefect_api():
+        run = run_deployment(deployment, parameters=parameters or {}, timeout=0)
     print(f"flow run {run.name} ({run.id}) of {deployment} scheduled; the worker picks it up ...", flush=True)
     return run.id
 
@@ -66,7 +77,7 @@ def follow(flow_run_id: UUID, timeout_s: float = 3600, echo=print):
     seen = 0
     quiet_polls = 0  # logs are shipped in batches and can land after the final state: drain them
     deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
+    with prefect_api(), get_client(sync_client=True) as client:
         while True:
             state = client.read_flow_run(flow_run_id).state
             logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.masking import show_argv
+from tasks.masking import redact_text, show_argv
 
 
 class LaunchError(RuntimeError):
@@ -52,7 +52,7 @@ class LocalLauncher:
                                     stdin=subprocess.DEVNULL, env=env, bufsize=1)
             assert proc.stdout is not None
             for line in proc.stdout:
-                line = line.rstrip("\n")
+                line = redact_text(line.rstrip("\n"))  # a child that prints a secret does not put it in a log
                 tail.append(line)
                 if log:
                     log.write(line + "\n")

@@ -58,6 +58,19 @@ def weight_delta(base_model: str, merged_model: str) -> float:
     return max((base[k].float() - merged[k].float()).abs().max().item() for k in shared)
 
 
+class UnchangedWeightsError(RuntimeError):
+    """The merged model is the base model again: training (or the merge) had no effect."""
+
+
+def check_weights_moved(base_model: str, merged_model: str) -> float:
+    """The largest weight change from ``base_model`` to ``merged_model``; an error if nothing changed."""
+    delta = weight_delta(base_model, merged_model)
+    if delta == 0.0:
+        raise UnchangedWeightsError(f"merged weights in {merged_model} are identical to the base {base_model}: "
+                                    "training had no effect")
+    return delta
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mlflow.exceptions import MlflowException
 
+from tasks.masking import redact
 from tasks.tracking import client
 
 
@@ -17,7 +18,7 @@ def ensure_model(name: str) -> None:
 
 def create_version(name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
     ensure_model(name)
-    version = client().create_model_version(name, source=source, run_id=run_id, tags=tags)
+    version = client().create_model_version(name, source=source, run_id=run_id, tags=redact(tags))
     return str(version.version)
 
 
@@ -33,7 +34,7 @@ def version_tags(name: str, version: str) -> dict[str, str]:
 
 
 def set_tag(name: str, version: str, key: str, value: str) -> None:
-    client().set_model_version_tag(name, version, key, value)
+    client().set_model_version_tag(name, version, key, redact({key: value})[key])
 
 
 def move_alias(name: str, alias: str, version: str) -> None:

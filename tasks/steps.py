@@ -25,7 +25,7 @@ from tasks.finetune import LazyLLMFinetuneBase, get_framework
 from tasks.finetune.auto import plan_dict
 from tasks.formatter import make_formatter
 from tasks.masking import show_argv
-from tasks.merge import weight_delta
+from tasks.merge import check_weights_moved
 from tasks.models import ModelManager, ModelNotFoundError, ModelRef
 from tasks.settings import Settings
 
@@ -132,10 +132,10 @@ def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, run_
         logger.info("step %s %s", metric["step"], json.dumps(values))
 
     trainer = make_trainer(config, base.path, run_id, log_path=log_path, on_line=on_line)
-    tracking.client().set_tag(run_id, "prompt_style", trainer.prompt_style())
+    tracking.set_tag(run_id, "prompt_style", trainer.prompt_style())
     if plan := plan_dict(trainer):  # AutoFinetune chose the framework: record what and why
         tracking.log_params(run_id, {f"auto.{k}": v for k, v in plan.items() if k != "reason"})
-        tracking.client().set_tag(run_id, "auto_reason", plan["reason"][:5000])
+        tracking.set_tag(run_id, "auto_reason", plan["reason"][:5000])
         logger.info("AutoFinetune: %s", plan["reason"])
     envs.ensure(trainer.environment, log=logger.info)
     trainset, valset = trainer.prepare_data(data.train_path, data.val_path, data.format,
@@ -167,10 +167,7 @@ def merge(config: PipelineConfig, base: ModelRef, trained: TrainResult, run_id: 
         if export is not None:
             get_run_logger().info("running %s", export)
             trainer.launcher.launch(export, name="merge")
-        delta = weight_delta(base.path, trainer.output_path)
-        if delta == 0.0:
-            raise RuntimeError(f"merged weights in {trainer.output_path} are identical to the base: training had "
-                               "no effect")
+        delta = check_weights_moved(base.path, trainer.output_path)
         tracking.log_artifacts(run_id, trainer.output_path, "merged_model")
     tracking.log_metrics(run_id, {"merge_max_weight_delta": delta})
     return MergedModel(path=trainer.output_path, weight_delta=delta,
@@ -211,7 +208,7 @@ def deploy(cfg: DeploySection, merged: MergedModel, name: str, trained: TrainRes
         smoke = httpx.post(f"{ep.url}{path}", json=payload, timeout=30)
         smoke.raise_for_status()
         answer = make_formatter(cfg.formatter, cfg.formatter_selector)(engine.extract_result(smoke, prompt))
-    tracking.client().set_tag(run_id, "smoke_answer", str(answer)[:250])
+    tracking.set_tag(run_id, "smoke_answer", str(answer)[:250])
     logger = get_run_logger()
     logger.info("endpoint %s serving at %s", ep.name, ep.url)
     ex = inference.example(record)
@@ -262,6 +259,6 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
         registry.set_tag(name, version, "status", "rejected")
         endpoints.stop(ep.name)  # the previous production endpoint keeps serving
     logger.info("model %s version %s: %s", name, version, reason)
-    tracking.client().set_tag(run_id, "registered_version", version)
+    tracking.set_tag(run_id, "registered_version", version)
     return Registration(model_name=name, version=version, alias=alias, promoted=promoted,
                         previous_version=previous, reason=reason)

@@ -5,12 +5,13 @@ Prefect may run tasks in worker threads, so every call names its ``run_id``.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tasks.masking import redact
+from tasks.masking import redact, redact_text
 from tasks.settings import Settings
 
 
@@ -35,7 +36,7 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str], params: dict
     c = client()
     exp = c.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
-    run = c.create_run(exp_id, run_name=run_name, tags=tags)
+    run = c.create_run(exp_id, run_name=run_name, tags=redact(tags))
     log_params(run.info.run_id, params)
     return run.info.run_id
 
@@ -48,6 +49,21 @@ def log_params(run_id: str, params: dict) -> None:
         client().log_batch(run_id, params=items[i:i + 100])
 
 
+def set_tag(run_id: str, key: str, value: str) -> None:
+    client().set_tag(run_id, key, redact({key: value})[key])
+
+
+# The variables that decide where a run reads and writes and how it runs, recorded with every run.
+RUN_ENVIRONMENT_PREFIXES = ("FINEFLOW_", "LAZYLLM_", "MLFLOW_", "PREFECT_API", "AWS_", "HF_", "HUGGING_FACE_",
+                            "MODELSCOPE_", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+
+
+def environment_record() -> str:
+    """``NAME=value`` lines of the run's environment variables above, credentials masked."""
+    chosen = {k: v for k, v in sorted(os.environ.items()) if k.startswith(RUN_ENVIRONMENT_PREFIXES)}
+    return "".join(f"{k}={v}\n" for k, v in redact(chosen).items())
+
+
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
     import time
 
@@ -58,7 +74,7 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None)
 
 
 def log_text(run_id: str, text: str, artifact_file: str) -> None:
-    client().log_text(run_id, text, artifact_file)
+    client().log_text(run_id, redact_text(text), artifact_file)
 
 
 def log_artifacts(run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:

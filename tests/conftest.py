@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = REPO / "infra" / "models" / "tiny-llama"
 DATASET = REPO / "infra" / "datasets" / "word_ops.json"
+# A real credential, generated per session, in the environment of the stack's worker and so of every pipeline run:
+# tests/test_pipeline.py checks that it shows nowhere in MLflow, the registry or the logs.
+RUN_SECRET = "hf_" + secrets.token_hex(16)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,11 +38,13 @@ def stack(fineflow_home):
     from infra import stack as local_stack
     from infra.demo import register_deployments
 
+    os.environ["HF_TOKEN"] = RUN_SECRET
     info = local_stack.up("free")
     os.environ["PREFECT_API_URL"] = info["prefect_api_url"]
     register_deployments()
     yield info
     local_stack.down()
+    os.environ.pop("HF_TOKEN", None)
 
 
 @pytest.fixture
@@ -49,3 +55,19 @@ def alpaca_file(tmp_path):
         path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
         return path
     return write
+
+
+def greedy_by_hand(model, tokenizer, prompt: str, n: int) -> str:
+    """Greedy decoding written out, independent of ``tasks.inference``: BOS + prompt, then the argmax of the last
+    position, ``n`` times or until EOS; one prompt at a time, no padding."""
+    import torch
+
+    ids = tokenizer(tokenizer.bos_token + prompt, add_special_tokens=False).input_ids
+    out: list[int] = []
+    with torch.inference_mode():
+        for _ in range(n):
+            nxt = int(model(input_ids=torch.tensor([ids + out])).logits[0, -1].argmax())
+            if nxt == tokenizer.eos_token_id:
+                break
+            out.append(nxt)
+    return tokenizer.decode(out, skip_special_tokens=True)

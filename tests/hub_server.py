@@ -21,6 +21,7 @@ class FakeHub:
                       for repo, d in repos.items()}
         self.token = token
         self.cut_once: set[str] = set()  # paths whose next GET stops halfway
+        self.served_instead: dict[str, bytes] = {}  # paths whose body differs from what the listing says
         self.ranges: list[str] = []  # Range headers received
         hub = self
 
@@ -77,7 +78,7 @@ class FakeHub:
         if rng := req.headers.get("Range"):
             self.ranges.append(rng)
             start, status = int(rng.removeprefix("bytes=").split("-")[0]), 206
-        body = data[start:]
+        body = self.served_instead.get(path, data)[start:]
         req.send_response(status)
         req.send_header("Content-Length", str(len(body)))
         if status == 206:

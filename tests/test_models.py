@@ -97,6 +97,34 @@ def test_interrupted_download_resumes_and_never_looks_complete(hub, tmp_path):
     assert same_tree(TINY_MODEL, target) and not partial.exists()
 
 
+@pytest.mark.parametrize("served, error", [
+    (lambda b: bytes([b[0] ^ 1]) + b[1:], "config.json: sha256 mismatch; the partial file was removed"),
+    (lambda b: b[:-7], "config.json: got {short} bytes, the hub lists {size}"),
+])
+def test_a_file_that_does_not_match_the_hubs_listing_is_never_used(hub, tmp_path, caplog, served, error):
+    data = (TINY_MODEL / "config.json").read_bytes()
+    hub.served_instead["config.json"] = served(data)
+    m = ModelManager(model_source="huggingface", token="hub-token-123", cache_dir=str(tmp_path))
+    assert m.download("internlm2-chat-7b") is False
+    assert error.format(short=len(data) - 7, size=len(data)) in caplog.text
+    target, partial = tmp_path / "internlm2-chat-7b", tmp_path / "internlm2-chat-7b.partial"
+    assert not target.exists() and not (partial / "config.json").exists() and m.find_local("internlm2-chat-7b") is None
+    hub.served_instead.clear()  # the hub is right again: the next attempt completes with the true file
+    assert m.download("internlm2-chat-7b") == str(target) and same_tree(TINY_MODEL, target)
+
+
+def test_several_model_path_roots_are_searched_in_order(tmp_path, monkeypatch):
+    first, second, cache = tmp_path / "first", tmp_path / "second", tmp_path / "cache"
+    shutil.copytree(TINY_MODEL, second / "internlm2-chat-7b")
+    shutil.copytree(TINY_MODEL, second / "only-here")
+    monkeypatch.setenv("LAZYLLM_MODEL_PATH", f"{first}::{second}")  # an empty entry is skipped
+    monkeypatch.setenv("LAZYLLM_MODEL_CACHE_DIR", str(cache))
+    assert ModelManager().download("only-here") == str(second / "only-here")
+    shutil.copytree(TINY_MODEL, first / "internlm2-chat-7b")
+    assert ModelManager().download("internlm2-chat-7b") == str(first / "internlm2-chat-7b")  # the first root wins
+    assert ModelManager().find_local("nowhere") is None
+
+
 def test_s3_mirror_round_trip(stack, tmp_path):
     from tasks import storage
     from tasks.settings import Settings

@@ -6,18 +6,27 @@ version, a second run replaces it, a run on bad data changes nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import tempfile
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
 from infra import stack as local_stack
-from infra.demo import follow, start_deployment
-from tasks import registry, storage, tracking
-from tasks.deploy import endpoints
+from infra.demo import follow, prefect_api, start_deployment
+from tasks import registry, steps, storage, tracking
+from tasks.config import load_config
+from tasks.data import PreparedDataset
+from tasks.deploy import RelayServer, endpoints
+from tasks.evaluate import EvalReport, GateConfig, ModelScores
+from tasks.masking import REDACTED
 from tasks.settings import Settings
+
+from conftest import RUN_SECRET, TINY_MODEL
 
 pytestmark = pytest.mark.stack
 MODEL = "fineflow-quickstart"
@@ -31,6 +40,15 @@ def run(parameters: dict | None = None, deployment: str = "finetune/quickstart")
     return flow_run_id, state, "\n".join(logs)
 
 
+def listening_addresses(pids) -> set[str]:
+    """The addresses the process groups led by ``pids`` listen on."""
+    listening = set()
+    for pid in map(int, pids):
+        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            listening |= {c.laddr.ip for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    return listening
+
+
 def test_stack_is_private_and_idempotent(stack):
     home = Settings.load().home
     assert stat.S_IMODE(os.stat(home / "s3-credentials.json").st_mode) == 0o600
@@ -38,11 +56,7 @@ def test_stack_is_private_and_idempotent(stack):
     assert local_stack.up("free")["ports"] == stack["ports"]  # `up` twice is harmless
     assert {p.name: p.read_text() for p in (home / "pids").iterdir()} == pids
     assert local_stack.status()
-    listening = set()
-    for pid in map(int, pids.values()):
-        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-            listening |= {c.laddr.ip for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN}
-    assert listening == {"127.0.0.1"}
+    assert listening_addresses(pids.values()) == {"127.0.0.1"}
     # S3 refuses anonymous requests: the generated credentials are required.
     anonymous = httpx.get(f"{stack['s3_endpoint']}/fineflow")
     assert anonymous.status_code == 403
@@ -83,7 +97,50 @@ def test_quickstart_deployment_promotes_a_finetuned_model(stack):
     assert registry.alias_version(MODEL, "production") == version
     answer = httpx.post(f"{tags['endpoint_url']}/v1/completions", json={"prompt": "hi", "max_tokens": 4}, timeout=30)
     assert answer.status_code == 200 and "text" in answer.json()["choices"][0]
-    STATE.update(version=version, endpoint=tags["endpoint_name"])
+    # The model endpoint, now that one exists, listens on the loopback address only.
+    assert listening_addresses([endpoints.get(tags["endpoint_name"]).pid]) == {"127.0.0.1"}
+    STATE.update(version=version, endpoint=tags["endpoint_name"], run_id=run_id, logs=logs, source=mv.source)
+
+
+def test_the_run_records_what_the_readme_promises(stack):
+    assert STATE, "needs the quickstart run"
+    c, run_id = tracking.client(), STATE["run_id"]
+    mlrun = c.get_run(run_id)
+    params, tags = mlrun.data.params, mlrun.data.tags
+    config = load_config("deployments/quickstart.yaml")
+    assert params["evaluate.max_new_tokens"] == str(config.evaluate.max_new_tokens)  # a number, not masked
+    assert params["finetune.params.max_steps"] == str(config.finetune.params.max_steps)
+    assert {"dataset.hash", "dataset.uri", "dataset.format", "dataset.n_train", "dataset.n_val",
+            "dataset.n_duplicates", "dataset.n_too_long"} <= set(params)
+    assert params["dataset.hash"] == tags["dataset_hash"] and params["dataset.format"] == "alpaca"
+    assert int(params["dataset.n_train"]) + int(params["dataset.n_val"]) + int(params["dataset.n_duplicates"]) == \
+        len(json.loads((Path(__file__).parent.parent / "infra/datasets/word_ops.json").read_text()))
+    with tempfile.TemporaryDirectory() as tmp:
+        report = json.loads(Path(c.download_artifacts(run_id, "eval/report.json", tmp)).read_text())
+        train_log = Path(c.download_artifacts(run_id, "logs/train.log", tmp)).read_text()
+    assert report["candidate"]["exact_match"] == pytest.approx(mlrun.data.metrics["candidate_exact_match"])
+    assert report["passed"] is True and report["gate"]["metric"] == "exact_match"
+    assert "$ " in train_log and "tasks.finetune.train_lora" in train_log and "FINEFLOW_METRIC" in train_log
+    # The smoke test's answer is the endpoint's answer to the first validation record.
+    assert tags["smoke_answer"] and f"-> {tags['smoke_answer']!r}" in STATE["logs"]
+
+
+def test_a_credential_in_the_runs_environment_shows_nowhere(stack):
+    assert STATE, "needs the quickstart run"
+    c, run_id = tracking.client(), STATE["run_id"]
+    mlrun = c.get_run(run_id)
+    seen = {"params": json.dumps(mlrun.data.params), "tags": json.dumps(mlrun.data.tags),
+            "version tags": json.dumps(registry.version_tags(MODEL, mlrun.data.tags["registered_version"])),
+            "flow logs": STATE["logs"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in ("config", "logs", "eval"):
+            for f in Path(c.download_artifacts(run_id, folder, tmp)).rglob("*"):
+                if f.is_file():
+                    seen[f"artifact {f.name}"] = f.read_text(errors="replace")
+    for log in (Settings.load().home / "logs").glob("*.log"):
+        seen[log.name] = log.read_text(errors="replace")
+    assert f"HF_TOKEN={REDACTED}" in seen["artifact environment.txt"]  # the run did have it
+    assert not [where for where, text in seen.items() if RUN_SECRET in text]
 
 
 def test_second_run_replaces_production_and_stops_the_old_endpoint(stack):
@@ -117,6 +174,49 @@ def test_bad_dataset_fails_before_training_and_changes_nothing(stack, tmp_path):
     assert registry.alias_version(MODEL, "production") == STATE["version"]
     assert httpx.get(f"{STATE['url']}/health").status_code == 200
 
+
+
+def register_in_a_flow(report: EvalReport, ep, run_id: str) -> steps.Registration:
+    """The register step on its own, in a flow (it logs through Prefect), against the real stack."""
+    from prefect import flow
+
+    @flow(name="register-only")
+    def register_only(config, ep, merged, report, data, run_id: str) -> steps.Registration:
+        return steps.register(config, ep, merged, report, data, run_id, "test")
+
+    config = load_config("deployments/quickstart.yaml")
+    merged = steps.MergedModel(path=str(TINY_MODEL), weight_delta=1.0, s3_uri=STATE["source"])
+    data = PreparedDataset(source="test", hash="0" * 64, template="alpaca", n_train=1, n_val=1, train_path="-",
+                           val_path="-")
+    with prefect_api():
+        return register_only(config, ep, merged, report, data, run_id)
+
+
+def candidate_report(passed: bool) -> EvalReport:
+    s = ModelScores(model_path=str(TINY_MODEL), n=1, exact_match=0.0, val_loss=1.0, perplexity=2.718)
+    return EvalReport(base=s, candidate=s, gate=GateConfig(), passed=passed,
+                      reason="exact_match: candidate 0.0000 does not beat base 0.0000 by more than 0.0")
+
+
+@pytest.mark.parametrize("why", ["gate", "health"])
+def test_a_rejected_candidate_is_marked_stopped_and_production_keeps_serving(stack, why):
+    assert STATE, "needs the quickstart run"
+    production = registry.alias_version(MODEL, "production")
+    url = registry.version_tags(MODEL, production)["endpoint_url"]
+    ep = endpoints.start(f"candidate-{why}", RelayServer(name="candidate").cmd(str(TINY_MODEL)), "relay",
+                         str(TINY_MODEL))
+    if why == "health":  # the candidate dies between deploy and register; its gate passed
+        endpoints.stop_process(ep.pid)
+    run_id = tracking.start_run("fineflow-tests", f"rejected-{why}", tags={}, params={})
+    result = register_in_a_flow(candidate_report(passed=why == "health"), ep, run_id)
+    assert not result.promoted and result.previous_version == production
+    expected = "health check failed" if why == "health" else "does not beat base"
+    assert result.reason.startswith("not promoted: ") and expected in result.reason
+    tags = registry.version_tags(MODEL, result.version)
+    assert tags["status"] == "rejected" and tags["health"] == ("failed" if why == "health" else "ok")
+    assert endpoints.get(ep.name) is None and not ep.alive()
+    assert registry.alias_version(MODEL, "production") == production
+    assert httpx.get(f"{url}/health").status_code == 200
 
 
 # -- LLaMA-Factory through the same flow, in its own environment --------------------------------------------------

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from tasks import launchers
 from tasks.core import Command
-from tasks.masking import show_argv
+from tasks.masking import redact_text, show_argv
 from tasks.settings import state_dir
 
 
@@ -102,7 +102,7 @@ def start(name: str, command: Command, backend: str, model_path: str) -> Endpoin
             stop_process(ep.pid)
             why = f"exited with code {proc.returncode}" if proc.poll() is not None else \
                 f"not ready after {command.ready_timeout_s:.0f}s"
-            tail = log_path.read_text(errors="replace")[-2000:]
+            tail = redact_text(log_path.read_text(errors="replace")[-2000:])
             raise RuntimeError(f"endpoint {name} failed its health check at {ep.url} ({why}): "
                                f"`{show_argv(argv)}`; log {log_path}:\n{tail}")
         time.sleep(0.5)

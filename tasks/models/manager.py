@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from tasks.masking import register_secret
 from tasks.models.hub import HubError, download_repo
 from tasks.models.local import search_roots, validate_model_path
 from tasks.models.mirror import MirrorError, download_model
@@ -35,6 +36,7 @@ class ModelManager:
             raise ValueError(f"model_source must be one of {', '.join(SOURCES)} or an s3:// mirror, got {source!r}")
         self.model_source = source
         self.token = token or os.environ.get("LAZYLLM_MODEL_SOURCE_TOKEN") or None
+        register_secret(self.token)  # masked in logs and errors wherever it shows
         self.model_path = model_path if model_path is not None else os.environ.get("LAZYLLM_MODEL_PATH", "")
         self.cache_dir = Path(cache_dir or os.environ.get("LAZYLLM_MODEL_CACHE_DIR") or "~/.lazyllm/model").expanduser()
 
