@@ -11,6 +11,14 @@ import math
 from pydantic import BaseModel
 
 
+# A loss above this is a broken model; capping keeps exp() finite and the report readable.
+MAX_LOSS_FOR_PERPLEXITY = 50.0
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, MAX_LOSS_FOR_PERPLEXITY))
+
+
 class ModelScores(BaseModel):
     model_path: str
     n: int
@@ -48,7 +56,7 @@ def score(model_path: str, records: list[dict], style: str, prompts: list[str] |
     samples = [{"instruction": ex["instruction"], "input": ex["input"], "expected": ex["output"], "got": g.strip()}
                for ex, g in zip(examples[:5], got[:5])]
     return ModelScores(model_path=model_path, n=len(records), exact_match=sum(hits) / max(len(hits), 1),
-                       val_loss=loss, perplexity=math.exp(min(loss, 50)), samples=samples)
+                       val_loss=loss, perplexity=perplexity(loss), samples=samples)
 
 
 def apply_gate(base: ModelScores, candidate: ModelScores, gate: GateConfig) -> tuple[bool, str]:

@@ -71,7 +71,7 @@ def check_weights_moved(base_model: str, merged_model: str) -> float:
     return delta
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("merge")
@@ -82,7 +82,7 @@ def main() -> None:
     c.add_argument("--src", required=True)
     c.add_argument("--dst", required=True)
     c.add_argument("--pattern", default="tokeniz*")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.command == "merge":
         out = merge_lora(args.base_model, args.lora_path, args.merge_path)
         print(f"merged {args.lora_path} into {out}; max weight delta {weight_delta(args.base_model, str(out)):.3g}")

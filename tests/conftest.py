@@ -57,12 +57,12 @@ def alpaca_file(tmp_path):
     return write
 
 
-def greedy_by_hand(model, tokenizer, prompt: str, n: int) -> str:
-    """Greedy decoding written out, independent of ``tasks.inference``: BOS + prompt, then the argmax of the last
-    position, ``n`` times or until EOS; one prompt at a time, no padding."""
+def greedy_by_hand(model, tokenizer, prompt: str, n: int, bos: bool = True) -> str:
+    """Greedy decoding written out, independent of ``tasks.inference``: BOS (unless not ``bos``) + prompt, then the
+    argmax of the last position, ``n`` times or until EOS; one prompt at a time, no padding."""
     import torch
 
-    ids = tokenizer(tokenizer.bos_token + prompt, add_special_tokens=False).input_ids
+    ids = tokenizer((tokenizer.bos_token if bos else "") + prompt, add_special_tokens=False).input_ids
     out: list[int] = []
     with torch.inference_mode():
         for _ in range(n):

@@ -71,9 +71,24 @@ def test_registered_secrets_are_masked_and_short_values_are_not_registered():
     register_secret(value)
     register_secret("abc")  # too short to mask safely: "abc" would be hidden inside ordinary words
     assert redact_text(f"token {value}; abcdef") == f"token {MASK}; abcdef"
-    # The longest secret goes first, so no part of a secret that contains another is left.
-    register_secret(value + "-longer")
-    assert redact_text(f"<{value}-longer>") == f"<{MASK}>"
+    # The longest secret goes first, so no part of a secret that contains another is left (sorted by text, the
+    # shorter one, which starts with a later letter, would go first and leave "aaaaaa-" behind).
+    short = "z" + secrets.token_hex(6)
+    register_secret(short)
+    register_secret("aaaaaa-" + short)
+    assert redact_text(f"<aaaaaa-{short}>") == f"<{MASK}>"
+
+
+def test_the_shortest_secret_masked_is_six_characters(monkeypatch):
+    register_secret("5char")
+    register_secret("6chars")
+    monkeypatch.setenv("SHORT_TOKEN", "4chr")
+    monkeypatch.setenv("SIX_TOKEN", "6-char")
+    assert redact_text("5char 6chars 4chr 6-char") == f"5char {MASK} 4chr {MASK}"
+
+
+def test_a_secret_flag_value_that_holds_an_equals_sign_is_masked_whole():
+    assert mask_argv(["--api-key=abc=def", "--max_tokens=a=b"]) == [f"--api-key={MASK}", "--max_tokens=a=b"]
 
 
 def test_a_child_that_prints_a_secret_does_not_put_it_in_the_log(tmp_path, monkeypatch):

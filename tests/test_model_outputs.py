@@ -4,18 +4,20 @@ adapter-wrapped base, and the training argv read back by the recipe's own parser
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tasks import inference
-from tasks.evaluate import GateConfig, ModelScores, apply_gate, evaluate, score
+from tasks.evaluate import GateConfig, ModelScores, apply_gate, evaluate, perplexity, score
 from tasks.finetune import AlpacaloraFinetune
 from tasks.finetune.alpacalora import SCRIPT_ARGS
 from tasks.finetune.train_lora import parse_args
-from tasks.merge import UnchangedWeightsError, check_weights_moved, merge_lora, weight_delta
+from tasks.merge import UnchangedWeightsError, check_weights_moved, main as merge_main, merge_lora, weight_delta
 
 from conftest import TINY_MODEL, greedy_by_hand
 
@@ -43,10 +45,11 @@ def test_exact_match_is_the_share_of_greedy_answers(tiny):
     assert score(str(TINY_MODEL), records[::2], STYLE, max_new_tokens=8).exact_match == 1.0
 
 
-def response_loss_by_hand(model, tokenizer, prompt: str, output: str) -> tuple[float, int]:
-    """Summed cross-entropy of output + EOS given BOS + prompt, and the number of those tokens."""
-    head = tokenizer(tokenizer.bos_token + prompt, add_special_tokens=False).input_ids
-    full = tokenizer(tokenizer.bos_token + prompt + output + tokenizer.eos_token, add_special_tokens=False).input_ids
+def response_loss_by_hand(model, tokenizer, prompt: str, output: str, bos: bool = True) -> tuple[float, int]:
+    """Summed cross-entropy of output + EOS given (BOS +) prompt, and the number of those tokens."""
+    bos_text = tokenizer.bos_token if bos else ""
+    head = tokenizer(bos_text + prompt, add_special_tokens=False).input_ids
+    full = tokenizer(bos_text + prompt + output + tokenizer.eos_token, add_special_tokens=False).input_ids
     assert full[:len(head)] == head
     with torch.inference_mode():
         logp = F.log_softmax(model(input_ids=torch.tensor([full])).logits[0].float(), dim=-1)
@@ -67,6 +70,55 @@ def test_validation_loss_counts_only_the_response_tokens(tiny):
     assert math.isclose(result.perplexity, math.exp(result.val_loss), rel_tol=1e-9)
 
 
+def test_the_token_budget_and_the_samples_kept(tiny):
+    model, tokenizer = tiny
+    # "the" makes the tiny model write on past 32 tokens, so the budget decides where the answer ends.
+    long = greedy_by_hand(model, tokenizer, "the", 32)
+    assert long != greedy_by_hand(model, tokenizer, "the", 33)
+    result = score(str(TINY_MODEL), [{"instruction": "x", "output": long}], STYLE, prompts=["the"])  # default 32
+    assert result.samples[0]["got"] == long.strip() and result.exact_match == 1.0  # one record: 1/1
+    one = score(str(TINY_MODEL), RECORDS[:1], STYLE, max_new_tokens=1)
+    assert one.samples[0]["got"] == greedy_by_hand(model, tokenizer, one_prompt(), 1).strip()
+    six = score(str(TINY_MODEL), RECORDS + RECORDS[:2], STYLE, max_new_tokens=1)
+    assert six.n == 6 and len(six.samples) == 5  # the report keeps five examples
+
+
+def one_prompt() -> str:
+    return inference.render_prompts(STYLE, RECORDS[:1], str(TINY_MODEL))[0]
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    """The tiny model with a chat template that renders the messages' text only (no generation prompt), as a
+    model exported by LLaMA-Factory carries its template beside it."""
+    path = tmp_path_factory.mktemp("chat") / "tiny-chat"
+    shutil.copytree(TINY_MODEL, path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("budget", [None, 5])
+def test_evaluate_prompts_both_models_with_the_candidates_chat_template(chat_model, tiny, budget):
+    """The base (no chat template of its own) is prompted with the candidate's template; a chat template carries
+    its own special tokens, so no BOS is put in front."""
+    model, tokenizer = tiny
+    records = [{"instruction": "the", "output": "x"}]
+    kw = {} if budget is None else {"max_new_tokens": budget}
+    report = evaluate(str(TINY_MODEL), str(chat_model), records, GateConfig(metric="val_loss"), "chat_template", **kw)
+    expected = greedy_by_hand(model, tokenizer, "the", budget or 32, bos=False).strip()
+    loss, n = response_loss_by_hand(model, tokenizer, "the", "x", bos=False)
+    for s in (report.base, report.candidate):
+        assert s.samples[0]["got"] == expected and math.isclose(s.val_loss, loss / n, rel_tol=1e-5)
+    assert report.candidate.model_path == str(chat_model) and report.base.model_path == str(TINY_MODEL)
+
+
+def test_perplexity_is_exp_of_the_loss_capped():
+    assert perplexity(2.0) == math.exp(2.0) and perplexity(50.0) == math.exp(50.0)
+    assert perplexity(50.5) == perplexity(1000.0) == math.exp(50.0)
+
+
 def scores(em: float, loss: float) -> ModelScores:
     return ModelScores(model_path="m", n=4, exact_match=em, val_loss=loss, perplexity=math.exp(loss))
 
@@ -74,6 +126,10 @@ def scores(em: float, loss: float) -> ModelScores:
 @pytest.mark.parametrize("metric,base,at,above,below", [
     ("exact_match", scores(0.25, 3.0), scores(0.5, 3.0), scores(0.75, 3.0), scores(0.25, 3.0)),
     ("val_loss", scores(0.0, 3.0), scores(0.0, 2.75), scores(0.0, 2.5), scores(0.0, 3.0)),
+    ("perplexity", ModelScores(model_path="m", n=4, exact_match=0, val_loss=1, perplexity=3.0),
+     ModelScores(model_path="m", n=4, exact_match=0, val_loss=1, perplexity=2.75),
+     ModelScores(model_path="m", n=4, exact_match=0, val_loss=1, perplexity=2.5),
+     ModelScores(model_path="m", n=4, exact_match=0, val_loss=1, perplexity=3.5)),
 ])
 def test_gate_boundary_improvement_equal_to_the_threshold_does_not_pass(metric, base, at, above, below):
     gate = GateConfig(metric=metric, min_improvement=0.25)  # exactly representable: no rounding at the boundary
@@ -137,6 +193,19 @@ def test_merged_model_gives_the_adapter_wrapped_base_logits(adapter, tmp_path, t
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
     assert check_weights_moved(str(TINY_MODEL), str(out)) == weight_delta(str(TINY_MODEL), str(out)) > 0
     assert not (tmp_path / "merged.partial").exists()
+
+
+def test_the_merge_command_merges_and_copies_the_tokenizer(adapter, tmp_path, capsys):
+    out = tmp_path / "merged"
+    merge_main(["merge", "--base_model", str(TINY_MODEL), "--lora_path", str(adapter), "--merge_path", str(out)])
+    delta = weight_delta(str(TINY_MODEL), str(out))
+    assert f"merged {adapter} into {out}; max weight delta {delta:.3g}" in capsys.readouterr().out and delta > 0
+    merge_main(["copy", "--src", str(TINY_MODEL), "--dst", str(out)])  # the default pattern: tokeniz*
+    assert f"copied ['tokenizer.json', 'tokenizer_config.json'] to {out}" in capsys.readouterr().out
+    merge_main(["copy", "--src", str(TINY_MODEL), "--dst", str(tmp_path / "cfg"), "--pattern", "*config.json"])
+    assert sorted(p.name for p in (tmp_path / "cfg").iterdir()) == ["config.json", "generation_config.json",
+                                                                    "tokenizer_config.json"]
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json"}
 
 
 def test_a_merge_that_leaves_the_weights_unchanged_fails(tmp_path):

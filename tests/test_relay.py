@@ -1,15 +1,21 @@
-"""The built-in OpenAI-compatible server, started detached as the deploy step does."""
+"""The built-in OpenAI-compatible server: its routes checked on the server started detached as the deploy step
+does, and on the same app in this process (where a test can see which code ran)."""
+
+import time
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from tasks import inference
 from tasks.core import Command
 from tasks.deploy import RelayServer, endpoints
-from tasks import inference
 from tasks.deploy.base import http_ready
-from tasks.prompter import Prompter
+from tasks.deploy.relay_app import create_app, parse_args
 
 from conftest import TINY_MODEL, greedy_by_hand
+
+INSTRUCTION = "Convert the word to upper case."
 
 
 @pytest.fixture(scope="module")
@@ -19,27 +25,14 @@ def endpoint(fineflow_home):
     endpoints.stop("relay-test")
 
 
-def test_routes(endpoint):
-    assert httpx.get(f"{endpoint.url}/health").json() == {"status": "ok", "model": "tiny"}
-    assert httpx.get(f"{endpoint.url}/v1/models").json()["data"][0]["id"] == "tiny"
-    prompt = "upper: abc ->"
-    resp = httpx.post(f"{endpoint.url}/v1/completions", json={"prompt": prompt, "max_tokens": 6}, timeout=30)
-    text = RelayServer.extract_result(resp, prompt)
-    assert isinstance(text, str) and resp.json()["object"] == "text_completion"
-    chat = httpx.post(f"{endpoint.url}/v1/chat/completions", timeout=30,
-                      json={"messages": [{"role": "user", "content": "Convert the word to upper case."}]})
-    assert chat.json()["choices"][0]["message"]["role"] == "assistant"
-    assert isinstance(RelayServer.extract_result(chat, None), str)
-    bad = httpx.post(f"{endpoint.url}/v1/completions", json={"prompt": "x", "max_tokens": 0})
-    assert bad.status_code == 400 and "max_tokens" in bad.text
-
-
-def test_completion_is_greedy_and_stable(endpoint):
-    prompt = Prompter.from_template("alpaca").generate_prompt({"instruction": "Convert the word to upper case.",
-                                                               "input": "abc"})
-    answers = {httpx.post(f"{endpoint.url}/v1/completions", json={"prompt": prompt, "max_tokens": 8},
-                          timeout=30).json()["choices"][0]["text"] for _ in range(2)}
-    assert len(answers) == 1
+@pytest.fixture(scope="module", params=["served", "in-process"])
+def client(request):
+    if request.param == "served":
+        with httpx.Client(base_url=request.getfixturevalue("endpoint").url, timeout=60) as c:
+            yield c
+    else:
+        with TestClient(create_app(str(TINY_MODEL), "tiny")) as c:
+            yield c
 
 
 @pytest.fixture(scope="module")
@@ -47,37 +40,71 @@ def tiny():
     return inference.load_model(str(TINY_MODEL))
 
 
-def test_completions_equal_in_process_greedy_generation(endpoint, tiny):
-    words = ["abc", "saw", "pen"]
-    prompts = [inference.render_prompt("alpaca", {"instruction": "Convert the word to upper case.", "input": w})
-               for w in words]
+def test_server_arguments_and_their_defaults():
+    args = parse_args(["--model", "m", "--port", "8001"])
+    assert (args.model, args.port, args.host, args.name, args.prompt_style) == \
+        ("m", 8001, "127.0.0.1", "fineflow-model", "alpaca")
+    argv = RelayServer(name="n", port=8002, prompt_style="chat_template").cmd("/models/x").argvs[-1]
+    args = parse_args(argv[argv.index("tasks.deploy.relay_app") + 1:])
+    assert (args.model, args.port, args.host, args.name, args.prompt_style) == \
+        ("/models/x", 8002, "127.0.0.1", "n", "chat_template")
+
+
+def test_health_and_models(client):
+    assert client.get("/health").json() == {"status": "ok", "model": "tiny"}
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list" and len(models["data"]) == 1
+    model = models["data"][0]
+    assert (model["id"], model["object"], model["owned_by"]) == ("tiny", "model", "fineflow")
+    assert abs(model["created"] - time.time()) < 3600
+
+
+def test_completions_equal_in_process_greedy_generation(client, tiny):
+    prompts = [inference.render_prompt("alpaca", {"instruction": INSTRUCTION, "input": w}) for w in ("abc", "saw")]
     expected = [greedy_by_hand(*tiny, p, 8) for p in prompts]
     assert all(e.strip() for e in expected), "the check needs answers that are not empty"
-    one = httpx.post(f"{endpoint.url}/v1/completions", json={"prompt": prompts[0], "max_tokens": 8}, timeout=30)
-    assert one.json()["choices"][0]["text"] == expected[0]
-    many = httpx.post(f"{endpoint.url}/v1/completions", json={"prompt": prompts, "max_tokens": 8}, timeout=60)
-    assert [(c["index"], c["text"]) for c in many.json()["choices"]] == list(enumerate(expected))
-    # A smaller budget is honoured: the answer is the first tokens of the longer one.
-    short = httpx.post(f"{endpoint.url}/v1/completions", json={"prompt": prompts[0], "max_tokens": 2}, timeout=30)
-    assert short.json()["choices"][0]["text"] == greedy_by_hand(*tiny, prompts[0], 2)
+    one = client.post("/v1/completions", json={"prompt": prompts[0], "max_tokens": 8}).json()
+    assert (one["object"], one["model"], one["id"][:5]) == ("text_completion", "tiny", "cmpl-")
+    assert one["choices"] == [{"index": 0, "text": expected[0], "finish_reason": "stop"}]
+    assert RelayServer.extract_result(client.post("/v1/completions", json={"prompt": prompts[0], "max_tokens": 8}),
+                                      prompts[0]) == expected[0]
+    many = client.post("/v1/completions", json={"prompt": prompts, "max_tokens": 8}).json()
+    assert [(c["index"], c["text"]) for c in many["choices"]] == list(enumerate(expected))
+    # The budget is honoured: 1 token is the first token of the longer answer; the default is 32 tokens.
+    short = client.post("/v1/completions", json={"prompt": prompts[0], "max_tokens": 1}).json()
+    assert short["choices"][0]["text"] == greedy_by_hand(*tiny, prompts[0], 1)
+    default = client.post("/v1/completions", json={"prompt": "the"}).json()
+    assert default["choices"][0]["text"] == greedy_by_hand(*tiny, "the", 32) != greedy_by_hand(*tiny, "the", 33)
 
 
-def test_chat_renders_system_and_last_user_message_and_answers_as_in_process(endpoint, tiny):
+def test_max_tokens_out_of_range_is_refused(client):
+    for max_tokens in (0, 513, -1):
+        bad = client.post("/v1/completions", json={"prompt": "x", "max_tokens": max_tokens})
+        assert bad.status_code == 400 and bad.json()["detail"] == "max_tokens must be between 1 and 512"
+    for max_tokens in (1, 512):  # the bounds themselves are allowed
+        assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": max_tokens}).status_code == 200
+
+
+def test_chat_renders_system_and_last_user_message_and_answers_as_in_process(client, tiny):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"},
-                {"role": "assistant", "content": "hi"},
-                {"role": "user", "content": "Convert the word to upper case.\nsaw"}]
+                {"role": "assistant", "content": "hi"}, {"role": "user", "content": f"{INSTRUCTION}\nsaw"}]
     prompt = inference.render_prompt("alpaca", {"messages": messages})
     assert prompt.count("Be brief.") == 1 and "hello" not in prompt and "saw" in prompt
     expected = greedy_by_hand(*tiny, prompt, 8)
-    chat = httpx.post(f"{endpoint.url}/v1/chat/completions", json={"messages": messages, "max_tokens": 8},
-                      timeout=30)
-    assert chat.json()["choices"][0]["message"] == {"role": "assistant", "content": expected} and expected.strip()
+    chat = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8}).json()
+    assert (chat["object"], chat["model"], chat["id"][:9]) == ("chat.completion", "tiny", "chatcmpl-")
+    assert chat["choices"] == [{"index": 0, "message": {"role": "assistant", "content": expected},
+                                "finish_reason": "stop"}]
+    assert expected.strip()
+    default = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "the"}]}).json()
+    user_only = inference.render_prompt("alpaca", {"messages": [{"role": "user", "content": "the"}]})
+    assert default["choices"][0]["message"]["content"] == greedy_by_hand(*tiny, user_only, 32)
 
 
-def test_chat_without_a_user_message_is_refused(endpoint):
+def test_chat_without_a_user_message_is_refused(client):
     for messages in ([], [{"role": "system", "content": "Be brief."}], [{"role": "assistant", "content": "hi"}]):
-        resp = httpx.post(f"{endpoint.url}/v1/chat/completions", json={"messages": messages}, timeout=30)
-        assert resp.status_code == 400 and "user message" in resp.text
+        resp = client.post("/v1/chat/completions", json={"messages": messages})
+        assert resp.status_code == 400 and resp.json()["detail"] == "messages must contain a user message"
 
 
 def test_listing_and_stopping(fineflow_home):

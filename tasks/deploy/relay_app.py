@@ -80,14 +80,18 @@ def create_app(model_path: str, name: str, prompt_style: str = "alpaca") -> Fast
     return app
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--name", default="fineflow-model")
     parser.add_argument("--prompt-style", default="alpaca")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(1)
     uvicorn.run(create_app(args.model, args.name, args.prompt_style), host=args.host, port=args.port,
                 log_level="info")
