@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export FINEFLOW_HOME ?= $(CURDIR)/.fineflow
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: env envs up down status deploy demo test model reset
+.PHONY: env envs up down status deploy demo test mutation model reset
 
 # The environment: pinned packages (requirements.lock), then this project, editable.
 $(BIN)/.installed: requirements.lock pyproject.toml
@@ -37,6 +37,10 @@ demo: env          ## stack up, deployments registered, finetune/quickstart run 
 
 test: envs         ## the test suite (starts its own stack on free ports)
 	$(BIN)/python -m pytest tests
+
+mutation: env      ## mutation score of the modules where a wrong answer is silent (about an hour; not in `test`)
+	$(BIN)/python -m pip install -q mutmut==3.8.1
+	$(BIN)/python -m bench.mutation
 
 model: env         ## rebuild the embedded base model deterministically (about 4 minutes)
 	$(BIN)/python -m infra.tiny_model --out infra/models/tiny-llama

@@ -74,7 +74,8 @@ def write_config(work: Path, modules: list[str]) -> None:
              "also_copy=", *[f"    {p}" for p in ("infra", "flows", "deployments", "prefect.yaml")],
              "only_mutate=", *[f"    {m}" for m in modules],
              "pytest_add_cli_args_test_selection=", *[f"    {t}" for t in TESTS],
-             "pytest_add_cli_args=", "    -p", "    no:cacheprovider", "    -x", "    -q"]
+             # The tests that start the real stack take half a minute each time: they are left out here.
+             "pytest_add_cli_args=", "    -p", "    no:cacheprovider", "    -x", "    -q", "    -m", "    not stack"]
     (work / "setup.cfg").write_text("\n".join(lines) + "\n")
 
 

@@ -71,3 +71,10 @@ def greedy_by_hand(model, tokenizer, prompt: str, n: int, bos: bool = True) -> s
                 break
             out.append(nxt)
     return tokenizer.decode(out, skip_special_tokens=True)
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that uses the real stack carries the ``stack`` mark, so ``-m 'not stack'`` leaves them out."""
+    for item in items:
+        if "stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stack)

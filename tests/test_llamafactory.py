@@ -3,6 +3,8 @@ LLaMA-Factory runs on the embedded tiny model in its own environment (SFT + expo
 CPU processes)."""
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -164,3 +166,46 @@ def test_deepspeed_zero2_on_two_cpu_processes(tmp_path, small_dataset):
     trainer.launcher.launch(trainer.export_command(), name="export")
     assert weight_delta(str(TINY_MODEL), trainer.merge_path) > 0
     assert read_jsonl(Path(trainer.target_path) / "trainer_log.jsonl")[-1]["current_steps"] == 4
+
+
+PARSE_BACK = """
+import json, sys, yaml
+from llamafactory.hparams import get_train_args
+model, data, training, finetuning, _ = get_train_args(yaml.safe_load(open(sys.argv[1])))
+print(json.dumps({
+    "lora_rank": finetuning.lora_rank, "lora_alpha": finetuning.lora_alpha, "lora_dropout": finetuning.lora_dropout,
+    "lora_target": finetuning.lora_target, "additional_target": finetuning.additional_target,
+    "stage": finetuning.stage, "finetuning_type": finetuning.finetuning_type,
+    "learning_rate": training.learning_rate, "num_train_epochs": training.num_train_epochs,
+    "per_device_train_batch_size": training.per_device_train_batch_size,
+    "gradient_accumulation_steps": training.gradient_accumulation_steps,
+    "lr_scheduler_type": str(training.lr_scheduler_type.value), "warmup_ratio": training.warmup_ratio,
+    "logging_steps": training.logging_steps, "save_steps": training.save_steps, "max_steps": training.max_steps,
+    "seed": training.seed, "output_dir": training.output_dir, "cutoff_len": data.cutoff_len,
+    "max_samples": data.max_samples, "template": data.template, "model_name_or_path": model.model_name_or_path,
+}))
+"""
+
+
+def test_train_yaml_reads_back_as_the_components_parameters(tmp_path):
+    """LLaMA-Factory's own argument parser, in its environment, reads the YAML the component wrote: every value
+    set here, away from LLaMA-Factory's and the contract's defaults, arrives as given."""
+    chosen = dict(lora_r=6, lora_alpha=14, lora_dropout=0.125, lora_target_modules="[q_proj,k_proj]",
+                  modules_to_save="[lm_head]", learning_rate=1.25e-3, num_train_epochs=1.5, micro_batch_size=3,
+                  gradient_step=5, lr_scheduler_type="linear", warmup_ratio=0.25, logging_steps=3, save_steps=7,
+                  max_steps=13, cutoff_len=77, max_samples=55, template="alpaca")
+    trainer = LlamafactoryFinetune(str(TINY_MODEL), str(tmp_path / "out"), **chosen)
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}]))
+    config = trainer.train_command(str(data)).argvs[0][2]
+    proc = subprocess.run([envs.bin_path("llamafactory", "python"), "-c", PARSE_BACK, config], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **trainer.command_env()})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parsed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert parsed == {"lora_rank": 6, "lora_alpha": 14, "lora_dropout": 0.125, "lora_target": ["q_proj", "k_proj"],
+                      "additional_target": ["lm_head"], "stage": "sft", "finetuning_type": "lora",
+                      "learning_rate": 1.25e-3, "num_train_epochs": 1.5, "per_device_train_batch_size": 3,
+                      "gradient_accumulation_steps": 5, "lr_scheduler_type": "linear", "warmup_ratio": 0.25,
+                      "logging_steps": 3, "save_steps": 7, "max_steps": 13, "seed": 42,
+                      "output_dir": trainer.target_path, "cutoff_len": 77, "max_samples": 55, "template": "alpaca",
+                      "model_name_or_path": str(TINY_MODEL)}
