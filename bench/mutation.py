@@ -7,7 +7,9 @@ Each mutant is a small change to the code (``<`` for ``<=``, a string altered, a
 dropped); a test suite that notices it kills it. The run happens in a scratch copy of the
 repository (``$FINEFLOW_MUTATION_DIR``, default ``~/.cache/fineflow/mutation``), so the
 checkout never holds mutated code. It reports the killed share per module and lists every
-survivor with its diff in ``bench/results/mutation.{json,md}``. Not part of ``make test``.
+survivor with its diff in ``bench/results/mutation.{json,md}``; a run of some modules replaces
+their rows there and keeps the others, each row naming the commit it was measured on. Not part
+of ``make test``.
 """
 
 from __future__ import annotations
@@ -53,10 +55,8 @@ TARGET = 0.85
 
 
 def scratch_copy(work: Path) -> None:
-    """The tracked files of the checkout (and the embedded model), fresh, with a mutmut config of this run."""
-    keep = work / "mutants" if (work / "mutants").exists() else None
-    if keep:  # mutmut keeps results per mutant: a rerun on unchanged code only runs what changed
-        keep.rename(work.parent / "mutants.keep")
+    """The tracked files of the checkout (and the embedded model), fresh. mutmut's own cache of earlier results is
+    not kept: it would keep verdicts across changed tests and skip files it mutated before as unmodified."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     tracked = subprocess.run(["git", "ls-files", *COPY], cwd=REPO, capture_output=True, text=True,
@@ -65,8 +65,6 @@ def scratch_copy(work: Path) -> None:
         dest = work / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dest)
-    if keep:
-        (work.parent / "mutants.keep").rename(work / "mutants")
 
 
 def write_config(work: Path, modules: list[str]) -> None:
@@ -96,8 +94,16 @@ def collect(work: Path, mutmut: list[str]) -> dict[str, dict[str, str]]:
     return statuses
 
 
+def code_version() -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "tasks", "tests"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    return commit.strip() + ("+dirty" if dirty else "")
+
+
 def report(work: Path, mutmut: list[str], statuses: dict[str, dict[str, str]], seconds: float) -> dict:
     rows, survivors = {}, {}
+    version = code_version()
     for module in sorted(statuses):
         counts: dict[str, int] = {}
         for status in statuses[module].values():
@@ -107,32 +113,43 @@ def report(work: Path, mutmut: list[str], statuses: dict[str, dict[str, str]], s
         killed = sum(n for s, n in counts.items() if s in ("killed", "timeout", "segfault", "caught by type check"))
         scored = sum(n for s, n in counts.items() if s not in ("skipped", "not checked"))
         rows[module] = {"mutants": scored, "killed": killed, "score": round(killed / scored, 4) if scored else None,
-                        "by_status": counts}
+                        "by_status": counts, "code": version, "seconds": round(seconds)}
         for name, status in statuses[module].items():
             if status in ("survived", "no tests", "suspicious"):
                 diff = subprocess.run([*mutmut, "show", name], cwd=work, capture_output=True, text=True).stdout
                 survivors.setdefault(module, []).append({"mutant": name, "status": status, "diff": diff.strip()})
-    return {"target": TARGET, "seconds": round(seconds), "modules": rows, "survivors": survivors}
+    return {"target": TARGET, "modules": rows, "survivors": survivors}
 
 
 def write_report(result: dict) -> Path:
+    """Merge this run's modules into the report (a module measured again replaces its row; the others keep
+    theirs, each with the code version it was measured on), and write it as JSON and Markdown."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "mutation.json").write_text(json.dumps(result, indent=1))
+    path = RESULTS / "mutation.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        result = {"target": TARGET, "modules": {**old.get("modules", {}), **result["modules"]},
+                  "survivors": {**{m: v for m, v in old.get("survivors", {}).items() if m not in result["modules"]},
+                                **result["survivors"]}}
+    result["modules"] = dict(sorted(result["modules"].items()))
+    path.write_text(json.dumps(result, indent=1))
     lines = [f"# Mutation score (mutmut), target {TARGET:.0%} killed per module", "",
-             f"Run time: {result['seconds']} s.", "", "| module | what | mutants | killed | score |", "| --- | --- | ---: | ---: | ---: |"]
+             "| module | what | mutants | killed | score | code | run time |",
+             "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
     for module, row in result["modules"].items():
         score = f"{row['score']:.1%}" if row["score"] is not None else "-"
         flag = "" if row["score"] is None or row["score"] >= TARGET else " **below target**"
-        lines.append(f"| `{module}` | {MODULES.get(module, '')} | {row['mutants']} | {row['killed']} | {score}{flag} |")
+        lines.append(f"| `{module}` | {MODULES.get(module, '')} | {row['mutants']} | {row['killed']} | {score}{flag} "
+                     f"| {row.get('code', '')} | {row.get('seconds', '')} s |")
     lines += ["", "## Survivors", ""]
     for module, items in result["survivors"].items():
         lines.append(f"### `{module}` ({len(items)})")
         for item in items:
             lines += ["", f"`{item['mutant']}` ({item['status']})", "", "```diff", item["diff"], "```"]
         lines.append("")
-    path = RESULTS / "mutation.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    md = RESULTS / "mutation.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
 
 
 def main() -> None:
@@ -152,14 +169,14 @@ def main() -> None:
     write_config(args.workdir, args.modules)
     print(f"mutating {len(args.modules)} modules in {args.workdir}, tests: {' '.join(TESTS)}", flush=True)
     start = time.monotonic()
-    env = {**os.environ, "FINEFLOW_HOME": str(args.workdir / ".fineflow")}
+    env = {**os.environ, "FINEFLOW_HOME": str(args.workdir / ".fineflow"), "FINEFLOW_HYPOTHESIS_PROFILE": "mutation"}
     run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=args.workdir, env=env)
     statuses = collect(args.workdir, mutmut)
     result = report(args.workdir, mutmut, statuses, time.monotonic() - start)
     path = write_report(result)
     for module, row in result["modules"].items():
         print(f"{module:32s} {row['killed']:4d}/{row['mutants']:<4d} {row['score'] or 0:.1%}")
-    print(f"report: {path}")
+    print(f"report (this run's modules merged into it): {path}")
     below = [m for m, r in result["modules"].items() if r["score"] is not None and r["score"] < TARGET]
     sys.exit(run.returncode or (f"below {TARGET:.0%}: {', '.join(below)}" if below else 0))
 

@@ -46,6 +46,8 @@ class DataSection(Section):
         return name
 
 
+# pragma: no mutate start (runs once, at import, where a mutation tester cannot switch a mutant in; the
+# sections it builds are checked by tests/test_config.py)
 def _sections(table: dict[str, type], key: str, fields: dict[str, Any], base: type[BaseModel]) -> Any:
     """One config section per row of a backend table, joined in a union on ``key`` (the row's name); each
     section's ``params`` is that backend's own typed ``Params``."""
@@ -54,6 +56,7 @@ def _sections(table: dict[str, type], key: str, fields: dict[str, Any], base: ty
                              **fields)
                 for name, cls in table.items()]
     return Annotated[Union[tuple(sections)], Field(discriminator=key)]  # noqa: UP007 (a runtime-built union)
+# pragma: no mutate end
 
 
 FinetuneSection = _sections(FRAMEWORKS, "framework", {

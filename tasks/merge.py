@@ -17,12 +17,13 @@ def merge_lora(base_model: str, lora_path: str, merge_path: str) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    # Merged in float32 whatever the base was saved in: a small LoRA delta added in bf16 is partly rounded away.
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, lora_path).merge_and_unload()
     out = Path(merge_path)
     tmp = out.with_name(out.name + ".partial")  # never leave a half-written merge where a model is expected
     shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
+    merged.save_pretrained(tmp)  # transformers 5 writes safetensors only
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

@@ -215,3 +215,55 @@ def test_make_formatter_by_name():
         make_formatter("xml")
     with pytest.raises(FormatterError, match="takes no selector"):
         make_formatter("empty", "[0]")
+
+
+# -- edges: messages, warnings, composition errors ------------------------------------------------------------
+def test_empty_formatter_reads_a_message_by_its_content_or_role():
+    empty = EmptyFormatter()
+    assert empty({"content": "hi"}) == "hi" and empty({"role": "assistant"}) == ""
+    assert empty({"role": "assistant", "content": None}) == ""
+    assert empty({"other": 1}) == {"other": 1} and empty(["content"]) == ["content"]
+    assert empty({"content": "b", "reasoning_content": "a"}) == "<think>a</think>b"
+
+
+def test_empty_formatter_warns_where_the_caller_dropped_tool_calls():
+    def caller():
+        return EmptyFormatter()({"role": "assistant", "content": "x", "tool_calls": [{"id": "1"}]})
+
+    with pytest.warns(UserWarning) as record:
+        assert caller() == "x"
+    assert str(record[0].message) == ("EmptyFormatter drops the message's tool_calls; use FunctionCallFormatter to "
+                                      "keep them")
+    assert record[0].filename == __file__  # points at the code that called the formatter
+
+
+def test_formatter_errors_name_the_type():
+    class Half(LazyLLMFormatterBase):
+        pass
+
+    with pytest.raises(NotImplementedError, match="^Half does not define _parse_py_data_by_formatter$"):
+        Half()("x")
+    assert repr(Half()) == "<fineflow.Half>" and repr(EmptyFormatter()) == "<fineflow.EmptyFormatter>"
+    with pytest.raises(TypeError, match="^cannot compose a formatter with int: it is not callable$"):
+        EmptyFormatter() | 3
+    with pytest.raises(TypeError, match="^PipelineFormatter steps must be callable, got str$"):
+        PipelineFormatter([str.upper, "x"])
+
+
+def test_pipelines_flatten_and_a_single_callable_is_one_step():
+    inner = PipelineFormatter([str.strip, str.upper])
+    outer = PipelineFormatter([inner, lambda s: s + "!"])
+    assert outer._steps[:2] == [str.strip, str.upper] and len(outer._steps) == 3 and outer(" a ") == "A!"
+    assert PipelineFormatter(str.upper)("a") == "A" and len(PipelineFormatter(str.upper)._steps) == 1
+    assert PipelineFormatter((str.strip, str.upper))(" b ") == "B"
+
+
+def test_file_formatter_modes_on_plain_values():
+    encoded = encode_query_with_filepaths("q", ["a.png"])
+    assert FileFormatter()(encoded) == {"query": "q", "files": ["a.png"]}  # decode is the default
+    assert FileFormatter(" Decode ")(encoded) == {"query": "q", "files": ["a.png"]}
+    assert FileFormatter("decode")({"query": "q"}) == {"query": "q"}  # not a string: unchanged
+    assert FileFormatter("merge")("only one") == "only one"  # not several: unchanged
+    assert FileFormatter("encode")({"query": "q"}) == {"query": "q"}  # not a query/files dict: unchanged
+    assert FileFormatter("encode")(["query", "files"]) == ["query", "files"]
+    assert FileFormatter("encode")({"query": "q", "files": ["a.png"]}) == encoded

@@ -3,6 +3,8 @@
 import json
 from functools import reduce
 
+import os
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,7 +12,9 @@ from tasks.formatter import (JsonFormatter, JsonLikeFormatter, decode_query_with
                              encode_query_with_filepaths, lazyllm_merge_query)
 
 settings.register_profile("fineflow", max_examples=200, deadline=None)
-settings.load_profile("fineflow")
+# bench/mutation.py runs these once per mutant: fewer examples, the same ones every time.
+settings.register_profile("mutation", max_examples=40, deadline=None, derandomize=True)
+settings.load_profile(os.environ.get("FINEFLOW_HYPOTHESIS_PROFILE", "fineflow"))
 
 keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=6)
 scalars = st.one_of(st.integers(), st.text(max_size=8), st.booleans(), st.none())

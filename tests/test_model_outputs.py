@@ -202,10 +202,59 @@ def test_the_merge_command_merges_and_copies_the_tokenizer(adapter, tmp_path, ca
     assert f"merged {adapter} into {out}; max weight delta {delta:.3g}" in capsys.readouterr().out and delta > 0
     merge_main(["copy", "--src", str(TINY_MODEL), "--dst", str(out)])  # the default pattern: tokeniz*
     assert f"copied ['tokenizer.json', 'tokenizer_config.json'] to {out}" in capsys.readouterr().out
-    merge_main(["copy", "--src", str(TINY_MODEL), "--dst", str(tmp_path / "cfg"), "--pattern", "*config.json"])
-    assert sorted(p.name for p in (tmp_path / "cfg").iterdir()) == ["config.json", "generation_config.json",
-                                                                    "tokenizer_config.json"]
+    nested = tmp_path / "a" / "b" / "cfg"  # folders that do not exist yet are made
+    merge_main(["copy", "--src", str(TINY_MODEL), "--dst", str(nested), "--pattern", "*config.json"])
+    assert sorted(p.name for p in nested.iterdir()) == ["config.json", "generation_config.json",
+                                                        "tokenizer_config.json"]
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json"}
+
+
+def test_merging_again_replaces_the_output_and_a_stale_partial_merge(adapter, tmp_path):
+    out, stale = tmp_path / "merged", tmp_path / "merged.partial"
+    out.mkdir()
+    (out / "old-file").write_text("from an earlier merge")
+    stale.mkdir()
+    (stale / "junk").write_text("left by a merge that died")
+    merge_lora(str(TINY_MODEL), str(adapter), str(out))
+    assert not stale.exists() and {p.name for p in out.iterdir()} == {"config.json", "generation_config.json",
+                                                                     "model.safetensors"}
+
+
+def test_a_bf16_base_is_merged_in_float32(adapter, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    base16 = tmp_path / "base-bf16"
+    AutoModelForCausalLM.from_pretrained(str(TINY_MODEL), dtype=torch.bfloat16).save_pretrained(base16)
+    assert {t.dtype for t in load_file(base16 / "model.safetensors").values()} == {torch.bfloat16}
+    out = merge_lora(str(base16), str(adapter), str(tmp_path / "merged"))
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.float32}
+
+
+def test_weight_delta_compares_the_tensors_both_checkpoints_have(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(TINY_MODEL / "model.safetensors")
+    (tmp_path / "extra").mkdir()
+    save_file({**tensors, "extra.weight": torch.ones(2)}, tmp_path / "extra" / "model.safetensors")
+    assert weight_delta(str(TINY_MODEL), str(tmp_path / "extra")) == 0.0  # the extra tensor is not compared
+    (tmp_path / "other").mkdir()
+    save_file({"other.weight": torch.ones(2)}, tmp_path / "other" / "model.safetensors")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'other'} shares no tensor names with {TINY_MODEL}"):
+        weight_delta(str(TINY_MODEL), str(tmp_path / "other"))
+
+
+def test_the_merge_command_line_refuses_missing_arguments(capsys, tmp_path):
+    for argv in ([], ["merge"], ["merge", "--base_model", "b", "--lora_path", "l"],
+                 ["merge", "--lora_path", "l", "--merge_path", "m"], ["merge", "--base_model", "b", "--merge_path", "m"],
+                 ["copy", "--src", "s"], ["copy", "--dst", "d"]):
+        with pytest.raises(SystemExit) as e:
+            merge_main(argv)
+        assert e.value.code == 2, argv
+    with pytest.raises(SystemExit):
+        merge_main(["--help"])
+    assert "Merge a LoRA adapter into its base, copy tokenizer files, and check the weights moved." in \
+        " ".join(capsys.readouterr().out.split())
 
 
 def test_a_merge_that_leaves_the_weights_unchanged_fails(tmp_path):

@@ -4,6 +4,8 @@ Where a documented example string disagrees with what ``lazyllm==1.4.0`` does, t
 (tests/test_reference_diff.py compares thousands of calls with it); a comment says what the example shows.
 """
 
+import json
+
 import pytest
 
 from tasks.prompter import (PROMPTERS, AlpacaPrompter, ChatPrompter, EmptyPrompter, LazyLLMPrompterBase, Prompter,
@@ -246,3 +248,12 @@ def test_every_named_prompter_renders_a_record_and_recovers_the_answer(name):
 def test_lazyllm_alpaca_is_the_alpaca_prompter():
     prompt = render_record(get_prompter("lazyllm_alpaca"), {"instruction": "Do it.", "input": "x"})
     assert prompt == SYSTEM + "\n" + PREFIX + "Do it.\n\n" + EXTRA + "### input:\nx\n\n\n\n### Response:\n"
+
+
+def test_a_prompter_from_a_file_shows_its_prompts_when_asked(tmp_path, capsys):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"prompt": "Übersetze: {input}", "response_split": "->"}), encoding="utf-8")
+    quiet = Prompter.from_file(path)
+    assert quiet.generate_prompt("x") == "Übersetze: x" and capsys.readouterr().out == ""
+    loud = Prompter.from_file(str(path), show=True)
+    assert loud.generate_prompt("y") == "Übersetze: y" and "Übersetze: y" in capsys.readouterr().out

@@ -11,9 +11,11 @@ the README) and checked to be what it says.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import types
+from pathlib import Path
 
 import pytest
 
@@ -69,11 +71,23 @@ def fineflow_namespace() -> types.SimpleNamespace:
     return types.SimpleNamespace(**{**vars(formatter), **vars(prompter), "ModelManager": ModelManager})
 
 
+def reference_results(oracle_python: str, cases: list[dict], tmp_path) -> list[dict]:
+    """The reference package's results for ``cases``, kept beside its environment: they depend only on the
+    cases, the calling code and the (pinned) environment, so a second run reads them back."""
+    cases_json = json.dumps(cases)  # key order kept: it can matter to a call (a template's slots)
+    key = hashlib.sha256((cases_json + Path(calls.__file__).read_text()).encode()).hexdigest()[:24]
+    cache = Path(oracle_python).parent.parent / "reference-results" / f"{key}.json"
+    if not cache.exists():
+        (tmp_path / "cases.json").write_text(cases_json)
+        subprocess.run([oracle_python, calls.__file__, str(tmp_path / "cases.json"), str(tmp_path / "ref.json")],
+                       check=True, capture_output=True, text=True, timeout=600)
+        cache.parent.mkdir(exist_ok=True)
+        (tmp_path / "ref.json").replace(cache)
+    return json.loads(cache.read_text())
+
+
 def run_both(oracle_python: str, cases: list[dict], tmp_path) -> list[tuple[dict, dict, dict]]:
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    subprocess.run([oracle_python, calls.__file__, str(tmp_path / "cases.json"), str(tmp_path / "ref.json")],
-                   check=True, capture_output=True, text=True, timeout=600)
-    reference = json.loads((tmp_path / "ref.json").read_text())
+    reference = reference_results(oracle_python, cases, tmp_path)
     ns = fineflow_namespace()
     return [(case, ref, calls.run_case(ns, case)) for case, ref in zip(cases, reference)]
 

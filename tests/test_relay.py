@@ -11,7 +11,7 @@ from tasks import inference
 from tasks.core import Command
 from tasks.deploy import RelayServer, endpoints
 from tasks.deploy.base import http_ready
-from tasks.deploy.relay_app import create_app, parse_args
+from tasks.deploy.relay_app import create_app, parse_args, server
 
 from conftest import TINY_MODEL, greedy_by_hand
 
@@ -25,8 +25,10 @@ def endpoint(fineflow_home):
     endpoints.stop("relay-test")
 
 
-@pytest.fixture(scope="module", params=["served", "in-process"])
+@pytest.fixture(params=["served", "in-process"])
 def client(request):
+    """The served endpoint (one for the module), or the app made anew for each test in this process (so the test
+    that exercises a route is the one that made it)."""
     if request.param == "served":
         with httpx.Client(base_url=request.getfixturevalue("endpoint").url, timeout=60) as c:
             yield c
@@ -48,6 +50,31 @@ def test_server_arguments_and_their_defaults():
     args = parse_args(argv[argv.index("tasks.deploy.relay_app") + 1:])
     assert (args.model, args.port, args.host, args.name, args.prompt_style) == \
         ("/models/x", 8002, "127.0.0.1", "n", "chat_template")
+
+
+def test_the_server_command_line_runs_the_app_on_its_host_and_port(capfd):
+    import threading
+
+    port = endpoints.free_port()
+    srv = server(["--model", str(TINY_MODEL), "--port", str(port), "--name", "threaded"])
+    assert (srv.config.host, srv.config.port, srv.config.log_level) == ("127.0.0.1", port, "info")
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not srv.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok", "model": "threaded"}
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "the", "max_tokens": 3})
+        assert answer.json()["choices"][0]["text"]
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+    assert "Uvicorn running on http://127.0.0.1" in capfd.readouterr().err  # the log level lets it say so
+    with pytest.raises(SystemExit):
+        parse_args(["--port", "1"])  # no model
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m"])  # no port
 
 
 def test_health_and_models(client):

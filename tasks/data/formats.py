@@ -13,23 +13,20 @@ from pathlib import Path
 from typing import Any
 
 
-def _text(required: bool = True) -> tuple[str, bool]:
-    return ("non-empty string" if required else "string"), required
-
-
+TEXT, OPTIONAL_TEXT = ("non-empty string", True), ("string", False)
 # field -> (description, required). Order matters: it is the schema shown in errors.
 SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {
-    "alpaca": {"instruction": _text(), "input": _text(False), "output": _text(), "system": _text(False)},
+    "alpaca": {"instruction": TEXT, "input": OPTIONAL_TEXT, "output": TEXT, "system": OPTIONAL_TEXT},
     "sharegpt": {"conversations": ("list of {from: human|gpt|observation|function_call, value: string}, "
                                    "human first, turns alternating", True),
-                 "system": _text(False), "tools": _text(False)},
+                 "system": OPTIONAL_TEXT, "tools": OPTIONAL_TEXT},
     "openai": {"messages": ("list of {role: system|user|assistant|tool, content: string}, "
                             "with a user turn, ending with assistant", True), "tools": ("list", False)},
-    "text": {"text": _text()},
-    "preference": {"instruction": _text(), "input": _text(False), "chosen": _text(), "rejected": _text()},
-    "triplets": {"query": _text(), "pos": ("non-empty list of non-empty strings", True),
-                 "neg": ("list of non-empty strings", False), "prompt": _text(False)},
-    "rerank": {"query": _text(), "passage": _text(), "label": ("number between 0 and 1", True)},
+    "text": {"text": TEXT},
+    "preference": {"instruction": TEXT, "input": OPTIONAL_TEXT, "chosen": TEXT, "rejected": TEXT},
+    "triplets": {"query": TEXT, "pos": ("non-empty list of non-empty strings", True),
+                 "neg": ("list of non-empty strings", False), "prompt": OPTIONAL_TEXT},
+    "rerank": {"query": TEXT, "passage": TEXT, "label": ("number between 0 and 1", True)},
 }
 FORMATS = tuple(SCHEMAS)
 # The keys that identify a format, most specific first.

@@ -90,11 +90,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def server(argv: list[str] | None = None) -> uvicorn.Server:
+    """The server for the command line ``argv``, not yet running."""
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    uvicorn.run(create_app(args.model, args.name, args.prompt_style), host=args.host, port=args.port,
-                log_level="info")
+    app = create_app(args.model, args.name, args.prompt_style)
+    return uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    torch.set_num_threads(1)  # pragma: no mutate (one request at a time: more threads only contend)
+    server(argv).run()
 
 
 if __name__ == "__main__":

@@ -77,8 +77,9 @@ class EmptyFormatter(LazyLLMFormatterBase):
         if not _is_message(msg):
             return msg
         if msg.get("tool_calls"):
+            # stacklevel: this method <- format <- __call__ <- the code that called the formatter
             warnings.warn("EmptyFormatter drops the message's tool_calls; use FunctionCallFormatter to keep them",
-                          UserWarning, stacklevel=3)
+                          UserWarning, stacklevel=4)
         content = msg.get("content") or ""
         reasoning = msg.get("reasoning_content")
         return f"<think>{reasoning}</think>{content}" if reasoning else content

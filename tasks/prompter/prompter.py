@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,6 @@ TEMPLATES: dict[str, dict[str, str]] = {
         "response_split": "### Response:",
     },
 }
-
-
-def template_slots(template: str) -> list[str]:
-    """The ``{names}`` a format string fills, in order, without repeats."""
-    return list(dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(template) if name))
 
 
 class Prompter:
@@ -83,10 +77,6 @@ class Prompter:
     @classmethod
     def empty(cls) -> "Prompter":
         return cls()
-
-    @property
-    def slots(self) -> list[str]:
-        return template_slots(self._prompt or "")
 
     def generate_prompt(self, input: Any, history: list[list[str]] | None = None, tools: Any = None,
                         label: str | None = None, show: bool = False) -> Any:
