@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# No model hub is reachable here: a model path that is not a folder fails at once instead of after retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = REPO / "infra" / "models" / "tiny-llama"
 DATASET = REPO / "infra" / "datasets" / "word_ops.json"
