@@ -46,7 +46,8 @@ MODULES = {
     "tasks/formatter/files.py": "formatters",
     "tasks/data/formats.py": "dataset validation",
 }
-TESTS = ["tests/test_masking.py", "tests/test_evaluate.py", "tests/test_model_outputs.py", "tests/test_relay.py",
+TESTS = ["tests/test_masking.py", "tests/test_evaluate.py", "tests/test_model_outputs.py", "tests/test_inference.py",
+         "tests/test_relay.py",
          "tests/test_config.py", "tests/test_prompter.py", "tests/test_formatter.py",
          "tests/test_formatter_properties.py", "tests/test_reference_diff.py", "tests/test_data.py",
          "tests/test_datasets.py"]

@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.config import ConfigError, load_config
+from tasks.config import ConfigError, deep_merge, load_config
 from tasks.models import ModelManager, validate_model_path
 from tasks.tracking import flatten
 
@@ -106,3 +106,47 @@ def test_backend_tables_are_in_sync_with_their_modules_and_environments():
             assert getattr(cls, key) == name and cls.Params is not None
             if cls.environment is not None:  # its own environment: a pinned requirements file exists
                 assert envs.spec_path(cls.environment).is_file()
+
+
+def test_paths_errors_and_merging_in_detail(tmp_path, monkeypatch):
+    head = "name: x\nregistry: {model_name: m}\n"
+    path = tmp_path / "p.yaml"
+    path.write_text(head + "data: {path: infra/datasets/word_ops.json}\n")
+    assert load_config(path).data.path == str(REPO / "infra/datasets/word_ops.json")  # relative: from the repo
+    path.write_text(head + f"data: {{path: {tmp_path / 'd.json'}}}\n")
+    assert load_config(path).data.path == str(tmp_path / "d.json")
+    path.write_text(head + "data: {path: 's3://bucket/d.json'}\n")
+    assert load_config(path).data.path == "s3://bucket/d.json"
+    # A relative config path is found from the working directory, else from the repository.
+    monkeypatch.chdir(tmp_path)
+    assert load_config("p.yaml").name == "x"
+    assert load_config("deployments/quickstart.yaml").name == "quickstart"
+    with pytest.raises(ConfigError, match=f"^{REPO / 'deployments/nope.yaml'}: file not found$"):
+        load_config("deployments/nope.yaml")
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"^{path}: not valid YAML: "):
+        load_config(path)
+    path.write_text("")  # an empty file is an empty mapping: every missing section is named, joined by "; "
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}: name: Field required; data: Field required; registry: Field required"
+    path.write_text(head + "data: {path: d.json}\nfinetune: {framework: alpacalora}\nsurprise: 1\n")
+    with pytest.raises(ConfigError, match=r"surprise: Extra inputs are not permitted"):
+        load_config(path)
+    # Overrides merge into nested mappings; a value that is not a mapping replaces what was there.
+    assert deep_merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 3}, "e": 4}) == \
+        {"a": {"b": 3, "c": 2}, "d": 1, "e": 4}
+    assert deep_merge({"a": 1}, {"a": {"b": 2}}) == {"a": {"b": 2}}
+    assert deep_merge({"a": {"b": 2}}, {"a": 5}) == {"a": 5}
+
+
+def test_a_config_without_backends_gets_the_defaults(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nregistry: {model_name: m}\ndata: {path: d.json}\n")
+    config = load_config(path)
+    assert (config.finetune.framework, config.deploy.backend) == ("alpacalora", "relay")
+    path.write_text("name: x\nregistry: {model_name: m}\ndata: {path: d.json}\nfinetune: {nproc: 2}\n"
+                    "deploy: {port: 8123}\n")
+    config = load_config(path)
+    assert (config.finetune.framework, config.finetune.nproc, config.deploy.backend, config.deploy.port) == \
+        ("alpacalora", 2, "relay", 8123)

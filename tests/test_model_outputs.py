@@ -83,6 +83,19 @@ def test_the_token_budget_and_the_samples_kept(tiny):
     assert six.n == 6 and len(six.samples) == 5  # the report keeps five examples
 
 
+def test_batched_generation_equals_one_prompt_at_a_time(tiny):
+    """Left padding, batches split by batch_size, answers that end at EOS at different lengths."""
+    model, tokenizer = tiny
+    prompts = [one_prompt(), "the", inference.render_prompt(STYLE, {"instruction": "Write the word twice.",
+                                                                    "input": "map"})]
+    expected = [greedy_by_hand(model, tokenizer, p, 12) for p in prompts]
+    assert len({len(tokenizer(e).input_ids) for e in expected}) > 1  # they end at different lengths
+    for batch_size in (1, 2, 3):
+        assert inference.generate(model, tokenizer, prompts, STYLE, 12, batch_size=batch_size) == expected
+    assert inference.generate(model, tokenizer, prompts[:1], STYLE) == [greedy_by_hand(model, tokenizer, prompts[0],
+                                                                                          32)]
+
+
 def one_prompt() -> str:
     return inference.render_prompts(STYLE, RECORDS[:1], str(TINY_MODEL))[0]
 
