@@ -131,9 +131,7 @@ def response_loss(model, tokenizer, style: str, prompts: list[str], outputs: lis
         for prompt, output in zip(prompts, outputs):
             enc = encode_example(tokenizer, style, prompt, output)
             ids, labels = torch.tensor([enc["input_ids"]]), torch.tensor([enc["labels"]])
-            n = int((labels[:, 1:] != IGNORE).sum())  # the loss is over shifted labels
-            if n == 0:
-                continue
+            n = int((labels[:, 1:] != IGNORE).sum())  # the loss is over shifted labels; EOS always counts
             total += model(input_ids=ids, labels=labels).loss.item() * n
             count += n
     return total / max(count, 1)

@@ -96,3 +96,63 @@ def test_a_training_example_masks_the_prompt_unless_asked_not_to(tokenizer):
     assert cut["input_ids"] == full[:len(head) - 1] and cut["labels"] == [IGNORE] * (len(head) - 1)
     chat = encode_example(tokenizer, "chat_template", prompt, output)  # a chat template brings its own tokens
     assert chat["input_ids"] == tokenizer(prompt + output + tokenizer.eos_token, add_special_tokens=False).input_ids
+
+
+@pytest.fixture(scope="module")
+def unruly_model(tmp_path_factory):
+    """The tiny model with settings many real checkpoints ship: a tokenizer that adds BOS by itself, and a
+    generation config that samples hot and names another EOS and no pad token. Generation and tokenisation must
+    not depend on them."""
+    path = tmp_path_factory.mktemp("unruly") / "tiny"
+    shutil.copytree(TINY_MODEL, path)
+    tok = json.loads((path / "tokenizer.json").read_text())
+    tok["post_processor"] = {"type": "TemplateProcessing",
+                             "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                        {"Sequence": {"id": "A", "type_id": 0}}],
+                             "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                             "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]}}}
+    (path / "tokenizer.json").write_text(json.dumps(tok))
+    gen = json.loads((path / "generation_config.json").read_text())
+    gen.update(do_sample=True, temperature=5.0, top_k=0, eos_token_id=7)
+    gen.pop("pad_token_id")
+    (path / "generation_config.json").write_text(json.dumps(gen))
+    return path
+
+
+def test_generation_is_greedy_and_stops_at_the_tokenizers_eos_whatever_the_model_config(unruly_model, tokenizer):
+    from conftest import greedy_by_hand
+
+    model, unruly_tok = inference.load_model(str(unruly_model))
+    assert unruly_tok("ab").input_ids[0] == unruly_tok.bos_token_id  # it does add BOS by itself
+    reference = inference.load_model(str(TINY_MODEL))
+    prompts = [render_prompt("alpaca", {"instruction": "Convert the word to upper case.", "input": "saw"}), "the"]
+    expected = [greedy_by_hand(*reference, p, 12) for p in prompts]
+    for _ in range(2):  # sampling would not give the same answer twice
+        assert inference.generate(model, unruly_tok, prompts, "alpaca", 12) == expected
+    assert inference.generate(model, unruly_tok, ["the"], "alpaca") == [greedy_by_hand(*reference, "the", 32)]
+    # Tokenising a training example adds nothing either.
+    assert encode_example(unruly_tok, "alpaca", "Say hi:", " hi") == encode_example(tokenizer, "alpaca", "Say hi:", " hi")
+
+
+def test_models_load_in_float32_and_prompter_styles_need_no_tokenizer(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(TINY_MODEL), dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    inference.load_tokenizer(str(TINY_MODEL)).save_pretrained(tmp_path / "bf16")
+    model, _ = inference.load_model(str(tmp_path / "bf16"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    # A prompter style renders without reading a tokenizer, so the model path is not even opened.
+    assert render_prompts("alpaca", [{"instruction": "i", "input": "x"}], str(tmp_path / "nowhere")) == \
+        [ALPACA_PROMPT.format("i", "x")]
+    no_bos = type("Tokenizer", (), {"bos_token": None})()
+    assert model_text(no_bos, "alpaca", "p") == "p"
+    # A tokenizer without a pad token pads with EOS (left, for batched generation); one with a pad token keeps it.
+    from transformers import AutoTokenizer
+
+    bare = AutoTokenizer.from_pretrained(str(TINY_MODEL))
+    bare.pad_token = None
+    bare.save_pretrained(tmp_path / "no-pad")
+    padded = inference.load_tokenizer(str(tmp_path / "no-pad"))
+    assert padded.pad_token == padded.eos_token == "</s>" and padded.padding_side == "left"
+    assert inference.load_tokenizer(str(TINY_MODEL)).pad_token == "<pad>"

@@ -102,12 +102,12 @@ def one_prompt() -> str:
 
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
-    """The tiny model with a chat template that renders the messages' text only (no generation prompt), as a
+    """The tiny model with a chat template that renders BOS and the messages' text (no generation prompt), as a
     model exported by LLaMA-Factory carries its template beside it."""
     path = tmp_path_factory.mktemp("chat") / "tiny-chat"
     shutil.copytree(TINY_MODEL, path)
     config = json.loads((path / "tokenizer_config.json").read_text())
-    config["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    config["chat_template"] = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
     (path / "tokenizer_config.json").write_text(json.dumps(config))
     return path
 
@@ -120,11 +120,33 @@ def test_evaluate_prompts_both_models_with_the_candidates_chat_template(chat_mod
     records = [{"instruction": "the", "output": "x"}]
     kw = {} if budget is None else {"max_new_tokens": budget}
     report = evaluate(str(TINY_MODEL), str(chat_model), records, GateConfig(metric="val_loss"), "chat_template", **kw)
-    expected = greedy_by_hand(model, tokenizer, "the", budget or 32, bos=False).strip()
-    loss, n = response_loss_by_hand(model, tokenizer, "the", "x", bos=False)
+    prompt = tokenizer.bos_token + "the"  # what the template renders; nothing is put in front of it
+    expected = greedy_by_hand(model, tokenizer, prompt, budget or 32, bos=False).strip()
+    assert expected != greedy_by_hand(model, tokenizer, prompt, (budget or 32) + 1, bos=False).strip()
+    loss, n = response_loss_by_hand(model, tokenizer, prompt, "x", bos=False)
     for s in (report.base, report.candidate):
         assert s.samples[0]["got"] == expected and math.isclose(s.val_loss, loss / n, rel_tol=1e-5)
     assert report.candidate.model_path == str(chat_model) and report.base.model_path == str(TINY_MODEL)
+    alone = score(str(chat_model), records, "chat_template", **kw)  # score renders with the model's own template
+    assert alone.samples[0]["got"] == expected
+
+
+def test_the_loss_of_an_empty_answer_is_the_loss_of_its_eos(tiny):
+    model, tokenizer = tiny
+    prompt = one_prompt()
+    eos_only, n = response_loss_by_hand(model, tokenizer, prompt, "")
+    assert n == 1
+    assert math.isclose(inference.response_loss(model, tokenizer, STYLE, [prompt], [""]), eos_only, rel_tol=1e-5)
+    two, n_two = response_loss_by_hand(model, tokenizer, prompt, "LAMP")
+    assert math.isclose(inference.response_loss(model, tokenizer, STYLE, [prompt, prompt], ["", "LAMP"]),
+                        (eos_only + two) / (1 + n_two), rel_tol=1e-5)
+    # A chat template with an empty prompt: every token but the first is predicted and counts.
+    full = tokenizer("ab" + tokenizer.eos_token, add_special_tokens=False).input_ids
+    with torch.inference_mode():
+        logp = F.log_softmax(model(input_ids=torch.tensor([full])).logits[0].float(), dim=-1)
+    by_hand = -sum(float(logp[t - 1, full[t]]) for t in range(1, len(full))) / (len(full) - 1)
+    assert math.isclose(inference.response_loss(model, tokenizer, "chat_template", [""], ["ab"]), by_hand,
+                        rel_tol=1e-5)
 
 
 def test_perplexity_is_exp_of_the_loss_capped():

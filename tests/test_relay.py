@@ -52,6 +52,43 @@ def test_server_arguments_and_their_defaults():
         ("/models/x", 8002, "127.0.0.1", "n", "chat_template")
 
 
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    """The tiny model with a chat template (BOS, then the messages' text): a model served in ``chat_template``
+    style, where nothing is put in front of a completion prompt."""
+    import json
+    import shutil
+
+    path = tmp_path_factory.mktemp("chat") / "tiny-chat"
+    shutil.copytree(TINY_MODEL, path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_a_chat_template_model_is_prompted_without_an_added_bos(chat_model, tiny, capsys):
+    prompt = "the"
+    expected = greedy_by_hand(*tiny, prompt, 6, bos=False)
+    assert expected != greedy_by_hand(*tiny, prompt, 6)  # an added BOS would change the answer
+    with TestClient(create_app(str(chat_model), "chat", "chat_template")) as c:
+        answer = c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 6}).json()
+        assert answer["choices"][0]["text"] == expected
+        chat = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "the"}],
+                                                    "max_tokens": 6}).json()  # the template puts BOS in
+        with_bos = greedy_by_hand(*tiny, tiny[1].bos_token + "the", 6, bos=False)
+        assert chat["choices"][0]["message"]["content"] == with_bos != ""
+    srv = server(["--model", str(chat_model), "--port", "1", "--host", "localhost", "--prompt-style",
+                  "chat_template"])
+    assert (srv.config.host, srv.config.port) == ("localhost", 1)
+    with TestClient(srv.config.app) as c:
+        assert c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 6}).json()["choices"][0]["text"] == \
+            expected
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    assert "The built-in OpenAI-compatible server for a transformers causal LM." in capsys.readouterr().out
+
+
 def test_the_server_command_line_runs_the_app_on_its_host_and_port(capfd):
     import threading
 
@@ -97,9 +134,9 @@ def test_completions_equal_in_process_greedy_generation(client, tiny):
                                       prompts[0]) == expected[0]
     many = client.post("/v1/completions", json={"prompt": prompts, "max_tokens": 8}).json()
     assert [(c["index"], c["text"]) for c in many["choices"]] == list(enumerate(expected))
-    # The budget is honoured: 1 token is the first token of the longer answer; the default is 32 tokens.
-    short = client.post("/v1/completions", json={"prompt": prompts[0], "max_tokens": 1}).json()
-    assert short["choices"][0]["text"] == greedy_by_hand(*tiny, prompts[0], 1)
+    # The budget is honoured ("the" makes the tiny model write on); the default is 32 tokens.
+    short = client.post("/v1/completions", json={"prompt": "the", "max_tokens": 3}).json()
+    assert short["choices"][0]["text"] == greedy_by_hand(*tiny, "the", 3) != greedy_by_hand(*tiny, "the", 32)
     default = client.post("/v1/completions", json={"prompt": "the"}).json()
     assert default["choices"][0]["text"] == greedy_by_hand(*tiny, "the", 32) != greedy_by_hand(*tiny, "the", 33)
 

@@ -98,8 +98,11 @@ def server(argv: list[str] | None = None) -> uvicorn.Server:
 
 
 def main(argv: list[str] | None = None) -> None:
-    torch.set_num_threads(1)  # pragma: no mutate (one request at a time: more threads only contend)
+    # pragma: no mutate start (runs only in the server process, which tests/test_relay.py starts and queries; a
+    # mutation tester sees in-process calls only. One request at a time: more threads would only contend.)
+    torch.set_num_threads(1)
     server(argv).run()
+    # pragma: no mutate end
 
 
 if __name__ == "__main__":
