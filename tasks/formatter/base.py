@@ -4,9 +4,14 @@
 from __future__ import annotations
 
 import copy
+import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
+
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class FormatterError(ValueError):
@@ -66,6 +71,16 @@ class PipelineFormatter(LazyLLMFormatterBase):
         return PipelineFormatter([*self._steps, other])
 
 
+def _caller_level() -> int:
+    """The ``stacklevel`` that makes a warning point at the code that called the formatter (``f(msg)``,
+    ``f.format(msg)`` or a pipeline), whatever the path inside this package: the first frame outside it, counted
+    from the function that warns."""
+    level, frame = 2, sys._getframe(2)  # 0: here; 1: the function that warns; 2: its caller
+    while frame is not None and frame.f_code.co_filename.startswith(PACKAGE_DIR):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
 def _is_message(msg: Any) -> bool:
     return isinstance(msg, dict) and ("content" in msg or "role" in msg)
 
@@ -77,9 +92,8 @@ class EmptyFormatter(LazyLLMFormatterBase):
         if not _is_message(msg):
             return msg
         if msg.get("tool_calls"):
-            # stacklevel: this method <- format <- __call__ <- the code that called the formatter
             warnings.warn("EmptyFormatter drops the message's tool_calls; use FunctionCallFormatter to keep them",
-                          UserWarning, stacklevel=4)
+                          UserWarning, stacklevel=_caller_level())
         content = msg.get("content") or ""
         reasoning = msg.get("reasoning_content")
         return f"<think>{reasoning}</think>{content}" if reasoning else content
