@@ -10,6 +10,7 @@ import pytest
 
 from tasks.data import (FORMATS, DatasetError, load_dataset, prepare, read_jsonl, to_flagembedding,
                         to_llamafactory)
+from tasks.data.formats import Where, schema_text, validate
 from tasks.models import ModelManager
 
 from conftest import TINY_MODEL
@@ -302,3 +303,74 @@ def test_json_file_that_is_neither_array_nor_lines(tmp_path):
     with pytest.raises(DatasetError, match="a .json file holds a JSON array of records") as e:
         load_dataset(path)
     assert e.value.line == 1
+
+
+# -- every validation error, exactly: file, line, field, problem and the expected schema ---------------------------
+
+HUMAN, GPT = {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}
+USER, ASSISTANT = {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}
+EXACT_ERRORS = [
+    ("sharegpt", {"conversations": []}, "conversations", "expected a non-empty list of turns"),
+    ("sharegpt", {"conversations": "hi"}, "conversations", "expected a non-empty list of turns"),
+    ("sharegpt", {"conversations": [HUMAN, "x"]}, "conversations[1]", "expected an object, got str"),
+    ("sharegpt", {"conversations": [HUMAN, {"from": "bot", "value": "a"}]}, "conversations[1].from",
+     "'bot' is not one of ['function_call', 'gpt', 'human', 'observation']"),
+    ("sharegpt", {"conversations": [HUMAN, {"from": "gpt"}]}, "conversations[1].value", "missing required field"),
+    ("sharegpt", {"conversations": [HUMAN, {"from": "gpt", "value": " "}]}, "conversations[1].value",
+     "empty value where content is required"),
+    ("sharegpt", {"conversations": [HUMAN, HUMAN]}, "conversations[1].from",
+     "turn 1 is 'human'; turns must alternate human/observation then gpt/function_call"),
+    ("sharegpt", {"conversations": [GPT, HUMAN]}, "conversations[0].from",
+     "turn 0 is 'gpt'; turns must alternate human/observation then gpt/function_call"),
+    ("sharegpt", {"conversations": [HUMAN, GPT, HUMAN]}, "conversations",
+     "the last turn must be from gpt (an answer to learn)"),
+    ("openai", {"messages": [{"role": "system", "content": "s"}, ASSISTANT]}, "messages", "no user message"),
+    ("openai", {"messages": [USER]}, "messages[0].role", "the last message must be from the assistant"),
+    ("openai", {"messages": [USER, ASSISTANT, USER]}, "messages[2].role",
+     "the last message must be from the assistant"),
+    ("openai", {"messages": [USER, {"role": "assistant", "content": 3}]}, "messages[1].content",
+     "expected a string, got int '3'"),
+    ("triplets", {"query": "q", "pos": "p"}, "pos", "expected a list of strings, got str"),
+    ("triplets", {"query": "q", "pos": []}, "pos", "empty list; at least one entry is required"),
+    ("triplets", {"query": "q", "pos": ["p"], "neg": ["n", " "]}, "neg[1]", "expected a non-empty string, got ' '"),
+    ("rerank", {"query": "q", "passage": "p", "label": True}, "label", "expected a number, got bool True"),
+    ("rerank", {"query": "q", "passage": "p", "label": "1"}, "label", "expected a number, got str '1'"),
+    ("rerank", {"query": "q", "passage": "p", "label": 1.5}, "label", "1.5 is outside [0, 1]"),
+    ("rerank", {"query": "q", "passage": "p", "label": -0.5}, "label", "-0.5 is outside [0, 1]"),
+    ("preference", {"instruction": "i", "chosen": "c", "rejected": "c"}, "rejected", "chosen and rejected are identical"),
+    ("alpaca", {"instruction": "i"}, "output", "missing required field"),
+    ("alpaca", {"instruction": "i", "output": "o", "inptu": "x"}, "inptu", "unknown field(s) ['inptu']; did you mean 'input'?"),
+    ("alpaca", {"instruction": "i", "output": "o", "zzz": 1}, "zzz", "unknown field(s) ['zzz']"),
+    ("alpaca", ["i", "o"], None, "record is a list, not an object"),
+    ("alpaca", {"messages": [USER, ASSISTANT]}, None, "mixed formats: this record looks like openai, but the dataset is alpaca"),
+]
+
+
+@pytest.mark.parametrize("fmt, record, field, problem", EXACT_ERRORS)
+def test_each_bad_record_gets_its_exact_error(fmt, record, field, problem):
+    with pytest.raises(DatasetError) as e:
+        validate(record, Where("data.jsonl", 7, "line", fmt))
+    where = "data.jsonl, line 7" + (f", field '{field}'" if field else "")
+    assert str(e.value) == f"{where}: {problem} (expected {fmt} records {schema_text(fmt)})"
+    assert (e.value.path, e.value.line, e.value.field, e.value.problem, e.value.format) == \
+        ("data.jsonl", 7, field, problem, fmt)
+
+
+def test_good_records_of_the_chat_formats_pass_and_are_normalised():
+    tool_call = {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}
+    assert validate({"messages": [USER, tool_call, {"role": "tool", "content": "r"}, ASSISTANT]},
+                    Where("d", 1, "line", "openai"))["messages"][1] == tool_call
+    call_with_text = {"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}  # empty text is allowed
+    assert validate({"messages": [USER, call_with_text, ASSISTANT]}, Where("d", 1, "line", "openai"))
+    obs = {"from": "observation", "value": "o"}
+    fc = {"from": "function_call", "value": "f"}
+    assert validate({"conversations": [HUMAN, fc, obs, GPT]}, Where("d", 1, "line", "sharegpt"))
+    assert validate({"query": "q", "passage": "p", "label": 1}, Where("d", 1, "line", "rerank"))["label"] == 1.0
+    assert validate({"query": "q", "passage": "p", "label": 0}, Where("d", 1, "line", "rerank"))["label"] == 0.0
+    assert validate({"instruction": "i", "output": "o"}, Where("d", 1, "line", "alpaca"))["input"] == ""
+    assert schema_text("rerank") == "{query: non-empty string, passage: non-empty string, label: number between 0 and 1}"
+    assert schema_text("alpaca") == ("{instruction: non-empty string, input?: string, output: non-empty string, "
+                                     "system?: string}")
+    located = DatasetError("f.json", None, None, "empty file")
+    assert str(located) == "f.json: empty file" and located.unit == "line"
+    assert str(DatasetError("f.parquet", 3, "x", "bad", unit="row")) == "f.parquet, row 3, field 'x': bad"

@@ -272,3 +272,44 @@ def test_file_formatter_modes_on_plain_values():
     assert FileFormatter("encode")({"query": "q"}) == {"query": "q"}  # not a query/files dict: unchanged
     assert FileFormatter("encode")(["query", "files"]) == ["query", "files"]
     assert FileFormatter("encode")({"query": "q", "files": ["a.png"]}) == encoded
+
+
+def test_json_is_found_around_brackets_and_escaped_quotes_inside_strings():
+    from tasks.formatter import extract_json
+
+    text = 'see {"a": "x } y", "b": "quote \\" } ] inside", "c": [1, {"d": "\\\\"}]} and [2, 3] and {"e": ":"}'
+    assert extract_json(text) == [{"a": "x } y", "b": 'quote " } ] inside', "c": [1, {"d": "\\"}]}, [2, 3], {"e": ":"}]
+    assert extract_json('"not a string start" {"k": "v"}') == [{"k": "v"}]
+    assert extract_json("[see above] then {}") == [{}]  # prose in brackets is not JSON; {} is
+    assert extract_json('text {"') == [] and extract_json("{:}") == []  # repairs that give nothing are not answers
+    assert extract_json('{"a": 1,') == [{"a": 1}]  # an unclosed object at the end is repaired
+
+
+def test_yaml_errors_say_so():
+    with pytest.raises(FormatterError, match="^the model output is not valid YAML: "):
+        YamlFormatter()("a: [1, 2\nb: c")
+
+
+def test_selector_errors_describe_the_data_briefly():
+    with pytest.raises(FormatterError) as e:
+        JsonFormatter("[z]")(json.dumps({f"k{i}": i for i in range(12)}))
+    assert "dict with keys ['k0', 'k1', 'k2', 'k3', 'k4', 'k5', 'k6', 'k7', 'k8', 'k9']" in str(e.value)
+    with pytest.raises(FormatterError) as e:
+        JsonLikeFormatter("[0]")(7)
+    assert str(e.value).endswith("to a int '7'") or "int '7'" in str(e.value)
+    with pytest.raises(FormatterError) as e:
+        JsonLikeFormatter("[0]")(3.25 * 10 ** 50)
+    assert f"float {str(3.25 * 10 ** 50)[:40]!r}" in str(e.value)
+
+
+def test_file_query_helpers_refuse_wrong_types_and_merge_partial_queries():
+    with pytest.raises(TypeError, match="^query must be a str, got int$"):
+        encode_query_with_filepaths(3)
+    with pytest.raises(TypeError, match="^query_files must be a str, got list$"):
+        decode_query_with_filepaths(["q"])
+    only_files = LAZYLLM_QUERY_PREFIX + json.dumps({"files": ["a.png"]})
+    no_files = LAZYLLM_QUERY_PREFIX + json.dumps({"query": "q", "other": 1})
+    assert decode_query_with_filepaths(lazyllm_merge_query("x", only_files, no_files)) == \
+        {"query": "xq", "files": ["a.png"]}
+    assert FileFormatter("merge")(encode_query_with_filepaths("q", ["b.png"])) == \
+        encode_query_with_filepaths("q", ["b.png"])  # one query: unchanged, not re-encoded
