@@ -5,7 +5,8 @@ tests that cover it must fail there.
     .venv/bin/python -m bench.broken_versions relay-empty
 
 These are the broken versions a reviewer once found passing every test (the issue "Tests that would catch a wrong
-implementation"); a version that passes again is a test that has gone loose. Results: ``bench/results/broken_versions.json``.
+implementation"); a version that passes again is a test that has gone loose.
+Results: ``bench/results/broken_versions.json``.
 """
 
 from __future__ import annotations

@@ -337,12 +337,15 @@ EXACT_ERRORS = [
     ("rerank", {"query": "q", "passage": "p", "label": "1"}, "label", "expected a number, got str '1'"),
     ("rerank", {"query": "q", "passage": "p", "label": 1.5}, "label", "1.5 is outside [0, 1]"),
     ("rerank", {"query": "q", "passage": "p", "label": -0.5}, "label", "-0.5 is outside [0, 1]"),
-    ("preference", {"instruction": "i", "chosen": "c", "rejected": "c"}, "rejected", "chosen and rejected are identical"),
+    ("preference", {"instruction": "i", "chosen": "c", "rejected": "c"}, "rejected",
+     "chosen and rejected are identical"),
     ("alpaca", {"instruction": "i"}, "output", "missing required field"),
-    ("alpaca", {"instruction": "i", "output": "o", "inptu": "x"}, "inptu", "unknown field(s) ['inptu']; did you mean 'input'?"),
+    ("alpaca", {"instruction": "i", "output": "o", "inptu": "x"}, "inptu",
+     "unknown field(s) ['inptu']; did you mean 'input'?"),
     ("alpaca", {"instruction": "i", "output": "o", "zzz": 1}, "zzz", "unknown field(s) ['zzz']"),
     ("alpaca", ["i", "o"], None, "record is a list, not an object"),
-    ("alpaca", {"messages": [USER, ASSISTANT]}, None, "mixed formats: this record looks like openai, but the dataset is alpaca"),
+    ("alpaca", {"messages": [USER, ASSISTANT]}, None,
+     "mixed formats: this record looks like openai, but the dataset is alpaca"),
 ]
 
 
@@ -368,7 +371,8 @@ def test_good_records_of_the_chat_formats_pass_and_are_normalised():
     assert validate({"query": "q", "passage": "p", "label": 1}, Where("d", 1, "line", "rerank"))["label"] == 1.0
     assert validate({"query": "q", "passage": "p", "label": 0}, Where("d", 1, "line", "rerank"))["label"] == 0.0
     assert validate({"instruction": "i", "output": "o"}, Where("d", 1, "line", "alpaca"))["input"] == ""
-    assert schema_text("rerank") == "{query: non-empty string, passage: non-empty string, label: number between 0 and 1}"
+    assert schema_text("rerank") == \
+        "{query: non-empty string, passage: non-empty string, label: number between 0 and 1}"
     assert schema_text("alpaca") == ("{instruction: non-empty string, input?: string, output: non-empty string, "
                                      "system?: string}")
     located = DatasetError("f.json", None, None, "empty file")

@@ -21,7 +21,8 @@ ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an 
 def test_examples_from_every_chat_format():
     assert example({"instruction": "i", "input": "x", "output": "o", "system": "s"}) == \
         {"instruction": "i", "input": "x", "output": "o", "system": "s"}
-    assert example({"instruction": "i", "output": "o"}) == {"instruction": "i", "input": "", "output": "o", "system": ""}
+    assert example({"instruction": "i", "output": "o"}) == \
+        {"instruction": "i", "input": "", "output": "o", "system": ""}
     assert example({"instruction": "i", "input": None, "chosen": "c", "rejected": "r"})["output"] == "c"
     assert example({"instruction": "i"})["output"] == ""
     sharegpt = {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q1"},
@@ -131,7 +132,8 @@ def test_generation_is_greedy_and_stops_at_the_tokenizers_eos_whatever_the_model
         assert inference.generate(model, unruly_tok, prompts, "alpaca", 12) == expected
     assert inference.generate(model, unruly_tok, ["the"], "alpaca") == [greedy_by_hand(*reference, "the", 32)]
     # Tokenising a training example adds nothing either.
-    assert encode_example(unruly_tok, "alpaca", "Say hi:", " hi") == encode_example(tokenizer, "alpaca", "Say hi:", " hi")
+    assert encode_example(unruly_tok, "alpaca", "Say hi:", " hi") == \
+        encode_example(tokenizer, "alpaca", "Say hi:", " hi")
 
 
 def test_models_load_in_float32_and_prompter_styles_need_no_tokenizer(tmp_path):

@@ -96,7 +96,8 @@ def test_a_child_that_prints_a_secret_does_not_put_it_in_the_log(tmp_path, monke
     monkeypatch.setenv("MY_SERVICE_API_KEY", value)
     seen: list[str] = []
     launcher = launchers.local(log_path=tmp_path / "train.log", on_line=seen.append)
-    script = "import os, sys; print('key is', os.environ['MY_SERVICE_API_KEY']); print('max_new_tokens 32'); sys.exit(2)"
+    script = ("import os, sys; print('key is', os.environ['MY_SERVICE_API_KEY']); print('max_new_tokens 32'); "
+              "sys.exit(2)")
     with pytest.raises(launchers.LaunchError) as e:
         launcher.run(["python3", "-c", script], name="leaky")
     log = (tmp_path / "train.log").read_text()

@@ -281,7 +281,8 @@ def test_weight_delta_compares_the_tensors_both_checkpoints_have(tmp_path):
 
 def test_the_merge_command_line_refuses_missing_arguments(capsys, tmp_path):
     for argv in ([], ["merge"], ["merge", "--base_model", "b", "--lora_path", "l"],
-                 ["merge", "--lora_path", "l", "--merge_path", "m"], ["merge", "--base_model", "b", "--merge_path", "m"],
+                 ["merge", "--lora_path", "l", "--merge_path", "m"],
+                 ["merge", "--base_model", "b", "--merge_path", "m"],
                  ["copy", "--src", "s"], ["copy", "--dst", "d"]):
         with pytest.raises(SystemExit) as e:
             merge_main(argv)
