@@ -378,3 +378,23 @@ def test_good_records_of_the_chat_formats_pass_and_are_normalised():
     located = DatasetError("f.json", None, None, "empty file")
     assert str(located) == "f.json: empty file" and located.unit == "line"
     assert str(DatasetError("f.parquet", 3, "x", "bad", unit="row")) == "f.parquet, row 3, field 'x': bad"
+
+
+def test_tool_only_turns_and_every_later_turn_are_checked():
+    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}
+    bad_after_call = {"messages": [USER, call, {"role": "user", "content": 5}, ASSISTANT]}
+    with pytest.raises(DatasetError, match=r"field 'messages\[2\].content': expected a string, got int"):
+        validate(bad_after_call, Where("d", 1, "line", "openai"))
+    with pytest.raises(DatasetError, match=r"field 'messages\[1\].content': expected a string, got NoneType"):
+        validate({"messages": [USER, {"role": "assistant", "content": None}]}, Where("d", 1, "line", "openai"))
+    with pytest.raises(DatasetError) as e:  # a long value is shown cut at 30 characters
+        validate({"instruction": 12345678901234567890123456789012345, "output": "o"}, Where("d", 1, "line", "alpaca"))
+    assert e.value.problem == f"expected a string, got int {'12345678901234567890123456789012345'[:30]!r}"
+
+
+def test_the_did_you_mean_hint_names_the_one_closest_field():
+    with pytest.raises(DatasetError) as e:
+        validate({"instruction": "i", "output": "o", "outputs": "x"}, Where("d", 1, "line", "alpaca"))
+    assert e.value.problem == "unknown field(s) ['outputs']; did you mean 'output'?"
+    with pytest.raises(DatasetError, match="mixed formats: this record looks like preference"):
+        validate({"instruction": "i", "chosen": "c", "rejected": "r"}, Where("d", 1, "line", "alpaca"))

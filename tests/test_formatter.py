@@ -313,3 +313,28 @@ def test_file_query_helpers_refuse_wrong_types_and_merge_partial_queries():
         {"query": "xq", "files": ["a.png"]}
     assert FileFormatter("merge")(encode_query_with_filepaths("q", ["b.png"])) == \
         encode_query_with_filepaths("q", ["b.png"])  # one query: unchanged, not re-encoded
+
+
+def test_selector_keys_quoted_and_integer():
+    data = {"a b": 1, "'x'": 2, "q": 3, 7: "seven", '"': "quote"}
+    assert JsonLikeFormatter("['a b']")(data) == 1 and JsonLikeFormatter('["a b"]')(data) == 1
+    assert JsonLikeFormatter("[q]")(data) == 3 and JsonLikeFormatter("['q']")(data) == 3
+    assert JsonLikeFormatter("[7]")(data) == "seven"  # an integer key of a dict
+    assert JsonLikeFormatter("[\"]")(data) == "quote"  # one quote is a key, not an empty quoted key
+    assert JsonLikeFormatter("['q\"]")({"'q\"": 5}) == 5  # quotes that do not match stay
+    with pytest.raises(FormatterError, match=r"key '8' of \[8\] is not in the dict with keys"):
+        JsonLikeFormatter("[8]")(data)
+    with pytest.raises(FormatterError, match=r"needs an integer index on a list of length 2, got 'x'"):
+        JsonLikeFormatter("[x]")([1, 2])
+
+
+def test_json_scanning_moves_on_past_text_and_failed_brackets():
+    from tasks.formatter import extract_json
+
+    assert extract_json('ab [x y] {"k": 1} [2]') == [{"k": 1}, [2]]
+    assert extract_json('{"a": "b\\\\"} {"c": 1}') == [{"a": "b\\"}, {"c": 1}]  # an escaped backslash ends
+    assert extract_json('{"a": "}"}') == [{"a": "}"}]
+    long_prose = "no json here " * 10
+    with pytest.raises(FormatterError) as e:
+        JsonFormatter("[0]")(long_prose)
+    assert f"{long_prose[:80]!r}; cannot apply" in str(e.value)

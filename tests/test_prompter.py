@@ -257,3 +257,70 @@ def test_a_prompter_from_a_file_shows_its_prompts_when_asked(tmp_path, capsys):
     assert quiet.generate_prompt("x") == "Übersetze: x" and capsys.readouterr().out == ""
     loud = Prompter.from_file(str(path), show=True)
     assert loud.generate_prompt("y") == "Übersetze: y" and "Übersetze: y" in capsys.readouterr().out
+
+
+# -- errors say exactly what is wrong; show logs the prompt -----------------------------------------------------
+@pytest.mark.parametrize("make, call, message", [
+    (lambda: ChatPrompter("Do {task} and {other}"), lambda p: p.generate_prompt("x"),
+     "the instruction has slots ['task', 'other']; pass a dict with those keys, not a string"),
+    (lambda: ChatPrompter("Do {task} {"), lambda p: p.generate_prompt("x"), None),
+    (lambda: ChatPrompter("Do {task}"), lambda p: p.generate_prompt(3.5),
+     "input must be a str or a dict (filling the instruction's slots), got float"),
+    (lambda: ChatPrompter("Do {task}"), lambda p: p.generate_prompt({"other": "x"}),
+     "input lacks key(s) ['task']; the instruction's slots are ['task']"),
+    (lambda: ChatPrompter("Do {task}"), lambda p: p.generate_prompt({"task": "t", "a": "1", "b": "2"}),
+     "unexpected input keys ['a', 'b']: the slots are ['task'], and at most one other key may be given as the input"),
+    (lambda: ChatPrompter("Do {task}"), lambda p: p.generate_prompt({"task": 5}),
+     "input['task'] fills a slot and must be a str, got int"),
+    (lambda: ChatPrompter("hi"), lambda p: p.generate_prompt("x", history=[["a", "b", "c"]], format="openai"),
+     "history item 0 must be [user, assistant], got 3 elements"),
+    (lambda: ChatPrompter("hi"), lambda p: p.generate_prompt("x", history=[["a", "b"], 7], format="openai"),
+     "history item 1 must be [user, assistant] or a message dict, got 7"),
+    (lambda: ChatPrompter("hi"), lambda p: p.generate_prompt("x", history=[["a", "b"], ["c"]]),
+     "a history turn must be [user, assistant], got ['c']"),
+    (lambda: ChatPrompter("hi"), lambda p: p.generate_prompt("x", history=["a"]),
+     "history must be [user, assistant] pairs or message dicts, got 'a'"),
+    (lambda: ChatPrompter("hi"), lambda p: p.generate_prompt({"q": {"role": "user", "content": "x"}}),
+     "a text prompt has no place for a message dict as the input: {'role': 'user', 'content': 'x'}"),
+    (lambda: ChatPrompter("hi"), lambda p: p.generate_prompt(5, format="openai"),
+     "the input of a messages prompt must be a str or a message dict, got 5"),
+    (lambda: AlpacaPrompter("hi"), lambda p: p.generate_prompt("x", history=[["a", "b"]]),
+     "AlpacaPrompter does not support chat history; use ChatPrompter"),
+    (lambda: AlpacaPrompter("hi {a}"), lambda p: p.generate_prompt({"a": "1", "b": "2"}),
+     "AlpacaPrompter has no place for the input '2': every input key must be a slot of the instruction or one of "
+     "extra_keys"),
+    (lambda: ChatPrompter("hi", extra_keys=[1]), None, "extra_keys must be a str or a list of str, got [1]"),
+    (lambda: ChatPrompter("hi", extra_keys=7), None, "extra_keys must be a str or a list of str, got 7"),
+    (lambda: ChatPrompter(5), None, "instruction must be a str or dict(system=..., user=...), got <class 'int'>"),
+])
+def test_prompter_errors_are_exact(make, call, message):
+    with pytest.raises((PrompterError, TypeError, ValueError)) as e:
+        prompter = make()
+        call(prompter)
+    if message is None:  # a broken format string: the message names the instruction and its slot
+        assert str(e.value).startswith("the instruction 'Do {task} {\\n\\n' is not a format string with one slot "
+                                       "{task}: ValueError(")
+    else:
+        assert str(e.value) == message
+
+
+def test_unknown_instruction_and_config_keys_name_the_class():
+    with pytest.raises(TypeError, match=r"^ChatPrompter instruction got unknown keyword argument\(s\) sys"):
+        ChatPrompter({"sys": "s", "user": "u"})
+    with pytest.raises(TypeError, match=r"^ChatPrompter.set_model_configs got unknown keyword argument\(s\) sox"):
+        ChatPrompter("hi").set_model_configs(sox="<s>")
+
+
+def test_show_logs_the_prompt_and_defaults_stay_quiet(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="tasks.prompter.base")
+    assert EmptyPrompter().generate_prompt("x") == "x" and not caplog.records
+    assert EmptyPrompter().generate_prompt("y", show=True) == "y"
+    assert caplog.records[-1].getMessage() == "prompt: 'y'"
+    quiet = ChatPrompter("hi").generate_prompt("q")
+    assert isinstance(quiet, str) and len(caplog.records) == 1
+    AlpacaPrompter("hi", show=True).generate_prompt({})
+    ChatPrompter("hi", show=True).generate_prompt("q")
+    assert len(caplog.records) == 3 and all(r.getMessage().startswith("prompt: ") for r in caplog.records)
+    assert EmptyPrompter().generate_prompt("z", return_dict=True) == "z"  # the empty prompter returns its input
