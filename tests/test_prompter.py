@@ -324,3 +324,12 @@ def test_show_logs_the_prompt_and_defaults_stay_quiet(caplog):
     ChatPrompter("hi", show=True).generate_prompt("q")
     assert len(caplog.records) == 3 and all(r.getMessage().startswith("prompt: ") for r in caplog.records)
     assert EmptyPrompter().generate_prompt("z", return_dict=True) == "z"  # the empty prompter returns its input
+
+
+def test_json5_keys_lists_and_text_outside_ascii():
+    from tasks.prompter.tools import dumps_json5
+
+    assert dumps_json5({"$ref": 1, "a$b": 2, "_x": 3, "1a": 4, "if": 5, "a b": 6, "é": 7, "名 字": 8}) == \
+        '{$ref: 1, a$b: 2, _x: 3, "1a": 4, "if": 5, "a b": 6, é: 7, "名 字": 8}'
+    assert dumps_json5([1, "ü", [True, None], {"k": []}]) == '[1, "ü", [true, null], {k: []}]'
+    assert dumps_json5(("a",)) == '["a"]' and dumps_json5("日本") == '"日本"'
