@@ -20,6 +20,18 @@ from tasks.settings import Settings
 pytestmark = pytest.mark.stack
 
 
+# What points a process at some stack; cleared here, so the state directory alone decides (the session's stack
+# fixture sets some of them for the other tests).
+SERVICE_VARIABLES = ("FINEFLOW_S3_ENDPOINT", "FINEFLOW_S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                     "MLFLOW_TRACKING_URI", "FINEFLOW_MLFLOW_ARTIFACTS", "PREFECT_API_URL")
+
+
+@pytest.fixture(autouse=True)
+def no_service_variables(monkeypatch):
+    for name in SERVICE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 def cli(home, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "infra.stack", *args], capture_output=True, text=True,
                             timeout=400, env={**os.environ, "FINEFLOW_HOME": str(home), **(env or {})})
