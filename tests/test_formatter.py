@@ -338,3 +338,46 @@ def test_json_scanning_moves_on_past_text_and_failed_brackets():
     with pytest.raises(FormatterError) as e:
         JsonFormatter("[0]")(long_prose)
     assert f"{long_prose[:80]!r}; cannot apply" in str(e.value)
+
+
+@pytest.mark.parametrize("selector, data, message", [
+    ("[a][b]", {"a": {"c": 1}}, "selector '[a][b]': key 'b' of [b] is not in the dict with keys ['c']"),
+    ("[a, x][b]", {"a": {"b": 1}, "x": {"c": 2}},
+     "selector '[a, x][b]': key 'b' of [b] is not in the dict with keys ['c']"),
+    ("[0:2][b]", [{"b": 1}, {"c": 2}], "selector '[0:2][b]': key 'b' of [b] is not in the dict with keys ['c']"),
+    ("[:][b]", {"k": {"c": 2}}, "selector '[:][b]': key 'b' of [b] is not in the dict with keys ['c']"),
+    ("{a}[b]", {"a": {"c": 1}}, "selector '{a}[b]': key 'b' of [b] is not in the dict with keys ['c']"),
+    ("{a, z}", {"a": 1}, "selector '{a, z}': key 'z' of {a, z} is not in the dict with keys ['a']"),
+    ("[a, q]", {"a": 1}, "selector '[a, q]': key 'q' of [a, q] is not in the dict with keys ['a']"),
+    ("[1:2]", {"a": 1}, "selector '[1:2]': a dict takes only [:] or {:}, not [1:2]"),
+    ("[:]", 5, "selector '[:]': cannot apply [:] to a int '5'"),
+    ("{a}", [1], "selector '{a}': {a} selects dict keys, but got a list of length 1"),
+    ("[a[b]]", {}, "selector '[a[b]]': unexpected bracket or '*' inside '[a[b]'"),
+    ("[0][a", {}, "selector '[0][a': '[' at position 3 is never closed"),
+    ("[a*]", {}, "selector '[a*]': unexpected bracket or '*' inside '[a*]'"),
+    ("[a{b]", {}, "selector '[a{b]': unexpected bracket or '*' inside '[a{b]'"),
+    ("  ", {}, None),
+    ("[x:y]", [], "selector '[x:y]': slice bound 'x' is not an integer"),
+    ("[ ]", [], "selector '[ ]': empty '[ ]'"),
+    ("[0]x", [1], "selector '[0]x': expected '[' or '{' at position 3, got 'x'"),
+])
+def test_selector_errors_name_the_whole_selector_and_the_step(selector, data, message):
+    with pytest.raises(FormatterError) as e:
+        JsonLikeFormatter(selector)(data)
+    if message is None:  # blank: selects nothing, or no selector at all
+        assert "selects nothing" in str(e.value)
+    else:
+        assert str(e.value) == message
+
+
+def test_slices_with_none_bounds_and_containers_keep_their_type():
+    assert JsonLikeFormatter("[None:2]")([1, 2, 3]) == [1, 2]
+    assert JsonLikeFormatter("[1:None]")((1, 2, 3)) == (2, 3)
+    assert JsonLikeFormatter("[0, 2]")((1, 2, 3)) == (1, 3)
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "a b")
+    assert JsonLikeFormatter("[0, 1]")(Pair(1, 2)) == (1, 2)  # a namedtuple cannot be rebuilt from a list
+    assert JsonLikeFormatter("[:]")(Pair(3, 4)) == (3, 4)
+    assert JsonLikeFormatter(" [0] ")([7]) == 7 and JsonLikeFormatter("[0] [0]")([[8]]) == 8
+    assert JsonLikeFormatter("{:}")({"a": 1, "b": 2}) == {"a": 1, "b": 2}
