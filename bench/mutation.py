@@ -141,7 +141,8 @@ def write_report(result: dict) -> Path:
         score = f"{row['score']:.1%}" if row["score"] is not None else "-"
         flag = "" if row["score"] is None or row["score"] >= TARGET else " **below target**"
         lines.append(f"| `{module}` | {MODULES.get(module, '')} | {row['mutants']} | {row['killed']} | {score}{flag} "
-                     f"| {row.get('code', '')} | {row.get('seconds') or '-'} s |")
+                     f"| {row.get('code', '')} | {row.get('seconds') or '-'} s |"
+                     + (f" {row['note']}" if row.get("note") else ""))
     lines += ["", "## Survivors", ""]
     for module, items in result["survivors"].items():
         lines.append(f"### `{module}` ({len(items)})")

@@ -333,3 +333,15 @@ def test_json5_keys_lists_and_text_outside_ascii():
         '{$ref: 1, a$b: 2, _x: 3, "1a": 4, "if": 5, "a b": 6, é: 7, "名 字": 8}'
     assert dumps_json5([1, "ü", [True, None], {"k": []}]) == '[1, "ü", [true, null], {k: []}]'
     assert dumps_json5(("a",)) == '["a"]' and dumps_json5("日本") == '"日本"'
+
+
+def test_plain_prompter_errors_and_responses():
+    p = Prompter("Q: {input}", response_split="A:")
+    with pytest.raises(PrompterError, match="^Prompter does not support tools; use ChatPrompter$"):
+        p.generate_prompt("x", tools=[{"type": "function"}])
+    chat = Prompter("{llm_chat_history}Q: {input}")
+    with pytest.raises(PrompterError, match=r"history \[.not a pair.\]: "
+                                            r"PrompterError\(.history must be a list of \[user, assistant\] lists.\)$"):
+        chat.generate_prompt("x", history=["not a pair"])
+    assert p.get_response("Q: x A: yes") == " yes"
+    assert Prompter("Q: {input}").get_response("one two") == "one two"  # no split: the whole text
