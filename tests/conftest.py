@@ -60,6 +60,21 @@ def alpaca_file(tmp_path):
     return write
 
 
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    """The tiny model with a chat template that renders BOS and the messages' text (no generation prompt), as a
+    model exported by LLaMA-Factory carries its template beside it: in ``chat_template`` style nothing is put
+    in front of its prompts."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("chat") / "tiny-chat"
+    shutil.copytree(TINY_MODEL, path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
 def greedy_by_hand(model, tokenizer, prompt: str, n: int, bos: bool = True) -> str:
     """Greedy decoding written out, independent of ``tasks.inference``: BOS (unless not ``bos``) + prompt, then the
     argmax of the last position, ``n`` times or until EOS; one prompt at a time, no padding."""

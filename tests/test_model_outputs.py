@@ -4,9 +4,7 @@ adapter-wrapped base, and the training argv read back by the recipe's own parser
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -98,18 +96,6 @@ def test_batched_generation_equals_one_prompt_at_a_time(tiny):
 
 def one_prompt() -> str:
     return inference.render_prompts(STYLE, RECORDS[:1], str(TINY_MODEL))[0]
-
-
-@pytest.fixture(scope="module")
-def chat_model(tmp_path_factory):
-    """The tiny model with a chat template that renders BOS and the messages' text (no generation prompt), as a
-    model exported by LLaMA-Factory carries its template beside it."""
-    path = tmp_path_factory.mktemp("chat") / "tiny-chat"
-    shutil.copytree(TINY_MODEL, path)
-    config = json.loads((path / "tokenizer_config.json").read_text())
-    config["chat_template"] = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
-    return path
 
 
 @pytest.mark.parametrize("budget", [None, 5])

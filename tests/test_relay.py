@@ -52,21 +52,6 @@ def test_server_arguments_and_their_defaults():
         ("/models/x", 8002, "127.0.0.1", "n", "chat_template")
 
 
-@pytest.fixture(scope="module")
-def chat_model(tmp_path_factory):
-    """The tiny model with a chat template (BOS, then the messages' text): a model served in ``chat_template``
-    style, where nothing is put in front of a completion prompt."""
-    import json
-    import shutil
-
-    path = tmp_path_factory.mktemp("chat") / "tiny-chat"
-    shutil.copytree(TINY_MODEL, path)
-    config = json.loads((path / "tokenizer_config.json").read_text())
-    config["chat_template"] = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
-    return path
-
-
 def test_a_chat_template_model_is_prompted_without_an_added_bos(chat_model, tiny, capsys):
     prompt = "the"
     expected = greedy_by_hand(*tiny, prompt, 6, bos=False)
