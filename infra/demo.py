@@ -98,7 +98,8 @@ def follow(flow_run_id: UUID, timeout_s: float = 3600, echo=print):
 def summary(flow_run_id: UUID) -> dict:
     """Read what the run produced from MLflow (the system of record) and ask the endpoint once."""
     from tasks import inference, registry, tracking
-    from tasks.deploy import endpoints, get_engine
+    from tasks.deploy import endpoints, keys
+    from tasks.deploy.rollout import make_engine
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = tracking.client()
@@ -114,13 +115,15 @@ def summary(flow_run_id: UUID) -> dict:
     if production is None:
         sys.exit(f"{model_name} has no {alias} version: the gate has never passed ({run.data.tags})")
     tags = registry.version_tags(model_name, production)
-    endpoint, engine = tags["endpoint_url"], get_engine(tags["backend"])
+    endpoint = tags["endpoint_url"]
     served = endpoints.get(tags["endpoint_name"])
     sample = report["candidate"]["samples"][0]  # a held-out validation row
     record = {**sample, "output": sample["expected"]}
     prompt = inference.render_prompts(run.data.tags["prompt_style"], [record], served.model_path)[0]
-    path, payload = engine(prompt_style=run.data.tags["prompt_style"]).smoke_request(prompt)
-    response = httpx.post(f"{endpoint}{path}", json={**payload, "max_tokens": 24}, timeout=60)
+    engine = make_engine(config["deploy"], served.model_path, model_name, run.data.tags["prompt_style"])
+    path, payload = engine.smoke_request(prompt, served.model_path)
+    headers = keys.auth_headers() if served.api_key_file else {}
+    response = httpx.post(f"{endpoint}{path}", json={**payload, "max_tokens": 24}, headers=headers, timeout=60)
     response.raise_for_status()
     m = run.data.metrics
     return {

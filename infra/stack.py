@@ -176,6 +176,10 @@ def up(ports_mode: str = "default") -> dict:
         if svc.name == "s3":
             _ensure_bucket(home)
         print(f"  {svc.name:8s} ready  {svc.health_url or 'polling ' + WORK_POOL}", flush=True)
+    from tasks.deploy import rollout
+
+    # What the registry says is serving comes back: every alias's endpoint and its router (same URL as before).
+    rollout.restore(log=lambda line: print(f"  {line}", flush=True))
     return stack
 
 
@@ -213,10 +217,10 @@ def status() -> bool:
         healthy = pid is not None and (not svc.health_url or _healthy(svc.health_url))
         ok &= healthy
         print(f"{svc.name:8s} {'up' if healthy else 'DOWN':5s} pid={pid or '-':<8} {svc.health_url}")
-    from tasks.deploy.endpoints import list_endpoints
+    from tasks.deploy.endpoints import describe, list_endpoints
 
     for ep in list_endpoints():
-        print(f"endpoint {ep.name}: {ep.url} pid={ep.pid} {'alive' if ep.alive() else 'dead'}")
+        print(f"endpoint {describe(ep)}")
     print(f"state: {home}")
     return ok
 

@@ -71,9 +71,15 @@ class EvaluateSection(Section):
     gate: GateConfig = GateConfig()
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 class DeploySettings(Section):
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
+    # Every request needs the key in tasks/deploy/keys.py (Authorization: Bearer ...). Off, the endpoint is open
+    # to anyone who can reach it, so it may bind only a loopback address.
+    api_key: bool = True
     # How the endpoint's answers are shaped (tasks.formatter): a formatter name and its selector.
     formatter: str = "empty"
     formatter_selector: str | None = None
@@ -83,6 +89,17 @@ class DeploySettings(Section):
         from tasks.formatter import make_formatter
 
         make_formatter(self.formatter, self.formatter_selector)  # FormatterError is a ValueError
+        return self
+
+    @model_validator(mode="after")
+    def strangers_kept_out(self) -> "DeploySettings":
+        if not self.api_key and self.host not in LOOPBACK:
+            raise ValueError(f"host {self.host} with api_key: false would serve anyone who can reach it: keep "
+                             "api_key on, or bind 127.0.0.1")
+        engine = ENGINES[getattr(self, "backend", "relay")]
+        if self.api_key and not engine.supports_api_key(getattr(self, "params", None)):
+            raise ValueError(f"deploy engine {engine.engine!r} cannot require an API key: set api_key: false "
+                             "(and bind 127.0.0.1)")
         return self
 
 

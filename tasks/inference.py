@@ -135,3 +135,35 @@ def response_loss(model, tokenizer, style: str, prompts: list[str], outputs: lis
             total += model(input_ids=ids, labels=labels).loss.item() * n
             count += n
     return total / max(count, 1)
+
+
+MARK = "\x00fineflow-user\x00"
+
+
+def chat_template(style: str, tokenizer) -> str:
+    """A Jinja chat template that renders messages as ``render_prompt(style, ...)`` and ``model_text`` do (the
+    system text and the last user message, BOS in front), for servers that render chats themselves (vLLM).
+    The template is checked against ``render_prompt`` before it is returned."""
+    if style == CHAT_TEMPLATE:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("prompt style 'chat_template' needs a tokenizer that has a chat template")
+        return tokenizer.chat_template
+    head, mark, tail = render_prompt(style, {"messages": [{"role": "user", "content": MARK}]}).partition(MARK)
+    if not mark or "endraw" in head + tail:
+        raise ValueError(f"prompt style {style!r} does not place the user message as plain text")
+    template = ('{%- set ns = namespace(system="", user="") -%}'
+                '{%- for m in messages -%}'
+                '{%- if m["role"] == "system" -%}{%- set ns.system = m["content"] -%}'
+                '{%- elif m["role"] == "user" -%}{%- set ns.user = m["content"] -%}{%- endif -%}'
+                '{%- endfor -%}'
+                f'{{{{ bos_token }}}}{{% raw %}}{head}{{% endraw %}}'
+                '{{ ns.system ~ "\\n" ~ ns.user if ns.system else ns.user }}'
+                f'{{% raw %}}{tail}{{% endraw %}}')
+    probe = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "one"},
+             {"role": "assistant", "content": "1"}, {"role": "user", "content": "two\nthree"}]
+    import jinja2
+
+    got = jinja2.Environment().from_string(template).render(messages=probe, bos_token=tokenizer.bos_token or "")
+    if got != model_text(tokenizer, style, render_prompt(style, {"messages": probe})):
+        raise ValueError(f"prompt style {style!r} cannot be written as a chat template: it changes the message")
+    return template

@@ -16,9 +16,9 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from tasks import envs, inference, launchers, storage, tracking
-from tasks.config import DeploySection, EvaluateSection, PipelineConfig
+from tasks.config import LOOPBACK, DeploySection, EvaluateSection, PipelineConfig
 from tasks.data import DatasetError, PreparedDataset, prepare, read_jsonl
-from tasks.deploy import endpoints, get_engine
+from tasks.deploy import endpoints, keys, rollout
 from tasks.deploy.endpoints import Endpoint
 from tasks.evaluate import EvalReport, evaluate
 from tasks.finetune import LazyLLMFinetuneBase, get_framework
@@ -197,19 +197,34 @@ def deploy(cfg: DeploySection, merged: MergedModel, name: str, trained: TrainRes
     """Start the configured engine detached (it outlives the flow run), wait for its readiness probe, and
     smoke-test it with a validation record: the answer goes through the engine's ``extract_result`` and the
     configured formatter."""
-    engine = get_engine(cfg.backend)(host=cfg.host, port=cfg.port or None, name=name,
-                                     prompt_style=trained.prompt_style, **cfg.params.model_dump())
+    logger = get_run_logger()
+    engine = rollout.make_engine(cfg, merged.path, name, trained.prompt_style)
+    if plan := plan_dict(engine):  # AutoDeploy chose the engine: record what and why
+        tracking.log_params(run_id, {f"deploy_auto.{k}": v for k, v in plan.items() if k != "reason"})
+        tracking.set_tag(run_id, "deploy_auto_reason", plan["reason"][:5000])
+        logger.info("AutoDeploy: %s", plan["reason"])
+    engine.preflight()  # an engine that cannot start here says so at once
+    if cfg.host not in LOOPBACK:  # the config has checked the key is on
+        logger.warning("the endpoint binds %s: reachable from other machines, every request needs the API key "
+                       "(%s)", cfg.host, keys.key_path())
     command = engine.cmd(merged.path)
+    headers = {}
+    if cfg.api_key:
+        command, headers = engine.with_api_key(command, keys.api_key()), keys.auth_headers()
     record = read_jsonl(data.val_path)[0]
     prompt = inference.render_prompts(trained.prompt_style, [record], merged.path)[0]
     with timed(run_id, "deploy"):
-        ep = endpoints.start(f"{name}-{run_id[:8]}", command, cfg.backend, merged.path)
-        path, payload = engine.smoke_request(prompt)
-        smoke = httpx.post(f"{ep.url}{path}", json=payload, timeout=30)
+        try:
+            ep = endpoints.start(f"{name}-{run_id[:8]}", command, engine.engine, merged.path,
+                                 api_key_file=str(keys.key_path()) if cfg.api_key else None)
+        finally:
+            engine.after_start()
+        path, payload = engine.smoke_request(prompt, merged.path)
+        smoke = httpx.post(f"{ep.url}{path}", json=payload, headers=headers, timeout=30)
         smoke.raise_for_status()
         answer = make_formatter(cfg.formatter, cfg.formatter_selector)(engine.extract_result(smoke, prompt))
+    ep.relaunch = {"deploy": cfg.model_dump(mode="json"), "prompt_style": trained.prompt_style}
     tracking.set_tag(run_id, "smoke_answer", str(answer)[:250])
-    logger = get_run_logger()
     logger.info("endpoint %s serving at %s", ep.name, ep.url)
     ex = inference.example(record)
     logger.info("smoke test: %s %r -> %r (expected %r)", ex["instruction"], ex["input"], answer, ex["output"])
@@ -237,6 +252,9 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
     name, alias = config.registry.model_name, config.registry.alias
     healthy = ep.healthy()
     tags = {"endpoint_url": ep.url, "endpoint_name": ep.name, "backend": ep.backend,
+            "api_key_file": ep.api_key_file or "none (open, loopback only)",
+            # How to serve this version again (rollback, make up): the deploy section and the prompt style.
+            "deploy_config": json.dumps(ep.relaunch),
             "launch_command": show_argv(ep.argv), "health": "ok" if healthy else "failed",
             "framework": config.finetune.framework,
             "dataset_hash": data.hash, "prefect_flow_run_id": flow_run_id, "gate": report.reason,
@@ -247,13 +265,9 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
     promoted = healthy and report.passed
     logger = get_run_logger()
     if promoted:
-        registry.move_alias(name, alias, version)
-        reason = f"{alias} -> version {version} ({report.reason})"
+        done = rollout.promote(name, alias, version, ep, host=config.deploy.host, log=logger.info)
+        reason = f"{alias} -> version {version} ({report.reason}), served at {done.url}"
         logger.info("moved alias %s", reason)
-        if previous and previous != version:
-            old = registry.version_tags(name, previous).get("endpoint_name")
-            if old and old != ep.name and endpoints.stop(old):
-                logger.info("stopped replaced endpoint %s (version %s)", old, previous)
     else:
         reason = f"not promoted: {'health check failed' if not healthy else report.reason}"
         registry.set_tag(name, version, "status", "rejected")

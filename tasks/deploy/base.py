@@ -9,20 +9,57 @@ A serving engine is one module under ``tasks/deploy/`` with one class that decla
   end), with its ``env``, its URL as ``return_value`` and its readiness probe as ``checker``
   (``http_ready``, waited for up to ``ready_timeout_s``);
 - ``smoke_request(prompt)``: the request that proves it answers, for its model type;
-- ``extract_result(output, inputs)``: the answer in a raw response.
+- ``extract_result(output, inputs)``: the answer in a raw response;
+- ``preflight()``: raises ``EngineUnavailableError`` naming everything missing (hardware, programs) before
+  anything starts; ``after_start()`` runs once the start has succeeded or failed (MindIE restores its config);
+- ``api_key_env``: the environment variable its server reads a required API key from (None: the engine
+  cannot require one, and a pipeline that asks for a key refuses it).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import urllib.request
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from tasks import envs, launchers
-from tasks.core import ComponentBase, check_kwargs
+from tasks.core import Command, ComponentBase, check_kwargs
+
+
+class EngineUnavailableError(RuntimeError):
+    """The engine cannot start on this machine; the message says what is missing."""
+
+
+def require(engine: str, missing: list[str], found: str = "") -> None:
+    """Raise ``EngineUnavailableError`` listing ``missing`` (nothing missing: return)."""
+    if missing:
+        raise EngineUnavailableError(f"{engine} cannot start here: missing " + "; ".join(missing)
+                                     + (f" (this machine has {found})" if found else ""))
+
+
+def accelerators() -> str:
+    """What this machine has to serve on, in words."""
+    import torch
+
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    npus = len(list(Path("/dev").glob("davinci[0-9]*")))
+    return f"{cuda} CUDA device(s), {npus} Ascend NPU(s)"
+
+
+def response_json(x) -> dict:
+    """A server's answer as JSON, from an HTTP response, a JSON string or bytes."""
+    return x.json() if hasattr(x, "json") else json.loads(x)
+
+
+def openai_text(data: dict) -> str:
+    """The text of the first choice of an OpenAI completions or chat answer."""
+    choice = data["choices"][0]
+    return choice["message"]["content"] if "message" in choice else choice["text"]
 
 
 class DeployParams(BaseModel):
@@ -49,12 +86,39 @@ class LazyLLMDeployBase(ComponentBase):
     engine: ClassVar[str] = ""
     Params: ClassVar[type[DeployParams]] = DeployParams
     environment: ClassVar[str | None] = envs.MAIN
+    api_key_env: ClassVar[str | None] = None
 
     def __init__(self, *, launcher: Any = None):
         super().__init__(launcher=launcher or launchers.remote())
 
-    def smoke_request(self, prompt: str) -> tuple[str, dict[str, Any]]:
-        """The path and JSON body of a request that shows the endpoint answers ``prompt``."""
+    @classmethod
+    def supports_api_key(cls, params: DeployParams | None) -> bool:
+        """Whether the engine, with ``params``, can require an API key."""
+        return cls.api_key_env is not None
+
+    @classmethod
+    def for_pipeline(cls, model_path: str, **kw) -> "LazyLLMDeployBase":
+        """The engine a pipeline's ``deploy`` section asks for, to serve ``model_path`` (AutoDeploy chooses
+        from the model; the others need only their keywords)."""
+        return cls(**kw)
+
+    def preflight(self) -> None:
+        """Raise ``EngineUnavailableError`` if the engine cannot start here; the engines that can, pass."""
+
+    def after_start(self) -> None:
+        """Runs once the start has succeeded or failed."""
+
+    def with_api_key(self, command: Command, key: str) -> Command:
+        """``command`` with the server's API key in its environment (never in its argv, which people see)."""
+        if self.api_key_env is None:
+            raise ValueError(f"deploy engine {self.engine!r} cannot require an API key; set deploy.api_key: false "
+                             "and bind 127.0.0.1")
+        command.env = {**command.env, self.api_key_env: key}
+        return command
+
+    def smoke_request(self, prompt: str, model_path: str | None = None) -> tuple[str, dict[str, Any]]:
+        """The path and JSON body of a request that shows the endpoint answers ``prompt`` (rendered in the
+        engine's prompt style); ``model_path`` is the model it serves, for engines that need its tokenizer."""
         raise NotImplementedError
 
     @staticmethod

@@ -8,6 +8,7 @@ Each endpoint is a process group recorded in ``$FINEFLOW_HOME/endpoints/<name>.j
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -34,6 +35,13 @@ class Endpoint(BaseModel):
     model_path: str
     log_path: str
     started_at: float
+    api_key_file: str | None = None  # where the key it requires is kept (never the key itself)
+    restarts_file: str | None = None  # the supervisor's record of restarts after a crash
+    relaunch: dict | None = None  # how to serve it again: the pipeline's deploy section and prompt style
+
+    def restarts(self) -> int:
+        path = Path(self.restarts_file) if self.restarts_file else None
+        return len(json.loads(path.read_text())) if path and path.exists() else 0
 
     def alive(self) -> bool:
         return group_alive(self.pid)
@@ -61,6 +69,15 @@ def free_port() -> int:
                     continue
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def group_alive(pgid: int) -> bool:
     """Whether the process group's leader still runs (a zombie, exited but not yet reaped, does not)."""
     try:
@@ -79,22 +96,30 @@ def _registry() -> Path:
     return path
 
 
-def start(name: str, command: Command, backend: str, model_path: str) -> Endpoint:
+def start(name: str, command: Command, backend: str, model_path: str, api_key_file: str | None = None,
+          restarts: int = 3) -> Endpoint:
     """Run ``command``: every argv but the last to the end (preparation), then the last one, the server,
-    detached in its own session with ``command.env``; wait until ``command.checker`` passes (up to
-    ``command.ready_timeout_s``). A server that exits or never gets ready is stopped, and the error holds the
-    tail of its log."""
+    detached in its own session with ``command.env`` under ``tasks.deploy.supervise``; wait until
+    ``command.checker`` passes (up to ``command.ready_timeout_s``). A server that exits or never gets ready is
+    stopped, and the error holds the tail of its log. Once ready, a server that dies is restarted, up to
+    ``restarts`` times in ten minutes (recorded in ``restarts_file``)."""
     log_path = state_dir() / "logs" / f"endpoint-{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if len(command.argvs) > 1:
         prepare = Command(command.argvs[:-1], env=command.env)
         launchers.local(log_path=log_path).launch(prepare, name=f"endpoint {name}")
     argv = command.argvs[-1]
+    record, armed = _registry() / f"{name}.restarts.json", _registry() / f"{name}.armed"
+    record.unlink(missing_ok=True)
+    armed.unlink(missing_ok=True)
+    supervised = [sys.executable, "-m", "tasks.deploy.supervise", "--restarts", str(restarts), "--record", str(record),
+                  "--armed", str(armed), "--", *argv]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(supervised, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, **command.env})
     ep = Endpoint(name=name, url=str(command.return_value), pid=proc.pid, backend=backend, argv=argv,
-                  model_path=model_path, log_path=str(log_path), started_at=time.time())
+                  model_path=model_path, log_path=str(log_path), started_at=time.time(),
+                  api_key_file=api_key_file, restarts_file=str(record))
     ready = command.checker or ep.healthy
     deadline = time.monotonic() + command.ready_timeout_s
     while not ready():
@@ -106,6 +131,7 @@ def start(name: str, command: Command, backend: str, model_path: str) -> Endpoin
             raise RuntimeError(f"endpoint {name} failed its health check at {ep.url} ({why}): "
                                f"`{show_argv(argv)}`; log {log_path}:\n{tail}")
         time.sleep(0.5)
+    armed.touch()  # ready once: from now on a crash is restarted
     (_registry() / f"{name}.json").write_text(ep.model_dump_json(indent=1))
     return ep
 
@@ -116,7 +142,8 @@ def get(name: str) -> Endpoint | None:
 
 
 def list_endpoints() -> list[Endpoint]:
-    return [Endpoint.model_validate_json(p.read_text()) for p in sorted(_registry().glob("*.json"))]
+    return [Endpoint.model_validate_json(p.read_text()) for p in sorted(_registry().glob("*.json"))
+            if not p.name.endswith(".restarts.json")]
 
 
 def stop_process(pid: int, timeout_s: float = 15) -> None:
@@ -137,7 +164,8 @@ def stop(name: str) -> bool:
     if ep is None:
         return False
     stop_process(ep.pid)
-    (_registry() / f"{name}.json").unlink(missing_ok=True)
+    for suffix in (".json", ".restarts.json", ".armed"):
+        (_registry() / f"{name}{suffix}").unlink(missing_ok=True)
     return True
 
 
@@ -151,7 +179,13 @@ def main() -> None:
     if sys.argv[1:2] == ["stop"] and len(sys.argv) == 3:
         sys.exit(0 if stop(sys.argv[2]) else f"no endpoint named {sys.argv[2]}")
     for ep in list_endpoints():
-        print(f"{ep.name}\t{ep.url}\t{ep.backend}\tpid={ep.pid}\t{'healthy' if ep.healthy() else 'unhealthy'}")
+        print(describe(ep))
+
+
+def describe(ep: Endpoint) -> str:
+    """One line for people: name, URL, engine, pid, health, restarts, log."""
+    health = "healthy" if ep.healthy() else "alive, not answering" if ep.alive() else "dead"
+    return f"{ep.name}\t{ep.url}\t{ep.backend}\tpid={ep.pid}\t{health}\trestarts={ep.restarts()}\tlog={ep.log_path}"
 
 
 if __name__ == "__main__":

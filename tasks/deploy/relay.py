@@ -8,18 +8,24 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from tasks import envs
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import DeployParams, LazyLLMDeployBase, http_ready
+from tasks.deploy.base import DeployParams, LazyLLMDeployBase, http_ready, openai_text, response_json
 
 
 class RelayParams(DeployParams):
-    pass
+    max_tokens: int = Field(512, ge=1, le=8192)  # the largest max_tokens a request may ask for
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_batch: int = Field(16, ge=1, le=256)  # requests decoded together
+    batch_wait_ms: float = Field(5, ge=0, le=1000)  # how long the first request of a batch waits for others
 
 
 class RelayServer(LazyLLMDeployBase):
     engine: ClassVar[str] = "relay"
     Params: ClassVar[type[DeployParams]] = RelayParams
+    api_key_env: ClassVar[str | None] = "FINEFLOW_API_KEY"
     allowed = ("host", "port", "name", "prompt_style", *RelayParams.model_fields)
 
     def __init__(self, launcher: Any = None, **kw):
@@ -36,17 +42,19 @@ class RelayServer(LazyLLMDeployBase):
             from tasks.deploy.endpoints import free_port
 
             self.kw["port"] = free_port()
+        p = self.params
         argv = [envs.bin_path(self.environment, "python"), "-m", "tasks.deploy.relay_app", "--model", model_path,
                 "--host", self.kw["host"], "--port", str(self.kw["port"]), "--name", self.kw["name"],
-                "--prompt-style", self.kw["prompt_style"]]
+                "--prompt-style", self.kw["prompt_style"], "--max-tokens", str(p.max_tokens),
+                "--max-body-bytes", str(p.max_body_bytes), "--max-batch", str(p.max_batch),
+                "--batch-wait-ms", str(p.batch_wait_ms)]
         return Command(argv, return_value=self.url(), checker=http_ready(f"{self.url()}/health"),
-                       env=envs.path_env(self.environment), ready_timeout_s=self.params.ready_timeout_s)
+                       env=envs.path_env(self.environment), ready_timeout_s=p.ready_timeout_s)
 
-    def smoke_request(self, prompt: str) -> tuple[str, dict[str, Any]]:
+    def smoke_request(self, prompt: str, model_path: str | None = None) -> tuple[str, dict[str, Any]]:
         return "/v1/completions", {"prompt": prompt, "max_tokens": 16}
 
     @staticmethod
     def extract_result(output, inputs):
         """``output`` is the HTTP response of ``/v1/completions`` or ``/v1/chat/completions``."""
-        choice = output.json()["choices"][0]
-        return choice["message"]["content"] if "message" in choice else choice["text"]
+        return openai_text(response_json(output))

@@ -1,55 +1,211 @@
 """The built-in OpenAI-compatible server for a transformers causal LM.
 
-    python -m tasks.deploy.relay_app --model PATH --port 8000 [--host 127.0.0.1] [--name NAME] [--prompt-style S]
+    FINEFLOW_API_KEY=... python -m tasks.deploy.relay_app --model PATH --port 8000 [--host 127.0.0.1] [--name NAME]
+        [--prompt-style S] [--max-tokens 512] [--max-body-bytes 1000000] [--max-batch 16] [--batch-wait-ms 5]
 
-Routes: ``/health``, ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``.
-Prompts are handled in ``--prompt-style`` (``tasks.inference``: a prompter name, or
-``chat_template``), the style the model was finetuned in: a completion prompt is taken as
-rendered text; chat messages (the system and the last user message) are rendered in it.
+Routes: ``/health`` (open), ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` (both with
+``stream: true`` as server-sent events, and ``usage``). Prompts are handled in ``--prompt-style``
+(``tasks.inference``: a prompter name, or ``chat_template``), the style the model was finetuned in: a
+completion prompt is taken as rendered text; chat messages (the system and the last user message) are
+rendered in it.
+
+Concurrent requests are decoded together (``tasks.deploy.batching``). With ``FINEFLOW_API_KEY`` in the
+environment every ``/v1`` route needs ``Authorization: Bearer <key>``; without it the server binds only a
+loopback address. Every request is bounded before any model work: the body's size, ``max_tokens``, and the
+prompt's length in tokens (with ``max_tokens``, within the model's context). Sampling parameters are honoured
+(``temperature``, ``top_p``, ``seed``, ``stop``) or refused with a 400 (``n`` > 1, penalties), never ignored.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hmac
+import json
+import os
 import time
 import uuid
+from typing import Literal
 
 import torch
 import uvicorn
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks import inference
+from tasks.deploy.batching import Batcher, GenRequest
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class CompletionRequest(BaseModel):
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class Sampling(BaseModel):
+    """What both routes accept; anything else is refused by name."""
+
+    model_config = ConfigDict(extra="forbid")
     model: str | None = None
-    prompt: str | list[str]
     max_tokens: int = 32
-    temperature: float = 0.0
+    temperature: float = Field(0.0, ge=0, le=2)  # 0: greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: Literal[1] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool = False  # vLLM's extension: every request generates max_tokens (benchmarks)
+    user: str | None = None
+    presence_penalty: Literal[0] = 0  # accepted only at their neutral value: not implemented
+    frequency_penalty: Literal[0] = 0
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop or [] if s]
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
 
 
 class ChatMessage(BaseModel):
-    role: str
+    role: Literal["system", "user", "assistant", "developer"]
     content: str
 
 
-class ChatRequest(BaseModel):
-    model: str | None = None
+class ChatRequest(Sampling):
     messages: list[ChatMessage]
-    max_tokens: int = 32
-    temperature: float = 0.0
+    max_completion_tokens: int | None = None  # what newer OpenAI clients send instead of max_tokens
+
+    @model_validator(mode="after")
+    def one_budget(self) -> "ChatRequest":
+        if self.max_completion_tokens is not None:
+            self.max_tokens = self.max_completion_tokens
+        return self
 
 
-def create_app(model_path: str, name: str, prompt_style: str = "alpaca") -> FastAPI:
+def longest_token_chars(tokenizer) -> int:
+    """How many characters one token can stand for at most: a prompt longer than ``limit`` times this is over
+    ``limit`` tokens, known without tokenizing it."""
+    return max(len(tokenizer.convert_tokens_to_string([t])) for t in tokenizer.get_vocab()) or 1
+
+
+def create_app(model_path: str, name: str, prompt_style: str = "alpaca", *, api_key: str | None = None,
+               max_tokens: int = 512, max_body_bytes: int = 1_000_000, max_batch: int = 16,
+               batch_wait_ms: float = 5) -> FastAPI:
     model, tokenizer = inference.load_model(model_path)
+    context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+    token_chars = longest_token_chars(tokenizer)
+    batcher = Batcher(model, tokenizer, max_batch=max_batch, wait_ms=batch_wait_ms)
     app = FastAPI(title=f"fineflow relay: {name}")
+    app.state.batcher = batcher
     created = int(time.time())
 
-    def complete(prompts: list[str], max_tokens: int) -> list[str]:
-        if not 1 <= max_tokens <= 512:
-            raise HTTPException(400, "max_tokens must be between 1 and 512")
-        return inference.generate(model, tokenizer, prompts, prompt_style, max_new_tokens=max_tokens)
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """Refuse strangers and oversized bodies before reading them."""
+        if request.url.path.startswith("/v1") and api_key is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), api_key.encode()):
+                return error_response(401, "a valid API key is required: Authorization: Bearer <key>")
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > max_body_bytes:
+            return error_response(413, f"request body of {int(length)} bytes is over the limit of "
+                                       f"{max_body_bytes} bytes")
+        if length is None and request.method == "POST":
+            return error_response(411, "a Content-Length header is required")
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return error_response(e.status, e.message, e.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        first = e.errors()[0]
+        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        return error_response(400, f"{param}: {first['msg']}" if param else first["msg"], param)
+
+    def gen_requests(req: Sampling, prompts: list[str]) -> list[GenRequest]:
+        """Each prompt as a request for the batcher, after every bound is checked: nothing reaches the model
+        before the whole request is known to fit."""
+        if not 1 <= req.max_tokens <= max_tokens:
+            raise ApiError(400, f"max_tokens must be between 1 and {max_tokens}", "max_tokens")
+        out = []
+        for text in prompts:
+            text = inference.model_text(tokenizer, prompt_style, text)
+            room = context - req.max_tokens
+            if len(text) > room * token_chars:
+                raise ApiError(400, f"prompt is over {room} tokens, the model's context of {context} less "
+                                    f"max_tokens {req.max_tokens}", "prompt")
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            if not ids or len(ids) > room:
+                raise ApiError(400, "prompt is empty" if not ids else
+                               f"prompt is {len(ids)} tokens; with max_tokens {req.max_tokens} it is over the "
+                               f"model's context of {context}", "prompt")
+            out.append(GenRequest(ids, req.max_tokens, req.temperature, req.top_p, req.seed, req.stops(),
+                                  req.ignore_eos))
+        return out
+
+    async def run(reqs: list[GenRequest]):
+        """Submit ``reqs`` and yield ``(index, piece)`` as text arrives, then ``(index, None)`` when each ends."""
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        for i, r in enumerate(reqs):
+            r.on_event = lambda kind, value, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, kind, value))
+            batcher.submit(r)
+        pending = len(reqs)
+        try:
+            while pending:
+                i, kind, value = await events.get()
+                if kind == "error":
+                    raise ApiError(500, f"generation failed: {value}")
+                pending -= kind == "done"
+                yield i, (value if kind == "text" else None)
+        finally:  # the client went away (or the answer is complete): no more work for these
+            for r in reqs:
+                r.cancelled = True
+
+    def usage(reqs: list[GenRequest]) -> dict:
+        prompt, completion = sum(len(r.prompt_ids) for r in reqs), sum(r.completion_tokens for r in reqs)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    async def respond(req: Sampling, reqs: list[GenRequest], kind: str, shape):
+        """The whole answer, or (``stream``) server-sent events: one chunk per piece of text, a last one per
+        choice with its finish reason, the usage if asked for, then ``[DONE]``."""
+        rid, now = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:12]}", int(time.time())
+        head = {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion", "created": now,
+                "model": name}
+        if not req.stream:
+            async for _ in run(reqs):
+                pass
+            return {**head, "choices": [{"index": i, **shape(r.text, None), "finish_reason": r.finish_reason}
+                                        for i, r in enumerate(reqs)], "usage": usage(reqs)}
+        chunk = {**head, "object": "chat.completion.chunk" if kind == "chat" else "text_completion"}
+
+        async def events():
+            if kind == "chat":
+                for i in range(len(reqs)):
+                    yield sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                     "finish_reason": None}]})
+            try:
+                async for i, piece in run(reqs):
+                    end = reqs[i].finish_reason if piece is None else None
+                    yield sse({**chunk, "choices": [{"index": i, **shape(piece or "", True), "finish_reason": end}]})
+            except ApiError as e:  # the status is sent already: the error goes in the stream
+                yield sse({"error": {"message": e.message, "type": "server_error"}})
+            if req.stream_options and req.stream_options.include_usage:
+                yield sse({**chunk, "choices": [], "usage": usage(reqs)})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.get("/health")
     def health():
@@ -60,24 +216,32 @@ def create_app(model_path: str, name: str, prompt_style: str = "alpaca") -> Fast
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "fineflow"}]}
 
     @app.post("/v1/completions")
-    def completions(req: CompletionRequest):
+    async def completions(req: CompletionRequest):
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        texts = complete(prompts, req.max_tokens)
-        return {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "created": int(time.time()),
-                "model": name, "choices": [{"index": i, "text": t, "finish_reason": "stop"}
-                                           for i, t in enumerate(texts)]}
+        if not prompts:
+            raise ApiError(400, "prompt must not be an empty list", "prompt")
+        return await respond(req, gen_requests(req, prompts), "text", lambda text, delta: {"text": text})
 
     @app.post("/v1/chat/completions")
-    def chat(req: ChatRequest):
+    async def chat(req: ChatRequest):
         if not any(m.role == "user" for m in req.messages):
-            raise HTTPException(400, "messages must contain a user message")
+            raise ApiError(400, "messages must contain a user message", "messages")
         record = {"messages": [m.model_dump() for m in req.messages]}
-        text = complete([inference.render_prompt(prompt_style, record, tokenizer)], req.max_tokens)[0]
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
-                "model": name, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                            "finish_reason": "stop"}]}
+        prompt = inference.render_prompt(prompt_style, record, tokenizer)
+        return await respond(req, gen_requests(req, [prompt]), "chat", lambda text, delta: (
+            {"delta": {"content": text}} if delta else {"message": {"role": "assistant", "content": text}}))
 
     return app
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+    """An error in OpenAI's shape, which its clients read into their exceptions."""
+    kind = {401: "authentication_error", 500: "server_error"}.get(status, "invalid_request_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,20 +251,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--name", default="fineflow-model")
     parser.add_argument("--prompt-style", default="alpaca")
+    parser.add_argument("--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for")
+    parser.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    parser.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")
+    parser.add_argument("--batch-wait-ms", type=float, default=5, help="how long a batch waits for company")
     return parser.parse_args(argv)
 
 
 def server(argv: list[str] | None = None) -> uvicorn.Server:
-    """The server for the command line ``argv``, not yet running."""
+    """The server for the command line ``argv`` (the key from ``FINEFLOW_API_KEY``), not yet running."""
     args = parse_args(argv)
-    app = create_app(args.model, args.name, args.prompt_style)
+    key = os.environ.get("FINEFLOW_API_KEY") or None
+    if key is None and args.host not in LOOPBACK:
+        raise SystemExit(f"refusing to serve on {args.host} without an API key: set FINEFLOW_API_KEY, or bind "
+                         "127.0.0.1")
+    app = create_app(args.model, args.name, args.prompt_style, api_key=key, max_tokens=args.max_tokens,
+                     max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+    print(f"fineflow relay: {args.name} on {args.host}:{args.port}, API key "
+          f"{'required' if key else 'OFF (loopback only)'}, batches of up to {args.max_batch}", flush=True)
     return uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
 
 
 def main(argv: list[str] | None = None) -> None:
     # pragma: no mutate start (runs only in the server process, which tests/test_relay.py starts and queries; a
-    # mutation tester sees in-process calls only. One request at a time: more threads would only contend.)
-    torch.set_num_threads(1)
+    # mutation tester sees in-process calls only. The batcher's one thread decodes; more would only contend.)
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     server(argv).run()
     # pragma: no mutate end
 

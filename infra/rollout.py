@@ -1,0 +1,56 @@
+"""Serving from the command line: roll back, bring back what the registry serves, show it.
+
+    python -m infra.rollout rollback MODEL [--alias production]   # the alias back to the version it replaced
+    python -m infra.rollout restore                               # every alias served again (make up runs it)
+    python -m infra.rollout status                                # each model@alias: version, URL, health
+
+The URL of a model is its router's (``$FINEFLOW_HOME/routers/``): the same across versions, rollbacks and
+restarts. Requests need the API key, as the endpoints behind do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def status() -> None:
+    from tasks import registry
+    from tasks.deploy import endpoints
+    from tasks.deploy.rollout import router_name, router_state_path
+    from tasks.deploy.router import read_state
+
+    for rm in registry.client().search_registered_models():
+        for alias, version in (rm.aliases or {}).items():
+            state = read_state(router_state_path(rm.name, alias))
+            router = endpoints.get(router_name(rm.name, alias))
+            up = "up" if router and router.healthy() or (router and router.alive()) else "down"
+            url = f"http://{state.get('host', '127.0.0.1')}:{state['port']}" if state.get("port") else "-"
+            print(f"{rm.name}@{alias}\tversion {version}\t{url}\trouter {up}\t-> {state.get('target', '-')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    back = sub.add_parser("rollback", help="move the alias back to the version it replaced")
+    back.add_argument("model")
+    back.add_argument("--alias", default="production")
+    sub.add_parser("restore", help="serve again every alias whose endpoint or router is gone")
+    sub.add_parser("status", help="each model@alias with its version and URL")
+    args = parser.parse_args(argv)
+    from tasks.deploy import rollout
+
+    if args.command == "rollback":
+        try:
+            done = rollout.rollback(args.model, args.alias)
+        except (ValueError, RuntimeError) as e:
+            sys.exit(f"rollback failed, nothing changed: {e}")
+        print(f"{done.model}@{done.alias} -> version {done.version} at {done.url}")
+    elif args.command == "restore":
+        rollout.restore()
+    else:
+        status()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""``Lightllm``: ``python -m lightllm.server.api_server``, for CUDA GPUs only.
+
+    engine = Lightllm(port=8080, tp=2)
+    command = engine.cmd("runs/merged")   # python -m lightllm.server.api_server --model_dir runs/merged --tp=2 ...
+
+LightLLM has no CPU path and no API key: ``preflight()`` says at once what is missing (the ``lightllm`` package,
+a CUDA device), and a pipeline that keeps the key on (the default) refuses it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from tasks.core import Command, check_kwargs
+from tasks.deploy.base import DeployParams, LazyLLMDeployBase, accelerators, http_ready, require, response_json
+from tasks.deploy.vllm import holds_weights
+
+
+class LightllmParams(DeployParams):
+    """The contract's keywords and defaults (``port`` and ``nccl_port`` None: free ones)."""
+
+    ready_timeout_s: float = 600
+    tp: int = Field(1, ge=1)
+    max_total_token_num: int = Field(64000, ge=1)
+    eos_id: int = 2
+    nccl_port: int | None = None
+    tokenizer_mode: str = "auto"
+    running_max_req_size: int = Field(256, ge=1)
+    data_type: Literal["float16", "bfloat16", "float32"] = "float16"
+    max_req_total_len: int = Field(64000, ge=1)
+    max_req_input_len: int = Field(4096, ge=1)
+    long_truncation_mode: Literal["head", "center", None] = "head"
+
+
+FLAGS = ("tp", "max_total_token_num", "eos_id", "port", "host", "nccl_port", "tokenizer_mode", "running_max_req_size",
+         "data_type", "max_req_total_len", "max_req_input_len", "long_truncation_mode")
+
+
+class Lightllm(LazyLLMDeployBase):
+    engine: ClassVar[str] = "lightllm"
+    Params: ClassVar[type[DeployParams]] = LightllmParams
+
+    def __init__(self, trust_remote_code: bool = True, launcher: Any = None, log_path: str | None = None, **kw):
+        check_kwargs(type(self).__name__, kw, ("host", "port", "name", "prompt_style", *LightllmParams.model_fields))
+        super().__init__(launcher=launcher)
+        self.params = LightllmParams(**{k: v for k, v in kw.items() if k in LightllmParams.model_fields})
+        self.host, self.port = kw.get("host", "127.0.0.1"), kw.get("port")
+        self.trust_remote_code, self.log_path = trust_remote_code, log_path
+
+    def preflight(self) -> None:
+        import torch
+
+        missing = [] if importlib.util.find_spec("lightllm") else ["the `lightllm` package (installed from its repo)"]
+        if not torch.cuda.is_available():
+            missing.append("a CUDA GPU (LightLLM's kernels are Triton/CUDA only)")
+        require("LightLLM", missing, accelerators())
+
+    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None) -> Command:
+        model = finetuned_model if holds_weights(finetuned_model) else base_model
+        if not holds_weights(model):
+            raise FileNotFoundError(f"LightLLM has no model to serve: {finetuned_model!r}, {base_model!r}")
+        from tasks.deploy.endpoints import free_port
+
+        self.port = self.port or free_port()
+        values = {**self.params.model_dump(), "port": self.port, "host": self.host,
+                  "nccl_port": self.params.nccl_port or free_port()}
+        argv = [sys.executable, "-m", "lightllm.server.api_server", "--model_dir", str(model)]
+        argv += [f"--{k}={values[k]}" for k in FLAGS if values[k] is not None]
+        if self.trust_remote_code:
+            argv.append("--trust_remote_code")
+        return Command(argv, return_value=f"http://{self.host}:{self.port}",
+                       checker=http_ready(f"http://{self.host}:{self.port}/health"),
+                       ready_timeout_s=self.params.ready_timeout_s)
+
+    def geturl(self, job: Any = None) -> str:
+        return f"http://{self.host}:{self.port}/generate"
+
+    def smoke_request(self, prompt: str, model_path: str | None = None) -> tuple[str, dict[str, Any]]:
+        return "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 16, "do_sample": False}}
+
+    @staticmethod
+    def extract_result(x, inputs):
+        data = response_json(x)
+        return data["generated_text"][0]
