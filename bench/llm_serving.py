@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "infra" / "models" / "tiny-llama"
 RESULTS = REPO / "bench" / "results"
+THREADS = int(os.environ.get("BENCH_THREADS", 1))  # torch threads of the baseline and of the built-in server
 WORDS = ["saw", "river", "stone", "cold", "moon", "apple", "tree", "ink", "glass", "paper", "cloud", "sand", "rope",
          "bell", "salt", "fern"]
 
@@ -43,7 +44,7 @@ def baseline(texts: list[str], tokens: int) -> dict:
 
     from tasks import inference
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))  # as the built-in server sets its own
+    torch.set_num_threads(THREADS)  # as the built-in server is given
     model, tok = inference.load_model(str(MODEL))
 
     def run(text: str, n: int) -> float:
@@ -104,7 +105,7 @@ def start(engine_name: str):
     from tasks import inference
     from tasks.deploy import RelayServer, Vllm, endpoints, keys
 
-    engine = RelayServer(name="tiny", max_batch=16) if engine_name == "relay" else \
+    engine = RelayServer(name="tiny", max_batch=16, threads=THREADS) if engine_name == "relay" else \
         Vllm(openai_api=True, name="tiny", dtype="float32", **{"max-num-seqs": 16})
     engine.preflight()
     command = engine.with_api_key(engine.cmd(str(MODEL)), keys.api_key())

@@ -115,7 +115,8 @@ def summary(flow_run_id: UUID) -> dict:
     if production is None:
         sys.exit(f"{model_name} has no {alias} version: the gate has never passed ({run.data.tags})")
     tags = registry.version_tags(model_name, production)
-    endpoint = tags["endpoint_url"]
+    # The model's stable URL (its router), the same for every version; the version's own endpoint behind it.
+    url = client.get_registered_model(model_name).tags.get(f"url_{alias}", tags["endpoint_url"])
     served = endpoints.get(tags["endpoint_name"])
     sample = report["candidate"]["samples"][0]  # a held-out validation row
     record = {**sample, "output": sample["expected"]}
@@ -123,14 +124,14 @@ def summary(flow_run_id: UUID) -> dict:
     engine = make_engine(config["deploy"], served.model_path, model_name, run.data.tags["prompt_style"])
     path, payload = engine.smoke_request(prompt, served.model_path)
     headers = keys.auth_headers() if served.api_key_file else {}
-    response = httpx.post(f"{endpoint}{path}", json={**payload, "max_tokens": 24}, headers=headers, timeout=60)
+    response = httpx.post(f"{url}{path}", json={**payload, "max_tokens": 24}, headers=headers, timeout=60)
     response.raise_for_status()
     m = run.data.metrics
     return {
         "mlflow_run": tracking.run_url(run.info.run_id),
         "model": f"{model_name} version {version}" + ("" if version == production else " (not promoted)"),
         "alias": f"{alias} -> version {production}",
-        "endpoint": endpoint,
+        "url": f"{url} (version {production}'s endpoint {tags['endpoint_url']}; API key in {served.api_key_file})",
         "exact_match": f"base {m['base_exact_match']:.3f} -> finetuned {m['candidate_exact_match']:.3f}",
         "val_loss": f"base {m['base_val_loss']:.3f} -> finetuned {m['candidate_val_loss']:.3f}",
         "completion": f"{sample['instruction']} {sample['input']!r} -> "

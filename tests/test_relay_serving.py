@@ -188,21 +188,26 @@ def test_a_huge_body_is_refused_unread_and_memory_stays_flat(served):
 def test_health_answers_while_a_long_batch_runs(served):
     headers = keys.auth_headers()
 
-    async def load_and_probe() -> tuple[list[int], list[int]]:
-        async with httpx.AsyncClient(base_url=served.url, headers=headers, timeout=120) as c:
-            work = [asyncio.create_task(c.post("/v1/completions", json={"prompt": "the", "max_tokens": 200,
-                                                                          "ignore_eos": True}))
-                    for _ in range(16)]
-            await asyncio.sleep(1.0)
-            probes = []
-            for _ in range(3):
-                probes.append((await c.get("/health", timeout=10)).status_code)
-            busy = [not t.done() for t in work]
-            done = [r.status_code for r in await asyncio.gather(*work)]
-            return probes + [sum(busy)], done
+    async def load_and_probe() -> tuple[list[int], int, list[int]]:
+        started, finished = asyncio.Event(), []
 
-    probes, done = asyncio.run(load_and_probe())
-    assert probes[:3] == [200, 200, 200] and probes[3] > 0  # answered while requests were still running
+        async def stream(c: httpx.AsyncClient) -> int:
+            body = {"prompt": "the", "max_tokens": 250, "ignore_eos": True, "stream": True}
+            async with c.stream("POST", "/v1/completions", json=body) as r:
+                async for _ in r.aiter_lines():
+                    started.set()  # decoding is under way
+            finished.append(1)
+            return r.status_code
+
+        async with httpx.AsyncClient(base_url=served.url, headers=headers, timeout=120) as c:
+            work = [asyncio.create_task(stream(c)) for _ in range(16)]
+            await started.wait()
+            probes = [(await c.get("/health", timeout=10)).status_code for _ in range(3)]
+            running = 16 - len(finished)
+            return probes, running, list(await asyncio.gather(*work))
+
+    probes, running, done = asyncio.run(load_and_probe())
+    assert probes == [200, 200, 200] and running > 0  # answered while the requests were still decoding
     assert done == [200] * 16
 
 

@@ -62,6 +62,35 @@ def openai_text(data: dict) -> str:
     return choice["message"]["content"] if "message" in choice else choice["text"]
 
 
+WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+
+
+def holds_weights(path: str | None) -> bool:
+    return bool(path) and Path(path).is_dir() and any(any(Path(path).glob(p)) for p in WEIGHTS)
+
+
+def model_to_serve(engine: str, finetuned_model: str | None, base_model: str | None) -> str:
+    """The finetuned model when it holds weights, else the base model; neither: a clear error."""
+    for path in (finetuned_model, base_model):
+        if holds_weights(path):
+            return str(path)
+    raise FileNotFoundError(f"{engine} has no model to serve: neither {finetuned_model!r} nor the base model "
+                            f"{base_model!r} holds weights ({', '.join(WEIGHTS)})")
+
+
+class GenerateRoute:
+    """For engines that answer TGI's ``POST /generate`` (``inputs`` and ``parameters``): LightLLM, MindIE."""
+
+    host: str
+    port: int | None
+
+    def geturl(self, job: Any = None) -> str:
+        return f"http://{self.host}:{self.port}/generate"
+
+    def smoke_request(self, prompt: str, model_path: str | None = None) -> tuple[str, dict[str, Any]]:
+        return "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 16, "do_sample": False}}
+
+
 class DeployParams(BaseModel):
     """An engine's typed parameters (the pipeline's ``deploy.params``)."""
 

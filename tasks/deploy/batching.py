@@ -16,6 +16,7 @@ import inspect
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -94,17 +95,20 @@ class _Row:
         return True
 
 
-def generate_batch(model, tokenizer, reqs: list[GenRequest]) -> None:
-    """Decode ``reqs`` together; each request gets its text, token count and finish reason, and its events."""
+def generate_batch(model, tokenizer, reqs: list[GenRequest], on_step: Callable[[], None] = lambda: None) -> None:
+    """Decode ``reqs`` together; each request gets its text, token count and finish reason, and its events;
+    ``on_step`` runs after each step's events (a server delivers them together: one wake-up, not one a row)."""
     rows = [_Row(r, tokenizer) for r in reqs]
     width = max(len(r.prompt_ids) for r in reqs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
     ids = torch.full((len(reqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(reqs), width), dtype=torch.long)
     for i, r in enumerate(reqs):
         if r.prompt_ids:
             ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids):] = 1
+    ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     active = [True] * len(reqs)
     # transformers 5.24 renamed the KV cache argument ``past_key_values`` -> ``cache``; serve either.
@@ -114,6 +118,7 @@ def generate_batch(model, tokenizer, reqs: list[GenRequest]) -> None:
         for _ in range(max(r.max_tokens for r in reqs)):
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: past})
             past, logits = out[name], out.logits[:, -1, :].float()
+            logits = logits.cpu()  # one copy a step; the per-row choices below are small
             nxt = torch.full((len(reqs),), pad, dtype=torch.long)
             for i, row in enumerate(rows):
                 if active[i] and row.req.cancelled:
@@ -121,10 +126,11 @@ def generate_batch(model, tokenizer, reqs: list[GenRequest]) -> None:
                 elif active[i]:
                     nxt[i] = pick(logits[i], row.req, row.generator)
                     active[i] = not row.add(int(nxt[i]), tokenizer.eos_token_id)
+            on_step()
             if not any(active):
                 break
-            ids, positions = nxt[:, None], positions[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones((len(reqs), 1), dtype=torch.long)], dim=1)
+            ids, positions = nxt[:, None].to(device), positions[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones((len(reqs), 1), dtype=torch.long, device=device)], dim=1)
 
 
 class Batcher:
@@ -134,6 +140,7 @@ class Batcher:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.wait_s = max_batch, wait_ms / 1000
         self.queue: queue.Queue[GenRequest | None] = queue.Queue()
+        self.on_step: Callable[[], None] = lambda: None  # after each step's events, and after a batch ends
         self.batches = 0  # how many batches ran, and their sizes: what a test or the log can read
         self.largest = 0
         self.thread = threading.Thread(target=self._work, name="fineflow-batcher", daemon=True)
@@ -166,10 +173,14 @@ class Batcher:
             self.batches += 1
             self.largest = max(self.largest, len(batch))
             try:
-                generate_batch(self.model, self.tokenizer, batch)
+                generate_batch(self.model, self.tokenizer, batch, self.on_step)
+                outcome: tuple[str, object] = ("done", None)
             except Exception as e:  # a failed batch fails its requests, not the server
-                for req in batch:
-                    req.on_event("error", e)
-                continue
+                traceback.print_exc()
+                outcome = ("error", e)
             for req in batch:
-                req.on_event("done", None)
+                try:
+                    req.on_event(*outcome)
+                except Exception:  # a broken callback must not stop the thread every request waits on
+                    traceback.print_exc()
+            self.on_step()

@@ -16,8 +16,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import DeployParams, LazyLLMDeployBase, accelerators, http_ready, require, response_json
-from tasks.deploy.vllm import holds_weights
+from tasks.deploy.base import (DeployParams, GenerateRoute, LazyLLMDeployBase, accelerators, http_ready, model_to_serve,
+                               require, response_json)
 
 
 class LightllmParams(DeployParams):
@@ -40,7 +40,7 @@ FLAGS = ("tp", "max_total_token_num", "eos_id", "port", "host", "nccl_port", "to
          "data_type", "max_req_total_len", "max_req_input_len", "long_truncation_mode")
 
 
-class Lightllm(LazyLLMDeployBase):
+class Lightllm(GenerateRoute, LazyLLMDeployBase):
     engine: ClassVar[str] = "lightllm"
     Params: ClassVar[type[DeployParams]] = LightllmParams
 
@@ -60,9 +60,7 @@ class Lightllm(LazyLLMDeployBase):
         require("LightLLM", missing, accelerators())
 
     def cmd(self, finetuned_model: str | None = None, base_model: str | None = None) -> Command:
-        model = finetuned_model if holds_weights(finetuned_model) else base_model
-        if not holds_weights(model):
-            raise FileNotFoundError(f"LightLLM has no model to serve: {finetuned_model!r}, {base_model!r}")
+        model = model_to_serve("LightLLM", finetuned_model, base_model)
         from tasks.deploy.endpoints import free_port
 
         self.port = self.port or free_port()
@@ -75,12 +73,6 @@ class Lightllm(LazyLLMDeployBase):
         return Command(argv, return_value=f"http://{self.host}:{self.port}",
                        checker=http_ready(f"http://{self.host}:{self.port}/health"),
                        ready_timeout_s=self.params.ready_timeout_s)
-
-    def geturl(self, job: Any = None) -> str:
-        return f"http://{self.host}:{self.port}/generate"
-
-    def smoke_request(self, prompt: str, model_path: str | None = None) -> tuple[str, dict[str, Any]]:
-        return "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 16, "do_sample": False}}
 
     @staticmethod
     def extract_result(x, inputs):

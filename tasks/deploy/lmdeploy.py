@@ -17,9 +17,8 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, Field
 
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import (DeployParams, LazyLLMDeployBase, accelerators, http_ready, openai_text, require,
-                               response_json)
-from tasks.deploy.vllm import holds_weights
+from tasks.deploy.base import (DeployParams, LazyLLMDeployBase, accelerators, http_ready, model_to_serve, openai_text,
+                               require, response_json)
 
 
 class LMDeployParams(DeployParams):
@@ -58,9 +57,7 @@ class LMDeploy(LazyLLMDeployBase):
         require("LMDeploy", missing, accelerators())
 
     def cmd(self, finetuned_model: str | None = None, base_model: str | None = None) -> Command:
-        model = finetuned_model if holds_weights(finetuned_model) else base_model
-        if not holds_weights(model):
-            raise FileNotFoundError(f"LMDeploy has no model to serve: {finetuned_model!r}, {base_model!r}")
+        model = model_to_serve("LMDeploy", finetuned_model, base_model)
         if not self.port:
             from tasks.deploy.endpoints import free_port
 

@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import DeployParams, LazyLLMDeployBase, accelerators, http_ready, require, response_json
-from tasks.deploy.vllm import holds_weights
+from tasks.deploy.base import (DeployParams, GenerateRoute, LazyLLMDeployBase, accelerators, http_ready, model_to_serve,
+                               require, response_json)
 
 HOME_VAR = "LAZYLLM_MINDIE_HOME"
 
@@ -39,7 +39,7 @@ class MindieParams(DeployParams):
     config: str | None = None  # a config.json to start from instead of the installed one
 
 
-class Mindie(LazyLLMDeployBase):
+class Mindie(GenerateRoute, LazyLLMDeployBase):
     engine: ClassVar[str] = "mindie"
     Params: ClassVar[type[DeployParams]] = MindieParams
 
@@ -104,9 +104,7 @@ class Mindie(LazyLLMDeployBase):
 
     def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
             master_ip: str | None = None) -> Command:
-        model = finetuned_model if holds_weights(finetuned_model) else base_model
-        if not holds_weights(model):
-            raise FileNotFoundError(f"MindIE has no model to serve: {finetuned_model!r}, {base_model!r}")
+        model = model_to_serve("MindIE", finetuned_model, base_model)
         if not self.mindie_home:
             raise FileNotFoundError(f"set {HOME_VAR} to the MindIE installation directory")
         if not self.port:
@@ -118,12 +116,6 @@ class Mindie(LazyLLMDeployBase):
         url = f"http://{self.host}:{self.port}"
         return Command([str(self.daemon)], return_value=url, checker=http_ready(f"{url}/health"),
                        ready_timeout_s=self.params.ready_timeout_s)
-
-    def geturl(self, job: Any = None) -> str:
-        return f"http://{self.host}:{self.port}/generate"
-
-    def smoke_request(self, prompt: str, model_path: str | None = None) -> tuple[str, dict[str, Any]]:
-        return "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 16, "do_sample": False}}
 
     @staticmethod
     def extract_result(x, inputs):

@@ -20,6 +20,9 @@ class RelayParams(DeployParams):
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_batch: int = Field(16, ge=1, le=256)  # requests decoded together
     batch_wait_ms: float = Field(5, ge=0, le=1000)  # how long the first request of a batch waits for others
+    # torch's threads for decoding. 1: a small model's steps are too short to share, and more threads spin
+    # against the event loop that streams the answers.
+    threads: int = Field(1, ge=1, le=256)
 
 
 class RelayServer(LazyLLMDeployBase):
@@ -47,7 +50,7 @@ class RelayServer(LazyLLMDeployBase):
                 "--host", self.kw["host"], "--port", str(self.kw["port"]), "--name", self.kw["name"],
                 "--prompt-style", self.kw["prompt_style"], "--max-tokens", str(p.max_tokens),
                 "--max-body-bytes", str(p.max_body_bytes), "--max-batch", str(p.max_batch),
-                "--batch-wait-ms", str(p.batch_wait_ms)]
+                "--batch-wait-ms", str(p.batch_wait_ms), "--threads", str(p.threads)]
         return Command(argv, return_value=self.url(), checker=http_ready(f"{self.url()}/health"),
                        env=envs.path_env(self.environment), ready_timeout_s=p.ready_timeout_s)
 

@@ -25,6 +25,7 @@ import json
 import os
 import time
 import uuid
+from collections import deque
 from typing import Literal
 
 import torch
@@ -105,6 +106,21 @@ def create_app(model_path: str, name: str, prompt_style: str = "alpaca", *, api_
     context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
     token_chars = longest_token_chars(tokenizer)
     batcher = Batcher(model, tokenizer, max_batch=max_batch, wait_ms=batch_wait_ms)
+    # Events from the batcher's thread wait here and reach their requests' queues together, one wake-up of the
+    # event loop per decoding step (sixteen streams would otherwise wake it sixteen times a token).
+    outbox: deque = deque()
+    loop_of: dict = {}
+
+    def deliver() -> None:
+        while outbox:
+            events, item = outbox.popleft()
+            events.put_nowait(item)
+
+    def flush() -> None:
+        if outbox and "loop" in loop_of:
+            loop_of["loop"].call_soon_threadsafe(deliver)
+
+    batcher.on_step = flush
     app = FastAPI(title=f"fineflow relay: {name}")
     app.state.batcher = batcher
     created = int(time.time())
@@ -157,9 +173,9 @@ def create_app(model_path: str, name: str, prompt_style: str = "alpaca", *, api_
 
     async def run(reqs: list[GenRequest]):
         """Submit ``reqs`` and yield ``(index, piece)`` as text arrives, then ``(index, None)`` when each ends."""
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        loop_of["loop"], events = asyncio.get_running_loop(), asyncio.Queue()
         for i, r in enumerate(reqs):
-            r.on_event = lambda kind, value, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, kind, value))
+            r.on_event = lambda kind, value, i=i: outbox.append((events, (i, kind, value)))
             batcher.submit(r)
         pending = len(reqs)
         try:
@@ -255,6 +271,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-body-bytes", type=int, default=1_000_000)
     parser.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")
     parser.add_argument("--batch-wait-ms", type=float, default=5, help="how long a batch waits for company")
+    parser.add_argument("--threads", type=int, default=1, help="torch's threads for decoding")
     return parser.parse_args(argv)
 
 
@@ -274,8 +291,8 @@ def server(argv: list[str] | None = None) -> uvicorn.Server:
 
 def main(argv: list[str] | None = None) -> None:
     # pragma: no mutate start (runs only in the server process, which tests/test_relay.py starts and queries; a
-    # mutation tester sees in-process calls only. The batcher's one thread decodes; more would only contend.)
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    # mutation tester sees in-process calls only.)
+    torch.set_num_threads(parse_args(argv).threads)
     server(argv).run()
     # pragma: no mutate end
 

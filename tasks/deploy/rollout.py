@@ -29,10 +29,9 @@ from urllib.parse import urlparse
 from pydantic import BaseModel
 
 from tasks.deploy import endpoints, get_engine, keys
-from tasks.deploy.base import LazyLLMDeployBase, http_ready
+from tasks.deploy.base import LazyLLMDeployBase, holds_weights, http_ready
 from tasks.deploy.endpoints import Endpoint
 from tasks.deploy.router import drain, read_state, switch, write_state
-from tasks.deploy.vllm import holds_weights
 from tasks.core import Command
 from tasks.settings import state_dir
 

@@ -26,12 +26,11 @@ from pydantic import ConfigDict, Field
 
 from tasks import envs, inference
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import (DeployParams, LazyLLMDeployBase, accelerators, http_ready, openai_text, require,
-                               response_json)
+from tasks.deploy.base import (DeployParams, LazyLLMDeployBase, accelerators, holds_weights, http_ready, model_to_serve,
+                               openai_text, require, response_json)
 from tasks.settings import state_dir
 
 log = logging.getLogger(__name__)
-WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 
 
 class VllmParams(DeployParams):
@@ -66,10 +65,6 @@ class VllmParams(DeployParams):
 FLAGS = ("tensor_parallel_size", "dtype", "kv_cache_dtype", "block_size", "seed", "tokenizer_mode",
          "max_num_seqs", "pipeline_parallel_size", "max_num_batched_tokens", "max_model_len",
          "gpu_memory_utilization")
-
-
-def holds_weights(path: str | None) -> bool:
-    return bool(path) and Path(path).is_dir() and any(any(Path(path).glob(p)) for p in WEIGHTS)
 
 
 def is_adapter(path: str | None) -> bool:
@@ -117,12 +112,9 @@ class Vllm(LazyLLMDeployBase):
             return str(finetuned_model), None
         if is_adapter(finetuned_model) and holds_weights(base_model):
             return str(base_model), str(finetuned_model)
-        if holds_weights(base_model):
-            log.warning("no weights in the finetuned model %s: serving the base model %s", finetuned_model,
-                        base_model)
-            return str(base_model), None
-        raise FileNotFoundError(f"vLLM has no model to serve: neither {finetuned_model!r} nor the base model "
-                                f"{base_model!r} holds weights ({', '.join(WEIGHTS)})")
+        model = model_to_serve("vLLM", finetuned_model, base_model)  # a clear error: neither has weights
+        log.warning("no weights in the finetuned model %s: serving the base model %s", finetuned_model, model)
+        return model, None
 
     def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
             master_ip: str | None = None) -> Command:
