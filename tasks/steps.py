@@ -267,7 +267,6 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
     if promoted:
         done = rollout.promote(name, alias, version, ep, host=config.deploy.host, log=logger.info)
         reason = f"{alias} -> version {version} ({report.reason}), served at {done.url}"
-        logger.info("moved alias %s", reason)
     else:
         reason = f"not promoted: {'health check failed' if not healthy else report.reason}"
         registry.set_tag(name, version, "status", "rejected")

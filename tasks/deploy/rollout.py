@@ -114,7 +114,7 @@ def promote(model: str, alias: str, version: str, ep: Endpoint, host: str = "127
             if previous:
                 registry.move_alias(model, alias, previous)
             raise
-        log(f"{model}@{alias}: version {version} serving at {url} (was {previous or 'none'})")
+        log(f"moved alias {alias} -> version {version} of {model}, served at {url} (was {previous or 'none'})")
         if record_previous and previous and previous != version:
             registry.set_tag(model, version, "previous_version", previous)
         registry.client().set_registered_model_tag(model, f"url_{alias}", url)
