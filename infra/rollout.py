@@ -24,7 +24,7 @@ def status() -> None:
         for alias, version in (rm.aliases or {}).items():
             state = read_state(router_state_path(rm.name, alias))
             router = endpoints.get(router_name(rm.name, alias))
-            up = "up" if router and router.healthy() or (router and router.alive()) else "down"
+            up = "up" if router and router.alive() else "down"
             url = f"http://{state.get('host', '127.0.0.1')}:{state['port']}" if state.get("port") else "-"
             print(f"{rm.name}@{alias}\tversion {version}\t{url}\trouter {up}\t-> {state.get('target', '-')}")
 
