@@ -60,6 +60,19 @@ def alpaca_file(tmp_path):
     return write
 
 
+@pytest.fixture(scope="session")
+def oracle_python() -> str:
+    """The interpreter of the reference package's own environment (``infra/envs/lazyllm-oracle.txt``), for
+    differential tests; never imported by fineflow."""
+    from tasks import envs
+
+    try:
+        envs.ensure("lazyllm-oracle")
+    except envs.EnvironmentBuildError as e:  # only where the package cannot be installed at all
+        pytest.skip(f"the reference package lazyllm==1.4.0 could not be installed here: {str(e)[:300]}")
+    return envs.bin_path("lazyllm-oracle", "python")
+
+
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
     """The tiny model with a chat template that renders BOS and the messages' text (no generation prompt), as a

@@ -218,3 +218,54 @@ def test_deploy_sections_that_would_expose_an_endpoint_are_refused(tmp_path, dep
     with pytest.raises(ConfigError, match=message):
         load_config(path)
     assert load_config("deployments/quickstart-vllm.yaml").deploy.params.max_num_seqs == 16
+
+
+ORACLE_SCRIPT = r"""
+import json, sys
+from lazyllm.components.deploy import Vllm, LMDeploy, Lightllm
+model = sys.argv[1]
+out = {
+    "vllm": Vllm(port=31234, openai_api=True).cmd(model, base_model=model).cmd(),
+    "vllm_plain": Vllm(port=31234).cmd(model, base_model=model).cmd(),
+    "lmdeploy": LMDeploy(**{"server-port": 31235}).cmd(model).cmd(),
+    "lightllm": Lightllm(port=31236, nccl_port=28765).cmd(model).cmd(),
+}
+print(json.dumps(out))
+"""
+
+
+def flags(command: str | list[str]) -> dict[str, str | bool]:
+    """``--flag value`` / ``--flag="value"`` / ``--switch`` of a command line, flags spelled with dashes."""
+    import shlex
+
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    start = next(i for i, a in enumerate(argv) if a.startswith("--"))
+    return {k.replace("_", "-"): v for k, v in argv_options(argv, start).items()}
+
+
+def test_engine_commands_match_the_reference_packages(tmp_path, oracle_python):
+    """The reference package (lazyllm==1.4.0, in its own environment) builds the same commands, except where
+    fineflow decides otherwise on purpose: it binds 127.0.0.1 (the reference 0.0.0.0), names the served model
+    after the registered model (the reference: ``lazyllm``), leaves ``--max_model_len`` to the model (the
+    reference's 10240 is over the context of small models, which vLLM refuses), and writes the contract's
+    other vLLM keywords out."""
+    import subprocess
+
+    model = str(tmp_path / "m")
+    shutil.copytree(TINY, model)
+    ref = json.loads(subprocess.run([oracle_python, "-c", ORACLE_SCRIPT, model], capture_output=True,
+                                    text=True, check=True, timeout=300).stdout.strip().splitlines()[-1])
+    mine_vllm = Vllm(openai_api=True, port=31234, name="lazyllm").cmd(model).argvs[-1]
+    assert ref["vllm"].split()[1:3] == mine_vllm[1:3]  # -m vllm.entrypoints.openai.api_server
+    theirs, ours = flags(ref["vllm"]), flags(mine_vllm)
+    assert {k: theirs[k] for k in ("--model", "--served-model-name", "--port", "--trust-remote-code")} == \
+        {k: ours[k] for k in ("--model", "--served-model-name", "--port", "--trust-remote-code")}
+    assert (theirs["--host"], ours["--host"], theirs["--max-model-len"]) == ("0.0.0.0", "127.0.0.1", "10240")
+    assert ref["vllm_plain"].split()[2] == Vllm(port=1).cmd(model).argvs[-1][2] == "vllm.entrypoints.api_server"
+    theirs, ours = flags(ref["lmdeploy"]), flags(LMDeploy(**{"server-port": 31235}, name="lazyllm").cmd(model).argvs[-1])
+    assert ref["lmdeploy"].split()[:4] == ["lmdeploy", "serve", "api_server", model]
+    assert {**theirs, "--server-name": "127.0.0.1", "--server-port": "31235"} == ours
+    theirs = flags(ref["lightllm"])
+    ours = flags(Lightllm(port=31236, nccl_port=28765).cmd(model).argvs[-1])
+    assert ref["lightllm"].split()[1:3] == ["-m", "lightllm.server.api_server"]
+    assert {**theirs, "--host": "127.0.0.1"} == ours

@@ -17,13 +17,9 @@ import subprocess
 import types
 from pathlib import Path
 
-import pytest
-
 import reference_calls as calls
-from tasks import envs
 from tasks.formatter import extract_json
 
-ORACLE = "lazyllm-oracle"
 BROKEN_JSON = {'{"broken": "value",'}
 EMBEDDING_NAMES = {"all-MiniLM-L6-v2", "m3e-base", "text2vec-base"}
 
@@ -52,15 +48,6 @@ DELIBERATE = {
     "get_model_type knows embedding models by name (the reference says llm or sd)":
         lambda c, r, m: c["kind"] == "model_type" and c["name"] in EMBEDDING_NAMES and m == {"ok": "embed"},
 }
-
-
-@pytest.fixture(scope="module")
-def oracle_python() -> str:
-    try:
-        envs.ensure(ORACLE)
-    except envs.EnvironmentBuildError as e:  # only where the package cannot be installed at all
-        pytest.skip(f"the reference package lazyllm==1.4.0 could not be installed here: {str(e)[:300]}")
-    return envs.bin_path(ORACLE, "python")
 
 
 def fineflow_namespace() -> types.SimpleNamespace:
