@@ -33,6 +33,8 @@ MODULES = {
     "tasks/merge.py": "LoRA merge and the weights-moved check",
     "tasks/inference.py": "prompt styles, greedy generation, the response loss",
     "tasks/deploy/relay_app.py": "the built-in server's routes",
+    "tasks/deploy/openai_api.py": "the built-in server's requests and errors",
+    "tasks/deploy/batching.py": "batched, streamed decoding",
     "tasks/config.py": "pipeline config validation",
     "tasks/masking.py": "secret masking",
     "tasks/prompter/base.py": "prompters",
@@ -47,7 +49,7 @@ MODULES = {
     "tasks/data/formats.py": "dataset validation",
 }
 TESTS = ["tests/test_masking.py", "tests/test_evaluate.py", "tests/test_model_outputs.py", "tests/test_inference.py",
-         "tests/test_relay.py",
+         "tests/test_relay.py", "tests/test_relay_serving.py",
          "tests/test_config.py", "tests/test_prompter.py", "tests/test_formatter.py",
          "tests/test_formatter_properties.py", "tests/test_reference_diff.py", "tests/test_data.py",
          "tests/test_datasets.py"]

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from tasks.deploy import ENGINES
+from tasks.deploy.keys import LOOPBACK
 from tasks.evaluate import GateConfig
 from tasks.finetune import FRAMEWORKS
 from tasks.settings import REPO_ROOT
@@ -69,9 +70,6 @@ class EvaluateSection(Section):
     max_samples: int = Field(200, ge=1)
     max_new_tokens: int = Field(32, ge=1, le=512)
     gate: GateConfig = GateConfig()
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class DeploySettings(Section):

@@ -16,9 +16,10 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from tasks import envs, inference, launchers, storage, tracking
-from tasks.config import LOOPBACK, DeploySection, EvaluateSection, PipelineConfig
+from tasks.config import DeploySection, EvaluateSection, PipelineConfig
 from tasks.data import DatasetError, PreparedDataset, prepare, read_jsonl
 from tasks.deploy import endpoints, keys, rollout
+from tasks.deploy.keys import LOOPBACK
 from tasks.deploy.endpoints import Endpoint
 from tasks.evaluate import EvalReport, evaluate
 from tasks.finetune import LazyLLMFinetuneBase, get_framework

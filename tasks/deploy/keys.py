@@ -20,6 +20,7 @@ from tasks.masking import register_secret
 from tasks.settings import state_dir
 
 ENV_VAR = "FINEFLOW_API_KEY"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # the addresses an endpoint without a key may bind
 
 
 def key_path() -> Path:
