@@ -183,6 +183,8 @@ def test_autodeploy_rules(monkeypatch):
     plan = engine.auto_plan
     assert isinstance(engine, RelayServer) and (plan.engine, plan.model_type, plan.ngpus) == ("relay", "llm", 0)
     assert "vllm: environment vllm not built" in plan.reason and "LightLLM cannot start here" in plan.reason
+    assert engine.params.ready_timeout_s == 120  # the chosen engine's default, unless the pipeline says otherwise
+    assert AutoDeploy(TINY, ready_timeout_s=7).params.ready_timeout_s == 7
     monkeypatch.setattr(envs, "is_built", lambda name: True)
     engine = auto("internlm2-chat-20b", max_token_num=4096)
     assert isinstance(engine, Vllm) and engine.params.openai_api and engine.auto_plan.model_size_b == 20

@@ -40,6 +40,7 @@ KV_GB_PER_B_PER_1K_TOKENS = 0.05  # one sequence's KV cache, per billion paramet
 
 
 class AutoDeployParams(DeployParams):
+    ready_timeout_s: float | None = None  # None: the chosen engine's own default
     max_token_num: int = Field(1024, ge=1)
     type: str | None = None  # the model type; None: from the model's name
 
@@ -127,6 +128,8 @@ class AutoDeploy(LazyLLMDeployBase):
     def __new__(cls, base_model: str, source: str | None = None, trust_remote_code: bool = True,
                 launcher: Any = None, stream: bool = False, type: str | None = None, max_token_num: int = 1024,
                 log_path: str | None = None, ready_timeout_s: float | None = None, **kw):
+        if ready_timeout_s is not None:
+            kw["ready_timeout_s"] = ready_timeout_s
         engine_cls, launcher, kwargs = cls.get_deployer(base_model, source, trust_remote_code, launcher, type,
                                                         log_path, max_token_num, **kw)
         plan = kwargs.pop("auto_plan")
