@@ -13,6 +13,7 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m infra.embed_models
 	touch $@
 
 env: $(BIN)/.installed

@@ -119,6 +119,18 @@ class PipelineConfig(Section):
     deploy: DeploySection
     registry: RegisterSection
 
+    @model_validator(mode="after")
+    def engine_serves_the_model(self) -> "PipelineConfig":
+        """A deploy engine is paired with a model of a type it serves (an embedder is not given to vLLM)."""
+        from tasks.models.types import get_model_type
+
+        kind = get_model_type(self.model.base_model)
+        serves = ENGINES[self.deploy.backend].serves
+        if kind not in serves:
+            raise ValueError(f"deploy.backend {self.deploy.backend!r} serves {' and '.join(serves)} models; "
+                             f"model.base_model {self.model.base_model!r} is a {kind} model")
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def default_backends(cls, data: Any) -> Any:

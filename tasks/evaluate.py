@@ -1,4 +1,5 @@
-"""Evaluate base and candidate on the validation split: loss, perplexity, greedy exact-match.
+"""Evaluate base and candidate on the validation split, by model type (``EVALUATORS``): an LLM on loss,
+perplexity and greedy exact-match; an embedder or a reranker on retrieval (``tasks.evaluate_retrieval``).
 
 Torch is imported only when scoring (``tasks.inference``), so the config can import the gate's model.
 The gate decides whether the candidate may be promoted; the report says why.
@@ -8,7 +9,11 @@ from __future__ import annotations
 
 import math
 
+from collections.abc import Callable
+
 from pydantic import BaseModel
+
+from tasks.evaluate_retrieval import RetrievalScores, embedder_set, reranker_set, score_embedder, score_reranker
 
 
 # A loss above this is a broken model; capping keeps exp() finite and the report readable.
@@ -28,15 +33,22 @@ class ModelScores(BaseModel):
     samples: list[dict[str, str]] = []  # a few (prompt tail, expected, got) rows for the report
 
 
+def metrics_of(scores: BaseModel) -> dict[str, float]:
+    """The numbers of a score, by name (what MLflow records and the registry's tags carry)."""
+    return {k: v for k, v in scores.model_dump().items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
+
+
 class GateConfig(BaseModel):
-    metric: str = "exact_match"
+    metric: str | None = None  # None: the model type's own (exact_match for an LLM, ndcg_at_10 for retrieval)
     min_improvement: float = 0.0  # candidate must beat base by more than this
     min_value: float = 0.0  # and reach at least this
 
 
 class EvalReport(BaseModel):
-    base: ModelScores
-    candidate: ModelScores
+    model_type: str = "llm"
+    base: ModelScores | RetrievalScores
+    candidate: ModelScores | RetrievalScores
     gate: GateConfig
     passed: bool
     reason: str
@@ -59,8 +71,14 @@ def score(model_path: str, records: list[dict], style: str, prompts: list[str] |
                        val_loss=loss, perplexity=perplexity(loss), samples=samples)
 
 
-def apply_gate(base: ModelScores, candidate: ModelScores, gate: GateConfig) -> tuple[bool, str]:
-    b, c = getattr(base, gate.metric), getattr(candidate, gate.metric)
+def apply_gate(base: BaseModel, candidate: BaseModel, gate: GateConfig) -> tuple[bool, str]:
+    known = metrics_of(candidate)
+    metric = gate.metric or ("exact_match" if isinstance(candidate, ModelScores) else "ndcg_at_10")
+    if metric not in known:
+        raise ValueError(f"evaluate.gate.metric {metric!r} is not measured for this model; measured: "
+                         f"{', '.join(known)}")
+    gate = gate.model_copy(update={"metric": metric})
+    b, c = getattr(base, metric), getattr(candidate, metric)
     lower_is_better = gate.metric in ("val_loss", "perplexity")
     improvement = (b - c) if lower_is_better else (c - b)
     if improvement <= gate.min_improvement:
@@ -70,14 +88,45 @@ def apply_gate(base: ModelScores, candidate: ModelScores, gate: GateConfig) -> t
     return True, f"{gate.metric}: candidate {c:.4f} vs base {b:.4f}"
 
 
-def evaluate(base_path: str, candidate_path: str, records: list[dict], gate: GateConfig, style: str,
-             max_new_tokens: int = 32) -> EvalReport:
-    """Score base and candidate on the same prompts, rendered in ``style`` with the candidate's tokenizer (a chat
-    template lives beside the model that was trained with it), and apply the gate."""
+def llm_pair(base_path: str, candidate_path: str, records: list[dict], style: str, max_new_tokens: int = 32,
+             **_) -> tuple[ModelScores, ModelScores]:
+    """Base and candidate on the same prompts, rendered in ``style`` with the candidate's tokenizer (a chat
+    template lives beside the model that was trained with it)."""
     from tasks import inference
 
     prompts = inference.render_prompts(style, records, candidate_path)
-    base = score(base_path, records, style, prompts, max_new_tokens)
-    candidate = score(candidate_path, records, style, prompts, max_new_tokens)
+    return (score(base_path, records, style, prompts, max_new_tokens),
+            score(candidate_path, records, style, prompts, max_new_tokens))
+
+
+def embedder_pair(base_path: str, candidate_path: str, records: list[dict], all_records: list[dict] = (),
+                  **_) -> tuple[RetrievalScores, RetrievalScores]:
+    judged = embedder_set(records, [*all_records, *records])
+    return score_embedder(base_path, judged), score_embedder(candidate_path, judged)
+
+
+def reranker_pair(base_path: str, candidate_path: str, records: list[dict], **_
+                  ) -> tuple[RetrievalScores, RetrievalScores]:
+    judged = reranker_set(records)
+    return score_reranker(base_path, judged), score_reranker(candidate_path, judged)
+
+
+# model type -> (how base and candidate are scored, the gate's default metric)
+EVALUATORS: dict[str, tuple[Callable[..., tuple[BaseModel, BaseModel]], str]] = {
+    "llm": (llm_pair, "exact_match"), "vlm": (llm_pair, "exact_match"),
+    "embed": (embedder_pair, "ndcg_at_10"), "rerank": (reranker_pair, "ndcg_at_10"),
+}
+
+
+def evaluate(base_path: str, candidate_path: str, records: list[dict], gate: GateConfig, style: str,
+             max_new_tokens: int = 32, *, model_type: str = "llm", all_records: list[dict] = ()) -> EvalReport:
+    """Score base and candidate with the model type's evaluator and apply the gate (its metric defaulting to the
+    type's). ``all_records`` (the training split) widen an embedder's corpus to every passage of the dataset."""
+    if model_type not in EVALUATORS:
+        raise ValueError(f"no evaluation for {model_type} models; evaluated: {', '.join(EVALUATORS)}")
+    pair, default_metric = EVALUATORS[model_type]
+    base, candidate = pair(base_path, candidate_path, records, style=style, max_new_tokens=max_new_tokens,
+                           all_records=all_records)
+    gate = gate.model_copy(update={"metric": gate.metric or default_metric})
     passed, reason = apply_gate(base, candidate, gate)
-    return EvalReport(base=base, candidate=candidate, gate=gate, passed=passed, reason=reason)
+    return EvalReport(model_type=model_type, base=base, candidate=candidate, gate=gate, passed=passed, reason=reason)

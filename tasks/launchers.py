@@ -125,3 +125,13 @@ def local(**kw) -> LocalLauncher:
 
 def remote(ngpus: int = 1, sync: bool = True, **kw) -> LocalLauncher:
     return LocalLauncher(ngpus=ngpus, sync=sync, **kw)
+
+
+def cuda_available() -> bool:
+    """Whether this process sees a CUDA device (torch imported only here, when asked)."""
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

@@ -11,17 +11,16 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from tasks import envs, inference, launchers, storage, tracking
+from tasks import envs, launchers, storage, tracking
 from tasks.config import DeploySection, EvaluateSection, PipelineConfig
 from tasks.data import DatasetError, PreparedDataset, prepare, read_jsonl
 from tasks.deploy import endpoints, keys, rollout
 from tasks.deploy.keys import LOOPBACK
 from tasks.deploy.endpoints import Endpoint
-from tasks.evaluate import EvalReport, evaluate
+from tasks.evaluate import EvalReport, evaluate, metrics_of
 from tasks.finetune import LazyLLMFinetuneBase, get_framework
 from tasks.finetune.auto import plan_dict
 from tasks.formatter import make_formatter
@@ -38,6 +37,7 @@ class TrainResult(BaseModel):
     final_loss: float | None
     tokens_per_second: float | None = None
     prompt_style: str  # how the trained model is prompted (tasks.inference), for evaluation and serving
+    model_type: str = "llm"  # what it is (llm, embed, rerank): how it is evaluated
     log_path: str
 
 
@@ -155,7 +155,7 @@ def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, run_
     return TrainResult(framework=config.finetune.framework, target_path=trainer.target_path,
                        steps=max((h["step"] for h in history), default=0), final_loss=losses[-1] if losses else None,
                        tokens_per_second=speeds[-1] if speeds else None, prompt_style=trainer.prompt_style(),
-                       log_path=str(log_path))
+                       model_type=trainer.model_type, log_path=str(log_path))
 
 
 @task
@@ -178,15 +178,15 @@ def merge(config: PipelineConfig, base: ModelRef, trained: TrainResult, run_id: 
 @task
 def evaluate_models(cfg: EvaluateSection, base: ModelRef, merged: MergedModel, trained: TrainResult,
                     data: PreparedDataset, run_id: str) -> EvalReport:
-    """Validation loss, perplexity and greedy exact-match for base and candidate, prompted the way the candidate
-    was trained; apply the gate."""
+    """Base and candidate scored by the model type's evaluator on the validation split (an LLM: loss, perplexity
+    and greedy exact-match, prompted the way the candidate was trained; an embedder or reranker: recall@k, MRR@10,
+    nDCG@10); apply the gate."""
     records = read_jsonl(data.val_path)[: cfg.max_samples]
     with timed(run_id, "evaluate"):
-        report = evaluate(base.path, merged.path, records, cfg.gate, trained.prompt_style, cfg.max_new_tokens)
+        report = evaluate(base.path, merged.path, records, cfg.gate, trained.prompt_style, cfg.max_new_tokens,
+                          model_type=trained.model_type, all_records=read_jsonl(data.train_path))
     for who in ("base", "candidate"):
-        s = getattr(report, who)
-        tracking.log_metrics(run_id, {f"{who}_exact_match": s.exact_match, f"{who}_val_loss": s.val_loss,
-                                      f"{who}_perplexity": s.perplexity})
+        tracking.log_metrics(run_id, {f"{who}_{k}": v for k, v in metrics_of(getattr(report, who)).items()})
     tracking.log_text(run_id, report.model_dump_json(indent=1), "eval/report.json")
     get_run_logger().info("gate %s: %s", "passed" if report.passed else "FAILED", report.reason)
     return report
@@ -212,23 +212,23 @@ def deploy(cfg: DeploySection, merged: MergedModel, name: str, trained: TrainRes
     headers = {}
     if cfg.api_key:
         command, headers = engine.with_api_key(command, keys.api_key()), keys.auth_headers()
-    record = read_jsonl(data.val_path)[0]
-    prompt = inference.render_prompts(trained.prompt_style, [record], merged.path)[0]
     with timed(run_id, "deploy"):
         try:
             ep = endpoints.start(f"{name}-{run_id[:8]}", command, engine.engine, merged.path,
                                  api_key_file=str(keys.key_path()) if cfg.api_key else None)
         finally:
             engine.after_start()
-        path, payload = engine.smoke_request(prompt, merged.path)
-        smoke = httpx.post(f"{ep.url}{path}", json=payload, headers=headers, timeout=30)
-        smoke.raise_for_status()
-        answer = make_formatter(cfg.formatter, cfg.formatter_selector)(engine.extract_result(smoke, prompt))
+        try:
+            answer, shown = engine.smoke_test(ep.url, read_jsonl(data.val_path)[:8], headers, merged.path,
+                                              prompt_style=trained.prompt_style,
+                                              formatter=make_formatter(cfg.formatter, cfg.formatter_selector))
+        except Exception:
+            endpoints.stop(ep.name)  # a candidate that fails its smoke test is not left running
+            raise
     ep.relaunch = {"deploy": cfg.model_dump(mode="json"), "prompt_style": trained.prompt_style}
     tracking.set_tag(run_id, "smoke_answer", str(answer)[:250])
     logger.info("endpoint %s serving at %s", ep.name, ep.url)
-    ex = inference.example(record)
-    logger.info("smoke test: %s %r -> %r (expected %r)", ex["instruction"], ex["input"], answer, ex["output"])
+    logger.info("smoke test: %s", shown)
     return ep
 
 
@@ -259,8 +259,9 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
             "launch_command": show_argv(ep.argv), "health": "ok" if healthy else "failed",
             "framework": config.finetune.framework,
             "dataset_hash": data.hash, "prefect_flow_run_id": flow_run_id, "gate": report.reason,
-            "candidate_exact_match": f"{report.candidate.exact_match:.4f}",
-            "base_exact_match": f"{report.base.exact_match:.4f}"}
+            "model_type": report.model_type,
+            **{f"{who}_{k}": f"{v:.4f}" for who in ("base", "candidate")
+               for k, v in metrics_of(getattr(report, who)).items()}}
     version = registry.create_version(name, merged.s3_uri, run_id, tags)
     previous = registry.alias_version(name, alias)
     promoted = healthy and report.passed

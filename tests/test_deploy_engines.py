@@ -197,9 +197,13 @@ def test_autodeploy_rules(monkeypatch):
 
 
 def test_every_engine_is_in_the_table_and_in_pipeline_configs(tmp_path):
-    assert set(ENGINES) == {"relay", "vllm", "lmdeploy", "lightllm", "mindie", "auto"}
-    base = load_config("deployments/quickstart.yaml").model_dump(mode="json")
+    assert set(ENGINES) == {"relay", "vllm", "lmdeploy", "lightllm", "mindie", "embedding", "rerank", "infinity",
+                            "auto"}
+    llm = load_config("deployments/quickstart.yaml").model_dump(mode="json")
+    by_type = {"embed": load_config("deployments/flagembedding.yaml").model_dump(mode="json"),
+               "rerank": load_config("deployments/flagembedding-rerank.yaml").model_dump(mode="json")}
     for name in ENGINES:
+        base = by_type.get(ENGINES[name].serves[0], llm)
         cfg = {**base, "deploy": {"backend": name, **({"api_key": False} if name in ("lmdeploy", "lightllm",
                                                                                      "mindie") else {})}}
         path = tmp_path / f"{name}.yaml"
@@ -212,6 +216,7 @@ def test_every_engine_is_in_the_table_and_in_pipeline_configs(tmp_path):
     ({"backend": "lmdeploy"}, "deploy engine 'lmdeploy' cannot require an API key"),
     ({"backend": "vllm", "params": {"openai_api": False}}, "deploy engine 'vllm' cannot require an API key"),
     ({"backend": "vllm", "params": {"block-size": 0}}, "block-size"),
+    ({"backend": "embedding"}, "deploy.backend 'embedding' serves embed models; model.base_model 'tiny-llama' is a llm"),
 ])
 def test_deploy_sections_that_would_expose_an_endpoint_are_refused(tmp_path, deploy, message):
     cfg = {**load_config("deployments/quickstart.yaml").model_dump(mode="json"), "deploy": deploy}

@@ -8,6 +8,8 @@ own packages, ``infra/envs/<name>.txt``. ``auto`` chooses among the others (``au
 
 from tasks.deploy.auto import AutoDeploy
 from tasks.deploy.base import DeployParams, DummyDeploy, EngineUnavailableError, LazyLLMDeployBase
+from tasks.deploy.embed import EmbeddingDeploy, RerankDeploy
+from tasks.deploy.infinity import Infinity, infinity
 from tasks.deploy.lightllm import Lightllm
 from tasks.deploy.lmdeploy import LMDeploy
 from tasks.deploy.mindie import Mindie
@@ -20,7 +22,10 @@ ENGINES: dict[str, type[LazyLLMDeployBase]] = {
     "lmdeploy": LMDeploy,  # CUDA GPUs only: its preflight says so elsewhere
     "lightllm": Lightllm,  # CUDA GPUs only
     "mindie": Mindie,  # Ascend NPUs only
-    "auto": AutoDeploy,  # one of the above, chosen from the model and the machine
+    "embedding": EmbeddingDeploy,  # the built-in /v1/embeddings server: this environment (sparse: flagembedding)
+    "rerank": RerankDeploy,  # the built-in /v1/rerank server
+    "infinity": Infinity,  # infinity_emb v2, embeddings or rerank, in its own environment
+    "auto": AutoDeploy,  # one of the LLM engines, chosen from the model and the machine
 }
 
 
@@ -46,6 +51,7 @@ def get_engine(name: str) -> type[LazyLLMDeployBase]:
     return ENGINES[name]
 
 
-__all__ = ["ENGINES", "AutoDeploy", "DeployParams", "DummyDeploy", "EngineUnavailableError", "LMDeploy",
+__all__ = ["ENGINES", "AutoDeploy", "DeployParams", "DummyDeploy", "EmbeddingDeploy", "EngineUnavailableError",
+           "Infinity", "LMDeploy", "RerankDeploy", "infinity",
            "LazyLLMDeployBase", "Lightllm", "Mindie", "RelayServer", "Vllm", "auto", "get_engine", "lightllm",
            "lmdeploy", "vllm"]

@@ -8,10 +8,12 @@ A serving engine is one module under ``tasks/deploy/`` with one class that decla
 - ``cmd(model_path)``: a ``Command`` whose last argv is the server (earlier argvs run first, to the
   end), with its ``env``, its URL as ``return_value`` and its readiness probe as ``checker``
   (``http_ready``, waited for up to ``ready_timeout_s``);
-- ``smoke_request(prompt)``: the request that proves it answers, for its model type;
+- ``smoke_test(url, records, ...)``: proves the endpoint answers as a model of its type should, on validation
+  records (the default, for LLMs: ``smoke_request(prompt)`` completed and read by ``extract_result``);
 - ``extract_result(output, inputs)``: the answer in a raw response;
 - ``preflight()``: raises ``EngineUnavailableError`` naming everything missing (hardware, programs) before
   anything starts; ``after_start()`` runs once the start has succeeded or failed (MindIE restores its config);
+- ``serves``: the model types it serves (a pipeline pairing it with another type is refused);
 - ``api_key_env``: the environment variable its server reads a required API key from (None: the engine
   cannot require one, and a pipeline that asks for a key refuses it).
 """
@@ -33,6 +35,10 @@ from tasks.core import Command, ComponentBase, check_kwargs
 
 class EngineUnavailableError(RuntimeError):
     """The engine cannot start on this machine; the message says what is missing."""
+
+
+class SmokeTestError(RuntimeError):
+    """A started endpoint answered, but not as a model of its type should."""
 
 
 def require(engine: str, missing: list[str], found: str = "") -> None:
@@ -116,6 +122,7 @@ class LazyLLMDeployBase(ComponentBase):
     Params: ClassVar[type[DeployParams]] = DeployParams
     environment: ClassVar[str | None] = envs.MAIN
     api_key_env: ClassVar[str | None] = None
+    serves: ClassVar[tuple[str, ...]] = ("llm", "vlm")  # the model types it serves (tasks.models.types)
 
     def __init__(self, *, launcher: Any = None):
         super().__init__(launcher=launcher or launchers.remote())
@@ -144,6 +151,23 @@ class LazyLLMDeployBase(ComponentBase):
                              "and bind 127.0.0.1")
         command.env = {**command.env, self.api_key_env: key}
         return command
+
+    def smoke_test(self, url: str, records: list[dict], headers: dict[str, str], model_path: str,
+                   prompt_style: str = "alpaca", formatter: Callable[[Any], Any] | None = None) -> tuple[Any, str]:
+        """(answer, what it shows): the first validation record, rendered in ``prompt_style``, completed by the
+        endpoint at ``url``, read by ``extract_result`` and shaped by ``formatter``."""
+        import httpx
+
+        from tasks import inference
+
+        prompt = inference.render_prompts(prompt_style, records[:1], model_path)[0]
+        path, payload = self.smoke_request(prompt, model_path)
+        reply = httpx.post(f"{url}{path}", json=payload, headers=headers, timeout=30)
+        reply.raise_for_status()
+        answer = self.extract_result(reply, prompt)
+        answer = formatter(answer) if formatter else answer
+        ex = inference.example(records[0])
+        return answer, f"{ex['instruction']} {ex['input']!r} -> {answer!r} (expected {ex['output']!r})"
 
     def smoke_request(self, prompt: str, model_path: str | None = None) -> tuple[str, dict[str, Any]]:
         """The path and JSON body of a request that shows the endpoint answers ``prompt`` (rendered in the

@@ -4,9 +4,12 @@ server-sent events for streams."""
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Literal
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -71,3 +74,32 @@ def error_response(status: int, message: str, param: str | None = None) -> JSONR
     """An error in OpenAI's shape, which its clients read into their exceptions."""
     kind = {401: "authentication_error", 500: "server_error"}.get(status, "invalid_request_error")
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status)
+
+
+def guard(app: FastAPI, api_key: str | None, max_body_bytes: int) -> None:
+    """Every ``/v1`` route behind the API key (when there is one), bodies bounded before they are read, and
+    errors in OpenAI's shape: the built-in servers' common front door."""
+
+    @app.middleware("http")
+    async def front_door(request: Request, call_next):
+        if request.url.path.startswith("/v1") and api_key is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), api_key.encode()):
+                return error_response(401, "a valid API key is required: Authorization: Bearer <key>")
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > max_body_bytes:
+            return error_response(413, f"request body of {int(length)} bytes is over the limit of "
+                                       f"{max_body_bytes} bytes")
+        if length is None and request.method == "POST":
+            return error_response(411, "a Content-Length header is required")
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return error_response(e.status, e.message, e.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        first = e.errors()[0]
+        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        return error_response(400, f"{param}: {first['msg']}" if param else first["msg"], param)

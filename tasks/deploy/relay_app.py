@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
 import os
 import time
 import uuid
@@ -28,14 +27,13 @@ from collections import deque
 
 import torch
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
 from tasks import inference
 from tasks.deploy.batching import Batcher, GenRequest
 from tasks.deploy.keys import LOOPBACK
-from tasks.deploy.openai_api import ApiError, ChatRequest, CompletionRequest, Sampling, error_response, sse
+from tasks.deploy.openai_api import ApiError, ChatRequest, CompletionRequest, Sampling, guard, sse
 
 def longest_token_chars(tokenizer) -> int:
     """How many characters one token can stand for at most: a prompt longer than ``limit`` times this is over
@@ -69,30 +67,7 @@ def create_app(model_path: str, name: str, prompt_style: str = "alpaca", *, api_
     app.state.batcher = batcher
     created = int(time.time())
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """Refuse strangers and oversized bodies before reading them."""
-        if request.url.path.startswith("/v1") and api_key is not None:
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), api_key.encode()):
-                return error_response(401, "a valid API key is required: Authorization: Bearer <key>")
-        length = request.headers.get("content-length")
-        if length is not None and int(length) > max_body_bytes:
-            return error_response(413, f"request body of {int(length)} bytes is over the limit of "
-                                       f"{max_body_bytes} bytes")
-        if length is None and request.method == "POST":
-            return error_response(411, "a Content-Length header is required")
-        return await call_next(request)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, e: ApiError):
-        return error_response(e.status, e.message, e.param)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, e: RequestValidationError):
-        first = e.errors()[0]
-        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        return error_response(400, f"{param}: {first['msg']}" if param else first["msg"], param)
+    guard(app, api_key, max_body_bytes)
 
     def gen_requests(req: Sampling, prompts: list[str]) -> list[GenRequest]:
         """Each prompt as a request for the batcher, after every bound is checked: nothing reaches the model

@@ -10,12 +10,14 @@ from tasks.finetune.alpacalora import AlpacaloraFinetune, alpacalora
 from tasks.finetune.auto import AutoFinetune, auto
 from tasks.finetune.base import DummyFinetune, FinetuneParams, LazyLLMFinetuneBase
 from tasks.finetune.collie import CollieFinetune, collie
+from tasks.finetune.flagembedding import FlagembeddingFinetune, flagembedding
 from tasks.finetune.llamafactory import LlamafactoryFinetune, llamafactory
 
 FRAMEWORKS: dict[str, type[LazyLLMFinetuneBase]] = {
     "alpacalora": AlpacaloraFinetune,
     "llamafactory": LlamafactoryFinetune,
     "collie": CollieFinetune,  # CUDA GPUs with NCCL only: its preflight refuses elsewhere
+    "flagembedding": FlagembeddingFinetune,  # embed and rerank models
     "auto": AutoFinetune,  # chooses one of the others (tasks/finetune/auto.py)
 }
 
@@ -27,5 +29,6 @@ def get_framework(name: str) -> type[LazyLLMFinetuneBase]:
 
 
 __all__ = ["FRAMEWORKS", "LazyLLMFinetuneBase", "DummyFinetune", "FinetuneParams", "AlpacaloraFinetune",
-           "LlamafactoryFinetune", "CollieFinetune", "AutoFinetune", "alpacalora", "llamafactory", "collie", "auto",
+           "LlamafactoryFinetune", "CollieFinetune", "FlagembeddingFinetune", "AutoFinetune", "alpacalora",
+           "llamafactory", "collie", "flagembedding", "auto",
            "get_framework"]

@@ -71,6 +71,7 @@ class LazyLLMFinetuneBase(ComponentBase):
     framework: ClassVar[str] = ""
     Params: ClassVar[type[FinetuneParams]] = FinetuneParams
     environment: ClassVar[str | None] = envs.MAIN
+    model_type: str = "llm"  # what the trained model is (tasks.models.types): how the pipeline evaluates it
 
     def __init__(self, base_model: str, target_path: str, *, launcher: Any = None):
         super().__init__(launcher=launcher or launchers.remote(ngpus=1))

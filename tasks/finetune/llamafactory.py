@@ -29,6 +29,7 @@ from tasks.data import DatasetError, load_dataset, read_jsonl, to_llamafactory
 from tasks.data.load import Dataset
 from tasks.finetune.base import FinetuneParams, LazyLLMFinetuneBase, split_target
 from tasks.inference import CHAT_TEMPLATE
+from tasks.launchers import cuda_available
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +114,6 @@ def _yaml(path: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a YAML mapping of LLaMA-Factory arguments, got {type(data).__name__}")
     return data
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 class LlamafactoryFinetune(LazyLLMFinetuneBase):
@@ -228,7 +220,7 @@ class LlamafactoryFinetune(LazyLLMFinetuneBase):
             args["eval_strategy"] = "no"
         if args.get("deepspeed") is None:
             args.pop("deepspeed", None)
-        if not _cuda_available() and (args.get("fp16") or args.get("bf16")):
+        if not cuda_available() and (args.get("fp16") or args.get("bf16")):
             log.warning("no CUDA device: fp16/bf16 turned off, training in float32")
             args.update(fp16=False, bf16=False)
         return args

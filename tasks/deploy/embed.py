@@ -1,0 +1,164 @@
+"""``EmbeddingDeploy`` and ``RerankDeploy``: the built-in embedding and rerank server (``embed_app.py``).
+
+    server = EmbeddingDeploy(embed_type='dense')
+    server.cmd('infra/models/all-minilm-l6-v2')     # Command: the server argv; return_value is its URL
+    RerankDeploy().cmd(finetuned_model, base_model)  # the base model when the finetuned folder has no weights
+
+Dense embeddings run in this environment (sentence-transformers); ``embed_type='sparse'`` (FlagEmbedding's
+lexical weights) runs the same server in the ``flagembedding`` environment. The smoke test for the pipeline is
+``RetrievalSmoke``'s, shared with Infinity: an embedding has the model's dimension and puts a validation query
+nearer its positive than its hard negative; a reranker orders the positive first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import Field
+
+from tasks import envs
+from tasks.core import Command, check_kwargs
+from tasks.deploy.base import DeployParams, LazyLLMDeployBase, SmokeTestError, http_ready, model_to_serve
+from tasks.deploy.embedders import AbstractEmbedding, HuggingFaceEmbedding, LazyFlagEmbedding, LazyHuggingFaceRerank
+
+log = logging.getLogger(__name__)
+__all__ = ["AbstractEmbedding", "EmbeddingDeploy", "HuggingFaceEmbedding", "LazyFlagEmbedding", "LazyHuggingFaceRerank",
+           "RerankDeploy", "RetrievalSmoke"]
+SMOKE_RECORDS = 5  # validation records the smoke test tries; most must come out right
+
+
+class EmbedParams(DeployParams):
+    embed_type: Literal["dense", "sparse"] = "dense"
+    trust_remote_code: bool = True
+    max_batch: int = Field(64, ge=1, le=4096)  # texts encoded together
+    batch_wait_ms: float = Field(5, ge=0, le=1000)
+    max_inputs: int = Field(2048, ge=1)  # texts per /v1/embeddings request
+    max_documents: int = Field(1000, ge=1)  # documents per /v1/rerank request
+    max_body_bytes: int = Field(8_000_000, ge=1024)
+    threads: int = Field(0, ge=0, le=256)  # torch's threads; 0: torch's default
+
+
+def model_dimension(model_path: str) -> int | None:
+    """The embedding size a model's files declare (its pooling layer, else its hidden size)."""
+    for name, key in (("1_Pooling/config.json", "word_embedding_dimension"), ("config.json", "hidden_size")):
+        path = Path(model_path) / name
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8")).get(key)
+    return None
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    norm = (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+    return dot / norm if norm else 0.0
+
+
+class RetrievalSmoke:
+    """The smoke test of an embedding or rerank endpoint, on validation triplets ({query, pos, neg})."""
+
+    model_type: str
+    embeddings_path: ClassVar[str] = "/v1/embeddings"
+    rerank_path: ClassVar[str] = "/v1/rerank"
+    name: str
+
+    def smoke_test(self, url: str, records: list[dict], headers: dict, model_path: str, **_: Any) -> tuple[str, str]:
+        triplets = [r for r in records if r.get("pos") and r.get("neg")][:SMOKE_RECORDS]
+        if not triplets:
+            raise SmokeTestError("the smoke test needs validation records with a positive and a negative passage")
+        right = [self._one(url, r, headers, model_path) for r in triplets]
+        verdict = f"{sum(right)}/{len(right)} validation queries put their positive before their hard negative"
+        if sum(right) * 2 <= len(right):
+            raise SmokeTestError(f"{self.model_type} endpoint {url}: only {verdict}")
+        return verdict, verdict
+
+    def _one(self, url: str, record: dict, headers: dict, model_path: str) -> bool:
+        query, pos, neg = record["query"], record["pos"][0], record["neg"][0]
+        if self.model_type == "rerank":
+            body = {"model": self.name, "query": query, "documents": [neg, pos], "top_n": 2}
+            r = httpx.post(f"{url}{self.rerank_path}", json=body, headers=headers, timeout=60)
+            r.raise_for_status()
+            return r.json()["results"][0]["index"] == 1
+        body = {"model": self.name, "input": [query, pos, neg], "encoding_format": "float"}
+        r = httpx.post(f"{url}{self.embeddings_path}", json=body, headers=headers, timeout=60)
+        r.raise_for_status()
+        q, p, n = (d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"]))
+        want = model_dimension(model_path)
+        if isinstance(q, list) and want and len(q) != want:
+            raise SmokeTestError(f"embedding endpoint {url}: vectors of {len(q)} dimensions, the model has {want}")
+        return cosine(q, p) > cosine(q, n) if isinstance(q, list) else sparse_dot(q, p) > sparse_dot(q, n)
+
+
+def sparse_dot(a: dict[str, float], b: dict[str, float]) -> float:
+    return sum(w * b.get(k, 0.0) for k, w in a.items())
+
+
+class EmbeddingDeploy(RetrievalSmoke, LazyLLMDeployBase):
+    engine: ClassVar[str] = "embedding"
+    Params: ClassVar[type[DeployParams]] = EmbedParams
+    api_key_env: ClassVar[str | None] = "FINEFLOW_API_KEY"
+    serves: ClassVar[tuple[str, ...]] = ("embed",)
+    kind: ClassVar[str] = "embed"
+
+    def __init__(self, launcher: Any = None, model_type: str = "embed", log_path: str | None = None,
+                 embed_type: str = "dense", trust_remote_code: bool = True, port: int | None = None, **kw):
+        check_kwargs(type(self).__name__, kw, ("host", "name", "prompt_style", *EmbedParams.model_fields))
+        super().__init__(launcher=launcher)
+        fields = {k: v for k, v in kw.items() if k in EmbedParams.model_fields}
+        self.params = EmbedParams(embed_type=embed_type, trust_remote_code=trust_remote_code, **fields)
+        self.model_type, self.log_path, self.port = model_type, log_path, port
+        self.host, self.name = kw.get("host", "127.0.0.1"), kw.get("name", "fineflow-embed")
+        if self.params.embed_type == "sparse":
+            self.environment = "flagembedding"  # FlagEmbedding's lexical weights
+
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def geturl(self, job: Any = None) -> str:
+        return f"{self.url()}/v1"
+
+    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None) -> Command:
+        model = model_to_serve(type(self).__name__, finetuned_model, base_model)
+        if model != finetuned_model:
+            log.warning("no weights in the finetuned model %s: serving the base model %s", finetuned_model, model)
+        if not self.port:
+            from tasks.deploy.endpoints import free_port
+
+            self.port = free_port()
+        p = self.params
+        argv = [envs.bin_path(self.environment, "python"), "-m", "tasks.deploy.embed_app", "--model", model,
+                "--host", self.host, "--port", str(self.port), "--name", self.name, "--kind", self.kind,
+                "--max-batch", str(p.max_batch), "--batch-wait-ms", str(p.batch_wait_ms),
+                "--max-inputs", str(p.max_inputs), "--max-documents", str(p.max_documents),
+                "--max-body-bytes", str(p.max_body_bytes), "--threads", str(p.threads)]
+        if p.embed_type == "sparse":
+            argv += ["--engine", "flagembedding", "--sparse"]
+        env = {**envs.path_env(self.environment), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        return Command(argv, return_value=self.url(), checker=http_ready(f"{self.url()}/health"), env=env,
+                       ready_timeout_s=p.ready_timeout_s)
+
+    @staticmethod
+    def extract_result(output, inputs):
+        """The embedding(s) of an ``/v1/embeddings`` answer: one vector for a string input, a list for a list."""
+        data = output.json() if hasattr(output, "json") else json.loads(output)
+        if "results" in data:
+            return [(r["index"], r["relevance_score"]) for r in data["results"]]
+        vectors = [d["embedding"] for d in sorted(data["data"], key=lambda d: d["index"])]
+        single = isinstance(inputs, str) or (isinstance(inputs, dict) and isinstance(inputs.get("input"), str))
+        return vectors[0] if single and len(vectors) == 1 else vectors
+
+
+class RerankDeploy(EmbeddingDeploy):
+    engine: ClassVar[str] = "rerank"
+    serves: ClassVar[tuple[str, ...]] = ("rerank",)
+    kind: ClassVar[str] = "rerank"
+    message_format = {"query": "query", "documents": ["string"], "top_n": 1}
+    keys_name_handle = {"inputs": "query", "documents": "documents", "top_n": "top_n"}
+
+    def __init__(self, launcher: Any = None, model_type: str = "rerank", log_path: str | None = None,
+                 trust_remote_code: bool = True, port: int | None = None, **kw):
+        super().__init__(launcher=launcher, model_type="rerank", log_path=log_path,
+                         trust_remote_code=trust_remote_code, port=port, **kw)

@@ -1,0 +1,96 @@
+"""The retrieval pipelines end to end on the real local stack, through the Prefect worker:
+``finetune/flagembedding`` (MiniLM embedder -> built-in /v1/embeddings) and ``finetune/flagembedding-rerank``
+(MiniLM cross-encoder -> Infinity /rerank). FlagEmbedding really trains (its own environment, CPU), retrieval
+is measured for base and candidate, the endpoint is registered and promoted only past the gate.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from infra.demo import follow, start_deployment
+from tasks import registry, tracking
+from tasks.deploy import keys as api_keys
+from tasks.deploy.embed import cosine
+
+pytestmark = pytest.mark.stack
+DATA = json.loads((Path(__file__).parent.parent / "infra/datasets/company_facts.json").read_text())
+STATE: dict = {}
+
+
+def run(deployment: str, parameters: dict | None = None):
+    flow_run_id = start_deployment(deployment, parameters)
+    logs: list[str] = []
+    state = follow(flow_run_id, timeout_s=1200, echo=logs.append)
+    return flow_run_id, state, "\n".join(logs)
+
+
+def check_run(flow_run_id, model: str, backend: str, model_type: str) -> tuple[dict, dict]:
+    """What every retrieval run must record: live loss, both models' metrics past the gate, the version's tags."""
+    mlrun = tracking.run_for_flow_run(str(flow_run_id))
+    run_id, metrics = mlrun.info.run_id, mlrun.data.metrics
+    assert mlrun.info.status == "FINISHED" and mlrun.data.tags["framework"] == "flagembedding"
+    losses = tracking.client().get_metric_history(run_id, "train_loss")
+    assert len(losses) >= 10 and losses[-1].value < losses[0].value  # logged by step while FlagEmbedding ran
+    assert metrics["candidate_ndcg_at_10"] > metrics["base_ndcg_at_10"] + 0.02
+    assert metrics["candidate_mrr_at_10"] > metrics["base_mrr_at_10"]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = json.loads(Path(tracking.client().download_artifacts(run_id, "eval/report.json", tmp)).read_text())
+    assert report["model_type"] == model_type and report["gate"]["metric"] == "ndcg_at_10" and report["passed"]
+    assert report["candidate"]["n"] == 96  # every held-out query
+    version = mlrun.data.tags["registered_version"]
+    tags = registry.version_tags(model, version)
+    assert tags["model_type"] == model_type and tags["backend"] == backend and tags["health"] == "ok"
+    assert float(tags["candidate_ndcg_at_10"]) == pytest.approx(metrics["candidate_ndcg_at_10"], abs=1e-4)
+    assert registry.alias_version(model, "production") == version
+    return metrics, tags
+
+
+def test_embedder_pipeline_serves_a_better_embedder_on_the_builtin_server(stack):
+    flow_run_id, state, logs = run("finetune/flagembedding")
+    assert state.is_completed(), logs[-3000:]
+    metrics, tags = check_run(flow_run_id, "fineflow-embedder", "embedding", "embed")
+    assert metrics["candidate_recall_at_1"] > metrics["base_recall_at_1"]
+    assert "validation queries put their positive before their hard negative" in logs
+    # The official client against the registered endpoint, with the key; a stranger is refused.
+    client = openai.OpenAI(base_url=f"{tags['endpoint_url']}/v1", api_key=api_keys.api_key())
+    record = DATA[0]
+    out = client.embeddings.create(model="fineflow-embedder", input=[record["query"], record["pos"][0],
+                                                                     record["neg"][0]])
+    q, p, n = (d.embedding for d in out.data)
+    assert len(q) == 384 and cosine(q, p) > cosine(q, n) and out.usage.prompt_tokens > 0
+    single = client.embeddings.create(model="fineflow-embedder", input=record["query"])  # base64 on the wire
+    assert single.data[0].embedding == pytest.approx(q, abs=1e-5)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{tags['endpoint_url']}/v1", api_key="nope").embeddings.create(model="m", input="x")
+    with pytest.raises(openai.BadRequestError, match="input is an empty list"):
+        client.embeddings.create(model="fineflow-embedder", input=[])
+    STATE["embedder"] = {"version": tags, "metrics": metrics}
+
+
+def test_reranker_pipeline_serves_a_better_reranker_on_infinity(stack):
+    flow_run_id, state, logs = run("finetune/flagembedding-rerank")
+    assert state.is_completed(), logs[-3000:]
+    metrics, tags = check_run(flow_run_id, "fineflow-reranker", "infinity", "rerank")
+    assert "infinity_emb v2" in tags["launch_command"] and api_keys.api_key() not in tags["launch_command"]
+    record = DATA[1]
+    body = {"model": "fineflow-reranker", "query": record["query"], "documents": [*record["neg"][:3], record["pos"][0]]}
+    ranked = httpx.post(f"{tags['endpoint_url']}/rerank", json=body, headers=api_keys.auth_headers(), timeout=60)
+    assert ranked.status_code == 200, ranked.text
+    assert ranked.json()["results"][0]["index"] == 3  # the positive first
+    assert httpx.post(f"{tags['endpoint_url']}/rerank", json=body, timeout=60).status_code == 401
+
+
+def test_an_alpaca_dataset_is_refused_before_training_and_nothing_moves(stack):
+    before = registry.alias_version("fineflow-embedder", "production")
+    flow_run_id, state, logs = run("finetune/flagembedding", {"overrides": {"data": {"path": "infra/datasets/word_ops.json"}}})
+    assert not state.is_completed()
+    assert "flagembedding (FlagembeddingFinetune) trains on triplets or rerank records, not alpaca records" in logs
+    assert "FlagEmbedding.finetune" not in logs  # no training command ever ran
+    assert registry.alias_version("fineflow-embedder", "production") == before
