@@ -20,6 +20,7 @@ env: $(BIN)/.installed
 
 envs: env          ## build every framework environment in infra/envs/ (once per machine; cached, see README)
 	$(BIN)/python -m tasks.envs build --all
+	$(BIN)/python -m infra.embed_models
 
 up: env            ## start S3, MLflow, the Prefect server and worker (idempotent)
 	$(BIN)/python -m infra.stack up

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import struct
 import time
 
@@ -65,7 +66,7 @@ def test_infinity_serves_embeddings_to_the_openai_client(infinity_embed):
     engine = Infinity(model_type="embed", name="inf-embed")
     assert engine.smoke_test(infinity_embed.url, [TRIPLET], auth(), EMBEDDER)[0].startswith("1/1")
     raw = httpx.post(f"{infinity_embed.url}/embeddings", json={"model": "inf-embed", "input": "a"}, headers=auth())
-    assert len(__import__("json").loads(Infinity.extract_result(raw.text, {"input": "a"}))) == 384
+    assert len(json.loads(Infinity.extract_result(raw.text, {"input": "a"}))) == 384
 
 
 def test_builtin_rerank_orders_the_positive_first(builtin_rerank):
@@ -79,6 +80,22 @@ def test_builtin_rerank_orders_the_positive_first(builtin_rerank):
     assert {x["index"] for x in results} <= {0, 1, 2} and "document" in results[0]
     assert r.json()["usage"]["total_tokens"] > 0
     assert httpx.post(f"{builtin_rerank.url}/v1/rerank", json={"query": "q", "documents": ["d"]}).status_code == 401
+
+
+def test_concurrent_http_requests_are_reranked_in_shared_batches(builtin_rerank):
+    """Sixteen clients with one document each: the server's own counters (``/health``) show fewer model calls
+    than requests, every document scored once."""
+    before = httpx.get(f"{builtin_rerank.url}/health").json()
+
+    async def many():
+        async with httpx.AsyncClient(timeout=60, headers=auth()) as c:
+            return await asyncio.gather(*(c.post(f"{builtin_rerank.url}/v1/rerank",
+                                                 json={"query": TRIPLET["query"], "documents": [f"doc {i}"]})
+                                          for i in range(16)))
+
+    assert all(r.status_code == 200 for r in asyncio.run(many()))
+    after = httpx.get(f"{builtin_rerank.url}/health").json()
+    assert after["items"] - before["items"] == 16 and after["batches"] - before["batches"] <= 8
 
 
 @pytest.mark.parametrize("body,status,words", [
@@ -150,3 +167,68 @@ def test_a_failing_batch_fails_its_requests_and_not_the_server():
         return await batcher.submit(["fine"])
 
     assert asyncio.run(main()) == ["fine"]
+
+
+def test_sparse_embeddings_come_from_flagembedding_in_its_environment(tmp_path):
+    """``embed_type='sparse'``: the same server in the flagembedding environment, FlagEmbedding's M3 encoder giving
+    ``{token_id: weight}`` over the input's own tokens. MiniLM has no sparse head, so the test gives its copy one
+    whose every weight is 0.5 (a BGE-M3 model ships a trained one): the weights are then known exactly."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from tasks.deploy import EmbeddingDeploy
+
+    model = tmp_path / "minilm-m3"
+    model.mkdir()
+    for f in (EMBEDDED_MODELS / EMBED).iterdir():
+        (model / f.name).symlink_to(f)
+    sparse, colbert = torch.nn.Linear(384, 1), torch.nn.Linear(384, 384)
+    torch.nn.init.zeros_(sparse.weight), torch.nn.init.constant_(sparse.bias, 0.5)
+    torch.save(sparse.state_dict(), model / "sparse_linear.pt")
+    torch.save(colbert.state_dict(), model / "colbert_linear.pt")
+    engine = EmbeddingDeploy(embed_type="sparse", name="sparse")
+    assert engine.environment == "flagembedding" and "--sparse" in engine.cmd(str(model)).argvs[-1]
+    ep = start(engine, str(model), "test-sparse")
+    try:
+        r = httpx.post(f"{ep.url}/v1/embeddings", json={"input": ["red fox jumps", "blue"]}, headers=auth(), timeout=60)
+        assert r.status_code == 200, r.text
+        first = r.json()["data"][0]["embedding"]
+        tok = AutoTokenizer.from_pretrained(EMBEDDER)
+        ids = set(tok("red fox jumps").input_ids) - {tok.cls_token_id}  # FlagEmbedding keeps [SEP]
+        assert first == pytest.approx({str(i): 0.5 for i in ids}) and len(ids) == 4
+        base64_asked = httpx.post(f"{ep.url}/v1/embeddings", json={"input": "x", "encoding_format": "base64"},
+                                  headers=auth(), timeout=60)
+        assert base64_asked.status_code == 400 and "sparse" in base64_asked.json()["error"]["message"]
+    finally:
+        endpoints.stop(ep.name)
+
+
+def test_the_contract_wrappers_answer_as_the_reference_package_does(tmp_path):
+    from tasks.deploy import EmbeddingDeploy
+    from tasks.deploy.embed import HuggingFaceEmbedding, LazyHuggingFaceRerank
+
+    embed = HuggingFaceEmbedding(EMBEDDER)
+    one = json.loads(embed({"text": "a red fox", "images": []}))
+    many = json.loads(embed({"text": ["a red fox", "blue"], "images": []}))
+    assert len(one) == 384 and len(many) == 2 and many[0] == pytest.approx(one, abs=1e-5)
+    ranked = LazyHuggingFaceRerank(RERANKER)({"query": "q", "documents": ["a", "b", "c"], "top_n": 2})
+    assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1] and {i for i, _ in ranked} <= {0, 1, 2}
+    # No weights in the finetuned folder: the base model is served (and said so).
+    (tmp_path / "empty").mkdir()
+    assert value_of(EmbeddingDeploy().cmd(str(tmp_path / "empty"), EMBEDDER).argvs[-1], "--model") == EMBEDDER
+    with pytest.raises(FileNotFoundError, match="no model to serve"):
+        EmbeddingDeploy().cmd(str(tmp_path / "empty"), str(tmp_path / "empty"))
+
+
+def value_of(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def test_the_embedded_reranker_is_built_deterministically(tmp_path):
+    from infra.embed_models import build_reranker
+    from tasks.models.local import sha256_file
+
+    built = build_reranker(tmp_path)
+    assert sha256_file(built / "model.safetensors") == sha256_file(EMBEDDED_MODELS / RERANK / "model.safetensors")
+    config = json.loads((built / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 1

@@ -21,7 +21,7 @@ from tasks.evaluate_retrieval import RetrievalScores, mean_metrics, mrr_at, ndcg
 from tasks.finetune import FlagembeddingFinetune
 from tasks.finetune.flagembedding import EMBED_DEFAULTS, RERANK_DEFAULTS
 from tasks.models.local import EMBEDDED_MODELS
-from tasks.models.st_layout import drop_checkpoints, write_layout
+from tasks.st_layout import drop_checkpoints, write_layout
 
 
 def argv_of(trainer) -> list[str]:

@@ -35,7 +35,7 @@ class EmbedParams(DeployParams):
     embed_type: Literal["dense", "sparse"] = "dense"
     trust_remote_code: bool = True
     max_batch: int = Field(64, ge=1, le=4096)  # texts encoded together
-    batch_wait_ms: float = Field(5, ge=0, le=1000)
+    batch_wait_ms: float = Field(0, ge=0, le=1000)  # requests queued while a batch runs make the next one
     max_inputs: int = Field(2048, ge=1)  # texts per /v1/embeddings request
     max_documents: int = Field(1000, ge=1)  # documents per /v1/rerank request
     max_body_bytes: int = Field(8_000_000, ge=1024)

@@ -1,7 +1,7 @@
 """The built-in embedding and rerank server.
 
     FINEFLOW_API_KEY=... python -m tasks.deploy.embed_app --model PATH --port 8000 --kind embed|rerank
-        [--engine huggingface|flagembedding] [--sparse] [--max-batch 64] [--batch-wait-ms 5] [--max-inputs 2048]
+        [--engine huggingface|flagembedding] [--sparse] [--max-batch 64] [--batch-wait-ms 0] [--max-inputs 2048]
         [--max-documents 1000] [--max-body-bytes 8000000] [--threads 2]
 
 Routes: ``/health`` (open), ``/v1/models``, and by kind
@@ -68,7 +68,7 @@ def load(model_path: str, kind: str, engine: str, sparse: bool):
 
 
 def create_app(model_path: str, name: str, kind: str = "embed", *, engine: str = "huggingface", sparse: bool = False,
-               api_key: str | None = None, max_batch: int = 64, batch_wait_ms: float = 5, max_inputs: int = 2048,
+               api_key: str | None = None, max_batch: int = 64, batch_wait_ms: float = 0, max_inputs: int = 2048,
                max_documents: int = 1000, max_body_bytes: int = 8_000_000) -> FastAPI:
     from transformers import AutoTokenizer
 
@@ -157,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engine", choices=("huggingface", "flagembedding"), default="huggingface")
     parser.add_argument("--sparse", action="store_true", help="lexical weights instead of dense vectors")
     parser.add_argument("--max-batch", type=int, default=64, help="texts (or pairs) encoded together at most")
-    parser.add_argument("--batch-wait-ms", type=float, default=5, help="how long a batch waits for company")
+    parser.add_argument("--batch-wait-ms", type=float, default=0, help="how long a batch waits for company")
     parser.add_argument("--max-inputs", type=int, default=2048, help="texts per /v1/embeddings request")
     parser.add_argument("--max-documents", type=int, default=1000, help="documents per /v1/rerank request")
     parser.add_argument("--max-body-bytes", type=int, default=8_000_000)

@@ -51,14 +51,15 @@ class AbstractEmbedding(ABC):
 
 class LazyHuggingFaceDefaultEmbedding(AbstractEmbedding):
     def load_embed(self) -> None:
-        from sentence_transformers import SentenceTransformer, models
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
         if (Path(self._base_embed) / "modules.json").is_file():
             self._model = SentenceTransformer(self._base_embed, device=_device())
         else:
-            body = models.Transformer(self._base_embed, max_seq_length=512)
-            pool = models.Pooling(body.get_word_embedding_dimension(), pooling_mode="cls")
-            self._model = SentenceTransformer(modules=[body, pool, models.Normalize()], device=_device())
+            body = Transformer(self._base_embed, max_seq_length=512)
+            pool = Pooling(body.get_embedding_dimension(), pooling_mode="cls")
+            self._model = SentenceTransformer(modules=[body, pool, Normalize()], device=_device())
         self.dimension = self._model.get_sentence_embedding_dimension()
 
     def encode(self, texts: list[str]) -> list[list[float]]:
@@ -112,8 +113,16 @@ class LazyFlagEmbedding(AbstractEmbedding):
 
     def load_embed(self) -> None:
         from FlagEmbedding import FlagAutoModel
+        from FlagEmbedding.inference.embedder.model_mapping import AUTO_EMBEDDER_MAPPING
 
-        self._model = FlagAutoModel.from_finetuned(self._base_embed, use_fp16=False, devices=[_device()])
+        kw: dict[str, Any] = {}
+        if Path(self._base_embed).name not in AUTO_EMBEDDER_MAPPING:
+            # A model FlagEmbedding does not know by name (any finetuned one): say what it is, pooled as trained.
+            kw = {"model_class": "encoder-only-m3" if self.sparse else "encoder-only-base",
+                  "pooling_method": pooling_of(self._base_embed), "trust_remote_code": False,
+                  "query_instruction_format": "{}{}"}
+        self._model = FlagAutoModel.from_finetuned(self._base_embed, use_fp16=False, devices=[_device()], **kw)
+        self.dimension = self._model.model.config.hidden_size
 
     def encode(self, texts: list[str]) -> list:
         self._ensure()
@@ -162,6 +171,17 @@ class LazyHuggingFaceRerank:
 
     def __reduce__(self):
         return LazyHuggingFaceRerank.rebuild, (self.base_rerank, self.reranker is not None)
+
+
+def pooling_of(model_path: str) -> str:
+    """How a model's sentence-transformers layout pools (``cls`` without one, as FlagEmbedding's encoders)."""
+    from tasks.st_layout import POOLING_MODES
+
+    config = Path(model_path) / "1_Pooling" / "config.json"
+    data = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    if data.get("pooling_mode") in POOLING_MODES:  # sentence-transformers 6 writes the mode's name
+        return data["pooling_mode"]
+    return next((name for name, key in POOLING_MODES.items() if data.get(key)), "cls")
 
 
 def _device() -> str:

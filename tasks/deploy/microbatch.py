@@ -1,5 +1,6 @@
-"""Batching concurrent requests for an encoder: items from every request that arrives within ``wait_ms`` are
-run through the model together, in one worker thread, up to ``max_batch`` items a call.
+"""Batching concurrent requests for an encoder: the requests queued while the model is busy, and those that
+arrive within ``wait_ms`` (default 0: no request waits for company), run through the model together, in one
+worker thread, up to ``max_batch`` items a call.
 
 Sixteen clients each sending one sentence become one forward pass of sixteen, not sixteen passes of one; a
 request larger than ``max_batch`` is cut into full batches. ``calls`` and ``items`` count what the model did,
@@ -15,7 +16,7 @@ from typing import Any
 
 
 class MicroBatcher:
-    def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], max_batch: int = 64, wait_ms: float = 5):
+    def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], max_batch: int = 64, wait_ms: float = 0):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.fn, self.max_batch, self.wait_s = fn, max_batch, wait_ms / 1000
@@ -35,13 +36,20 @@ class MicroBatcher:
         return await done
 
     async def _gather(self) -> list[tuple[list[Any], asyncio.Future]]:
+        """The first request waiting, everything queued behind it, and what arrives within ``wait_ms``. While a
+        batch runs, new requests queue up: they make the next batch even with no wait at all."""
         loop = asyncio.get_running_loop()
         pending = [await self.queue.get()]
         count, deadline = len(pending[0][0]), loop.time() + self.wait_s
-        while count < self.max_batch and (left := deadline - loop.time()) > 0:
-            try:
-                pending.append(await asyncio.wait_for(self.queue.get(), left))
-            except asyncio.TimeoutError:
+        while count < self.max_batch:
+            if not self.queue.empty():
+                pending.append(self.queue.get_nowait())
+            elif (left := deadline - loop.time()) > 0:
+                try:
+                    pending.append(await asyncio.wait_for(self.queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            else:
                 break
             count += len(pending[-1][0])
         return pending

@@ -177,7 +177,7 @@ class FlagembeddingFinetune(LazyLLMFinetuneBase):
 
     def export_command(self) -> Command | None:
         """Drop the trainer's checkpoints; an embedder gets the sentence-transformers layout it was trained with."""
-        argv = [envs.bin_path(envs.MAIN, "python"), "-m", "tasks.models.st_layout", "--model", self.target_path]
+        argv = [envs.bin_path(envs.MAIN, "python"), "-m", "tasks.st_layout", "--model", self.target_path]
         if self.model_type == "embed":
             argv += ["--pooling", self.kw["sentence_pooling_method"], "--max-seq-length",
                      str(self.kw["passage_max_len"])] + (["--normalize"] if self.kw["normalize_embeddings"] else [])

@@ -6,8 +6,8 @@ FlagEmbedding saves the bare transformer; its pooling (``cls``, ``mean`` or ``la
 normalises were training arguments. Written down beside the weights, every server (the built-in one,
 Infinity, sentence-transformers in-process) pools the model the way it was trained.
 
-    python -m tasks.models.st_layout --model DIR --pooling mean --normalize --max-seq-length 256
-    python -m tasks.models.st_layout --model DIR          # a reranker: checkpoints dropped, no layout
+    python -m tasks.st_layout --model DIR --pooling mean --normalize --max-seq-length 256
+    python -m tasks.st_layout --model DIR          # a reranker: checkpoints dropped, no layout
 """
 
 from __future__ import annotations
