@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 from tasks import launchers
-from tasks.finetune import AlpacaloraFinetune, AutoFinetune, LlamafactoryFinetune, auto
+from tasks.finetune import AlpacaloraFinetune, AutoFinetune, FlagembeddingFinetune, LlamafactoryFinetune, auto
 from tasks.finetune.auto import model_size_b, plan_batches
 
 auto_module = importlib.import_module("tasks.finetune.auto")  # tasks.finetune.auto is also the contract's factory
@@ -55,9 +55,18 @@ def test_models_that_cannot_be_finetuned_here_fail_clearly(tmp_path):
         AutoFinetune("ChatTTS", str(tmp_path))
     with pytest.raises(ValueError, match="sd models cannot be finetuned"):
         auto("stable-diffusion-3-medium", str(tmp_path))
-    # Embedding models go to FlagEmbedding, which this project does not have yet.
-    with pytest.raises(ValueError, match="embed models are finetuned by flagembedding, and none is available"):
-        AutoFinetune("bge-large-zh-v1.5", str(tmp_path))
+    with pytest.raises(ValueError, match="cross_modal_embed models cannot be finetuned"):
+        AutoFinetune("clip-vit-base", str(tmp_path))
+
+
+def test_embedding_and_rerank_models_go_to_flagembedding(tmp_path):
+    embed = AutoFinetune("bge-large-zh-v1.5", str(tmp_path), ctx_len=128, batch_size=16)
+    assert isinstance(embed, FlagembeddingFinetune) and embed.model_type == "embed"
+    assert embed.kw["query_max_len"] == embed.kw["passage_max_len"] == 128
+    assert embed.kw["per_device_train_batch_size"] * embed.kw["gradient_accumulation_steps"] == 16
+    rerank = AutoFinetune("bge-reranker-large", str(tmp_path))
+    assert isinstance(rerank, FlagembeddingFinetune) and rerank.model_type == "rerank"
+    assert rerank.kw["passage_max_len"] == 256 and "flagembedding" in rerank.auto_plan.reason
 
 
 def test_the_first_available_framework_wins(tmp_path, monkeypatch):

@@ -87,6 +87,24 @@ def test_reranker_pipeline_serves_a_better_reranker_on_infinity(stack):
     assert httpx.post(f"{tags['endpoint_url']}/rerank", json=body, timeout=60).status_code == 401
 
 
+def test_a_candidate_short_of_the_gate_is_registered_rejected_and_production_keeps_serving(stack):
+    assert STATE.get("embedder"), "needs the embedder pipeline's run"
+    production = registry.alias_version("fineflow-embedder", "production")
+    flow_run_id, state, logs = run("finetune/flagembedding",
+                                   {"overrides": {"evaluate": {"gate": {"min_improvement": 0.5}}}})
+    assert state.is_completed(), logs[-3000:]
+    mlrun = tracking.run_for_flow_run(str(flow_run_id))
+    version = mlrun.data.tags["registered_version"]
+    tags = registry.version_tags("fineflow-embedder", version)
+    assert tags["status"] == "rejected" and "does not beat base" in tags["gate"]
+    assert registry.alias_version("fineflow-embedder", "production") == production != version
+    served = STATE["embedder"]["version"]["endpoint_url"]
+    r = httpx.post(f"{served}/v1/embeddings", json={"input": "still here"}, headers=api_keys.auth_headers(), timeout=30)
+    assert r.status_code == 200  # the production endpoint was never touched
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{tags['endpoint_url']}/health", timeout=5).raise_for_status()  # the candidate's is stopped
+
+
 def test_an_alpaca_dataset_is_refused_before_training_and_nothing_moves(stack):
     before = registry.alias_version("fineflow-embedder", "production")
     flow_run_id, state, logs = run("finetune/flagembedding", {"overrides": {"data": {"path": "infra/datasets/word_ops.json"}}})

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 
 import pytest
 
 from infra.embed_models import EMBED, RERANK
-from tasks import launchers
+from tasks import envs, launchers
 from tasks.data import DatasetError, load_dataset
 from tasks.evaluate import GateConfig, apply_gate
 from tasks.evaluate_retrieval import RetrievalScores, mean_metrics, mrr_at, ndcg_at, recall_at, reranker_set
@@ -152,3 +153,25 @@ def test_a_finished_embedder_pools_as_it_was_trained(tmp_path):
     assert st[1].get_config_dict()["pooling_mode"] == "cls" and st.max_seq_length == 64 and len(st) == 3
     with pytest.raises(ValueError, match="pooling must be one of"):
         write_layout(model, "max", normalize=False, max_seq_length=64)
+
+
+def test_two_processes_train_as_one_under_torchrun(tmp_path):
+    """FlagEmbedding itself under torchrun, 2 CPU processes (gloo), with cross-device negatives: one run whose
+    epochs go twice as fast (each process takes half the data), logged once, saved once."""
+    data = json.loads((EMBEDDED_MODELS.parent / "datasets" / "company_facts.json").read_text())[:64]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in data))
+    t = FlagembeddingFinetune(EMBED, str(tmp_path / "out"), launcher=launchers.remote(ngpus=2), max_steps=2,
+                              query_instruction_for_retrieval="", train_group_size=2, query_max_len=16,
+                              passage_max_len=32, per_device_train_batch_size=4, gradient_checkpointing=False)
+    command = t.train_command(str(train))
+    assert "--negatives_cross_device" in command.argvs[0]
+    envs.ensure(t.environment)
+    out = subprocess.run(command.argvs[0], env={**os.environ, **command.env}, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    logs = [t.parse_metrics(line) for line in (out.stdout + out.stderr).splitlines()]
+    steps = [m for m in logs if m and "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2]  # rank 0 logs; the other process does not
+    assert steps[0]["epoch"] == pytest.approx(1 / 8)  # 64 records / (4 per process x 2 processes) = 8 steps
+    assert (tmp_path / "out" / "embed" / "model.safetensors").is_file()

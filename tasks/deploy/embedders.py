@@ -60,7 +60,7 @@ class LazyHuggingFaceDefaultEmbedding(AbstractEmbedding):
             body = Transformer(self._base_embed, max_seq_length=512)
             pool = Pooling(body.get_embedding_dimension(), pooling_mode="cls")
             self._model = SentenceTransformer(modules=[body, pool, Normalize()], device=_device())
-        self.dimension = self._model.get_sentence_embedding_dimension()
+        self.dimension = self._model.get_embedding_dimension()
 
     def encode(self, texts: list[str]) -> list[list[float]]:
         self._ensure()

@@ -115,11 +115,20 @@ class FlagembeddingFinetune(LazyLLMFinetuneBase):
         if not os.path.exists(base_model):
             from tasks.models import ModelManager
 
-            base_model = ModelManager().download(base_model) or base_model
+            base_model = ModelManager().find_local(base_model) or base_model  # the download step fetches
         super().__init__(base_model, os.path.join(target_path, self.model_type), launcher=launcher)
         self.kw = {**defaults, **EXTRAS, **given}
         self.params = FlagembeddingParams(**self.kw)
         self.nproc = getattr(self.launcher, "ngpus", 1) or 1
+
+    @classmethod
+    def auto_params(cls, plan: Any, *, ctx_len: int, lora_r: int) -> dict[str, Any]:
+        """AutoFinetune's batch layout; ``ctx_len`` caps the sequence lengths (a full finetune: no LoRA rank)."""
+        defaults = EMBED_DEFAULTS if plan.model_type == "embed" else RERANK_DEFAULTS
+        return {"per_device_train_batch_size": plan.micro_batch_size,
+                "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+                "query_max_len": min(ctx_len, defaults["query_max_len"]),
+                "passage_max_len": min(ctx_len, defaults["passage_max_len"])}
 
     # --- what the pipeline asks of a backend
     def formats(self) -> tuple[str, ...]:
