@@ -8,7 +8,6 @@ The gate decides whether the candidate may be promoted; the report says why.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 
 from pydantic import BaseModel
@@ -71,14 +70,21 @@ def score(model_path: str, records: list[dict], style: str, prompts: list[str] |
                        val_loss=loss, perplexity=perplexity(loss), samples=samples)
 
 
+# The gate's metric when the config names none, by what was measured.
+DEFAULT_METRIC: dict[type[BaseModel], str] = {ModelScores: "exact_match", RetrievalScores: "ndcg_at_10"}
+
+
+def resolve_gate(gate: GateConfig, candidate: BaseModel) -> GateConfig:
+    """``gate`` with its metric named: the configured one, else the default for what was measured."""
+    return gate if gate.metric else gate.model_copy(update={"metric": DEFAULT_METRIC[type(candidate)]})
+
+
 def apply_gate(base: BaseModel, candidate: BaseModel, gate: GateConfig) -> tuple[bool, str]:
-    known = metrics_of(candidate)
-    metric = gate.metric or ("exact_match" if isinstance(candidate, ModelScores) else "ndcg_at_10")
-    if metric not in known:
-        raise ValueError(f"evaluate.gate.metric {metric!r} is not measured for this model; measured: "
+    gate, known = resolve_gate(gate, candidate), metrics_of(candidate)
+    if gate.metric not in known:
+        raise ValueError(f"evaluate.gate.metric {gate.metric!r} is not measured for this model; measured: "
                          f"{', '.join(known)}")
-    gate = gate.model_copy(update={"metric": metric})
-    b, c = getattr(base, metric), getattr(candidate, metric)
+    b, c = getattr(base, gate.metric), getattr(candidate, gate.metric)
     lower_is_better = gate.metric in ("val_loss", "perplexity")
     improvement = (b - c) if lower_is_better else (c - b)
     if improvement <= gate.min_improvement:
@@ -111,10 +117,9 @@ def reranker_pair(base_path: str, candidate_path: str, records: list[dict], **_
     return score_reranker(base_path, judged), score_reranker(candidate_path, judged)
 
 
-# model type -> (how base and candidate are scored, the gate's default metric)
-EVALUATORS: dict[str, tuple[Callable[..., tuple[BaseModel, BaseModel]], str]] = {
-    "llm": (llm_pair, "exact_match"), "vlm": (llm_pair, "exact_match"),
-    "embed": (embedder_pair, "ndcg_at_10"), "rerank": (reranker_pair, "ndcg_at_10"),
+# model type -> how base and candidate are scored
+EVALUATORS: dict[str, Callable[..., tuple[BaseModel, BaseModel]]] = {
+    "llm": llm_pair, "vlm": llm_pair, "embed": embedder_pair, "rerank": reranker_pair,
 }
 
 
@@ -124,9 +129,8 @@ def evaluate(base_path: str, candidate_path: str, records: list[dict], gate: Gat
     type's). ``all_records`` (the training split) widen an embedder's corpus to every passage of the dataset."""
     if model_type not in EVALUATORS:
         raise ValueError(f"no evaluation for {model_type} models; evaluated: {', '.join(EVALUATORS)}")
-    pair, default_metric = EVALUATORS[model_type]
-    base, candidate = pair(base_path, candidate_path, records, style=style, max_new_tokens=max_new_tokens,
-                           all_records=all_records)
-    gate = gate.model_copy(update={"metric": gate.metric or default_metric})
+    base, candidate = EVALUATORS[model_type](base_path, candidate_path, records, style=style,
+                                             max_new_tokens=max_new_tokens, all_records=all_records)
+    gate = resolve_gate(gate, candidate)
     passed, reason = apply_gate(base, candidate, gate)
     return EvalReport(model_type=model_type, base=base, candidate=candidate, gate=gate, passed=passed, reason=reason)

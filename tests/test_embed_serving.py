@@ -20,9 +20,12 @@ import pytest
 
 from infra.embed_models import EMBED, RERANK
 from tasks.deploy import Infinity, RerankDeploy, endpoints
+from tasks.deploy.base import SmokeTestError
 from tasks.deploy.embed import cosine
 from tasks.deploy.microbatch import MicroBatcher
 from tasks.models.local import EMBEDDED_MODELS
+
+from conftest import TINY_MODEL
 
 KEY = "test-key-0123456789"
 EMBEDDER, RERANKER = str(EMBEDDED_MODELS / EMBED), str(EMBEDDED_MODELS / RERANK)
@@ -65,6 +68,11 @@ def test_infinity_serves_embeddings_to_the_openai_client(infinity_embed):
     # The pipeline's smoke test and the contract's extract_result on the same endpoint.
     engine = Infinity(model_type="embed", name="inf-embed")
     assert engine.smoke_test(infinity_embed.url, [TRIPLET], auth(), EMBEDDER)[0].startswith("1/1")
+    swapped = {**TRIPLET, "pos": TRIPLET["neg"], "neg": TRIPLET["pos"]}  # an endpoint that ranks so is wrong
+    with pytest.raises(SmokeTestError, match="only 0/1 validation queries"):
+        engine.smoke_test(infinity_embed.url, [swapped], auth(), EMBEDDER)
+    with pytest.raises(SmokeTestError, match="vectors of 384 dimensions, the model has 128"):
+        engine.smoke_test(infinity_embed.url, [TRIPLET], auth(), str(TINY_MODEL))  # hidden size 128
     raw = httpx.post(f"{infinity_embed.url}/embeddings", json={"model": "inf-embed", "input": "a"}, headers=auth())
     assert len(json.loads(Infinity.extract_result(raw.text, {"input": "a"}))) == 384
 

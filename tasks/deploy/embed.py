@@ -43,11 +43,14 @@ class EmbedParams(DeployParams):
 
 
 def model_dimension(model_path: str) -> int | None:
-    """The embedding size a model's files declare (its pooling layer, else its hidden size)."""
-    for name, key in (("1_Pooling/config.json", "word_embedding_dimension"), ("config.json", "hidden_size")):
+    """The embedding size a model's files declare (its pooling layer, in either sentence-transformers spelling,
+    else its hidden size)."""
+    for name, keys in (("1_Pooling/config.json", ("word_embedding_dimension", "embedding_dimension")),
+                       ("config.json", ("hidden_size",))):
         path = Path(model_path) / name
-        if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8")).get(key)
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if found := next((data[k] for k in keys if k in data), None):
+            return found
     return None
 
 
