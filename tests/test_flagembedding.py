@@ -175,3 +175,35 @@ def test_two_processes_train_as_one_under_torchrun(tmp_path):
     assert [m["step"] for m in steps] == [1, 2]  # rank 0 logs; the other process does not
     assert steps[0]["epoch"] == pytest.approx(1 / 8)  # 64 records / (4 per process x 2 processes) = 8 steps
     assert (tmp_path / "out" / "embed" / "model.safetensors").is_file()
+
+
+def test_the_evaluators_rank_as_the_models_score_computed_here_independently():
+    """score_embedder / score_reranker against the same models' scores computed in the test: the positive's rank
+    under cosine similarity (embedder, whole corpus) and under the cross-encoder (reranker, its candidates)."""
+    import numpy as np
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    from tasks.evaluate_retrieval import embedder_set, score_embedder, score_reranker
+
+    data = json.loads((EMBEDDED_MODELS.parent / "datasets" / "company_facts.json").read_text())
+    val, rest = data[:12], data[12:40]
+    judged = embedder_set(val, rest + val)
+    got = score_embedder(str(EMBEDDED_MODELS / EMBED), judged)
+    model = SentenceTransformer(str(EMBEDDED_MODELS / EMBED), device="cpu")
+    q, c = model.encode(judged.queries), model.encode(judged.corpus)
+    sims = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (c / np.linalg.norm(c, axis=1, keepdims=True)).T
+    ranks = [1 + int((row > row[judged.corpus.index(r["pos"][0])]).sum()) for row, r in zip(sims, val)]
+    assert got.n == 12 and len(judged.corpus) == len({p for r in rest + val for p in [*r["pos"], *r["neg"]]})
+    assert got.recall_at_1 == pytest.approx(sum(k == 1 for k in ranks) / 12)
+    assert got.mrr_at_10 == pytest.approx(sum(1 / k for k in ranks if k <= 10) / 12)
+    assert 0 < got.recall_at_1 < 1  # the base confuses some queries: a set where ranking matters
+
+    rr = reranker_set(val[:6])
+    got = score_reranker(str(EMBEDDED_MODELS / RERANK), rr)
+    cross = CrossEncoder(str(EMBEDDED_MODELS / RERANK), device="cpu")
+    ranks = []
+    for query, cands, rel in zip(rr.queries, rr.candidates, rr.relevant):
+        scores = cross.predict([(query, d) for d in cands])
+        ranks.append(1 + int((scores > scores[next(iter(rel))]).sum()))
+    assert got.mrr_at_10 == pytest.approx(sum(1 / k for k in ranks if k <= 10) / 6)
+    assert got.recall_at_1 is None and got.n == 6
