@@ -14,8 +14,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from tasks import steps, tracking
-from tasks.config import load_config
+from tasks import promote, registry, steps, tracking
+from tasks.config import deep_merge, load_config
 from tasks.data import PreparedDataset
 from tasks.evaluate import EvalReport
 
@@ -27,12 +27,20 @@ class PipelineSummary(BaseModel):
     merged_model_uri: str
     report: EvalReport
     endpoint_url: str
-    registration: steps.Registration
+    registration: promote.Registration
 
 
 @flow(name="finetune", log_prints=True)
-def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict | None = None) -> PipelineSummary:
+def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict | None = None,
+             data_path: str | None = None) -> PipelineSummary:
+    """``data_path`` (a file or an ``s3://`` URI) replaces the config's ``data.path``: what a data trigger passes."""
+    if data_path:
+        data = {"data": {"path": data_path}}
+        overrides = deep_merge(overrides, data) if isinstance(overrides, dict) else overrides or data
     config = load_config(config_path, overrides)
+    tracking.require_server()  # a tracking server that is down fails the run in seconds, before anything runs
+    # What the alias holds as the run starts: a promotion while it runs must be beaten, not overwritten.
+    production_at_start = registry.alias_version(config.registry.model_name, config.registry.alias)
     flow_run_id = str(flow_run.get_id() or "local")
     run_id = tracking.start_run(
         config.experiment, run_name=f"{config.name}-{flow_run.get_name() or 'local'}",
@@ -50,7 +58,8 @@ def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict |
         merged = steps.merge(config, base, trained, run_id)
         report = steps.evaluate_models(config.evaluate, base, merged, trained, data, run_id)
         endpoint = steps.deploy(config.deploy, merged, config.registry.model_name, trained, data, run_id)
-        registration = steps.register(config, endpoint, merged, report, data, run_id, flow_run_id)
+        registration = promote.register(config, endpoint, merged, report, data, run_id, flow_run_id,
+                                      production_at_start)
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise

@@ -3,6 +3,7 @@
     python -m infra.demo                 # the whole demo
     python -m infra.demo deploy          # only `prefect deploy --all` against the stack
     python -m infra.demo run NAME        # run deployment finetune/NAME and print its summary
+    python -m infra.demo push-data FILE PIPELINE   # put a dataset in the pipeline's data home (s3://.../incoming/)
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def deployment_names() -> list[str]:
     import yaml
 
     spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
-    return [f"finetune/{d['name']}" for d in spec["deployments"]]
+    # A flow is named as its function (flows/finetune.py:finetune -> finetune/<deployment>).
+    return [f"{d['entrypoint'].rpartition(':')[2]}/{d['name']}" for d in spec["deployments"]]
 
 
 def register_deployments() -> None:
@@ -142,6 +144,15 @@ def main() -> None:
     if args[:1] == ["deploy"]:
         stack.up()
         register_deployments()
+        return
+    if args[:1] == ["push-data"]:
+        if len(args) != 3:
+            sys.exit("usage: python -m infra.demo push-data FILE PIPELINE")
+        from tasks import incoming
+
+        uri = incoming.push(args[1], args[2])
+        print(f"uploaded {args[1]} to {uri}; the watch flow (watch/data, every minute) starts finetune/{args[2]} "
+              "on it if it differs from what production was trained on")
         return
     name = args[1] if args[:1] == ["run"] and len(args) > 1 else "quickstart"
     if not args:

@@ -183,24 +183,39 @@ def up(ports_mode: str = "default") -> dict:
     return stack
 
 
+def _stop(home: Path, svc: Service) -> None:
+    pid = _pid(home, svc.name)
+    if pid is None:
+        return
+    os.killpg(pid, svc.stop_signal)
+    for _ in range(100):
+        if not group_alive(pid):
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    (home / "pids" / f"{svc.name}.pid").unlink(missing_ok=True)
+    print(f"stopped {svc.name}")
+
+
+def stop(name: str) -> None:
+    """Stop one service (s3, mlflow, prefect, worker), leaving the rest and the endpoints running; ``up`` brings
+    it back on the same ports."""
+    home = state_dir()
+    chosen = [svc for svc in services(home, json.loads((home / "stack.json").read_text())["ports"])
+              if svc.name == name]
+    if not chosen:
+        raise ValueError(f"no service {name!r}; services: s3, mlflow, prefect, worker")
+    _stop(home, chosen[0])
+
+
 def down() -> None:
     home = state_dir()
     if not (home / "stack.json").exists():
         print("no stack state; nothing to stop")
         return
     for svc in reversed(services(home, json.loads((home / "stack.json").read_text())["ports"])):
-        pid = _pid(home, svc.name)
-        if pid is None:
-            continue
-        os.killpg(pid, svc.stop_signal)
-        for _ in range(100):
-            if not group_alive(pid):
-                break
-            time.sleep(0.2)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-        (home / "pids" / f"{svc.name}.pid").unlink(missing_ok=True)
-        print(f"stopped {svc.name}")
+        _stop(home, svc)
     from tasks.deploy.endpoints import stop_all
 
     stop_all()

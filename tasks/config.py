@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from tasks.deploy import ENGINES
 from tasks.deploy.keys import LOOPBACK
-from tasks.evaluate import GateConfig
+from tasks.data.prepare import MAX_RECORD_CHARS
+from tasks.data.readers import confine
+from tasks.evaluate import MEASURED, GateConfig
 from tasks.finetune import FRAMEWORKS
 from tasks.settings import REPO_ROOT
 
@@ -31,12 +33,14 @@ class ModelSection(Section):
 
 class DataSection(Section):
     path: str
-    val_set_size: int = Field(200, ge=1)
+    val_set_size: int = Field(200, ge=1, le=10_000_000)
     prompt_template_name: str = "alpaca"
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     # Records longer than the finetune's cutoff_len (in tokens): "warn" counts them (training truncates),
     # "reject" fails the run before training, naming the first one.
     on_long: Literal["warn", "reject"] = "warn"
+    # A record with more characters than this (all fields together) fails the run before training, naming it.
+    max_record_chars: int = Field(MAX_RECORD_CHARS, ge=100, le=10_000_000)
 
     @field_validator("prompt_template_name")
     @classmethod
@@ -62,19 +66,19 @@ def _sections(table: dict[str, type], key: str, fields: dict[str, Any], base: ty
 
 FinetuneSection = _sections(FRAMEWORKS, "framework", {
     # Processes for one training run: > 1 runs it under torchrun (the launcher's ngpus).
-    "nproc": (int, Field(1, ge=1)),
+    "nproc": (int, Field(1, ge=1, le=1024)),
 }, Section)
 
 
 class EvaluateSection(Section):
-    max_samples: int = Field(200, ge=1)
+    max_samples: int = Field(200, ge=1, le=100_000)
     max_new_tokens: int = Field(32, ge=1, le=512)
     gate: GateConfig = GateConfig()
 
 
 class DeploySettings(Section):
     host: str = "127.0.0.1"
-    port: int = 0  # 0: a free port
+    port: int = Field(0, ge=0, le=65_535)  # 0: a free port
     # Every request needs the key in tasks/deploy/keys.py (Authorization: Bearer ...). Off, the endpoint is open
     # to anyone who can reach it, so it may bind only a loopback address.
     api_key: bool = True
@@ -104,14 +108,18 @@ class DeploySettings(Section):
 DeploySection = _sections(ENGINES, "backend", {}, DeploySettings)
 
 
+# Names that become MLflow names, endpoint names and file names: letters, digits, '.', '_', '-'.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
 class RegisterSection(Section):
-    model_name: str
-    alias: str = "production"
+    model_name: str = Field(pattern=NAME)
+    alias: str = Field("production", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
 class PipelineConfig(Section):
-    name: str
-    experiment: str = "fineflow"
+    name: str = Field(pattern=NAME)
+    experiment: str = Field("fineflow", min_length=1, max_length=200)
     model: ModelSection = ModelSection()
     data: DataSection
     finetune: FinetuneSection
@@ -129,6 +137,10 @@ class PipelineConfig(Section):
         if kind not in serves:
             raise ValueError(f"deploy.backend {self.deploy.backend!r} serves {' and '.join(serves)} models; "
                              f"model.base_model {self.model.base_model!r} is a {kind} model")
+        measured = MEASURED.get(kind, ())
+        if self.evaluate.gate.metric is not None and self.evaluate.gate.metric not in measured:
+            raise ValueError(f"evaluate.gate.metric {self.evaluate.gate.metric!r} is not measured for {kind} "
+                             f"models; measured: {', '.join(measured)}")
         return self
 
     @model_validator(mode="before")
@@ -156,7 +168,8 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
-    """Read, merge ``overrides`` into, and validate a pipeline YAML; relative data paths are from the repo root."""
+    """Read, merge ``overrides`` into, and validate a pipeline YAML; the data path is resolved from the repo root
+    and confined to the data roots (``tasks.data.readers.confine``)."""
     path = Path(path)
     if not path.is_absolute() and not path.exists():
         path = REPO_ROOT / path
@@ -166,13 +179,22 @@ def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConf
         raise ConfigError(f"{path}: file not found") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (name, data, finetune, deploy, "
+                          f"registry, ...), not a {type(raw).__name__}")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(f"{path}: overrides must be a mapping of sections to merge into the file, not a "
+                          f"{type(overrides).__name__}")
     raw = deep_merge(raw, overrides or {})
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
+        problems = "; ".join(": ".join(filter(None, (".".join(map(str, err["loc"])),
+                                                     err["msg"].removeprefix("Value error, "))))
                              for err in e.errors())
         raise ConfigError(f"{path}: {problems}") from None
-    if not Path(config.data.path).is_absolute() and not config.data.path.startswith("s3://"):
-        config.data.path = str(REPO_ROOT / config.data.path)
+    try:
+        config.data.path = confine(config.data.path)
+    except ValueError as e:
+        raise ConfigError(f"{path}: data.path: {e}") from None
     return config

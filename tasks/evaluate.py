@@ -74,6 +74,14 @@ def score(model_path: str, records: list[dict], style: str, prompts: list[str] |
 DEFAULT_METRIC: dict[type[BaseModel], str] = {ModelScores: "exact_match", RetrievalScores: "ndcg_at_10"}
 
 
+LOWER_IS_BETTER = frozenset({"val_loss", "perplexity"})
+
+
+def beats(metric: str, ours: float, theirs: float, by: float = 0.0) -> bool:
+    """Whether a score ``ours`` of ``metric`` improves on ``theirs`` by more than ``by``."""
+    return (theirs - ours if metric in LOWER_IS_BETTER else ours - theirs) > by
+
+
 def resolve_gate(gate: GateConfig, candidate: BaseModel) -> GateConfig:
     """``gate`` with its metric named: the configured one, else the default for what was measured."""
     return gate if gate.metric else gate.model_copy(update={"metric": DEFAULT_METRIC[type(candidate)]})
@@ -85,11 +93,9 @@ def apply_gate(base: BaseModel, candidate: BaseModel, gate: GateConfig) -> tuple
         raise ValueError(f"evaluate.gate.metric {gate.metric!r} is not measured for this model; measured: "
                          f"{', '.join(known)}")
     b, c = getattr(base, gate.metric), getattr(candidate, gate.metric)
-    lower_is_better = gate.metric in ("val_loss", "perplexity")
-    improvement = (b - c) if lower_is_better else (c - b)
-    if improvement <= gate.min_improvement:
+    if not beats(gate.metric, c, b, gate.min_improvement):
         return False, f"{gate.metric}: candidate {c:.4f} does not beat base {b:.4f} by more than {gate.min_improvement}"
-    if not lower_is_better and c < gate.min_value:
+    if gate.metric not in LOWER_IS_BETTER and c < gate.min_value:
         return False, f"{gate.metric}: candidate {c:.4f} is below the minimum {gate.min_value}"
     return True, f"{gate.metric}: candidate {c:.4f} vs base {b:.4f}"
 
@@ -116,6 +122,13 @@ def reranker_pair(base_path: str, candidate_path: str, records: list[dict], **_
     judged = reranker_set(records)
     return score_reranker(base_path, judged), score_reranker(candidate_path, judged)
 
+
+# model type -> the metrics its evaluator measures (what evaluate.gate.metric may name; checked with the config)
+MEASURED: dict[str, tuple[str, ...]] = {
+    "llm": ("exact_match", "val_loss", "perplexity"), "vlm": ("exact_match", "val_loss", "perplexity"),
+    "embed": ("recall_at_1", "recall_at_5", "recall_at_10", "mrr_at_10", "ndcg_at_10"),
+    "rerank": ("mrr_at_10", "ndcg_at_10"),
+}
 
 # model type -> how base and candidate are scored
 EVALUATORS: dict[str, Callable[..., tuple[BaseModel, BaseModel]]] = {

@@ -90,7 +90,7 @@ def load_tokenizer(path: str):
     """The model's tokenizer, left-padded for batched generation."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", truncation_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -106,6 +106,11 @@ def load_model(path: str):
     return model, tokenizer
 
 
+def context_len(model) -> int:
+    """The most tokens the model reads at once (its position embeddings); what evaluation truncates to."""
+    return int(getattr(model.config, "max_position_embeddings", None) or 2048)
+
+
 def generate(model, tokenizer, prompts: list[str], style: str, max_new_tokens: int = 32,
              batch_size: int = 32) -> list[str]:
     """Greedy completions of ``prompts`` (rendered prompt texts in ``style``)."""
@@ -115,7 +120,9 @@ def generate(model, tokenizer, prompts: list[str], style: str, max_new_tokens: i
     with torch.inference_mode():
         for i in range(0, len(prompts), batch_size):
             batch = [model_text(tokenizer, style, p) for p in prompts[i:i + batch_size]]
-            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            # The prompt's end is kept: what the model answers from; the rest is cut to fit its context.
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
+                            max_length=max(1, context_len(model) - max_new_tokens))
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             outputs += tokenizer.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
@@ -129,8 +136,9 @@ def response_loss(model, tokenizer, style: str, prompts: list[str], outputs: lis
     total, count = 0.0, 0
     with torch.inference_mode():
         for prompt, output in zip(prompts, outputs):
-            enc = encode_example(tokenizer, style, prompt, output)
-            ids, labels = torch.tensor([enc["input_ids"]]), torch.tensor([enc["labels"]])
+            enc, keep = encode_example(tokenizer, style, prompt, output), context_len(model)
+            # As generation does, the prompt's head is what gives way to fit the context; the response stays.
+            ids, labels = torch.tensor([enc["input_ids"][-keep:]]), torch.tensor([enc["labels"][-keep:]])
             n = int((labels[:, 1:] != IGNORE).sum())  # the loss is over shifted labels; EOS always counts
             total += model(input_ids=ids, labels=labels).loss.item() * n
             count += n

@@ -16,8 +16,14 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.masking import redact_text, show_argv
+from tasks.masking import is_secret_name, redact_text, show_argv
 
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment without its credentials (S3, tracking, hub tokens: ``masking.is_secret_name``):
+    what a trainer or a model server starts with. A command that needs a secret passes it in its own env."""
+    return {k: v for k, v in os.environ.items() if not is_secret_name(k)}
 
 class LaunchError(RuntimeError):
     """A command exited non-zero; the message holds the masked command and the log's tail."""
@@ -41,7 +47,7 @@ class LocalLauncher:
 
     def run(self, argv: list[str], name: str = "job", extra_env: dict[str, str] | None = None) -> None:
         """Run one argv, stream each output line to the log file and ``on_line``; raise on non-zero exit."""
-        env = {**os.environ, **self.env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+        env = {**child_environment(), **self.env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
         tail: deque[str] = deque(maxlen=40)
         log = open(self.log_path, "a", encoding="utf-8") if self.log_path else None
         start = time.monotonic()

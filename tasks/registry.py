@@ -39,3 +39,21 @@ def set_tag(name: str, version: str, key: str, value: str) -> None:
 
 def move_alias(name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(name, alias, version)
+
+
+def unless_superseded(name: str, seen: str | None, gate, candidate: dict[str, float]):
+    """A promotion guard (``rollout.promote``): if the alias moved from ``seen`` while the run ran (another run of
+    the pipeline promoted), the candidate replaces that version only by beating its recorded gate metric by more
+    than the gate's ``min_improvement``, as it had to beat the base."""
+    from tasks.evaluate import beats
+
+    def guard(current: str | None) -> str | None:
+        if current is None or current == seen:
+            return None
+        metric, ours = gate.metric, round(candidate[gate.metric], 4)  # as the tags record it
+        theirs = version_tags(name, current).get(f"candidate_{metric}")
+        if theirs is not None and not beats(metric, ours, float(theirs), gate.min_improvement):
+            return (f"production moved to version {current} while this run ran (from {seen or 'none'}), and this "
+                    f"candidate's {metric} {ours:.4f} does not beat its {float(theirs):.4f}")
+        return None
+    return guard

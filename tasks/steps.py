@@ -24,7 +24,6 @@ from tasks.evaluate import EvalReport, evaluate, metrics_of
 from tasks.finetune import LazyLLMFinetuneBase, get_framework
 from tasks.finetune.auto import plan_dict
 from tasks.formatter import make_formatter
-from tasks.masking import show_argv
 from tasks.merge import check_weights_moved
 from tasks.models import ModelManager, ModelNotFoundError, ModelRef
 from tasks.settings import Settings
@@ -49,8 +48,14 @@ class MergedModel(BaseModel):
 
 @contextmanager
 def timed(run_id: str, step: str):
+    """Time a step into MLflow; a step that fails leaves its name and error on the run (``failed_step``)."""
     start = time.monotonic()
-    yield
+    try:
+        yield
+    except BaseException as e:
+        for key, value in (("failed_step", step), ("error", f"{type(e).__name__}: {e}"[:1000])):
+            tracking.set_tag(run_id, key, value)  # masked
+        raise
     tracking.log_metrics(run_id, {f"duration_{step}_s": time.monotonic() - start})
 
 
@@ -96,7 +101,8 @@ def prepare_dataset(config: PipelineConfig, base: ModelRef, run_id: str) -> Prep
     trainer.preflight()  # a framework that cannot run here says so before any work
     with timed(run_id, "prepare"):
         prepared = prepare(d.path, workdir(run_id) / "data", d.val_set_size, d.prompt_template_name, d.seed,
-                           format=None, cutoff_len=trainer.cutoff_len, tokenizer_path=base.path, on_long=d.on_long)
+                           format=None, cutoff_len=trainer.cutoff_len, tokenizer_path=base.path, on_long=d.on_long,
+                           max_record_chars=d.max_record_chars)
         if prepared.format not in trainer.formats():
             raise DatasetError(d.path, None, None, f"{config.finetune.framework} ({type(trainer).__name__}) trains "
                                                    f"on {' or '.join(trainer.formats())} records, not "
@@ -105,6 +111,7 @@ def prepare_dataset(config: PipelineConfig, base: ModelRef, run_id: str) -> Prep
         if not storage.exists(f"{prepared.uri}/manifest.json"):
             storage.upload_dir(Path(prepared.train_path).parent, prepared.uri)
     tracking.log_params(run_id, {"dataset.hash": prepared.hash, "dataset.uri": prepared.uri,
+                                 "dataset.source": prepared.source, "dataset.source_sha256": prepared.source_sha256,
                                  "dataset.format": prepared.format, "dataset.n_train": prepared.n_train,
                                  "dataset.n_val": prepared.n_val, "dataset.n_duplicates": prepared.n_duplicates,
                                  "dataset.n_too_long": prepared.n_too_long})
@@ -149,6 +156,8 @@ def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, run_
     finally:
         if log_path.exists():
             tracking.log_artifact(run_id, log_path, "logs")  # a failed run's log reaches MLflow too
+        if history:  # and the step it reached
+            tracking.set_tag(run_id, "last_train_step", str(max(h["step"] for h in history)))
     tracking.loss_plot(run_id, history)
     losses = [h["loss"] for h in history if "loss" in h]
     speeds = [h["tokens_per_second"] for h in history if "tokens_per_second" in h]
@@ -230,50 +239,3 @@ def deploy(cfg: DeploySection, merged: MergedModel, name: str, trained: TrainRes
     logger.info("endpoint %s serving at %s", ep.name, ep.url)
     logger.info("smoke test: %s", shown)
     return ep
-
-
-class Registration(BaseModel):
-    model_name: str
-    version: str
-    alias: str
-    promoted: bool
-    previous_version: str | None
-    reason: str
-
-
-@task
-def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: EvalReport,
-             data: PreparedDataset, run_id: str, flow_run_id: str) -> Registration:
-    """Register the endpoint as a model version; move the alias only if healthy and the gate passed.
-
-    The endpoint the alias pointed to before is stopped after the move, not before.
-    """
-    from tasks import registry
-
-    name, alias = config.registry.model_name, config.registry.alias
-    healthy = ep.healthy()
-    tags = {"endpoint_url": ep.url, "endpoint_name": ep.name, "backend": ep.backend,
-            "api_key_file": ep.api_key_file or "none (open, loopback only)",
-            # How to serve this version again (rollback, make up): the deploy section and the prompt style.
-            "deploy_config": json.dumps(ep.relaunch),
-            "launch_command": show_argv(ep.argv), "health": "ok" if healthy else "failed",
-            "framework": config.finetune.framework,
-            "dataset_hash": data.hash, "prefect_flow_run_id": flow_run_id, "gate": report.reason,
-            "model_type": report.model_type,
-            **{f"{who}_{k}": f"{v:.4f}" for who in ("base", "candidate")
-               for k, v in metrics_of(getattr(report, who)).items()}}
-    version = registry.create_version(name, merged.s3_uri, run_id, tags)
-    previous = registry.alias_version(name, alias)
-    promoted = healthy and report.passed
-    logger = get_run_logger()
-    if promoted:
-        done = rollout.promote(name, alias, version, ep, host=config.deploy.host, log=logger.info)
-        reason = f"{alias} -> version {version} ({report.reason}), served at {done.url}"
-    else:
-        reason = f"not promoted: {'health check failed' if not healthy else report.reason}"
-        registry.set_tag(name, version, "status", "rejected")
-        endpoints.stop(ep.name)  # the previous production endpoint keeps serving
-    logger.info("model %s version %s: %s", name, version, reason)
-    tracking.set_tag(run_id, "registered_version", version)
-    return Registration(model_name=name, version=version, alias=alias, promoted=promoted,
-                        previous_version=previous, reason=reason)

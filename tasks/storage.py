@@ -69,3 +69,27 @@ def list_keys(uri: str, client=None) -> list[str]:
 
 def exists(uri: str, client=None) -> bool:
     return bool(list_keys(uri, client))
+
+
+def newest_object(uri: str, suffixes: tuple[str, ...], client=None) -> str | None:
+    """The most recently written object under the prefix ``uri`` whose name ends in one of ``suffixes``."""
+    client = client or s3_client()
+    bucket, prefix = split_uri(uri)
+    newest = None
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if obj["Key"].lower().endswith(suffixes) and (newest is None or obj["LastModified"] > newest[0]):
+                newest = (obj["LastModified"], obj["Key"])
+    return f"s3://{bucket}/{newest[1]}" if newest else None
+
+
+def object_sha256(uri: str, client=None) -> str:
+    """The sha256 of an object's bytes, streamed (an ETag is not a content hash for multipart uploads)."""
+    import hashlib
+
+    client = client or s3_client()
+    bucket, key = split_uri(uri)
+    digest = hashlib.sha256()
+    for chunk in client.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()

@@ -21,6 +21,34 @@ def client(settings: Settings | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server does not answer: the run stops before it creates or trains anything."""
+
+
+def require_server(attempts: int = 3, timeout_s: float = 3.0) -> None:
+    """Fail within seconds, naming the tracking URI and what to start, when MLflow does not answer its health
+    check (MLflow's own client retries a refused connection for minutes, silently)."""
+    import time
+    import urllib.request
+
+    uri = Settings.load().mlflow_uri or ""
+    if not uri.startswith(("http://", "https://")):
+        return  # a local store (file:, sqlite:) or a managed service without /health
+    error: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+                if resp.status == 200:
+                    return
+        except Exception as e:  # refused, timed out, 5xx
+            error = e
+        if attempt < attempts - 1:
+            time.sleep(1)
+    raise TrackingUnavailable(f"the MLflow tracking server at {uri} does not answer ({redact_text(str(error))}): "
+                              "start it (`make up` starts the local stack) or point MLFLOW_TRACKING_URI at a running "
+                              "one; nothing was run")
+
+
 def flatten(obj: dict, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in obj.items():

@@ -29,6 +29,8 @@ def fineflow_home(tmp_path_factory):
     for k in saved:
         os.environ.pop(k, None)
     os.environ["FINEFLOW_HOME"] = str(home)
+    # Pipelines read data only under the data roots (tasks.data.readers.confine): the tests' files are here.
+    os.environ["FINEFLOW_DATA_ROOTS"] = str(tmp_path_factory.getbasetemp())
     yield home
     for k, v in saved.items():
         if v is not None:
@@ -45,9 +47,25 @@ def stack(fineflow_home):
     info = local_stack.up("free")
     os.environ["PREFECT_API_URL"] = info["prefect_api_url"]
     register_deployments()
+    # The watch flow's schedule is on after deploying; the tests run it themselves, when they mean to.
+    info["watch_schedules"] = pause_schedules("watch/data")
     yield info
     local_stack.down()
     os.environ.pop("HF_TOKEN", None)
+
+
+def pause_schedules(deployment: str) -> list[dict]:
+    """Turn off the schedules of ``deployment``; returns them as they were (interval, active)."""
+    from prefect.client.orchestration import get_client
+
+    from infra.demo import prefect_api
+
+    with prefect_api(), get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(deployment)
+        schedules = client.read_deployment_schedules(dep.id)
+        for s in schedules:
+            client.update_deployment_schedule(dep.id, s.id, active=False)
+    return [{"interval": getattr(s.schedule, "interval", None), "active": s.active} for s in schedules]
 
 
 @pytest.fixture

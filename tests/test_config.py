@@ -16,15 +16,25 @@ def test_shipped_configs_validate(name):
 def test_every_shipped_config_has_a_prefect_deployment():
     import yaml
 
-    deployments = {d["name"]: d["parameters"]["config_path"]
-                   for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    finetune = [d for d in spec if d["entrypoint"] == "flows/finetune.py:finetune"]
+    deployments = {d["name"]: d["parameters"]["config_path"] for d in finetune}
     shipped = {p.stem: f"deployments/{p.name}" for p in (REPO / "deployments").glob("*.yaml")}
     assert deployments == shipped
+    for d in finetune:  # a nightly schedule, off; a trigger on new data for its own pipeline, passing the file
+        assert [(s["active"], bool(s["cron"])) for s in d["schedules"]] == [(False, True)]
+        (trigger,) = d["triggers"]
+        assert trigger["match"] == {"prefect.resource.id": f"fineflow.pipeline.{load_config(d['parameters']['config_path']).name}"}
+        assert trigger["expect"] == ["fineflow.dataset.updated"]
+        assert trigger["parameters"] == {"config_path": d["parameters"]["config_path"],
+                                         "data_path": "{{ event.payload.uri }}"}
+    (watch,) = [d for d in spec if d["entrypoint"] == "flows/watch.py:watch"]
+    assert [(s["active"], s["interval"]) for s in watch["schedules"]] == [(True, 60)]
 
 
 def test_misspelled_or_mistyped_llamafactory_param_names_file_and_field(tmp_path):
     path = tmp_path / "lf.yaml"
-    head = "name: x\ndata: {path: d.json}\nregistry: {model_name: m}\n"
+    head = "name: x\ndata: {path: infra/datasets/d.json}\nregistry: {model_name: m}\n"
     path.write_text(head + "finetune: {framework: llamafactory, params: {lora_rnk: 4}}\n")
     with pytest.raises(ConfigError, match=r"lf.yaml: finetune.llamafactory.params: LlamafactoryFinetune got unknown "
                                           r"keyword argument\(s\) lora_rnk \('lora_rnk': did you mean 'lora_r'\?\)"):
@@ -58,19 +68,19 @@ def test_validating_a_config_imports_no_torch():
 
 def test_config_errors_name_file_and_field(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("name: x\ndata: {path: d.json, val_set_size: 0}\nregistry: {model_name: m}\n")
+    path.write_text("name: x\ndata: {path: infra/datasets/d.json, val_set_size: 0}\nregistry: {model_name: m}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: data.val_set_size: Input should be greater than or equal to 1"):
         load_config(path)
-    path.write_text("name: x\ndata: {path: d.json}\nregistry: {model_name: m}\nfinetune: {params: {lora_rank: 4}}\n")
+    path.write_text("name: x\ndata: {path: infra/datasets/d.json}\nregistry: {model_name: m}\nfinetune: {params: {lora_rank: 4}}\n")
     with pytest.raises(ConfigError, match=r"finetune.alpacalora.params: AlpacaloraFinetune got unknown keyword "
                                           r"argument\(s\) lora_rank \('lora_rank': did you mean 'lora_r'\?\); "
                                           r"allowed: .*lora_r"):
         load_config(path)
-    path.write_text("name: x\ndata: {path: d.json, prompt_template_name: alpacca}\nregistry: {model_name: m}\n")
+    path.write_text("name: x\ndata: {path: infra/datasets/d.json, prompt_template_name: alpacca}\nregistry: {model_name: m}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: data.prompt_template_name: .*unknown prompt template "
                                           r"'alpacca'; known: alpaca"):
         load_config(path)
-    path.write_text("name: x\ndata: {path: d.json}\nregistry: {model_name: m}\n"
+    path.write_text("name: x\ndata: {path: infra/datasets/d.json}\nregistry: {model_name: m}\n"
                     "deploy: {formatter: json, formatter_selector: '[a, 1:2]'}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: deploy.relay: .*mixes a slice and a list"):
         load_config(path)
@@ -130,7 +140,7 @@ def test_paths_errors_and_merging_in_detail(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert str(e.value) == f"{path}: name: Field required; data: Field required; registry: Field required"
-    path.write_text(head + "data: {path: d.json}\nfinetune: {framework: alpacalora}\nsurprise: 1\n")
+    path.write_text(head + "data: {path: infra/datasets/d.json}\nfinetune: {framework: alpacalora}\nsurprise: 1\n")
     with pytest.raises(ConfigError, match=r"surprise: Extra inputs are not permitted"):
         load_config(path)
     # Overrides merge into nested mappings; a value that is not a mapping replaces what was there.
@@ -142,10 +152,10 @@ def test_paths_errors_and_merging_in_detail(tmp_path, monkeypatch):
 
 def test_a_config_without_backends_gets_the_defaults(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text("name: x\nregistry: {model_name: m}\ndata: {path: d.json}\n")
+    path.write_text("name: x\nregistry: {model_name: m}\ndata: {path: infra/datasets/d.json}\n")
     config = load_config(path)
     assert (config.finetune.framework, config.deploy.backend) == ("alpacalora", "relay")
-    path.write_text("name: x\nregistry: {model_name: m}\ndata: {path: d.json}\nfinetune: {nproc: 2}\n"
+    path.write_text("name: x\nregistry: {model_name: m}\ndata: {path: infra/datasets/d.json}\nfinetune: {nproc: 2}\n"
                     "deploy: {port: 8123}\n")
     config = load_config(path)
     assert (config.finetune.framework, config.finetune.nproc, config.deploy.backend, config.deploy.port) == \

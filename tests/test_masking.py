@@ -99,7 +99,8 @@ def test_a_child_that_prints_a_secret_does_not_put_it_in_the_log(tmp_path, monke
     script = ("import os, sys; print('key is', os.environ['MY_SERVICE_API_KEY']); print('max_new_tokens 32'); "
               "sys.exit(2)")
     with pytest.raises(launchers.LaunchError) as e:
-        launcher.run(["python3", "-c", script], name="leaky")
+        # Children get no credentials from the environment; a command that needs one passes it itself.
+        launcher.run(["python3", "-c", script], name="leaky", extra_env={"MY_SERVICE_API_KEY": value})
     log = (tmp_path / "train.log").read_text()
     for text in (log, str(e.value), "\n".join(seen)):
         assert value not in text and f"key is {MASK}" in text and "max_new_tokens 32" in text
@@ -110,7 +111,7 @@ def test_an_endpoint_that_fails_does_not_show_a_secret_from_its_log(fineflow_hom
     monkeypatch.setenv("PREFECT_API_KEY", value)
     command = Command(["python3", "-c", "import os; print('using', os.environ['PREFECT_API_KEY']); exit(1)"],
                       return_value="http://127.0.0.1:9", checker=http_ready("http://127.0.0.1:9/health"),
-                      ready_timeout_s=10)
+                      ready_timeout_s=10, env={"PREFECT_API_KEY": value})
     with pytest.raises(RuntimeError) as e:
         endpoints.start("leaky", command, "test", "none")
     assert f"using {MASK}" in str(e.value) and value not in str(e.value)

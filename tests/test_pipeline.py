@@ -18,7 +18,7 @@ import pytest
 
 from infra import stack as local_stack
 from infra.demo import follow, prefect_api, start_deployment
-from tasks import registry, steps, storage, tracking
+from tasks import promote, registry, steps, storage, tracking
 from tasks.config import load_config
 from tasks.data import PreparedDataset
 from tasks.deploy import RelayServer, endpoints
@@ -181,13 +181,13 @@ def test_bad_dataset_fails_before_training_and_changes_nothing(stack, tmp_path):
 
 
 
-def register_in_a_flow(report: EvalReport, ep, run_id: str) -> steps.Registration:
+def register_in_a_flow(report: EvalReport, ep, run_id: str) -> promote.Registration:
     """The register step on its own, in a flow (it logs through Prefect), against the real stack."""
     from prefect import flow
 
     @flow(name="register-only")
-    def register_only(config, ep, merged, report, data, run_id: str) -> steps.Registration:
-        return steps.register(config, ep, merged, report, data, run_id, "test")
+    def register_only(config, ep, merged, report, data, run_id: str) -> promote.Registration:
+        return promote.register(config, ep, merged, report, data, run_id, "test")
 
     config = load_config("deployments/quickstart.yaml")
     merged = steps.MergedModel(path=str(TINY_MODEL), weight_delta=1.0, s3_uri=STATE["source"])

@@ -18,13 +18,15 @@ class Row(NamedTuple):
     record: dict
 
 
-def iter_dataset(path: str | Path, format: str | None = None) -> Iterator[Row]:
-    """Validated rows of ``path``; the format is taken from the first record unless given.
+def iter_dataset(path: str | Path, format: str | None = None, shown_as: str | None = None) -> Iterator[Row]:
+    """Validated rows of ``path``; the format is taken from the first record unless given. ``shown_as`` is the
+    name errors give the file (its URI, when ``path`` is a local copy).
 
     The first bad record raises ``DatasetError`` as soon as it is read.
     """
     check_format_name(format)
     with local_copy(path) as (local, name):
+        name = shown_as or name
         fmt, n = format, 0
         try:
             for line, unit, raw in read_records(local, name):

@@ -33,6 +33,34 @@ def resolve_local(path: str | Path) -> Path:
     return resolved
 
 
+def data_roots() -> list[Path]:
+    """Where a pipeline may read data: the repository's ``infra/datasets`` and ``data``, ``LAZYLLM_DATA_PATH``,
+    and the folders in ``FINEFLOW_DATA_ROOTS`` (separated by ``os.pathsep``); never the state directory."""
+    from tasks.settings import REPO_ROOT
+
+    extra = [os.environ.get("LAZYLLM_DATA_PATH", ""), *os.environ.get("FINEFLOW_DATA_ROOTS", "").split(os.pathsep)]
+    return [p.resolve() for p in (REPO_ROOT / "infra" / "datasets", REPO_ROOT / "data", *map(Path, filter(None, extra)))]
+
+
+def confine(path: str) -> str:
+    """``path`` made absolute (a relative one from the repository) with ``..`` and links resolved, if it lies
+    under a data root (``data_roots``); an ``s3://`` URI without ``..``. Anything else is a ValueError."""
+    from tasks.settings import REPO_ROOT, state_dir
+
+    if path.startswith("s3://"):
+        if ".." in path[5:].split("/") or not path[5:].strip("/"):
+            raise ValueError(f"{path!r}: an S3 URI may not hold '..' segments or be empty")
+        return path
+    if "://" in path:
+        raise ValueError(f"{path!r}: a dataset is a local file or an s3:// URI")
+    resolved = (REPO_ROOT / Path(path).expanduser()).resolve()
+    roots = data_roots()
+    if resolved.is_relative_to(state_dir()) or not any(resolved.is_relative_to(r) for r in roots):
+        raise ValueError(f"{path} resolves to {resolved}, outside the data roots ({', '.join(map(str, roots))}); "
+                         "put the file under one, or add its folder to FINEFLOW_DATA_ROOTS")
+    return str(resolved)
+
+
 @contextlib.contextmanager
 def local_copy(path: str | Path) -> Iterator[tuple[Path, str]]:
     """``(local file, name for messages)``; an ``s3://`` object is fetched to a temporary file first."""

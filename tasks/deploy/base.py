@@ -27,9 +27,9 @@ from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from tasks import envs, launchers
+from tasks import bounds, envs, launchers
 from tasks.core import Command, ComponentBase, check_kwargs
 
 
@@ -102,6 +102,11 @@ class DeployParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     ready_timeout_s: float = 120  # how long the readiness probe may take to answer
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "DeployParams":
+        bounds.check(type(self).__name__, dict(self))
+        return self
 
 
 def http_ready(url: str, timeout_s: float = 3) -> Callable[[], bool]:

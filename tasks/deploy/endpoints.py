@@ -116,7 +116,7 @@ def start(name: str, command: Command, backend: str, model_path: str, api_key_fi
                   "--armed", str(armed), "--", *argv]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(supervised, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **command.env})
+                                start_new_session=True, env={**launchers.child_environment(), **command.env})
     ep = Endpoint(name=name, url=str(command.return_value), pid=proc.pid, backend=backend, argv=argv,
                   model_path=model_path, log_path=str(log_path), started_at=time.time(),
                   api_key_file=api_key_file, restarts_file=str(record))

@@ -98,14 +98,23 @@ def ensure_router(model: str, alias: str, host: str = "127.0.0.1") -> str:
     return url
 
 
+class Superseded(RuntimeError):
+    """The alias moved while the candidate was on its way, to a version the candidate does not beat."""
+
+
 def promote(model: str, alias: str, version: str, ep: Endpoint, host: str = "127.0.0.1",
-            record_previous: bool = True, log: Log = print) -> Promotion:
+            record_previous: bool = True, log: Log = print,
+            guard: Callable[[str | None], str | None] | None = None) -> Promotion:
+    """Move ``alias`` to ``version`` (served by ``ep``) under the model's lock. ``guard``, given the version the
+    alias holds now, may refuse (returning why): then ``Superseded`` is raised and nothing moves."""
     from tasks import registry
 
     with model_lock(model):
         if not ep.healthy():
             raise RuntimeError(f"endpoint {ep.name} at {ep.url} is not healthy: version {version} is not promoted")
         previous = registry.alias_version(model, alias)
+        if guard and (why := guard(previous)):
+            raise Superseded(why)
         url = ensure_router(model, alias, host)
         registry.move_alias(model, alias, version)
         try:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from tasks import envs, launchers
+from tasks import bounds, envs, launchers
 from tasks.core import Command, ComponentBase, check_kwargs
 
 METRIC_PREFIX = "FINEFLOW_METRIC "
@@ -54,6 +54,11 @@ class FinetuneParams(BaseModel):
             check_kwargs(cls.owner, data, [*cls.model_fields, *cls.aliases])
             data = {cls.aliases.get(k, k): v for k, v in data.items()}
         return data
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "FinetuneParams":
+        bounds.check(self.owner, dict(self))
+        return self
 
     @classmethod
     def from_kwargs(cls, kw: dict[str, Any]) -> "FinetuneParams":
