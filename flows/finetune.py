@@ -3,7 +3,9 @@
     prefect deployment run finetune/quickstart
     python -m flows.finetune deployments/quickstart.yaml      # the same, in this process
 
-The flow only wires steps (``tasks/steps.py``); one MLflow run records it all.
+The flow only wires steps (``tasks/steps.py`` up to the candidate, ``tasks/promote.py`` from it to production);
+one MLflow run records it all. An unchanged re-run finds its work done: prepare, train, merge and evaluate are
+skipped, the endpoint re-checked, nothing registered again (``cache_hit`` in MLflow).
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ class PipelineSummary(BaseModel):
 
 @flow(name="finetune", log_prints=True)
 def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict | None = None,
-             data_path: str | None = None) -> PipelineSummary:
-    """``data_path`` (a file or an ``s3://`` URI) replaces the config's ``data.path``: what a data trigger passes."""
+             data_path: str | None = None, force: bool = False) -> PipelineSummary:
+    """``data_path`` (a file or an ``s3://`` URI) replaces the config's ``data.path``: what a data trigger passes.
+    Work done before for the same inputs is skipped (``tasks/cache.py``); ``force`` does it all again."""
     if data_path:
         data = {"data": {"path": data_path}}
         overrides = deep_merge(overrides, data) if isinstance(overrides, dict) else overrides or data
     config = load_config(config_path, overrides)
     tracking.require_server()  # a tracking server that is down fails the run in seconds, before anything runs
+    tracking.close_crashed_runs(config.experiment)  # runs whose process died with their worker: FAILED
     # What the alias holds as the run starts: a promotion while it runs must be beaten, not overwritten.
     production_at_start = registry.alias_version(config.registry.model_name, config.registry.alias)
     flow_run_id = str(flow_run.get_id() or "local")
@@ -46,26 +50,29 @@ def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict |
         config.experiment, run_name=f"{config.name}-{flow_run.get_name() or 'local'}",
         tags={"prefect_flow_run_id": flow_run_id, "base_model": config.model.base_model,
               "framework": config.finetune.framework, "pipeline": config.name},
-        params=config.model_dump(mode="json"),
+        params={**config.model_dump(mode="json"), "force": force},
     )
     tracking.log_text(run_id, config.model_dump_json(indent=1), "config/pipeline.json")
     tracking.log_text(run_id, tracking.environment_record(), "config/environment.txt")
     try:
         base = steps.download(config.model.base_model, run_id)
-        data = steps.prepare_dataset(config, base, run_id)
+        data = steps.prepare_dataset(config, base, run_id, force)
         tracking.set_tag(run_id, "dataset_hash", data.hash)
-        trained = steps.finetune(config, base, data, run_id)
-        merged = steps.merge(config, base, trained, run_id)
-        report = steps.evaluate_models(config.evaluate, base, merged, trained, data, run_id)
-        endpoint = steps.deploy(config.deploy, merged, config.registry.model_name, trained, data, run_id)
-        registration = promote.register(config, endpoint, merged, report, data, run_id, flow_run_id,
-                                      production_at_start)
+        key = steps.candidate_hash(config, base, data, run_id)
+        trained = steps.finetune(config, base, data, key, run_id, force)
+        merged = steps.merge(config, base, trained, key, run_id, force)
+        report = promote.evaluate_models(config.evaluate, base, merged, trained, data, key, run_id, force)
+        registration = None if force else promote.reuse_registered(config, key, run_id)
+        if registration is None:
+            endpoint = promote.deploy(config.deploy, merged, config.registry.model_name, trained, data, run_id)
+            registration = promote.register(config, endpoint, merged, report, data, run_id, flow_run_id,
+                                            production_at_start, key)
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
     tracking.end_run(run_id, "FINISHED")
     summary = PipelineSummary(mlflow_run_id=run_id, mlflow_run_url=tracking.run_url(run_id), dataset=data,
-                              merged_model_uri=merged.s3_uri, report=report, endpoint_url=endpoint.url,
+                              merged_model_uri=merged.s3_uri, report=report, endpoint_url=registration.endpoint_url,
                               registration=registration)
     get_run_logger().info("pipeline finished: %s", summary.model_dump_json())
     return summary

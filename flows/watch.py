@@ -7,7 +7,8 @@ For each pipeline in ``deployments/`` it compares the newest file in its data ho
 with the file the pipeline's ``production`` version was trained on; when they differ it emits
 ``fineflow.dataset.updated`` (resource ``fineflow.pipeline.<name>``, payload ``uri`` and ``sha256``), which the
 pipeline's deployment trigger in ``prefect.yaml`` turns into a run on that file. A file is announced once: the
-last hash announced per pipeline is kept in the Prefect variable ``fineflow-watch-<name>``.
+last hash announced per pipeline is kept in the Prefect variable ``fineflow-watch-<name>``. It also ends FAILED
+the MLflow runs of flow runs that crashed (their process died with their worker).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 from prefect.variables import Variable
 
-from tasks import incoming
+from tasks import incoming, tracking
 from tasks.config import ConfigError, load_config
 from tasks.settings import REPO_ROOT
 
@@ -56,9 +57,19 @@ def check_pipeline(config_path: str) -> incoming.DataCheck | None:
     return found
 
 
+@task
+def close_crashed_runs() -> list[str]:
+    """MLflow runs of flow runs that died with their worker, still RUNNING there: ended FAILED."""
+    closed = tracking.close_crashed_runs()
+    if closed:
+        get_run_logger().info("ended FAILED the MLflow runs of crashed flow runs: %s", ", ".join(closed))
+    return closed
+
+
 @flow(name="watch", log_prints=True)
 def watch(config_paths: list[str] | None = None) -> list[incoming.DataCheck]:
-    """Check every pipeline's data home (or those of ``config_paths``) once."""
+    """Check every pipeline's data home (or those of ``config_paths``) once; tidy up after crashed runs."""
+    close_crashed_runs()
     paths = config_paths or sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "deployments").glob("*.yaml"))
     return [found for found in map(check_pipeline, paths) if found is not None]
 

@@ -53,6 +53,44 @@ def register_deployments() -> None:
     if proc.returncode != 0:
         sys.exit(f"prefect deploy failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     print(f"  deployments: {', '.join(deployment_names())}", flush=True)
+    ensure_crash_detection()
+
+
+CRASH_AUTOMATION = "fineflow: mark flow runs whose heartbeats stopped as Crashed"
+
+
+def ensure_crash_detection(missed_beats: int = 3) -> None:
+    """A flow run whose process died with its worker (or its machine) would stay Running forever: flow runs send
+    a heartbeat every ``stack.HEARTBEAT_S`` seconds, and this automation marks one Crashed when ``missed_beats``
+    are missed without a final state (Prefect's zombie-flow recipe). Created once; idempotent."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    with prefect_api():
+        try:
+            Automation.read(name=CRASH_AUTOMATION)
+            return
+        except ValueError:  # not there yet
+            pass
+        Automation(
+            name=CRASH_AUTOMATION,
+            trigger=EventTrigger(
+                after={"prefect.flow-run.heartbeat"},
+                expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                        "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+                match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+                for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+                within=timedelta(seconds=missed_beats * stack.HEARTBEAT_S)),
+            actions=[ChangeFlowRunState(state=StateType.CRASHED, message=(
+                f"no heartbeat for {missed_beats * stack.HEARTBEAT_S}s: the flow run's process died (its worker "
+                "or machine was lost); the next run of the pipeline resumes from its last checkpoint"))],
+        ).create()
+    print(f"  automation: {CRASH_AUTOMATION}", flush=True)
 
 
 def start_deployment(deployment: str, parameters: dict | None = None) -> UUID:

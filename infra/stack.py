@@ -33,6 +33,7 @@ DEFAULT_PORTS = {"s3": 18333, "s3_master": 19333, "s3_volume": 18080, "s3_filer"
 WORK_POOL = "fineflow-local"
 BUCKET = "fineflow"
 BIN = Path(sys.executable).parent
+HEARTBEAT_S = 30  # flow run heartbeats (Prefect's minimum)
 
 
 @dataclass
@@ -79,6 +80,8 @@ def services(home: Path, ports: dict[str, int]) -> list[Service]:
     prefect_env = {"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                    "PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api",
                    "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_LOGGING_LEVEL": "INFO",
+                   # Flow runs beat every 30 s; infra.demo's crash automation marks one that stops Crashed.
+                   "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
                    "FINEFLOW_HOME": str(home)}
     mlflow_host = f"127.0.0.1:{ports['mlflow']}"
     return [

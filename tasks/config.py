@@ -160,6 +160,10 @@ class ConfigError(ValueError):
     pass
 
 
+# Framework parameters that name a file or folder the framework reads.
+PATH_PARAMS = ("data_path", "deepspeed", "config_path", "export_config_path")
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for k, v in override.items():
@@ -197,4 +201,11 @@ def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConf
         config.data.path = confine(config.data.path)
     except ValueError as e:
         raise ConfigError(f"{path}: data.path: {e}") from None
+    params = config.finetune.params
+    for name in PATH_PARAMS:  # the files a framework reads: under the data roots, or the repo's DeepSpeed configs
+        if value := getattr(params, name, None):
+            try:
+                setattr(params, name, confine(value, also=(REPO_ROOT / "infra" / "deepspeed",)))
+            except ValueError as e:
+                raise ConfigError(f"{path}: finetune.{config.finetune.framework}.params.{name}: {e}") from None
     return config

@@ -1,5 +1,5 @@
-"""The register step: the deployed endpoint becomes a model version, and the alias moves to it only when it
-is healthy, passed the gate and, when another run promoted while this one ran, beats that version too.
+"""From candidate to production: evaluate against the base, deploy, register; the alias moves to the new version
+only when it is healthy, passed the gate and, when another run promoted while this one ran, beats that version.
 
 Promotions of one model are serialized (``rollout.model_lock``); the endpoint the alias pointed to before is
 stopped after the move, not before. A candidate that is not promoted is tagged ``status=rejected`` and its
@@ -13,14 +13,83 @@ import json
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from tasks import registry, tracking
-from tasks.config import PipelineConfig
-from tasks.data import PreparedDataset
-from tasks.deploy import endpoints, rollout
+from tasks import cache, registry, tracking
+from tasks.config import DeploySection, EvaluateSection, PipelineConfig
+from tasks.data import PreparedDataset, read_jsonl
+from tasks.deploy import endpoints, keys, rollout
 from tasks.deploy.endpoints import Endpoint
-from tasks.evaluate import EvalReport, metrics_of
+from tasks.deploy.keys import LOOPBACK
+from tasks.evaluate import EvalReport, evaluate, metrics_of
+from tasks.finetune.auto import plan_dict
+from tasks.formatter import make_formatter
 from tasks.masking import show_argv
-from tasks.steps import MergedModel
+from tasks.models import ModelRef
+from tasks.steps import MergedModel, TrainResult, timed
+
+
+@task
+def evaluate_models(cfg: EvaluateSection, base: ModelRef, merged: MergedModel, trained: TrainResult,
+                    data: PreparedDataset, key: str, run_id: str, force: bool = False) -> EvalReport:
+    """Base and candidate scored by the model type's evaluator on the validation split (an LLM: loss, perplexity
+    and greedy exact-match, prompted the way the candidate was trained; an embedder or reranker: recall@k, MRR@10,
+    nDCG@10); apply the gate. The candidate of ``key`` evaluated the same way before is not evaluated again."""
+    eval_key = cache.key(candidate=key, evaluate=cfg.model_dump(mode="json"), code=cache.code_version())
+    with timed(run_id, "evaluate"):
+        if hit := None if force else cache.get("eval", eval_key):
+            report = EvalReport(**hit)
+            tracking.set_tag(run_id, "cache_hit.evaluate", "true")
+            get_run_logger().info("unchanged: candidate %s was evaluated before; not evaluated again", key)
+        else:
+            records = read_jsonl(data.val_path)[: cfg.max_samples]
+            report = evaluate(base.path, merged.path, records, cfg.gate, trained.prompt_style, cfg.max_new_tokens,
+                              model_type=trained.model_type, all_records=read_jsonl(data.train_path))
+            cache.put("eval", eval_key, report.model_dump(mode="json"))
+    for who in ("base", "candidate"):
+        tracking.log_metrics(run_id, {f"{who}_{k}": v for k, v in metrics_of(getattr(report, who)).items()})
+    tracking.log_text(run_id, report.model_dump_json(indent=1), "eval/report.json")
+    get_run_logger().info("gate %s: %s", "passed" if report.passed else "FAILED", report.reason)
+    return report
+
+
+@task
+def deploy(cfg: DeploySection, merged: MergedModel, name: str, trained: TrainResult, data: PreparedDataset,
+           run_id: str) -> Endpoint:
+    """Start the configured engine detached (it outlives the flow run), wait for its readiness probe, and
+    smoke-test it with a validation record: the answer goes through the engine's ``extract_result`` and the
+    configured formatter."""
+    logger = get_run_logger()
+    engine = rollout.make_engine(cfg, merged.path, name, trained.prompt_style)
+    if plan := plan_dict(engine):  # AutoDeploy chose the engine: record what and why
+        tracking.log_params(run_id, {f"deploy_auto.{k}": v for k, v in plan.items() if k != "reason"})
+        tracking.set_tag(run_id, "deploy_auto_reason", plan["reason"][:5000])
+        logger.info("AutoDeploy: %s", plan["reason"])
+    engine.preflight()  # an engine that cannot start here says so at once
+    if cfg.host not in LOOPBACK:  # the config has checked the key is on
+        logger.warning("the endpoint binds %s: reachable from other machines, every request needs the API key "
+                       "(%s)", cfg.host, keys.key_path())
+    command = engine.cmd(merged.path)
+    headers = {}
+    if cfg.api_key:
+        command, headers = engine.with_api_key(command, keys.api_key()), keys.auth_headers()
+    with timed(run_id, "deploy"):
+        try:
+            ep = endpoints.start(f"{name}-{run_id[:8]}", command, engine.engine, merged.path,
+                                 api_key_file=str(keys.key_path()) if cfg.api_key else None)
+        finally:
+            engine.after_start()
+        try:
+            answer, shown = engine.smoke_test(ep.url, read_jsonl(data.val_path)[:8], headers, merged.path,
+                                              prompt_style=trained.prompt_style,
+                                              formatter=make_formatter(cfg.formatter, cfg.formatter_selector))
+        except Exception:
+            endpoints.stop(ep.name)  # a candidate that fails its smoke test is not left running
+            raise
+    ep.relaunch = {"deploy": cfg.model_dump(mode="json"), "prompt_style": trained.prompt_style}
+    tracking.set_tag(run_id, "smoke_answer", str(answer)[:250])
+    logger.info("endpoint %s serving at %s", ep.name, ep.url)
+    logger.info("smoke test: %s", shown)
+    return ep
+
 
 
 class Registration(BaseModel):
@@ -30,12 +99,37 @@ class Registration(BaseModel):
     promoted: bool
     previous_version: str | None
     reason: str
+    endpoint_url: str = ""  # where the version answers ("" when it does not serve)
+
+
+@task
+def reuse_registered(config: PipelineConfig, key: str, run_id: str) -> Registration | None:
+    """The candidate of ``key`` registered before (an unchanged re-run): nothing is deployed or registered again.
+    If it holds the alias, its endpoint is re-checked (and started again from the registry when gone). None when
+    no version of the model is this candidate."""
+    name, alias = config.registry.model_name, config.registry.alias
+    mine = [v for v in registry.client().search_model_versions(f"name = '{name}'")
+            if v.tags.get("candidate_hash") == key]
+    if not mine:
+        return None
+    version = max(mine, key=lambda v: int(v.version))
+    current = registry.alias_version(name, alias)
+    if version.version == current:
+        ep = rollout.serving_endpoint(name, current, log=get_run_logger().info)
+        reason = f"unchanged: {alias} is version {current}, this candidate; its endpoint {ep.url} answers"
+    else:
+        ep, reason = None, (f"unchanged: this candidate is version {version.version}, not {alias} "
+                            f"({version.tags.get('status', 'replaced')}: {version.tags.get('gate', '')})")
+    tracking.set_tags(run_id, {"cache_hit.register": "true", "registered_version": version.version})
+    get_run_logger().info("model %s: %s; nothing registered", name, reason)
+    return Registration(model_name=name, version=version.version, alias=alias, promoted=False,
+                        previous_version=current, reason=reason, endpoint_url=ep.url if ep else "")
 
 
 @task
 def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: EvalReport,
-             data: PreparedDataset, run_id: str, flow_run_id: str, production_at_start: str | None = None
-             ) -> Registration:
+             data: PreparedDataset, run_id: str, flow_run_id: str, production_at_start: str | None = None,
+             key: str = "") -> Registration:
     """Register the endpoint as a model version; move the alias only if healthy, the gate passed and, when another
     run promoted while this one ran, the candidate beats that version too (``registry.unless_superseded``)."""
     name, alias = config.registry.model_name, config.registry.alias
@@ -46,8 +140,9 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
             "deploy_config": json.dumps(ep.relaunch),
             "launch_command": show_argv(ep.argv), "health": "ok" if healthy else "failed",
             "framework": config.finetune.framework,
-            "dataset_hash": data.hash, "dataset_file_hash": data.source_sha256 or "", "prefect_flow_run_id": flow_run_id, "gate": report.reason,
-            "model_type": report.model_type,
+            "dataset_hash": data.hash, "dataset_file_hash": data.source_sha256 or "",
+            "prefect_flow_run_id": flow_run_id, "gate": report.reason,
+            "model_type": report.model_type, "candidate_hash": key,
             **{f"{who}_{k}": f"{v:.4f}" for who in ("base", "candidate")
                for k, v in metrics_of(getattr(report, who)).items()}}
     version = registry.create_version(name, merged.s3_uri, run_id, tags)
@@ -73,4 +168,4 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
     logger.info("model %s version %s: %s", name, version, reason)
     tracking.set_tag(run_id, "registered_version", version)
     return Registration(model_name=name, version=version, alias=alias, promoted=not why_not,
-                        previous_version=previous, reason=reason)
+                        previous_version=previous, reason=reason, endpoint_url=ep.url)

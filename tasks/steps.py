@@ -1,4 +1,5 @@
-"""One Prefect task per pipeline step; each returns a small typed value and times itself into MLflow.
+"""One Prefect task per pipeline step up to the candidate model (download, prepare, finetune, merge); each returns
+a small typed value and times itself into MLflow. Evaluation, deployment and registration are in ``promote.py``.
 
 Steps never name a framework or an engine: they call the backend interfaces
 (``tasks/finetune/base.py``, ``tasks/deploy/base.py``) of what the config chose.
@@ -8,22 +9,18 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from tasks import envs, launchers, storage, tracking
-from tasks.config import DeploySection, EvaluateSection, PipelineConfig
-from tasks.data import DatasetError, PreparedDataset, prepare, read_jsonl
-from tasks.deploy import endpoints, keys, rollout
-from tasks.deploy.keys import LOOPBACK
-from tasks.deploy.endpoints import Endpoint
-from tasks.evaluate import EvalReport, evaluate, metrics_of
+from tasks import cache, checkpoints, envs, launchers, storage, tracking
+from tasks.config import PipelineConfig
+from tasks.data import DatasetError, PreparedDataset, prepare
+from tasks.data.readers import source_sha256
 from tasks.finetune import LazyLLMFinetuneBase, get_framework
 from tasks.finetune.auto import plan_dict
-from tasks.formatter import make_formatter
 from tasks.merge import check_weights_moved
 from tasks.models import ModelManager, ModelNotFoundError, ModelRef
 from tasks.settings import Settings
@@ -80,50 +77,129 @@ def download(base_model: str, run_id: str) -> ModelRef:
     return ref
 
 
-def make_trainer(config: PipelineConfig, base_path: str, run_id: str, **launcher_kw) -> LazyLLMFinetuneBase:
-    """The configured framework's component, training into this run's working directory. The data section's
-    split size and prompt template reach a framework that takes them."""
+def make_trainer(config: PipelineConfig, base_path: str, where: Path, **launcher_kw) -> LazyLLMFinetuneBase:
+    """The configured framework's component, training into ``where/finetune``. The data section's split size
+    and prompt template reach a framework that takes them."""
     section = config.finetune
     cls = get_framework(section.framework)
     from_data = {"val_set_size": config.data.val_set_size, "prompt_template_name": config.data.prompt_template_name}
     params = {**{k: v for k, v in from_data.items() if k in cls.Params.model_fields},
               **section.params.model_dump(exclude_unset=True)}
     launcher = launchers.remote(ngpus=section.nproc, **launcher_kw)
-    return cls(base_path, str(workdir(run_id) / "finetune"), launcher=launcher, **params)
+    return cls(base_path, str(where / "finetune"), launcher=launcher, **params)
 
 
 @task
-def prepare_dataset(config: PipelineConfig, base: ModelRef, run_id: str) -> PreparedDataset:
+def prepare_dataset(config: PipelineConfig, base: ModelRef, run_id: str, force: bool = False) -> PreparedDataset:
     """Validate every record, dedupe, check lengths against the framework's cutoff_len, split, render prompts,
-    and store the result in S3 under its content hash. Records the framework cannot train on fail here."""
-    d = config.data
-    trainer = make_trainer(config, base.path, run_id)
+    and store the result in S3 under its content hash. Records the framework cannot train on fail here. The
+    same file prepared the same way before (``cache``, keyed by its sha256) is not prepared again."""
+    d, logger = config.data, get_run_logger()
+    trainer = make_trainer(config, base.path, workdir(run_id))
     trainer.preflight()  # a framework that cannot run here says so before any work
     with timed(run_id, "prepare"):
-        prepared = prepare(d.path, workdir(run_id) / "data", d.val_set_size, d.prompt_template_name, d.seed,
-                           format=None, cutoff_len=trainer.cutoff_len, tokenizer_path=base.path, on_long=d.on_long,
-                           max_record_chars=d.max_record_chars)
-        if prepared.format not in trainer.formats():
-            raise DatasetError(d.path, None, None, f"{config.finetune.framework} ({type(trainer).__name__}) trains "
-                                                   f"on {' or '.join(trainer.formats())} records, not "
-                                                   f"{prepared.format} records")
-        prepared.uri = f"s3://{Settings.load().s3_bucket}/datasets/{prepared.hash}"
-        if not storage.exists(f"{prepared.uri}/manifest.json"):
-            storage.upload_dir(Path(prepared.train_path).parent, prepared.uri)
+        prep_key = cache.key(source=source_sha256(d.path), data=d.model_dump(mode="json", exclude={"path"}),
+                             cutoff_len=trainer.cutoff_len, formats=trainer.formats(),
+                             base=cache.fingerprint(base.path), code=cache.code_version())
+        if hit := None if force else cache.get("prepare", prep_key):
+            prepared = PreparedDataset(**hit)
+            if not Path(prepared.train_path).is_file():  # prepared on another worker: the files are in the bucket
+                local = cache.fetch(prepared.uri, workdir(run_id) / "data" / prepared.hash[:16])
+                prepared.train_path, prepared.val_path = str(local / "train.jsonl"), str(local / "val.jsonl")
+            tracking.set_tag(run_id, "cache_hit.prepare", "true")
+            logger.info("unchanged: %s was prepared before (dataset %s); not prepared again", d.path,
+                        prepared.hash[:12])
+        else:
+            prepared = prepare(d.path, workdir(run_id) / "data", d.val_set_size, d.prompt_template_name, d.seed,
+                               format=None, cutoff_len=trainer.cutoff_len, tokenizer_path=base.path,
+                               on_long=d.on_long, max_record_chars=d.max_record_chars)
+            if prepared.format not in trainer.formats():
+                raise DatasetError(d.path, None, None, f"{config.finetune.framework} ({type(trainer).__name__}) "
+                                   f"trains on {' or '.join(trainer.formats())} records, not {prepared.format} records")
+            prepared.uri = f"s3://{Settings.load().s3_bucket}/datasets/{prepared.hash}"
+            if not storage.exists(f"{prepared.uri}/manifest.json"):
+                storage.upload_dir(Path(prepared.train_path).parent, prepared.uri)
+            cache.put("prepare", prep_key, prepared.model_dump(mode="json"))
     tracking.log_params(run_id, {"dataset.hash": prepared.hash, "dataset.uri": prepared.uri,
                                  "dataset.source": prepared.source, "dataset.source_sha256": prepared.source_sha256,
                                  "dataset.format": prepared.format, "dataset.n_train": prepared.n_train,
                                  "dataset.n_val": prepared.n_val, "dataset.n_duplicates": prepared.n_duplicates,
                                  "dataset.n_too_long": prepared.n_too_long})
-    get_run_logger().info("dataset %s: %d train / %d val %s records -> %s", prepared.hash[:12], prepared.n_train,
-                          prepared.n_val, prepared.format, prepared.uri)
+    logger.info("dataset %s: %d train / %d val %s records -> %s", prepared.hash[:12], prepared.n_train,
+                prepared.n_val, prepared.format, prepared.uri)
     return prepared
 
 
 @task
-def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, run_id: str) -> TrainResult:
+def candidate_hash(config: PipelineConfig, base: ModelRef, data: PreparedDataset, run_id: str) -> str:
+    """What the candidate model depends on, hashed (``cache.key``): the base model's content, the dataset, the
+    framework with the parameters the config gave it, and the recipe's code. Training works in the directory of
+    this key, and the trained and merged candidate is recorded under it."""
+    section = config.finetune
+    key = cache.key(base=cache.fingerprint(base.path), data=data.hash, framework=section.framework,
+                    params=section.params.model_dump(mode="json", exclude_unset=True), nproc=section.nproc,
+                    code=cache.code_version())
+    tracking.set_tag(run_id, "candidate_hash", key)
+    return key
+
+
+@task
+def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, key: str, run_id: str,
+             force: bool = False) -> TrainResult:
     """Train with the configured framework, in its own environment, as a subprocess; loss by step reaches MLflow
-    while it runs (from its stdout or the metrics file it writes)."""
+    while it runs (from its stdout or the metrics file it writes). Training works in the directory of ``key``:
+    a run after a crash resumes from its last complete checkpoint; a candidate already trained and merged for
+    ``key`` is not trained again (``force`` trains from scratch)."""
+    logger, where = get_run_logger(), train_dir(key, run_id, force)
+    with cache.locked(key):
+        if hit := None if force else cache.get("candidate", key):
+            logger.info("unchanged: candidate %s was trained by run %s; not trained again", key, hit["run_id"])
+            trained = TrainResult(**hit["trained"])
+            tracking.set_tags(run_id, {"cache_hit": "true", "prompt_style": trained.prompt_style})
+            return trained
+        tracking.set_tag(run_id, "cache_hit", "false")
+        done = where / "trained.json"  # training finished here, but the run died before the candidate was recorded
+        if done.is_file() and not force:
+            logger.info("training of candidate %s finished before (%s); not trained again", key, done)
+            trained = TrainResult.model_validate_json(done.read_text())
+            tracking.set_tag(run_id, "prompt_style", trained.prompt_style)
+            return trained
+        trained = train(config, base, data, where, run_id, None if force else checkpoints_uri(key))
+        done.write_text(trained.model_dump_json())
+        return trained
+
+
+def train_dir(key: str, run_id: str, force: bool) -> Path:
+    """Where the candidate is trained and merged: the directory of its key, shared by every run of the same inputs
+    (so a run after a crash resumes there), or, with ``force``, one of the run's own."""
+    return workdir(run_id) / "train" if force else cache.workdir(key)
+
+
+def upload_verified(run_id: str, local: str, artifact_path: str, attempts: int = 2) -> str:
+    """Log ``local`` as the run's artifacts (through the tracking server, into the bucket) and check that the bucket
+    holds every file whole (``storage.verify_upload``); upload again if not. Returns the artifacts' S3 URI."""
+    uri = tracking.artifact_s3_uri(run_id, artifact_path)
+    for attempt in range(1, attempts + 1):
+        tracking.log_artifacts(run_id, local, artifact_path)
+        try:
+            size = storage.verify_upload(local, uri)
+            break
+        except storage.UploadError as e:
+            if attempt == attempts:
+                raise
+            get_run_logger().warning("%s; uploading again", e)
+    get_run_logger().info("uploaded %s to %s: %d bytes, every file checked", local, uri, size)
+    return uri
+
+
+def checkpoints_uri(key: str) -> str:
+    return f"s3://{Settings.load().s3_bucket}/checkpoints/{key}"
+
+
+def train(config: PipelineConfig, base: ModelRef, data: PreparedDataset, where: Path, run_id: str,
+          mirror_uri: str | None) -> TrainResult:
+    """Run the framework's training command in ``where``; with ``mirror_uri``, its complete checkpoints are
+    mirrored there while it runs, and the newest is fetched from there first when ``where`` has none."""
     logger = get_run_logger()
     log_path = workdir(run_id) / "train.log"
     history: list[dict] = []
@@ -139,7 +215,7 @@ def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, run_
         tracking.log_metrics(run_id, {names[k]: v for k, v in values.items()}, step=metric["step"])
         logger.info("step %s %s", metric["step"], json.dumps(values))
 
-    trainer = make_trainer(config, base.path, run_id, log_path=log_path, on_line=on_line)
+    trainer = make_trainer(config, base.path, where, log_path=log_path, on_line=on_line)
     tracking.set_tag(run_id, "prompt_style", trainer.prompt_style())
     if plan := plan_dict(trainer):  # AutoFinetune chose the framework: record what and why
         tracking.log_params(run_id, {f"auto.{k}": v for k, v in plan.items() if k != "reason"})
@@ -147,11 +223,15 @@ def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, run_
         logger.info("AutoFinetune: %s", plan["reason"])
     envs.ensure(trainer.environment, log=logger.info)
     trainset, valset = trainer.prepare_data(data.train_path, data.val_path, data.format,
-                                            workdir(run_id) / "framework-data")
+                                            where / "framework-data")
     command = trainer.train_command(trainset, valset)
+    target = Path(trainer.target_path)
+    if mirror_uri:
+        checkpoints.restore(target, mirror_uri, logger.info)
     logger.info("running %s", command)
     try:
-        with timed(run_id, "finetune"), launchers.follow(trainer.metrics_file(), on_line):
+        with timed(run_id, "finetune"), launchers.follow(trainer.metrics_file(), on_line), \
+                checkpoints.mirror(target, mirror_uri, logger.info) if mirror_uri else nullcontext():
             trainer.launcher.launch(command, name="finetune")
     finally:
         if log_path.exists():
@@ -168,74 +248,30 @@ def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, run_
 
 
 @task
-def merge(config: PipelineConfig, base: ModelRef, trained: TrainResult, run_id: str) -> MergedModel:
+def merge(config: PipelineConfig, base: ModelRef, trained: TrainResult, key: str, run_id: str,
+          force: bool = False) -> MergedModel:
     """Run the framework's export (merge the LoRA adapter, or copy a full finetune), check the weights moved,
-    and upload the model through MLflow to S3."""
-    trainer = make_trainer(config, base.path, run_id, log_path=trained.log_path)
-    with timed(run_id, "merge"):
-        export = trainer.export_command()
-        if export is not None:
-            get_run_logger().info("running %s", export)
-            trainer.launcher.launch(export, name="merge")
-        delta = check_weights_moved(base.path, trainer.output_path)
-        tracking.log_artifacts(run_id, trainer.output_path, "merged_model")
-    tracking.log_metrics(run_id, {"merge_max_weight_delta": delta})
-    return MergedModel(path=trainer.output_path, weight_delta=delta,
-                       s3_uri=tracking.artifact_s3_uri(run_id, "merged_model"))
-
-
-@task
-def evaluate_models(cfg: EvaluateSection, base: ModelRef, merged: MergedModel, trained: TrainResult,
-                    data: PreparedDataset, run_id: str) -> EvalReport:
-    """Base and candidate scored by the model type's evaluator on the validation split (an LLM: loss, perplexity
-    and greedy exact-match, prompted the way the candidate was trained; an embedder or reranker: recall@k, MRR@10,
-    nDCG@10); apply the gate."""
-    records = read_jsonl(data.val_path)[: cfg.max_samples]
-    with timed(run_id, "evaluate"):
-        report = evaluate(base.path, merged.path, records, cfg.gate, trained.prompt_style, cfg.max_new_tokens,
-                          model_type=trained.model_type, all_records=read_jsonl(data.train_path))
-    for who in ("base", "candidate"):
-        tracking.log_metrics(run_id, {f"{who}_{k}": v for k, v in metrics_of(getattr(report, who)).items()})
-    tracking.log_text(run_id, report.model_dump_json(indent=1), "eval/report.json")
-    get_run_logger().info("gate %s: %s", "passed" if report.passed else "FAILED", report.reason)
-    return report
-
-
-@task
-def deploy(cfg: DeploySection, merged: MergedModel, name: str, trained: TrainResult, data: PreparedDataset,
-           run_id: str) -> Endpoint:
-    """Start the configured engine detached (it outlives the flow run), wait for its readiness probe, and
-    smoke-test it with a validation record: the answer goes through the engine's ``extract_result`` and the
-    configured formatter."""
-    logger = get_run_logger()
-    engine = rollout.make_engine(cfg, merged.path, name, trained.prompt_style)
-    if plan := plan_dict(engine):  # AutoDeploy chose the engine: record what and why
-        tracking.log_params(run_id, {f"deploy_auto.{k}": v for k, v in plan.items() if k != "reason"})
-        tracking.set_tag(run_id, "deploy_auto_reason", plan["reason"][:5000])
-        logger.info("AutoDeploy: %s", plan["reason"])
-    engine.preflight()  # an engine that cannot start here says so at once
-    if cfg.host not in LOOPBACK:  # the config has checked the key is on
-        logger.warning("the endpoint binds %s: reachable from other machines, every request needs the API key "
-                       "(%s)", cfg.host, keys.key_path())
-    command = engine.cmd(merged.path)
-    headers = {}
-    if cfg.api_key:
-        command, headers = engine.with_api_key(command, keys.api_key()), keys.auth_headers()
-    with timed(run_id, "deploy"):
-        try:
-            ep = endpoints.start(f"{name}-{run_id[:8]}", command, engine.engine, merged.path,
-                                 api_key_file=str(keys.key_path()) if cfg.api_key else None)
-        finally:
-            engine.after_start()
-        try:
-            answer, shown = engine.smoke_test(ep.url, read_jsonl(data.val_path)[:8], headers, merged.path,
-                                              prompt_style=trained.prompt_style,
-                                              formatter=make_formatter(cfg.formatter, cfg.formatter_selector))
-        except Exception:
-            endpoints.stop(ep.name)  # a candidate that fails its smoke test is not left running
-            raise
-    ep.relaunch = {"deploy": cfg.model_dump(mode="json"), "prompt_style": trained.prompt_style}
-    tracking.set_tag(run_id, "smoke_answer", str(answer)[:250])
-    logger.info("endpoint %s serving at %s", ep.name, ep.url)
-    logger.info("smoke test: %s", shown)
-    return ep
+    upload the model through MLflow to S3, and record the candidate under ``key``. A candidate recorded before
+    is taken as it is (fetched from the bucket when this worker lacks its files)."""
+    with cache.locked(key):
+        if hit := None if force else cache.get("candidate", key):
+            merged = MergedModel(**hit["merged"])
+            if not Path(merged.path).is_dir():
+                merged.path = str(cache.fetch(merged.s3_uri, cache.workdir(key) / "merged"))
+            tracking.set_tag(run_id, "cache_hit.merge", "true")
+            get_run_logger().info("unchanged: candidate %s was merged by run %s (%s)", key, hit["run_id"],
+                                  merged.s3_uri)
+            return merged
+        trainer = make_trainer(config, base.path, train_dir(key, run_id, force), log_path=workdir(run_id) / "train.log")
+        with timed(run_id, "merge"):
+            export = trainer.export_command()
+            if export is not None:
+                get_run_logger().info("running %s", export)
+                trainer.launcher.launch(export, name="merge")
+            delta = check_weights_moved(base.path, trainer.output_path)
+            s3_uri = upload_verified(run_id, trainer.output_path, "merged_model")
+        tracking.log_metrics(run_id, {"merge_max_weight_delta": delta})
+        merged = MergedModel(path=trainer.output_path, weight_delta=delta, s3_uri=s3_uri)
+        cache.put("candidate", key, {"run_id": run_id, "trained": trained.model_dump(mode="json"),
+                                     "merged": merged.model_dump(mode="json")})
+    return merged

@@ -93,3 +93,35 @@ def object_sha256(uri: str, client=None) -> str:
     for chunk in client.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+class UploadError(RuntimeError):
+    """What is in the bucket is not what was uploaded."""
+
+
+def verify_upload(local: str | Path, uri: str, client=None) -> int:
+    """Check that every file below ``local`` is under ``uri`` with its size, and its MD5 where the object's ETag is
+    one (single-part uploads); returns the bytes checked. Raises ``UploadError`` naming what is missing or
+    different, so nothing is registered on top of a partial upload."""
+    import hashlib
+
+    client = client or s3_client()
+    bucket, prefix = split_uri(uri.rstrip("/"))
+    stored = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        stored.update({obj["Key"][len(prefix) + 1:]: obj for obj in page.get("Contents", [])})
+    problems, total = [], 0
+    for path in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+        name, size = path.relative_to(local).as_posix(), path.stat().st_size
+        obj = stored.get(name)
+        etag = (obj or {}).get("ETag", "").strip('"')
+        if obj is None:
+            problems.append(f"{name}: missing")
+        elif obj["Size"] != size:
+            problems.append(f"{name}: {obj['Size']} bytes stored, {size} uploaded")
+        elif "-" not in etag and etag != hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest():
+            problems.append(f"{name}: stored MD5 {etag} differs from the file's")
+        total += size
+    if problems:
+        raise UploadError(f"{uri} does not hold what was uploaded from {local}: {'; '.join(problems)}")
+    return total

@@ -81,6 +81,12 @@ def set_tag(run_id: str, key: str, value: str) -> None:
     client().set_tag(run_id, key, redact({key: value})[key])
 
 
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in redact(tags).items()])
+
+
 # The variables that decide where a run reads and writes and how it runs, recorded with every run.
 RUN_ENVIRONMENT_PREFIXES = ("FINEFLOW_", "LAZYLLM_", "MLFLOW_", "PREFECT_API", "AWS_", "HF_", "HUGGING_FACE_",
                             "MODELSCOPE_", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
@@ -156,6 +162,33 @@ def artifact_s3_uri(run_id: str, artifact_path: str) -> str:
             raise RuntimeError("FINEFLOW_MLFLOW_ARTIFACTS (the server's --artifacts-destination) is not set")
         uri = dest.rstrip("/") + "/" + uri[len("mlflow-artifacts:/"):].lstrip("/")
     return f"{uri.rstrip('/')}/{artifact_path}"
+
+
+def close_crashed_runs(experiment: str | None = None) -> list[str]:
+    """End FAILED the MLflow runs left RUNNING by flow runs that Prefect has since ended (a flow run whose process
+    died with its worker is marked Crashed by the crash automation, ``infra/demo.py``): the run cannot say so
+    itself. Returns the run ids closed."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    c = client()
+    experiments = [c.get_experiment_by_name(experiment)] if experiment else c.search_experiments()
+    ids = [e.experiment_id for e in experiments if e is not None]
+    closed = []
+    if not ids:
+        return closed
+    with get_client(sync_client=True) as prefect:
+        for run in c.search_runs(ids, filter_string="attributes.status = 'RUNNING'"):
+            flow_run_id = run.data.tags.get("prefect_flow_run_id", "local")
+            if flow_run_id == "local":
+                continue
+            state = prefect.read_flow_run(UUID(flow_run_id)).state
+            if state is not None and state.is_final():
+                set_tag(run.info.run_id, "error", f"the flow run ended {state.name}: {state.message or ''}"[:1000])
+                end_run(run.info.run_id, "FAILED")
+                closed.append(run.info.run_id)
+    return closed
 
 
 def run_for_flow_run(flow_run_id: str):

@@ -54,6 +54,16 @@ def stack(fineflow_home):
     os.environ.pop("HF_TOKEN", None)
 
 
+def train_log(run_id: str) -> str:
+    """The training log a pipeline run logged to MLflow (``logs/train.log``): the trainer's own output."""
+    import tempfile
+
+    from tasks import tracking
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(tracking.client().download_artifacts(run_id, "logs/train.log", tmp)).read_text()
+
+
 def pause_schedules(deployment: str) -> list[dict]:
     """Turn off the schedules of ``deployment``; returns them as they were (interval, active)."""
     from prefect.client.orchestration import get_client

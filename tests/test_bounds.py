@@ -189,3 +189,14 @@ def test_child_processes_get_no_credentials(tmp_path, monkeypatch):
     seen = json.loads(out.read_text())
     assert seen["FINEFLOW_PROBE"] == "kept" and seen["ENGINE_API_KEY"] == "passed-on-purpose"
     assert not {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_PASSWORD"} & set(seen)
+
+
+def test_files_a_framework_reads_stay_under_the_data_roots():
+    zero2 = {"finetune": {"params": {"deepspeed": "infra/deepspeed/zero2.json"}}}
+    ok = load_config("deployments/quickstart.yaml", zero2)
+    assert ok.finetune.params.deepspeed == str(REPO / "infra/deepspeed/zero2.json")
+    with pytest.raises(ConfigError, match=r"finetune.alpacalora.params.deepspeed: /etc/passwd resolves to /etc/passwd, "
+                                          r"outside the data roots"):
+        load_config("deployments/quickstart.yaml", {"finetune": {"params": {"deepspeed": "/etc/passwd"}}})
+    with pytest.raises(ConfigError, match=r"finetune.llamafactory.params.config_path: \.\./x.yaml resolves to"):
+        load_config("deployments/llamafactory.yaml", {"finetune": {"params": {"config_path": "../x.yaml"}}})

@@ -24,7 +24,8 @@ def test_every_shipped_config_has_a_prefect_deployment():
     for d in finetune:  # a nightly schedule, off; a trigger on new data for its own pipeline, passing the file
         assert [(s["active"], bool(s["cron"])) for s in d["schedules"]] == [(False, True)]
         (trigger,) = d["triggers"]
-        assert trigger["match"] == {"prefect.resource.id": f"fineflow.pipeline.{load_config(d['parameters']['config_path']).name}"}
+        pipeline = load_config(d["parameters"]["config_path"]).name
+        assert trigger["match"] == {"prefect.resource.id": f"fineflow.pipeline.{pipeline}"}
         assert trigger["expect"] == ["fineflow.dataset.updated"]
         assert trigger["parameters"] == {"config_path": d["parameters"]["config_path"],
                                          "data_path": "{{ event.payload.uri }}"}

@@ -1,5 +1,6 @@
-"""Faults on the real stack: the tracking server down at start, two runs of one pipeline at once, a trainer
-killed mid-training. Each uses its own model name, so the other stack tests are not disturbed."""
+"""Faults on the real stack: the tracking server down at start, two runs of one pipeline at once, the worker
+killed mid-training (a trainer killed mid-training: tests/test_resume.py). Each uses its own model name, so the
+other stack tests are not disturbed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from infra.demo import follow, prefect_api, start_deployment
 from tasks import registry, tracking
 from tasks.deploy import endpoints
 from tasks.settings import Settings
+
+from conftest import train_log
 
 pytestmark = pytest.mark.stack
 QUICK = {"finetune": {"params": {"max_steps": 30}},
@@ -47,7 +50,9 @@ def test_tracking_server_down_fails_in_seconds_naming_it_and_creating_nothing(st
         local_stack.up("free")  # back on the same port
     assert state.is_failed()
     assert f"the MLflow tracking server at {uri} does not answer" in logs and "`make up`" in logs
-    assert flow_run_times(flow_run_id) < 15
+    took = flow_run_times(flow_run_id)
+    print(f"tracking server down: the flow run failed {took:.1f}s after it started")
+    assert took < 15
     assert tracking.run_for_flow_run(str(flow_run_id)) is None
     assert tracking.client().search_registered_models("name = 'fineflow-nomlflow'") == []
 
@@ -57,7 +62,8 @@ def test_two_runs_at_once_promote_exactly_one(stack):
     later one must beat the version that was promoted while it ran, and the same training cannot), one
     production, the other endpoint stopped and its version marked. Runs after the tracking server came back."""
     name = "fineflow-race"
-    params = {"overrides": {**QUICK, "registry": {"model_name": name}}}
+    # force: each run trains its own candidate (unforced, the second would find the first's work and reuse it)
+    params = {"overrides": {**QUICK, "registry": {"model_name": name}}, "force": True}
     results: dict = {}
     threads = [threading.Thread(target=run_and_follow, args=(params, results, k)) for k in "ab"]
     for t in threads:
@@ -83,33 +89,107 @@ def test_two_runs_at_once_promote_exactly_one(stack):
     assert f"{name} version {loser.version}: not promoted" in other_logs
 
 
-def trainer_of(run_id: str) -> psutil.Process | None:
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "tasks.finetune.train_lora" in cmdline and run_id in cmdline:
-            return proc
-    return None
+def test_a_killed_worker_leaves_a_crashed_run_and_the_next_run_resumes(stack):
+    """kill -9 of the worker and everything it started, mid-training: the flow run is marked Crashed once its
+    heartbeats stop (the crash automation), its MLflow run ends FAILED, and the next run resumes from the last
+    complete checkpoint."""
+    from prefect.client.orchestration import get_client
 
-
-def test_a_killed_trainer_fails_the_run_which_keeps_its_log_and_step(stack):
-    name = "fineflow-crash"
-    flow_run_id = start_deployment("finetune/quickstart", {"overrides": {"registry": {"model_name": name},
-                                                                        "finetune": {"params": {"max_steps": 400}}}})
-    deadline, mlrun, trainer = time.monotonic() + 600, None, None
-    while time.monotonic() < deadline:  # until the loss of step 20 is in MLflow
+    # max_steps of its own: a candidate no other test trains (an unchanged one would be found done, not trained)
+    params = {"overrides": {"registry": {"model_name": "fineflow-workerkill"},
+                            "finetune": {"params": {"max_steps": 90, "save_steps": 30}},
+                            "evaluate": {"max_samples": 20, "gate": {"metric": "val_loss"}}}}
+    flow_run_id = start_deployment("finetune/quickstart", params)
+    deadline, mlrun = time.monotonic() + 600, None
+    while time.monotonic() < deadline:  # until step 40 is logged: checkpoint-30 is complete by then
         mlrun = mlrun or tracking.run_for_flow_run(str(flow_run_id))
-        if mlrun and [m for m in tracking.client().get_metric_history(mlrun.info.run_id, "train_loss") if m.step >= 20]:
-            trainer = trainer_of(mlrun.info.run_id)
+        if mlrun and any(m.step >= 40 for m in tracking.client().get_metric_history(mlrun.info.run_id, "train_loss")):
             break
-        time.sleep(1)
-    assert trainer is not None, "the trainer never reached step 20"
-    trainer.kill()  # kill -9
+        time.sleep(0.5)
+    assert mlrun and tracking.client().get_run(mlrun.info.run_id).data.tags.get("cache_hit") == "false"
+    worker = psutil.Process(int((Settings.load().home / "pids" / "worker.pid").read_text()))
+    tree = [worker, *worker.children(recursive=True)]
+    assert any("tasks.finetune.train_lora" in " ".join(p.cmdline()) for p in tree), "the trainer is the worker's"
+    for proc in tree:
+        proc.kill()
+    killed_at = time.monotonic()
+    try:
+        state = None
+        with prefect_api(), get_client(sync_client=True) as client:
+            while time.monotonic() < killed_at + 240:
+                state = client.read_flow_run(flow_run_id).state
+                if state.is_final():
+                    break
+                time.sleep(3)
+        assert state.is_crashed(), state
+        assert "no heartbeat" in state.message
+        crashed_after = time.monotonic() - killed_at
+        print(f"worker killed: the flow run was marked Crashed {crashed_after:.0f}s later")
+        assert crashed_after < 180, crashed_after  # three missed 30 s beats, then the automation's next pass
+    finally:
+        local_stack.up("free")  # the worker back
     logs: list[str] = []
-    state = follow(flow_run_id, timeout_s=300, echo=logs.append)
-    assert state.is_failed() or state.is_crashed()
-    run = tracking.client().get_run(mlrun.info.run_id)
-    assert run.info.status == "FAILED"
-    assert run.data.tags["failed_step"] == "finetune" and "-9" in run.data.tags["error"]
-    assert 20 <= int(run.data.tags["last_train_step"]) < 400
-    assert "train.log" in [f.path.split("/")[-1] for f in tracking.client().list_artifacts(run.info.run_id, "logs")]
-    assert tracking.client().search_registered_models(f"name = '{name}'") == []
+    again = start_deployment("finetune/quickstart", params)
+    state = follow(again, timeout_s=900, echo=logs.append)
+    assert state.is_completed(), logs
+    resumed = tracking.run_for_flow_run(str(again)).info.run_id
+    assert "checkpoint-30" in next(line for line in train_log(resumed).splitlines() if "resuming from" in line)
+    # quickstart logs every 10 steps: the first logged step after checkpoint-30 is 40
+    assert min(m.step for m in tracking.client().get_metric_history(resumed, "train_loss")) == 40
+    dead = tracking.client().get_run(mlrun.info.run_id)
+    assert dead.info.status == "FAILED" and "the flow run ended Crashed" in dead.data.tags["error"]
+
+
+def test_an_upload_is_verified_file_by_file(stack, tmp_path):
+    from tasks import storage
+
+    local = tmp_path / "model"
+    local.mkdir()
+    (local / "model.safetensors").write_bytes(b"w" * 5000)
+    (local / "config.json").write_text('{"a": 1}')
+    uri = f"s3://{Settings.load().s3_bucket}/tests/verify"
+    storage.upload_dir(local, uri)
+    assert storage.verify_upload(local, uri) == 5000 + 8
+    client = storage.s3_client()
+    bucket, prefix = storage.split_uri(uri)
+    client.put_object(Bucket=bucket, Key=f"{prefix}/model.safetensors", Body=b"w" * 4000)  # cut short
+    with pytest.raises(storage.UploadError, match="model.safetensors: 4000 bytes stored, 5000 uploaded"):
+        storage.verify_upload(local, uri)
+    client.put_object(Bucket=bucket, Key=f"{prefix}/model.safetensors", Body=b"x" * 5000)  # same size, other bytes
+    with pytest.raises(storage.UploadError, match="model.safetensors: stored MD5 .* differs"):
+        storage.verify_upload(local, uri)
+    client.delete_object(Bucket=bucket, Key=f"{prefix}/config.json")
+    with pytest.raises(storage.UploadError, match="config.json: missing"):
+        storage.verify_upload(local, uri)
+
+
+def test_s3_restarted_during_the_model_upload_leaves_no_partial_version(stack):
+    """SeaweedFS stopped as the merged model is written and started again 5 s later: the upload is retried and
+    checked file by file before registering, or the run fails; no version points at a partial upload."""
+    from tasks import storage
+
+    name = "fineflow-s3restart"
+    params = {"overrides": {**QUICK, "registry": {"model_name": name}}, "force": True}  # force: really merge
+    flow_run_id = start_deployment("finetune/quickstart", params)
+    deadline, merged = time.monotonic() + 600, None
+    while time.monotonic() < deadline:
+        mlrun = tracking.run_for_flow_run(str(flow_run_id))
+        if mlrun:
+            merged = Settings.load().home / "runs" / mlrun.info.run_id / "train" / "finetune" / "lazyllm_merge"
+            if (merged / "model.safetensors").is_file():
+                break
+        time.sleep(0.2)
+    assert merged is not None and (merged / "model.safetensors").is_file(), "the merge never wrote the model"
+    local_stack.stop("s3")
+    time.sleep(5)
+    local_stack.up("free")
+    logs: list[str] = []
+    state = follow(flow_run_id, timeout_s=900, echo=logs.append)
+    versions = registry.client().search_model_versions(f"name = '{name}'")
+    print(f"S3 restarted during the upload: the run ended {state.name}")
+    if state.is_completed():
+        (version,) = versions
+        assert storage.verify_upload(merged, version.source) > 0  # whole, file by file
+        assert "every file checked" in "\n".join(logs)
+    else:  # failing cleanly is allowed too: then nothing is registered
+        assert state.is_failed() and versions == []

@@ -56,6 +56,18 @@ def test_train_resume_and_merge(tmp_path, small_dataset):
     steps = [m["step"] for m in map(parse_metric_line, lines) if m and "loss" in m]
     assert steps == [10, 12]
 
+    # A checkpoint the trainer was killed while writing (no completion mark) is removed, never resumed from.
+    target = Path(trainer.target_path)
+    assert all((target / c / "fineflow_complete").is_file() for c in ("checkpoint-8", "checkpoint-12"))
+    half = target / "checkpoint-14"
+    half.mkdir()
+    (half / "adapter_model.safetensors").write_bytes(b"truncated")
+    lines.clear()
+    train(tmp_path, small_dataset, 16, lines)
+    assert any("removing" in l and "checkpoint-14: it was not wholly saved" in l for l in lines)
+    assert any("resuming from" in l and "checkpoint-12" in l for l in lines)
+    assert [m["step"] for m in map(parse_metric_line, lines) if m and "loss" in m] == [14, 16]
+
 
 def test_training_failure_fails_the_step(tmp_path, small_dataset):
     trainer = AlpacaloraFinetune(str(TINY_MODEL), str(tmp_path), launcher=launchers.local(), max_steps=2,

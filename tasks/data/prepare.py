@@ -136,7 +136,7 @@ def prepare(path: str | Path, workdir: Path, val_set_size: int = 200, prompt_tem
     Records stream through: each unique one is validated, rendered and spilled to a temporary file as it is
     read, so memory grows with the number of records (an offset each), not with the size of the file.
     """
-    from tasks.models.local import sha256_file  # here: the package imports boto3, which training scripts lack
+    from tasks.models.local import sha256_file  # here: its package imports boto3, which training scripts lack
 
     prompter = get_prompter(prompt_template_name)
     records_hash, seen, offsets, lines = hashlib.sha256(), set(), [], []
@@ -171,7 +171,8 @@ def prepare(path: str | Path, workdir: Path, val_set_size: int = 200, prompt_tem
             n_too_long = check_lengths(path, spill, lines, unit, tokenizer_path, cutoff_len, on_long)
         train, val = split(list(range(len(offsets))), val_set_size, seed)
         out_dir = Path(workdir) / digest[:16]
-        prepared = PreparedDataset(source=str(path), hash=digest, source_sha256=sha256_file(local), format=fmt, template=prompt_template_name,
+        prepared = PreparedDataset(source=str(path), hash=digest, source_sha256=sha256_file(local), format=fmt,
+                                   template=prompt_template_name,
                                    n_train=len(train), n_val=len(val), n_duplicates=n_duplicates,
                                    n_too_long=n_too_long, train_path=str(out_dir / "train.jsonl"),
                                    val_path=str(out_dir / "val.jsonl"))

@@ -39,12 +39,14 @@ def data_roots() -> list[Path]:
     from tasks.settings import REPO_ROOT
 
     extra = [os.environ.get("LAZYLLM_DATA_PATH", ""), *os.environ.get("FINEFLOW_DATA_ROOTS", "").split(os.pathsep)]
-    return [p.resolve() for p in (REPO_ROOT / "infra" / "datasets", REPO_ROOT / "data", *map(Path, filter(None, extra)))]
+    roots = (REPO_ROOT / "infra" / "datasets", REPO_ROOT / "data", *map(Path, filter(None, extra)))
+    return [p.resolve() for p in roots]
 
 
-def confine(path: str) -> str:
+def confine(path: str, also: tuple[Path, ...] = ()) -> str:
     """``path`` made absolute (a relative one from the repository) with ``..`` and links resolved, if it lies
-    under a data root (``data_roots``); an ``s3://`` URI without ``..``. Anything else is a ValueError."""
+    under a data root (``data_roots``) or a folder of ``also``; an ``s3://`` URI without ``..``. Anything else
+    is a ValueError."""
     from tasks.settings import REPO_ROOT, state_dir
 
     if path.startswith("s3://"):
@@ -54,7 +56,7 @@ def confine(path: str) -> str:
     if "://" in path:
         raise ValueError(f"{path!r}: a dataset is a local file or an s3:// URI")
     resolved = (REPO_ROOT / Path(path).expanduser()).resolve()
-    roots = data_roots()
+    roots = [*data_roots(), *(p.resolve() for p in also)]
     if resolved.is_relative_to(state_dir()) or not any(resolved.is_relative_to(r) for r in roots):
         raise ValueError(f"{path} resolves to {resolved}, outside the data roots ({', '.join(map(str, roots))}); "
                          "put the file under one, or add its folder to FINEFLOW_DATA_ROOTS")
@@ -92,6 +94,14 @@ def local_copy(path: str | Path) -> Iterator[tuple[Path, str]]:
         except BotoCoreError as e:
             raise DatasetError(uri, None, None, f"cannot read the S3 object: {e}") from None
         yield local, uri
+
+
+def source_sha256(path: str | Path) -> str:
+    """The sha256 of a dataset file's bytes, local or ``s3://``."""
+    from tasks.models.local import sha256_file  # here: its package imports boto3, which training scripts lack
+
+    with local_copy(path) as (local, _):
+        return sha256_file(local)
 
 
 def _decode(raw: bytes, name: str, line: int) -> str:

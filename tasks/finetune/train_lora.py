@@ -6,7 +6,7 @@
 Reads JSONL (or an alpaca JSON) records with ``prompt`` and ``output`` (records
 without ``prompt`` are rendered with ``--prompt_template_name``).  Prints one
 ``FINEFLOW_METRIC {json}`` line per logging step; checkpoints go to
-``output_dir/checkpoint-N`` and a rerun resumes from the newest one.
+``output_dir/checkpoint-N`` and a rerun resumes from the newest one that was wholly saved.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
                           TrainingArguments)
-from transformers.trainer_utils import get_last_checkpoint
 
+from tasks.checkpoints import COMPLETE, last_complete
 from tasks.finetune.base import METRIC_PREFIX, parse_module_list
 
 
@@ -84,6 +84,16 @@ def lora_targets(model, wanted: list[str], what: str) -> list[str]:
     return kept
 
 
+class MarkComplete(TrainerCallback):
+    """Mark each checkpoint once Trainer has finished writing it: a process killed while saving leaves one
+    without the mark, which ``checkpoints.last_complete`` never resumes from."""
+
+    def on_save(self, args, state, control, **kw):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if path.is_dir() and state.is_world_process_zero:
+            (path / COMPLETE).write_text(str(state.global_step))
+
+
 class MetricPrinter(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         logs = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
@@ -100,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer.pad_token = tokenizer.eos_token
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     model = AutoModelForCausalLM.from_pretrained(args.base_model, dtype=torch.bfloat16 if use_bf16 else torch.float32)
+    device = f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
+    print(f"training in {model.dtype} on {device}", flush=True)
     targets = lora_targets(model, parse_module_list(args.lora_target_modules), "lora_target_modules")
     if not targets:
         raise SystemExit(f"none of lora_target_modules={args.lora_target_modules} exist in {args.base_model}")
@@ -130,8 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds or None,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-                      callbacks=[MetricPrinter()])
-    last = get_last_checkpoint(args.output_dir) if args.resume and Path(args.output_dir).is_dir() else None
+                      callbacks=[MetricPrinter(), MarkComplete()])
+    last = last_complete(args.output_dir) if args.resume and Path(args.output_dir).is_dir() else None
     if last:
         print(f"resuming from {last}", flush=True)
     trainer.train(resume_from_checkpoint=last)

@@ -1,0 +1,121 @@
+"""Work keyed by what it depends on: skipped when unchanged, resumed after a crash.
+
+A step's *key* hashes its inputs: the base model's content (``fingerprint``), the dataset's hash, the backend
+and the parameters the config gave it, and the recipe's code (``code_version``). Results are small JSON
+records in the bucket (``s3://<bucket>/cache/<kind>/<key>.json``), so a re-run on another worker, or after a
+worker restart, finds them; the files they point to are in the bucket too. Training works in
+``$FINEFLOW_HOME/runs/train-<key>/``, so a re-run after a crash finds its checkpoints; ``locked(key)`` keeps
+two runs of the same inputs out of each other's files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tasks.settings import REPO_ROOT, Settings, state_dir
+
+
+def key(**parts: Any) -> str:
+    """A stable digest of ``parts`` (JSON-serialisable)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def fingerprint(path: str | Path) -> str:
+    """The content hash of a model folder: every file's name and sha256. Files are hashed once per (size,
+    modification time), remembered in ``$FINEFLOW_HOME/cache/fingerprints.json``."""
+    from tasks.models.local import sha256_file
+
+    root = Path(path).resolve()
+    memo_path = state_dir() / "cache" / "fingerprints.json"
+    memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    files = {}
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        stat = file.stat()
+        memo_key = f"{file}:{stat.st_size}:{stat.st_mtime_ns}"
+        memo[memo_key] = memo.get(memo_key) or sha256_file(file)
+        files[file.relative_to(root).as_posix()] = memo[memo_key]
+    memo_path.parent.mkdir(parents=True, exist_ok=True)
+    memo_path.write_text(json.dumps(memo))
+    return key(files=files)
+
+
+# The code a candidate depends on: how data is read, prepared and rendered, every recipe and training script,
+# merging, scoring, and the pinned framework environments. Any change to them is a new key (conservative:
+# a change to one recipe retrains them all).
+CODE = ("tasks/data/*.py", "tasks/prompter/*.py", "tasks/finetune/*.py", "tasks/inference.py", "tasks/merge.py",
+        "tasks/evaluate*.py", "tasks/st_layout.py", "infra/envs/*.txt")
+
+
+def code_version() -> str:
+    """A hash of the code in ``CODE`` (file names and bytes)."""
+    digest = hashlib.sha256()
+    for file in sorted({f for pattern in CODE for f in REPO_ROOT.glob(pattern)}):
+        digest.update(file.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _uri(kind: str, cache_key: str) -> str:
+    return f"s3://{Settings.load().s3_bucket}/cache/{kind}/{cache_key}.json"
+
+
+def get(kind: str, cache_key: str) -> dict | None:
+    """The record stored under ``kind/key``, or None."""
+    from botocore.exceptions import ClientError
+
+    from tasks import storage
+
+    bucket, object_key = storage.split_uri(_uri(kind, cache_key))
+    try:
+        body = storage.s3_client().get_object(Bucket=bucket, Key=object_key)["Body"].read()
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            return None
+        raise
+    return json.loads(body)
+
+
+def put(kind: str, cache_key: str, record: dict) -> None:
+    """Store ``record``; written last, once what it points to is in place, so a record is never half true."""
+    from tasks import storage
+
+    bucket, object_key = storage.split_uri(_uri(kind, cache_key))
+    storage.s3_client().put_object(Bucket=bucket, Key=object_key, Body=json.dumps(record).encode(),
+                                   ContentType="application/json")
+
+
+def fetch(uri: str, local: Path) -> Path:
+    """The files under ``uri`` in ``local``, downloaded aside and renamed into place (never half there)."""
+    import shutil
+
+    from tasks import storage
+
+    if local.is_dir():
+        return local
+    aside = local.with_name(local.name + ".partial")
+    shutil.rmtree(aside, ignore_errors=True)
+    storage.download_dir(uri, aside)
+    aside.rename(local)
+    return local
+
+
+def workdir(cache_key: str) -> Path:
+    """Where the work of ``cache_key`` is done: the same directory for every run of the same inputs."""
+    path = state_dir() / "runs" / f"train-{cache_key}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def locked(cache_key: str) -> Iterator[None]:
+    """One run at a time works on ``cache_key`` on this machine; the next waits, then finds the work done."""
+    path = state_dir() / "locks" / f"work-{cache_key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
