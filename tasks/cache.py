@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +34,10 @@ def fingerprint(path: str | Path) -> str:
 
     root = Path(path).resolve()
     memo_path = state_dir() / "cache" / "fingerprints.json"
-    memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: hash again
+        memo = {}
     files = {}
     for file in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
         stat = file.stat()
@@ -41,7 +45,9 @@ def fingerprint(path: str | Path) -> str:
         memo[memo_key] = memo.get(memo_key) or sha256_file(file)
         files[file.relative_to(root).as_posix()] = memo[memo_key]
     memo_path.parent.mkdir(parents=True, exist_ok=True)
-    memo_path.write_text(json.dumps(memo))
+    aside = memo_path.with_name(f"{memo_path.name}.{os.getpid()}")
+    aside.write_text(json.dumps(memo))
+    os.replace(aside, memo_path)  # whole or not at all: runs at once may write it
     return key(files=files)
 
 

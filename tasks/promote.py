@@ -27,13 +27,18 @@ from tasks.models import ModelRef
 from tasks.steps import MergedModel, TrainResult, timed
 
 
+def evaluation_hash(cfg: EvaluateSection, key: str) -> str:
+    """What an evaluation depends on: the candidate (its hash), the evaluate section (samples, gate) and the code."""
+    return cache.key(candidate=key, evaluate=cfg.model_dump(mode="json"), code=cache.code_version())
+
+
 @task
 def evaluate_models(cfg: EvaluateSection, base: ModelRef, merged: MergedModel, trained: TrainResult,
                     data: PreparedDataset, key: str, run_id: str, force: bool = False) -> EvalReport:
     """Base and candidate scored by the model type's evaluator on the validation split (an LLM: loss, perplexity
     and greedy exact-match, prompted the way the candidate was trained; an embedder or reranker: recall@k, MRR@10,
     nDCG@10); apply the gate. The candidate of ``key`` evaluated the same way before is not evaluated again."""
-    eval_key = cache.key(candidate=key, evaluate=cfg.model_dump(mode="json"), code=cache.code_version())
+    eval_key = evaluation_hash(cfg, key)
     with timed(run_id, "evaluate"):
         if hit := None if force else cache.get("eval", eval_key):
             report = EvalReport(**hit)
@@ -104,12 +109,13 @@ class Registration(BaseModel):
 
 @task
 def reuse_registered(config: PipelineConfig, key: str, run_id: str) -> Registration | None:
-    """The candidate of ``key`` registered before (an unchanged re-run): nothing is deployed or registered again.
-    If it holds the alias, its endpoint is re-checked (and started again from the registry when gone). None when
-    no version of the model is this candidate."""
+    """The candidate of ``key``, evaluated as now, registered before (an unchanged re-run): nothing is deployed or
+    registered again. If it holds the alias, its endpoint is re-checked (and started again from the registry when
+    gone). None when no version of the model is this candidate judged this way (a new gate is a new decision)."""
     name, alias = config.registry.model_name, config.registry.alias
+    judged = evaluation_hash(config.evaluate, key)
     mine = [v for v in registry.client().search_model_versions(f"name = '{name}'")
-            if v.tags.get("candidate_hash") == key]
+            if v.tags.get("candidate_hash") == key and v.tags.get("evaluation_hash") == judged]
     if not mine:
         return None
     version = max(mine, key=lambda v: int(v.version))
@@ -143,6 +149,7 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
             "dataset_hash": data.hash, "dataset_file_hash": data.source_sha256 or "",
             "prefect_flow_run_id": flow_run_id, "gate": report.reason,
             "model_type": report.model_type, "candidate_hash": key,
+            "evaluation_hash": evaluation_hash(config.evaluate, key),
             **{f"{who}_{k}": f"{v:.4f}" for who in ("base", "candidate")
                for k, v in metrics_of(getattr(report, who)).items()}}
     version = registry.create_version(name, merged.s3_uri, run_id, tags)
