@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export FINEFLOW_HOME ?= $(CURDIR)/.fineflow
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+APT    := $(if $(filter 0,$(shell id -u)),,sudo -n) apt-get
 
-.PHONY: env envs up down status deploy demo test mutation model reset
+.PHONY: env envs browser up down status deploy demo test mutation model reset
 
 # The environment: pinned packages (requirements.lock), then this project, editable.
 $(BIN)/.installed: requirements.lock pyproject.toml
@@ -37,7 +38,11 @@ deploy: up         ## register the Prefect deployments in prefect.yaml
 demo: env          ## stack up, deployments registered, finetune/quickstart run through the worker
 	$(BIN)/python -m infra.demo
 
-test: envs         ## the test suite (starts its own stack on free ports)
+browser:          ## Debian's Chromium, for the test that opens a run report (installed once, as root or with sudo)
+	@command -v chromium >/dev/null || { $(APT) install -y -qq --no-install-recommends chromium >/dev/null || \
+	  { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends chromium >/dev/null; }; }
+
+test: envs browser ## the test suite (starts its own stack on free ports)
 	$(BIN)/python -m pytest tests
 
 mutation: env      ## mutation score of the modules where a wrong answer is silent (about an hour; not in `test`)

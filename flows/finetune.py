@@ -16,17 +16,20 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from tasks import promote, registry, steps, tracking
+from tasks import cache, promote, registry, steps, tracking
+from tasks import report as report_page
 from tasks.config import deep_merge, load_config
 from tasks.data import PreparedDataset
 from tasks.evaluate import EvalReport
+from tasks.plan import Plan, plan as make_plan, render as render_plan
 
 
 class PipelineSummary(BaseModel):
     mlflow_run_id: str
     mlflow_run_url: str
     dataset: PreparedDataset
-    merged_model_uri: str
+    merged_model_uri: str  # the merged checkpoint in the bucket
+    mlflow_model_uri: str  # the same as an MLflow logged model (models:/m-...)
     report: EvalReport
     endpoint_url: str
     registration: promote.Registration
@@ -34,9 +37,14 @@ class PipelineSummary(BaseModel):
 
 @flow(name="finetune", log_prints=True)
 def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict | None = None,
-             data_path: str | None = None, force: bool = False) -> PipelineSummary:
+             data_path: str | None = None, force: bool = False, plan: bool = False) -> PipelineSummary | Plan:
     """``data_path`` (a file or an ``s3://`` URI) replaces the config's ``data.path``: what a data trigger passes.
-    Work done before for the same inputs is skipped (``tasks/cache.py``); ``force`` does it all again."""
+    Work done before for the same inputs is skipped (``tasks/cache.py``); ``force`` does it all again. ``plan``
+    only says what would run (``tasks/plan.py``), creating nothing."""
+    if plan:
+        planned = make_plan(config_path, overrides, data_path)
+        print(render_plan(planned))
+        return planned
     if data_path:
         data = {"data": {"path": data_path}}
         overrides = deep_merge(overrides, data) if isinstance(overrides, dict) else overrides or data
@@ -49,11 +57,14 @@ def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict |
     run_id = tracking.start_run(
         config.experiment, run_name=f"{config.name}-{flow_run.get_name() or 'local'}",
         tags={"prefect_flow_run_id": flow_run_id, "base_model": config.model.base_model,
-              "framework": config.finetune.framework, "pipeline": config.name},
+              "framework": config.finetune.framework, "pipeline": config.name,
+              "code_version": cache.code_version(), **cache.git_revision()},
         params={**config.model_dump(mode="json"), "force": force},
     )
     tracking.log_text(run_id, config.model_dump_json(indent=1), "config/pipeline.json")
     tracking.log_text(run_id, tracking.environment_record(), "config/environment.txt")
+    usage, title = report_page.Usage(), f"{config.name}: {flow_run.get_name() or 'local'} (MLflow run {run_id})"
+    trained = report = None
     try:
         base = steps.download(config.model.base_model, run_id)
         data = steps.prepare_dataset(config, base, run_id, force)
@@ -67,16 +78,38 @@ def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict |
             endpoint = promote.deploy(config.deploy, merged, config.registry.model_name, trained, data, run_id)
             registration = promote.register(config, endpoint, merged, report, data, run_id, flow_run_id,
                                             production_at_start, key)
-    except BaseException:
+    except BaseException as e:
+        try:  # what the failed run reached, reported the same way
+            report_page.log_report(run_id, report, usage, f"failed: {type(e).__name__}: {e}"[:2000], title)
+        except Exception as report_error:  # the run's own error is the one to raise
+            get_run_logger().warning("no report for the failed run: %s", report_error)
         tracking.end_run(run_id, "FAILED")
         raise
+    report_page.log_report(run_id, report, usage, registration.reason, title, trained.tokens_per_second,
+                           report_page.gpus_used(config.finetune.nproc),
+                           trained.run_id if trained.run_id not in ("", run_id) else None)
     tracking.end_run(run_id, "FINISHED")
     summary = PipelineSummary(mlflow_run_id=run_id, mlflow_run_url=tracking.run_url(run_id), dataset=data,
-                              merged_model_uri=merged.s3_uri, report=report, endpoint_url=registration.endpoint_url,
+                              merged_model_uri=merged.s3_uri, mlflow_model_uri=merged.model_uri,
+                              report=report, endpoint_url=registration.endpoint_url,
                               registration=registration)
     get_run_logger().info("pipeline finished: %s", summary.model_dump_json())
     return summary
 
 
+def main(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m flows.finetune", description="Run a finetune pipeline here.")
+    parser.add_argument("config", nargs="?", default="deployments/quickstart.yaml")
+    parser.add_argument("--plan", action="store_true", help="print what would run, with its commands; run nothing")
+    parser.add_argument("--force", action="store_true", help="do every step again, even work found done")
+    args = parser.parse_args(argv)
+    if args.plan:  # no flow run either: a plan needs no Prefect server
+        print(render_plan(make_plan(args.config)))
+        return
+    print(finetune(args.config, force=args.force).model_dump_json(indent=1))
+
+
 if __name__ == "__main__":
-    print(finetune(sys.argv[1] if len(sys.argv) > 1 else "deployments/quickstart.yaml").model_dump_json(indent=1))
+    main(sys.argv[1:])

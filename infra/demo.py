@@ -174,6 +174,10 @@ def summary(flow_run_id: UUID) -> dict:
         **{k: f"base {v:.3f} -> finetuned {report['candidate'][k]:.3f}" for k, v in report["base"].items()
            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"},
         "answer": shown,
+        "mlflow_model": f"models:/{model_name}@{alias} = {client.get_model_version(model_name, production).source} "
+                        "(mlflow.transformers.load_model / mlflow models serve, with only MLFLOW_TRACKING_URI)",
+        "report": f"report/index.html in the run's artifacts ({tracking.run_url(run.info.run_id)})",
+        "lineage": f".venv/bin/python -m tasks.lineage {model_name}@{alias}",
     }
 
 def main() -> None:

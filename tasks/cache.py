@@ -55,7 +55,7 @@ def fingerprint(path: str | Path) -> str:
 # merging, scoring, and the pinned framework environments. Any change to them is a new key (conservative:
 # a change to one recipe retrains them all).
 CODE = ("tasks/data/*.py", "tasks/prompter/*.py", "tasks/finetune/*.py", "tasks/inference.py", "tasks/merge.py",
-        "tasks/evaluate*.py", "tasks/st_layout.py", "infra/envs/*.txt")
+        "tasks/evaluate*.py", "tasks/st_layout.py", "tasks/mlflow_model.py", "infra/envs/*.txt")
 
 
 def code_version() -> str:
@@ -64,6 +64,20 @@ def code_version() -> str:
     for file in sorted({f for pattern in CODE for f in REPO_ROOT.glob(pattern)}):
         digest.update(file.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def git_revision() -> dict[str, str]:
+    """The checkout's commit and whether its tracked files differ from it ("unknown" outside a git checkout)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=20,
+                              check=True).stdout.strip()
+    try:
+        commit, changes = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {"code_commit": "unknown", "code_dirty": "unknown"}
+    return {"code_commit": commit, "code_dirty": "true" if changes else "false"}
 
 
 def _uri(kind: str, cache_key: str) -> str:

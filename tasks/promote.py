@@ -140,7 +140,7 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
     run promoted while this one ran, the candidate beats that version too (``registry.unless_superseded``)."""
     name, alias = config.registry.model_name, config.registry.alias
     healthy = ep.healthy()
-    tags = {"endpoint_url": ep.url, "endpoint_name": ep.name, "backend": ep.backend,
+    tags = {"endpoint_url": ep.url, "model_files": merged.s3_uri, "endpoint_name": ep.name, "backend": ep.backend,
             "api_key_file": ep.api_key_file or "none (open, loopback only)",
             # How to serve this version again (rollback, make up): the deploy section and the prompt style.
             "deploy_config": json.dumps(ep.relaunch),
@@ -152,7 +152,7 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
             "evaluation_hash": evaluation_hash(config.evaluate, key),
             **{f"{who}_{k}": f"{v:.4f}" for who in ("base", "candidate")
                for k, v in metrics_of(getattr(report, who)).items()}}
-    version = registry.create_version(name, merged.s3_uri, run_id, tags)
+    version = registry.create_version(name, merged.model_uri or merged.s3_uri, run_id, tags)
     logger = get_run_logger()
     previous, why_not = None, None if healthy else "health check failed"
     if not why_not and not report.passed:

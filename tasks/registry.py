@@ -17,9 +17,17 @@ def ensure_model(name: str) -> None:
 
 
 def create_version(name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
+    """A version whose ``source`` is an MLflow logged model (``models:/m-...``, linked to it) or a bucket URI."""
     ensure_model(name)
-    version = client().create_model_version(name, source=source, run_id=run_id, tags=redact(tags))
+    model_id = source[len("models:/"):] if source.startswith("models:/m-") else None
+    version = client().create_model_version(name, source=source, run_id=run_id, tags=redact(tags), model_id=model_id)
     return str(version.version)
+
+
+def files_uri(name: str, version: str) -> str:
+    """Where the version's checkpoint files are in the bucket (a plain folder every engine serves)."""
+    mv = client().get_model_version(name, version)
+    return mv.tags.get("model_files") or mv.source
 
 
 def alias_version(name: str, alias: str) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from tasks import cache, checkpoints, envs, launchers, storage, tracking
+from tasks import cache, checkpoints, envs, launchers, mlflow_model, storage, tracking
 from tasks.config import PipelineConfig
 from tasks.data import DatasetError, PreparedDataset, prepare
 from tasks.data.readers import source_sha256
@@ -23,6 +23,7 @@ from tasks.finetune import LazyLLMFinetuneBase, get_framework
 from tasks.finetune.auto import plan_dict
 from tasks.merge import check_weights_moved
 from tasks.models import ModelManager, ModelNotFoundError, ModelRef
+from tasks.models.local import revision_of
 from tasks.settings import Settings
 
 
@@ -35,12 +36,14 @@ class TrainResult(BaseModel):
     prompt_style: str  # how the trained model is prompted (tasks.inference), for evaluation and serving
     model_type: str = "llm"  # what it is (llm, embed, rerank): how it is evaluated
     log_path: str
+    run_id: str = ""  # the MLflow run that trained it (another run's when this one reused it)
 
 
 class MergedModel(BaseModel):
-    path: str
+    path: str  # the merged checkpoint on this machine
     weight_delta: float
-    s3_uri: str
+    s3_uri: str  # the same files in the bucket (inside the MLflow model)
+    model_uri: str = ""  # the MLflow logged model (models:/m-...): what a registered version's source names
 
 
 @contextmanager
@@ -73,7 +76,9 @@ def download(base_model: str, run_id: str) -> ModelRef:
             raise ModelNotFoundError(f"model {base_model!r} is neither local (model_path, {manager.cache_dir}, "
                                      f"infra/models) nor downloadable from {manager.model_source}; see the log above")
         ref = ModelRef(name=Path(base_model).name, path=path)
-    get_run_logger().info("base model %s at %s", ref.name, ref.path)
+    revision = revision_of(path)
+    tracking.set_tags(run_id, {"base_model_path": path, "base_model_revision": revision})
+    get_run_logger().info("base model %s at %s (%s)", ref.name, ref.path, revision)
     return ref
 
 
@@ -125,9 +130,23 @@ def prepare_dataset(config: PipelineConfig, base: ModelRef, run_id: str, force: 
                                  "dataset.format": prepared.format, "dataset.n_train": prepared.n_train,
                                  "dataset.n_val": prepared.n_val, "dataset.n_duplicates": prepared.n_duplicates,
                                  "dataset.n_too_long": prepared.n_too_long})
+    log_dataset_inputs(run_id, prepared)
     logger.info("dataset %s: %d train / %d val %s records -> %s", prepared.hash[:12], prepared.n_train,
                 prepared.n_val, prepared.format, prepared.uri)
     return prepared
+
+
+def log_dataset_inputs(run_id: str, prepared: PreparedDataset) -> None:
+    """The train and validation splits as the run's MLflow inputs: their files in the bucket, each file's sha256 as
+    the digest, row counts and format; the prepared set's hash and the source file's beside them."""
+    for context, path, rows in (("training", prepared.train_path, prepared.n_train),
+                                ("validation", prepared.val_path, prepared.n_val)):
+        digest = source_sha256(path)
+        tracking.log_dataset(run_id, f"{Path(prepared.source).stem}-{context}", f"{prepared.uri}/{Path(path).name}",
+                             digest, context,
+                             profile={"num_rows": rows, "format": prepared.format, "sha256": digest,
+                                      "dataset_hash": prepared.hash, "source": prepared.source,
+                                      "source_sha256": prepared.source_sha256})
 
 
 @task
@@ -155,7 +174,8 @@ def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, key:
         if hit := None if force else cache.get("candidate", key):
             logger.info("unchanged: candidate %s was trained by run %s; not trained again", key, hit["run_id"])
             trained = TrainResult(**hit["trained"])
-            tracking.set_tags(run_id, {"cache_hit": "true", "prompt_style": trained.prompt_style})
+            tracking.set_tags(run_id, {"cache_hit": "true", "prompt_style": trained.prompt_style,
+                                       "trained_by_run": trained.run_id or hit["run_id"]})
             return trained
         tracking.set_tag(run_id, "cache_hit", "false")
         done = where / "trained.json"  # training finished here, but the run died before the candidate was recorded
@@ -173,23 +193,6 @@ def train_dir(key: str, run_id: str, force: bool) -> Path:
     """Where the candidate is trained and merged: the directory of its key, shared by every run of the same inputs
     (so a run after a crash resumes there), or, with ``force``, one of the run's own."""
     return workdir(run_id) / "train" if force else cache.workdir(key)
-
-
-def upload_verified(run_id: str, local: str, artifact_path: str, attempts: int = 2) -> str:
-    """Log ``local`` as the run's artifacts (through the tracking server, into the bucket) and check that the bucket
-    holds every file whole (``storage.verify_upload``); upload again if not. Returns the artifacts' S3 URI."""
-    uri = tracking.artifact_s3_uri(run_id, artifact_path)
-    for attempt in range(1, attempts + 1):
-        tracking.log_artifacts(run_id, local, artifact_path)
-        try:
-            size = storage.verify_upload(local, uri)
-            break
-        except storage.UploadError as e:
-            if attempt == attempts:
-                raise
-            get_run_logger().warning("%s; uploading again", e)
-    get_run_logger().info("uploaded %s to %s: %d bytes, every file checked", local, uri, size)
-    return uri
 
 
 def checkpoints_uri(key: str) -> str:
@@ -240,19 +243,21 @@ def train(config: PipelineConfig, base: ModelRef, data: PreparedDataset, where: 
             tracking.set_tag(run_id, "last_train_step", str(max(h["step"] for h in history)))
     tracking.loss_plot(run_id, history)
     losses = [h["loss"] for h in history if "loss" in h]
-    speeds = [h["tokens_per_second"] for h in history if "tokens_per_second" in h]
+    speeds = [h.get("tokens_per_second", h.get("train_tokens_per_second")) for h in history
+              if "tokens_per_second" in h or "train_tokens_per_second" in h]
     return TrainResult(framework=config.finetune.framework, target_path=trainer.target_path,
                        steps=max((h["step"] for h in history), default=0), final_loss=losses[-1] if losses else None,
                        tokens_per_second=speeds[-1] if speeds else None, prompt_style=trainer.prompt_style(),
-                       model_type=trainer.model_type, log_path=str(log_path))
+                       model_type=trainer.model_type, log_path=str(log_path), run_id=run_id)
 
 
 @task
 def merge(config: PipelineConfig, base: ModelRef, trained: TrainResult, key: str, run_id: str,
           force: bool = False) -> MergedModel:
     """Run the framework's export (merge the LoRA adapter, or copy a full finetune), check the weights moved,
-    upload the model through MLflow to S3, and record the candidate under ``key``. A candidate recorded before
-    is taken as it is (fetched from the bucket when this worker lacks its files)."""
+    log it as an MLflow model (``mlflow_model``: through the tracking server into the bucket, verified), and
+    record the candidate under ``key``. A candidate recorded before is taken as it is (fetched from the bucket
+    when this worker lacks its files)."""
     with cache.locked(key):
         if hit := None if force else cache.get("candidate", key):
             merged = MergedModel(**hit["merged"])
@@ -269,9 +274,11 @@ def merge(config: PipelineConfig, base: ModelRef, trained: TrainResult, key: str
                 get_run_logger().info("running %s", export)
                 trainer.launcher.launch(export, name="merge")
             delta = check_weights_moved(base.path, trainer.output_path)
-            s3_uri = upload_verified(run_id, trainer.output_path, "merged_model")
+            logged = mlflow_model.log_merged(run_id, trainer.output_path, trained.model_type,
+                                             train_dir(key, run_id, force), log=get_run_logger().info)
         tracking.log_metrics(run_id, {"merge_max_weight_delta": delta})
-        merged = MergedModel(path=trainer.output_path, weight_delta=delta, s3_uri=s3_uri)
+        merged = MergedModel(path=trainer.output_path, weight_delta=delta, s3_uri=logged.files_uri,
+                             model_uri=logged.uri)
         cache.put("candidate", key, {"run_id": run_id, "trained": trained.model_dump(mode="json"),
                                      "merged": merged.model_dump(mode="json")})
     return merged

@@ -142,6 +142,19 @@ def loss_plot(run_id: str, history: list[dict[str, float]]) -> None:
         log_artifact(run_id, path, "plots")
 
 
+def log_dataset(run_id: str, name: str, uri: str, digest: str, context: str, profile: dict,
+                schema: dict | None = None) -> None:
+    """Record a dataset as an input of the run (the run page's "Datasets", ``search_runs``' ``dataset``): its
+    source URI, a digest (MLflow keeps 36 characters), its row counts and format in ``profile``."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=name, digest=digest[:36], source_type="s3", source=json.dumps({"uri": uri}),
+                      schema=json.dumps(schema) if schema else None, profile=json.dumps(profile))
+    client().log_inputs(run_id, [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+
+
 def end_run(run_id: str, status: str) -> None:
     client().set_terminated(run_id, status)
 
@@ -152,16 +165,17 @@ def run_url(run_id: str) -> str:
     return f"{Settings.load().mlflow_uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
 
-def artifact_s3_uri(run_id: str, artifact_path: str) -> str:
-    """Where the tracking server put ``artifact_path`` of ``run_id`` in the bucket (proxied artifacts)."""
-    run = client().get_run(run_id)
-    uri = run.info.artifact_uri
-    if uri.startswith("mlflow-artifacts:/"):
-        dest = Settings.load().mlflow_artifacts_uri
-        if not dest:
-            raise RuntimeError("FINEFLOW_MLFLOW_ARTIFACTS (the server's --artifacts-destination) is not set")
-        uri = dest.rstrip("/") + "/" + uri[len("mlflow-artifacts:/"):].lstrip("/")
-    return f"{uri.rstrip('/')}/{artifact_path}"
+def s3_of(artifact_uri: str) -> str:
+    """The bucket URI behind an artifact URI: ``mlflow-artifacts:/...`` (proxied by the tracking server) maps onto
+    its ``--artifacts-destination``; an ``s3://`` URI is itself."""
+    from urllib.parse import urlparse
+
+    if not artifact_uri.startswith("mlflow-artifacts:"):
+        return artifact_uri.rstrip("/")
+    dest = Settings.load().mlflow_artifacts_uri
+    if not dest:
+        raise RuntimeError("FINEFLOW_MLFLOW_ARTIFACTS (the server's --artifacts-destination) is not set")
+    return f"{dest.rstrip('/')}/{urlparse(artifact_uri).path.strip('/')}"
 
 
 def close_crashed_runs(experiment: str | None = None) -> list[str]:

@@ -23,6 +23,7 @@ class FakeHub:
         self.cut_once: set[str] = set()  # paths whose next GET stops halfway
         self.served_instead: dict[str, bytes] = {}  # paths whose body differs from what the listing says
         self.ranges: list[str] = []  # Range headers received
+        self.outage_after_cut = 0  # how many requests after a cut answer 503 (the hub is down for a while)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -31,6 +32,9 @@ class FakeHub:
 
             def do_GET(self):
                 hub.handle(self)
+
+            def do_HEAD(self):  # huggingface_hub asks a file's commit, ETag and size first
+                hub.handle(self, head=True)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -44,9 +48,19 @@ class FakeHub:
         return [{"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
                 for p, b in self.repos[repo].items()]
 
-    def handle(self, req: BaseHTTPRequestHandler) -> None:
+    def commit(self, repo: str) -> str:
+        """A commit id for the repository's files as they are (as a hub's changes when the files do)."""
+        return hashlib.sha1(json.dumps(self.listing(repo), sort_keys=True).encode()).hexdigest()
+
+    def handle(self, req: BaseHTTPRequestHandler, head: bool = False) -> None:
+        req.head = head
+        if (rng := req.headers.get("Range")) and not head:
+            self.ranges.append(rng)
         if self.token and req.headers.get("Authorization") != f"Bearer {self.token}":
             return self.reply(req, 401, b'{"error": "unauthorized"}')
+        if self.outage_after_cut and not self.cut_once:
+            self.outage_after_cut -= 1
+            return self.reply(req, 503, b'{"error": "unavailable"}')
         url = urlparse(req.path)
         parts = [unquote(p) for p in url.path.strip("/").split("/")]
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -54,11 +68,14 @@ class FakeHub:
             repo = "/".join(parts[2:4])
             if repo not in self.repos:
                 return self.reply(req, 404, b"{}")
-            siblings = [{"rfilename": f["path"], "size": f["size"], "lfs": {"sha256": f["sha256"]}}
+            siblings = [{"rfilename": f["path"], "size": f["size"],
+                         "lfs": {"sha256": f["sha256"], "size": f["size"], "pointerSize": 134}}
                         for f in self.listing(repo)]
-            return self.reply(req, 200, json.dumps({"id": repo, "siblings": siblings}).encode())
+            return self.reply(req, 200, json.dumps({"id": repo, "sha": self.commit(repo), "siblings": siblings}).encode())
         if len(parts) >= 5 and parts[2] == "resolve":  # HF file
-            return self.send_file(req, "/".join(parts[:2]), "/".join(parts[4:]))
+            repo = "/".join(parts[:2])
+            return self.send_file(req, repo, "/".join(parts[4:]), commit=self.commit(repo) if repo in self.repos
+                                  else None)
         if parts[:3] == ["api", "v1", "models"] and parts[5:7] == ["repo", "files"]:  # ModelScope listing
             repo = "/".join(parts[3:5])
             if repo not in self.repos:
@@ -70,20 +87,24 @@ class FakeHub:
             return self.send_file(req, "/".join(parts[3:5]), query.get("FilePath", ""))
         return self.reply(req, 404, b"{}")
 
-    def send_file(self, req: BaseHTTPRequestHandler, repo: str, path: str) -> None:
+    def send_file(self, req: BaseHTTPRequestHandler, repo: str, path: str, commit: str | None = None) -> None:
         data = self.repos.get(repo, {}).get(path)
         if data is None:
             return self.reply(req, 404, b"{}")
         start, status = 0, 200
-        if rng := req.headers.get("Range"):
-            self.ranges.append(rng)
+        if (rng := req.headers.get("Range")) and not req.head:
             start, status = int(rng.removeprefix("bytes=").split("-")[0]), 206
         body = self.served_instead.get(path, data)[start:]
         req.send_response(status)
         req.send_header("Content-Length", str(len(body)))
+        if commit:  # what Hugging Face's file API answers beside the bytes
+            req.send_header("X-Repo-Commit", commit)
+            req.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
         if status == 206:
             req.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         req.end_headers()
+        if req.head:
+            return
         if path in self.cut_once:
             self.cut_once.discard(path)
             req.wfile.write(body[: len(body) // 2])
@@ -98,4 +119,5 @@ class FakeHub:
         req.send_header("Content-Type", "application/json")
         req.send_header("Content-Length", str(len(body)))
         req.end_headers()
-        req.wfile.write(body)
+        if not getattr(req, "head", False):
+            req.wfile.write(body)

@@ -8,6 +8,7 @@ import pytest
 
 from tasks.models import (INCOMPLETE_MARKER, MODELS, LLMType, ModelManager, download_model, get_model_prompt_keys,
                           get_model_type, upload_model, validate_model_path)
+from tasks.models.local import revision_of
 from tasks.models.mirror import MirrorError
 from tasks.prompter import ChatPrompter
 
@@ -22,6 +23,12 @@ def hub(monkeypatch):
     server = FakeHub({HF_REPO: TINY_MODEL, MS_REPO: TINY_MODEL, "org/tiny": TINY_MODEL}, token="hub-token-123")
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("MODELSCOPE_ENDPOINT", server.url)
+    # conftest keeps huggingface_hub offline (no hub is reachable here); this hub is, on 127.0.0.1.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # It writes what arrives in 10 MB chunks, more than the embedded model's weights: smaller, a cut resumes.
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 256 << 10)
     yield server
     server.close()
 
@@ -68,6 +75,9 @@ def test_hub_download_by_short_name(hub, tmp_path, source, repo):
     assert same_tree(TINY_MODEL, tmp_path / "cache" / "internlm2-chat-7b") and validate_model_path(path)
     total = sum(p.stat().st_size for p in TINY_MODEL.rglob("*") if p.is_file())
     assert progress[-1] == (total, total)
+    # Which commit the folder holds is recorded beside it, for lineage (Hugging Face resolves main to a commit).
+    commit = hub.commit(repo) if source == "huggingface" else "master"
+    assert revision_of(path) == f"{source}:{repo}@{commit}"
     assert m.download("internlm2-chat-7b") == path  # now found in the cache
     assert ModelManager(model_source=source, token="hub-token-123",
                         cache_dir=str(tmp_path / "c2")).download("org/tiny") == str(tmp_path / "c2" / "tiny")
@@ -83,17 +93,28 @@ def test_wrong_token_and_unknown_repo_fail_cleanly(hub, tmp_path, caplog):
     assert not validate_model_path(tmp_path / "nothing")
 
 
-def test_interrupted_download_resumes_and_never_looks_complete(hub, tmp_path):
+@pytest.mark.parametrize("source", ["huggingface", "modelscope"])
+def test_interrupted_download_resumes_and_never_looks_complete(hub, tmp_path, source):
+    """The connection drops halfway through the weights: the rest is asked for with a Range request (at once by
+    huggingface_hub, which here meets an outage; by the next call for ModelScope). The failed attempt leaves
+    nothing that looks like a model; the next one completes."""
     hub.cut_once.add("model.safetensors")
-    m = ModelManager(model_source="huggingface", token="hub-token-123", cache_dir=str(tmp_path))
+    hub.outage_after_cut = 1 if source == "huggingface" else 0
+    half = (TINY_MODEL / "model.safetensors").stat().st_size // 2
+    m = ModelManager(model_source=source, token="hub-token-123", cache_dir=str(tmp_path))
     assert m.download("internlm2-chat-7b") is False
     target, partial = tmp_path / "internlm2-chat-7b", tmp_path / "internlm2-chat-7b.partial"
     assert not target.exists() and (partial / INCOMPLETE_MARKER).exists()
     assert not validate_model_path(partial) and m.find_local("internlm2-chat-7b") is None
-    kept = (partial / "model.safetensors.part").stat().st_size
-    assert kept > 0
+    if source == "huggingface":
+        (asked,) = hub.ranges  # only the rest was asked for: from what had arrived, in whole chunks
+        assert asked.startswith("bytes=") and 0 < int(asked[6:-1]) <= half
+    else:
+        kept = (partial / "model.safetensors.part").stat().st_size  # what arrived, in whole chunks
+        assert 0 < kept <= half and hub.ranges == []
     assert m.download("internlm2-chat-7b") == str(target)
-    assert f"bytes={kept}-" in hub.ranges  # the second attempt asked only for the rest
+    if source == "modelscope":
+        assert hub.ranges == [f"bytes={kept}-"]  # the second attempt asked only for the rest
     assert same_tree(TINY_MODEL, target) and not partial.exists()
 
 

@@ -83,12 +83,15 @@ def test_quickstart_deployment_promotes_a_finetuned_model(stack):
     # Artifacts, and the merged model and dataset in the bucket.
     c = tracking.client()
     top = {a.path for a in c.list_artifacts(run_id)}
-    assert {"config", "logs", "plots", "eval", "merged_model"} <= top
+    assert {"config", "logs", "plots", "eval", "report"} <= top
     assert {a.path for a in c.list_artifacts(run_id, "plots")} == {"plots/loss.png"}
     version = mlrun.data.tags["registered_version"]
     mv = tracking.client().get_model_version(MODEL, version)
-    keys = storage.list_keys(mv.source)
-    assert mv.source.startswith("s3://fineflow/") and any(k.endswith("model.safetensors") for k in keys)
+    # The version's source is the run's logged MLflow model; its checkpoint files are in the bucket.
+    (output,) = c.get_run(run_id).outputs.model_outputs
+    assert mv.source == f"models:/{output.model_id}"
+    keys = storage.list_keys(mv.tags["model_files"])
+    assert mv.tags["model_files"].startswith("s3://fineflow/") and any(k.endswith("model.safetensors") for k in keys)
     assert storage.list_keys(f"s3://fineflow/datasets/{mlrun.data.tags['dataset_hash']}/")
 
     # The version carries the endpoint and moved the alias; the endpoint answers.
@@ -104,7 +107,8 @@ def test_quickstart_deployment_promotes_a_finetuned_model(stack):
     assert httpx.post(f"{tags['endpoint_url']}/v1/completions", json={"prompt": "hi"}, timeout=30).status_code == 401
     # The model endpoint, now that one exists, listens on the loopback address only.
     assert listening_addresses([endpoints.get(tags["endpoint_name"]).pid]) == {"127.0.0.1"}
-    STATE.update(version=version, endpoint=tags["endpoint_name"], run_id=run_id, logs=logs, source=mv.source)
+    STATE.update(version=version, endpoint=tags["endpoint_name"], run_id=run_id, logs=logs,
+                 source=mv.tags["model_files"])
 
 
 def test_the_run_records_what_the_readme_promises(stack):
@@ -247,7 +251,7 @@ def test_llamafactory_deployment_trains_exports_and_promotes(stack):
     # The export's merged model in S3, a version tagged framework=llamafactory, the alias moved to it.
     version = mlrun.data.tags["registered_version"]
     mv = tracking.client().get_model_version(LF_MODEL, version)
-    keys = storage.list_keys(mv.source)
+    keys = storage.list_keys(registry.files_uri(LF_MODEL, version))
     assert any(k.endswith("model.safetensors") for k in keys) and any(k.endswith("chat_template.jinja") for k in keys)
     assert mv.tags["framework"] == "llamafactory" and mv.tags["health"] == "ok"
     assert registry.alias_version(LF_MODEL, "production") == version
@@ -268,8 +272,7 @@ def test_llamafactory_failure_from_config_overlay_changes_nothing(stack, tmp_pat
     assert "llamafactory-cli train" in logs and "no_such_module" in logs
     assert "llamafactory-cli export" not in logs  # the export never ran
     mlrun = tracking.run_for_flow_run(str(flow_run_id))
-    assert mlrun.info.status == "FAILED" and "merged_model" not in {a.path for a in
-                                                                    tracking.client().list_artifacts(mlrun.info.run_id)}
+    assert mlrun.info.status == "FAILED" and not tracking.client().get_run(mlrun.info.run_id).outputs.model_outputs
     assert "logs" in {a.path for a in tracking.client().list_artifacts(mlrun.info.run_id)}  # the failed log is kept
     assert len(tracking.client().search_model_versions(f"name = '{LF_MODEL}'")) == versions_before
     assert registry.alias_version(LF_MODEL, "production") == STATE["lf_version"]

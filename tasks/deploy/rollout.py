@@ -174,11 +174,11 @@ def serving_endpoint(model: str, version: str, log: Log = print) -> Endpoint:
 
 def download_version(model: str, version: str, log: Log = print) -> str:
     """The registered files of ``version`` on this machine (``FINEFLOW_HOME/models``), fetched once, whole."""
-    from tasks import storage, tracking
+    from tasks import registry, storage
 
     target = state_dir() / "models" / _slug(model) / version
     if not holds_weights(str(target)):
-        source = tracking.client().get_model_version(model, version).source
+        source = registry.files_uri(model, version)
         log(f"downloading {model} version {version} from {source} ...")
         partial = target.with_name(f"{version}.partial")
         shutil.rmtree(partial, ignore_errors=True)

@@ -1,18 +1,19 @@
-"""Downloading a model repository from a hub's file API, resumably, with progress and checksums.
+"""Downloading a model repository from a hub, resumably, with progress, checksums and the commit recorded.
 
-Hugging Face: ``GET {endpoint}/api/models/{repo}/revision/{rev}?blobs=true`` lists files, and
-``GET {endpoint}/{repo}/resolve/{rev}/{path}`` serves one. ModelScope:
-``GET {endpoint}/api/v1/models/{repo}/repo/files?Revision={rev}&Recursive=true`` and
-``GET {endpoint}/api/v1/models/{repo}/repo?Revision={rev}&FilePath={path}``. The endpoints
-come from ``HF_ENDPOINT`` and ``MODELSCOPE_ENDPOINT``.
+Hugging Face goes through ``huggingface_hub`` (``tasks/models/hf.py``). ModelScope through its file API:
+``GET {endpoint}/api/v1/models/{repo}/repo/files?Revision={rev}&Recursive=true`` lists files and
+``GET {endpoint}/api/v1/models/{repo}/repo?Revision={rev}&FilePath={path}`` serves one; a partial file is
+continued with an HTTP Range request. The endpoints come from ``HF_ENDPOINT`` and ``MODELSCOPE_ENDPOINT``.
 
-Files land in ``<target>.partial/`` (marked incomplete); a partial file is continued with an
-HTTP Range request. Only when every file is complete and verified is the directory renamed
-to ``<target>``, so an interrupted download never leaves a directory that looks like a model.
+Whatever the hub, files land in ``<target>.partial/`` (marked incomplete), each is checked against the hub's
+listing (size, sha256), and only when every file is there and verified is the directory renamed to ``<target>``,
+so an interrupted download never leaves a directory that looks like a model. Which commit it holds is recorded
+beside it (``local.revision_record``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from tasks.models.local import filling, safe_relpath, sha256_file
+from tasks.models.local import filling, revision_record, safe_relpath, sha256_file
 
 ENDPOINTS = {"huggingface": ("HF_ENDPOINT", "https://huggingface.co"),
              "modelscope": ("MODELSCOPE_ENDPOINT", "https://www.modelscope.cn")}
@@ -55,20 +56,15 @@ def _get(client: httpx.Client, url: str, **kw) -> httpx.Response:
     return response
 
 
-def list_files(client: httpx.Client, source: str, repo: str, revision: str | None) -> list[HubFile]:
-    base = endpoint(source)
-    if source == "huggingface":
-        rev = revision or "main"
-        info = _get(client, f"{base}/api/models/{repo}/revision/{rev}", params={"blobs": "true"}).json()
-        return [HubFile(s["rfilename"], s.get("size"), (s.get("lfs") or {}).get("sha256"),
-                        f"{base}/{repo}/resolve/{rev}/{s['rfilename']}") for s in info.get("siblings", [])]
-    rev = revision or "master"
+def list_files(client: httpx.Client, repo: str, revision: str) -> list[HubFile]:
+    """A ModelScope repository's files at ``revision`` (its listing names the revision, no commit)."""
+    base = endpoint("modelscope")
     info = _get(client, f"{base}/api/v1/models/{repo}/repo/files",
-                params={"Revision": rev, "Recursive": "true"}).json()
+                params={"Revision": revision, "Recursive": "true"}).json()
     files = (info.get("Data") or {}).get("Files") or []
     file_api = f"{base}/api/v1/models/{repo}/repo"
     return [HubFile(f["Path"], f.get("Size"), f.get("Sha256") or None,
-                    str(httpx.URL(file_api, params={"Revision": rev, "FilePath": f["Path"]})))
+                    str(httpx.URL(file_api, params={"Revision": revision, "FilePath": f["Path"]})))
             for f in files if f.get("Type", "blob") == "blob"]
 
 
@@ -94,11 +90,12 @@ def _fetch(client: httpx.Client, f: HubFile, dest: Path, progress: tqdm, call_ba
                     progress.update(len(chunk))
                     if call_back:
                         call_back(progress.n, progress.total, f.path)
-    _verify(part, f)
+    verify(part, f)
     part.rename(dest)
 
 
-def _verify(part: Path, f: HubFile) -> None:
+def verify(part: Path, f: HubFile) -> None:
+    """The file matches the hub's listing: its size (else kept, to resume) and sha256 (else removed)."""
     size = part.stat().st_size
     if f.size is not None and size != f.size:
         raise HubError(f"{f.path}: got {size} bytes, the hub lists {f.size}; run the download again to resume")
@@ -107,18 +104,19 @@ def _verify(part: Path, f: HubFile) -> None:
         raise HubError(f"{f.path}: sha256 mismatch; the partial file was removed")
 
 
-def download_repo(source: str, repo: str, target: Path, *, token: str | None = None, revision: str | None = None,
-                  call_back: Callable | None = None, timeout: float = 60) -> Path:
-    """Fetch every file of ``repo`` into ``target``; resumes what an earlier attempt left in ``target.partial``."""
+def modelscope_transfer(repo: str, partial: Path, base: str, *, token: str | None, revision: str | None,
+                        call_back: Callable | None, timeout: float) -> str:
+    """Fetch every file of a ModelScope ``repo`` into ``partial``; returns the revision fetched."""
+    rev = revision or "master"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with filling(target) as partial, httpx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
-        files = list_files(client, source, repo, revision)
+    with httpx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
+        files = list_files(client, repo, rev)
         if not files:
-            raise HubError(f"{source} repository {repo} lists no files")
+            raise HubError(f"modelscope repository {repo} lists no files")
         total = sum(f.size or 0 for f in files) or None
         done = sum((partial / safe_relpath(f.path)).stat().st_size for f in files
                    if (partial / safe_relpath(f.path)).exists())
-        with tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=f"{source}:{repo}") as progress:
+        with tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=f"modelscope:{repo}") as progress:
             for f in files:
                 dest = partial / safe_relpath(f.path)
                 if dest.exists():
@@ -128,4 +126,28 @@ def download_repo(source: str, repo: str, target: Path, *, token: str | None = N
                 if part.exists():
                     progress.update(part.stat().st_size)
                 _fetch(client, f, dest, progress, call_back)
+    return rev
+
+
+def transfers() -> dict[str, Callable[..., str]]:
+    """How each hub's files are fetched: (repo, partial folder, endpoint, token=, revision=, call_back=, timeout=)
+    -> the commit fetched. ``huggingface_hub`` is imported only when a download needs it."""
+    from tasks.models.hf import transfer as huggingface
+
+    return {"huggingface": huggingface, "modelscope": modelscope_transfer}
+
+
+def download_repo(source: str, repo: str, target: Path, *, token: str | None = None, revision: str | None = None,
+                  call_back: Callable | None = None, timeout: float = 60) -> Path:
+    """Fetch every file of ``repo`` into ``target``; resumes what an earlier attempt left in ``target.partial``."""
+    transfer = transfers().get(source)
+    if transfer is None:
+        raise HubError(f"unknown hub {source!r} (known: huggingface, modelscope)")
+    with filling(target) as partial:
+        commit = transfer(repo, partial, endpoint(source), token=token, revision=revision,
+                                   call_back=call_back, timeout=timeout)
+    record = revision_record(target)  # for lineage: which commit the folder holds
+    aside = record.with_name(record.name + ".partial")
+    aside.write_text(json.dumps({"source": source, "repo": repo, "commit": commit}), encoding="utf-8")
+    aside.replace(record)
     return target

@@ -71,3 +71,24 @@ def filling(target: Path) -> Iterator[Path]:
     if target.exists():
         shutil.rmtree(target)
     partial.rename(target)
+
+
+def revision_record(model_dir: str | Path) -> Path:
+    """Where a hub download records what it fetched (hub, repository, commit): beside the folder, not in it, so
+    the folder holds exactly the repository's files."""
+    model = Path(model_dir)
+    return model.with_name(model.name + ".revision.json")
+
+
+def revision_of(model_dir: str | Path) -> str:
+    """Which revision of a model a folder holds: ``<hub>:<repo>@<commit>`` for a hub download, else the folder's
+    content hash (``sha256:...``, every file's name and bytes)."""
+    import json
+
+    record = revision_record(model_dir)
+    if record.is_file():
+        r = json.loads(record.read_text(encoding="utf-8"))
+        return f"{r['source']}:{r['repo']}@{r['commit']}"
+    from tasks.cache import fingerprint
+
+    return f"sha256:{fingerprint(model_dir)}"
