@@ -49,7 +49,7 @@ def main() -> None:
                 forced, reg3 = timed_run(finetune, config_path, overrides, force=True)
                 from prefect.logging.handlers import APILogHandler
 
-                APILogHandler.flush()  # the runs' last log lines, while the server is still up
+                APILogHandler().flush()  # the runs' last log lines, while the server is still up
         finally:
             stack.down()
     result = {"config": config_path, "first_s": round(first, 1), "unchanged_rerun_s": round(again, 1),
