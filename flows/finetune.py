@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from tasks import cache, promote, registry, steps, tracking
 from tasks import report as report_page
-from tasks.config import deep_merge, load_config
+from tasks.config import load_config, with_data_path
 from tasks.data import PreparedDataset
 from tasks.evaluate import EvalReport
 from tasks.plan import Plan, plan as make_plan, render as render_plan
@@ -45,10 +45,7 @@ def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict |
         planned = make_plan(config_path, overrides, data_path)
         print(render_plan(planned))
         return planned
-    if data_path:
-        data = {"data": {"path": data_path}}
-        overrides = deep_merge(overrides, data) if isinstance(overrides, dict) else overrides or data
-    config = load_config(config_path, overrides)
+    config = load_config(config_path, with_data_path(overrides, data_path))
     tracking.require_server()  # a tracking server that is down fails the run in seconds, before anything runs
     tracking.close_crashed_runs(config.experiment)  # runs whose process died with their worker: FAILED
     # What the alias holds as the run starts: a promotion while it runs must be beaten, not overwritten.

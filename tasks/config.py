@@ -171,6 +171,15 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def with_data_path(overrides: dict | None, data_path: str | None) -> dict | None:
+    """``overrides`` with ``data.path`` replaced by ``data_path`` (what a data trigger passes), when given; overrides
+    that are not a mapping are left for ``load_config`` to refuse."""
+    if not data_path:
+        return overrides
+    data = {"data": {"path": data_path}}
+    return deep_merge(overrides, data) if isinstance(overrides, dict) else overrides or data
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
     """Read, merge ``overrides`` into, and validate a pipeline YAML; the data path is resolved from the repo root
     and confined to the data roots (``tasks.data.readers.confine``)."""

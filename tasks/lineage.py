@@ -21,9 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tasks import tracking
-
-STEPS = ("download", "prepare", "finetune", "merge", "evaluate", "deploy")
-
+from tasks.report import STEPS
 
 class StepRecord(BaseModel):
     step: str

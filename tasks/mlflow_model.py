@@ -68,8 +68,6 @@ def pinned(names: tuple[str, ...]) -> list[str]:
 def save(model_dir: str | Path, model_type: str, dest: Path, mlflow_model=None) -> Flavor:
     """Save ``model_dir`` as an MLflow model in ``dest`` (which must not exist). The flavor's model folder is then
     replaced by the merged files themselves (hard links where possible), so what is served is what was evaluated."""
-    import importlib
-
     flavor = FLAVORS.get(model_type)
     if flavor is None:
         raise ValueError(f"no MLflow flavor is known for {model_type} models (known: {', '.join(FLAVORS)})")

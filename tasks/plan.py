@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tasks import envs
-from tasks.config import PipelineConfig, deep_merge, load_config
+from tasks.config import PipelineConfig, load_config, with_data_path
 from tasks.data import prepare
 from tasks.data.readers import source_sha256
 from tasks.masking import redact
@@ -63,10 +63,7 @@ def plan(config_path: str, overrides: dict | None = None, data_path: str | None 
     from tasks.deploy import keys, rollout
     from tasks.steps import make_trainer
 
-    if data_path:
-        data = {"data": {"path": data_path}}
-        overrides = deep_merge(overrides, data) if isinstance(overrides, dict) else overrides or data
-    config: PipelineConfig = load_config(config_path, overrides)
+    config: PipelineConfig = load_config(config_path, with_data_path(overrides, data_path))
     base_path, base_does = locate_base(config.model.base_model)
     d = config.data
     with tempfile.TemporaryDirectory(prefix="fineflow-plan-") as tmp:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from tasks import tracking
 from tasks.evaluate import EvalReport, metrics_of
 
-STEPS = ("download", "prepare", "finetune", "merge", "evaluate", "deploy")
+STEPS = ("download", "prepare", "finetune", "merge", "evaluate", "deploy")  # each logs duration_<step>_s
 SERIES = {"train_loss": ("train", "#1f77b4"), "eval_loss": ("validation", "#d62728")}
 
 
@@ -97,8 +97,7 @@ def build(run_id: str, report: EvalReport | None, figures: dict[str, float], tit
                 + _svg(history)]
     if report is not None:
         base, cand = metrics_of(report.base), metrics_of(report.candidate)
-        rows = [[k, base[k], cand[k], cand[k] - base[k]] for k in cand if k in base and cand[k] is not None
-                and base[k] is not None]
+        rows = [[k, base[k], cand[k], cand[k] - base[k]] for k in cand if k in base]
         sections.append("<h2>Base and candidate</h2>" + _table("metrics", ["metric", "base", "candidate", "change"],
                                                                 rows))
         examples = [[b.get("instruction", b.get("query", "")) + (" " + b["input"] if b.get("input") else ""),

@@ -119,5 +119,5 @@ class FakeHub:
         req.send_header("Content-Type", "application/json")
         req.send_header("Content-Length", str(len(body)))
         req.end_headers()
-        if not getattr(req, "head", False):
+        if not req.head:
             req.wfile.write(body)
