@@ -9,7 +9,7 @@ a config imports no torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -156,6 +156,9 @@ class PipelineConfig(Section):
         return data
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 class ConfigError(ValueError):
     pass
 
@@ -180,12 +183,15 @@ def with_data_path(overrides: dict | None, data_path: str | None) -> dict | None
     return deep_merge(overrides, data) if isinstance(overrides, dict) else overrides or data
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
-    """Read, merge ``overrides`` into, and validate a pipeline YAML; the data path is resolved from the repo root
-    and confined to the data roots (``tasks.data.readers.confine``)."""
+def config_file(path: str | Path) -> Path:
     path = Path(path)
-    if not path.is_absolute() and not path.exists():
-        path = REPO_ROOT / path
+    return REPO_ROOT / path if not path.is_absolute() and not path.exists() else path
+
+
+def read_config(path: str | Path, overrides: dict | None, schema: type[M]) -> M:
+    """Read a YAML config (relative to the repo root when not found here), merge ``overrides`` into it and
+    validate it as ``schema``; every problem is named with its field."""
+    path = config_file(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError as e:
@@ -200,12 +206,18 @@ def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConf
                           f"{type(overrides).__name__}")
     raw = deep_merge(raw, overrides or {})
     try:
-        config = PipelineConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(": ".join(filter(None, (".".join(map(str, err["loc"])),
                                                      err["msg"].removeprefix("Value error, "))))
                              for err in e.errors())
         raise ConfigError(f"{path}: {problems}") from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
+    """Read, merge ``overrides`` into, and validate a pipeline YAML; the data path is resolved from the repo root
+    and confined to the data roots (``tasks.data.readers.confine``)."""
+    config, path = read_config(path, overrides, PipelineConfig), config_file(path)
     try:
         config.data.path = confine(config.data.path)
     except ValueError as e:

@@ -68,33 +68,42 @@ def deploy(cfg: DeploySection, merged: MergedModel, name: str, trained: TrainRes
         tracking.log_params(run_id, {f"deploy_auto.{k}": v for k, v in plan.items() if k != "reason"})
         tracking.set_tag(run_id, "deploy_auto_reason", plan["reason"][:5000])
         logger.info("AutoDeploy: %s", plan["reason"])
-    engine.preflight()  # an engine that cannot start here says so at once
-    if cfg.host not in LOOPBACK:  # the config has checked the key is on
-        logger.warning("the endpoint binds %s: reachable from other machines, every request needs the API key "
-                       "(%s)", cfg.host, keys.key_path())
-    command = engine.cmd(merged.path)
-    headers = {}
-    if cfg.api_key:
-        command, headers = engine.with_api_key(command, keys.api_key()), keys.auth_headers()
-    with timed(run_id, "deploy"):
-        try:
-            ep = endpoints.start(f"{name}-{run_id[:8]}", command, engine.engine, merged.path,
-                                 api_key_file=str(keys.key_path()) if cfg.api_key else None)
-        finally:
-            engine.after_start()
-        try:
-            answer, shown = engine.smoke_test(ep.url, read_jsonl(data.val_path)[:8], headers, merged.path,
-                                              prompt_style=trained.prompt_style,
-                                              formatter=make_formatter(cfg.formatter, cfg.formatter_selector))
-        except Exception:
-            endpoints.stop(ep.name)  # a candidate that fails its smoke test is not left running
-            raise
+    ep, answer, shown = start_checked(engine, cfg, merged.path, name, run_id, read_jsonl(data.val_path)[:8],
+                                      trained.prompt_style)
     ep.relaunch = {"deploy": cfg.model_dump(mode="json"), "prompt_style": trained.prompt_style}
     tracking.set_tag(run_id, "smoke_answer", str(answer)[:250])
     logger.info("endpoint %s serving at %s", ep.name, ep.url)
     logger.info("smoke test: %s", shown)
     return ep
 
+
+def start_checked(engine, cfg: DeploySection, model_path: str, name: str, run_id: str, records: list[dict],
+                  prompt_style: str) -> tuple[Endpoint, object, str]:
+    """Start ``engine`` on ``model_path`` detached (behind the API key when ``cfg.api_key``), wait for it, and
+    smoke-test it on ``records``: (endpoint, answer, what the answer shows). An engine that cannot start here
+    says so before anything starts; one that fails its smoke test is stopped."""
+    logger = get_run_logger()
+    engine.preflight()  # an engine that cannot start here says so at once
+    if cfg.host not in LOOPBACK:  # the config has checked the key is on
+        logger.warning("the endpoint binds %s: reachable from other machines, every request needs the API key "
+                       "(%s)", cfg.host, keys.key_path())
+    command = engine.cmd(model_path)
+    headers = {}
+    if cfg.api_key:
+        command, headers = engine.with_api_key(command, keys.api_key()), keys.auth_headers()
+    with timed(run_id, "deploy"):
+        try:
+            ep = endpoints.start(f"{name}-{run_id[:8]}", command, engine.engine, model_path,
+                                 api_key_file=str(keys.key_path()) if cfg.api_key else None)
+        finally:
+            engine.after_start()
+        try:
+            answer, shown = engine.smoke_test(ep.url, records, headers, model_path, prompt_style=prompt_style,
+                                              formatter=make_formatter(cfg.formatter, cfg.formatter_selector))
+        except Exception:
+            endpoints.stop(ep.name)  # a candidate that fails its smoke test is not left running
+            raise
+    return ep, answer, shown
 
 
 class Registration(BaseModel):

@@ -12,8 +12,10 @@ from tasks.deploy.embed import EmbeddingDeploy, RerankDeploy
 from tasks.deploy.infinity import Infinity, infinity
 from tasks.deploy.lightllm import Lightllm
 from tasks.deploy.lmdeploy import LMDeploy
+from tasks.deploy.media import OCRDeploy, SenseVoiceDeploy, StableDiffusionDeploy, WhisperDeploy
 from tasks.deploy.mindie import Mindie
 from tasks.deploy.relay import RelayServer
+from tasks.deploy.tts import BarkDeploy, ChatTTSDeploy, MusicGenDeploy, PiperDeploy, TTSBase, TTSDeploy
 from tasks.deploy.vllm import Vllm
 
 ENGINES: dict[str, type[LazyLLMDeployBase]] = {
@@ -25,6 +27,14 @@ ENGINES: dict[str, type[LazyLLMDeployBase]] = {
     "embedding": EmbeddingDeploy,  # the built-in /v1/embeddings server: this environment (sparse: flagembedding)
     "rerank": RerankDeploy,  # the built-in /v1/rerank server
     "infinity": Infinity,  # infinity_emb v2, embeddings or rerank, in its own environment
+    "ocr": OCRDeploy,  # PP-OCR through rapidocr, in the media environment (tasks/media/)
+    "piper": PiperDeploy,  # text-to-speech, piper voices
+    "whisper": WhisperDeploy,  # speech-to-text, faster-whisper
+    "chattts": ChatTTSDeploy,  # the engines below need weights these machines cannot get: refused naming them
+    "bark": BarkDeploy,
+    "musicgen": MusicGenDeploy,
+    "sensevoice": SenseVoiceDeploy,
+    "stable_diffusion": StableDiffusionDeploy,
     "auto": AutoDeploy,  # one of the LLM engines, chosen from the model and the machine
 }
 
@@ -51,7 +61,8 @@ def get_engine(name: str) -> type[LazyLLMDeployBase]:
     return ENGINES[name]
 
 
-__all__ = ["ENGINES", "AutoDeploy", "DeployParams", "DummyDeploy", "EmbeddingDeploy", "EngineUnavailableError",
+__all__ = ["ENGINES", "AutoDeploy", "BarkDeploy", "ChatTTSDeploy", "MusicGenDeploy", "OCRDeploy", "PiperDeploy",
+           "SenseVoiceDeploy", "StableDiffusionDeploy", "TTSBase", "TTSDeploy", "WhisperDeploy", "DeployParams", "DummyDeploy", "EmbeddingDeploy", "EngineUnavailableError",
            "Infinity", "LMDeploy", "RerankDeploy", "infinity",
            "LazyLLMDeployBase", "Lightllm", "Mindie", "RelayServer", "Vllm", "auto", "get_engine", "lightllm",
            "lmdeploy", "vllm"]
