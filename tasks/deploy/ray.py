@@ -1,0 +1,93 @@
+"""``Distributed``: a Ray cluster's head and worker processes (the contract's ``lazyllm.components.deploy.ray``),
+and ``serve_replicas``: an engine served by Ray Serve, one engine server per replica.
+
+    Distributed(port=6379).cmd()                                # ray start --block --head --port=6379 ...
+    Distributed().cmd(master_ip='10.0.0.1:6379')                # ray start --block --address=10.0.0.1:6379 ...
+    serve_replicas(EmbeddingDeploy().cmd(model), '10.0.0.1:6379', port=8000, replicas=2)
+
+On real hardware the head runs on one machine and a worker on each other one (ports: the head's GCS ``port``, and
+Ray's node manager / object manager / worker ports, which these commands pin so a firewall can open them); vLLM
+then spans the nodes with ``Vllm(...).cmd(model, master_ip=...)`` (``--distributed-executor-backend ray``). Here
+the same commands start a head and a worker on 127.0.0.1 (``tests/test_ray.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any, ClassVar
+
+from tasks import envs
+from tasks.core import Command, check_kwargs
+from tasks.deploy.base import LazyLLMDeployBase
+
+RAY_ENV = "ray"
+REPLICA_RESOURCE = "fineflow_replica"  # tasks.ray_serve places one replica per node that offers one
+
+
+class Distributed(LazyLLMDeployBase):
+    """``cmd(finetuned_model, base_model, master_ip)``: without ``master_ip`` the head (``ray start --head``),
+    with it a worker joining that head. The command's value is ``(finetuned_model, base_model, head address)``,
+    what the engine that runs on the cluster is given next. Keywords beyond the contract's ``launcher`` and
+    ``port``: ``node_ip`` (this node's address), ``num_cpus``, ``num_gpus``, ``object_store_memory`` (bytes),
+    ``replica_slots`` (how many ``serve_replicas`` replicas this node takes), and the node's own ports
+    (``node_manager_port``, ``object_manager_port``, ``min_worker_port``, ``max_worker_port``)."""
+
+    engine: ClassVar[str] = "ray"
+    serves: ClassVar[tuple[str, ...]] = ()
+    allowed = ("node_ip", "num_cpus", "num_gpus", "object_store_memory", "replica_slots", "node_manager_port",
+               "object_manager_port", "min_worker_port", "max_worker_port", "temp_dir")
+
+    def __init__(self, launcher: Any = None, port: int | None = None, **kw):
+        check_kwargs(type(self).__name__, kw, self.allowed)
+        super().__init__(launcher=launcher)
+        self.port = port or random.randint(30000, 40000)
+        self.kw = {"node_ip": "127.0.0.1", "replica_slots": 1, **kw}
+        self.finetuned_model = self.base_model = self.master_ip = None
+
+    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
+            master_ip: str | None = None) -> Command:
+        self.finetuned_model, self.base_model, self.master_ip = finetuned_model, base_model, master_ip
+        kw = self.kw
+        argv = [envs.bin_path(RAY_ENV, "ray"), "start", "--block"]
+        argv += ["--head", f"--port={self.port}", "--include-dashboard=false"] if not master_ip else \
+            [f"--address={master_ip}"]
+        argv += [f"--node-ip-address={kw['node_ip']}", "--disable-usage-stats",
+                 f"--resources={json.dumps({REPLICA_RESOURCE: kw['replica_slots']})}"]
+        for key in ("num_cpus", "num_gpus", "object_store_memory", "node_manager_port", "object_manager_port",
+                    "min_worker_port", "max_worker_port", "temp_dir"):
+            if kw.get(key) is not None:
+                argv.append(f"--{key.replace('_', '-')}={kw[key]}")
+        # Ray's workers import the replicas' code (tasks.ray_serve) from the checkout, on every node.
+        env = {**envs.path_env(RAY_ENV), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(envs.REPO_ROOT)}
+        return Command(argv, return_value=(finetuned_model, base_model, self.address()), env=env)
+
+    def address(self) -> str:
+        """The head's address (``host:port``): the workers' and the engines' ``master_ip``."""
+        return self.master_ip or f"{self.kw['node_ip']}:{self.port}"
+
+    def geturl(self, job: Any = None) -> tuple[str | None, str | None, str]:
+        return self.finetuned_model, self.base_model, self.address()
+
+
+def serve_replicas(engine_command: Command, address: str, port: int, replicas: int = 2, name: str = "fineflow",
+                   host: str = "127.0.0.1", health: str = "/health") -> Command:
+    """The driver that serves ``engine_command``'s server (its last argv; its ``--port`` value becomes each
+    replica's own free port) through Ray Serve on the cluster at ``address``, ``replicas`` times, behind one proxy
+    at ``host:port``. It returns once every replica answers ``health``; the value is the proxy's URL."""
+    argv = list(engine_command.argvs[-1])
+    if "--port" not in argv:
+        raise ValueError(f"the engine command has no --port to give each replica its own: {argv[:4]}")
+    argv[argv.index("--port") + 1] = "{port}"
+    driver = [envs.bin_path(RAY_ENV, "python"), "-m", "tasks.ray_serve", "--address", address, "--host", host,
+              "--port", str(port), "--replicas", str(replicas), "--name", name, "--health", health,
+              "--ready-timeout-s", str(engine_command.ready_timeout_s), "--", *argv]
+    env = {**envs.path_env(RAY_ENV), "PYTHONPATH": str(envs.REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0",
+           "FINEFLOW_ENGINE_ENV": json.dumps({**engine_command.env, "PYTHONPATH": str(envs.REPO_ROOT)})}
+    return Command(driver, return_value=f"http://{host}:{port}", env=env)
+
+
+def shutdown_replicas(address: str) -> Command:
+    """Stop the Serve applications on the cluster at ``address`` (each replica stops its engine server)."""
+    env = {**envs.path_env(RAY_ENV), "PYTHONPATH": str(envs.REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    return Command([envs.bin_path(RAY_ENV, "python"), "-m", "tasks.ray_serve", "shutdown", address], env=env)
