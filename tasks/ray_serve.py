@@ -9,8 +9,8 @@ free port on the replica's node) with the environment in ``FINEFLOW_ENGINE_ENV``
 the replicas. Replicas ask for one ``fineflow_replica`` resource each, so a cluster whose nodes each offer one
 (``Distributed``'s commands do) places one replica per node. Answers carry ``X-Fineflow-Node`` (the Ray node) and
 ``X-Fineflow-Pid`` (the engine server's process). The driver exits once every replica is ready; the application
-keeps serving until ``python -m tasks.ray_serve shutdown HEAD:PORT`` (or the cluster stops). An engine server that dies takes its replica with it, and
-Serve starts a new one.
+keeps serving until ``python -m tasks.ray_serve shutdown HEAD:PORT`` (or the cluster stops). An engine server
+that dies fails its replica's health check, and Serve starts a new replica.
 """
 
 from __future__ import annotations

@@ -192,17 +192,34 @@ def test_autodeploy_rules(monkeypatch):
     monkeypatch.setenv("LAZYLLM_GPU_MEMORY", "24")
     engine, _, kw = AutoDeploy.get_deployer("internlm2-chat-20b")
     assert engine is Vllm and kw["tensor-parallel-size"] == 2 and kw["auto_plan"].ngpus == 2
-    with pytest.raises(ValueError, match="AutoDeploy knows no engine for tts models"):
-        AutoDeploy("bark", type="tts")
+    with pytest.raises(ValueError, match="AutoDeploy knows no engine for cross_modal_embed models"):
+        AutoDeploy("clip-x", type="cross_modal_embed")
+    # Speech goes by the model's name; OCR and images by type.
+    assert type(AutoDeploy("bark", type="tts")).__name__ == "BarkDeploy"
+    assert type(AutoDeploy("en_US-joe-medium", type="tts")).__name__ == "PiperDeploy"
+    assert type(AutoDeploy("SenseVoiceSmall")).__name__ == "SenseVoiceDeploy"
+    assert type(AutoDeploy("whisper-tiny.en")).__name__ == "WhisperDeploy"
+    assert type(AutoDeploy("pp-ocrv6-small")).__name__ == "OCRDeploy"
+    assert AutoDeploy("pp-ocrv6-small").auto_plan.reason.startswith("ocr model: ocr, the first installed of ocr")
 
 
 def test_every_engine_is_in_the_table_and_in_pipeline_configs(tmp_path):
     assert set(ENGINES) == {"relay", "vllm", "lmdeploy", "lightllm", "mindie", "embedding", "rerank", "infinity",
+                            "ocr", "piper", "whisper", "chattts", "bark", "musicgen", "sensevoice", "stable_diffusion",
                             "auto"}
     llm = load_config("deployments/quickstart.yaml").model_dump(mode="json")
     by_type = {"embed": load_config("deployments/flagembedding.yaml").model_dump(mode="json"),
                "rerank": load_config("deployments/flagembedding-rerank.yaml").model_dump(mode="json")}
+    from tasks.serve import load_serve_config
+
+    media = load_serve_config("deployments/serve/ocr.yaml").model_dump(mode="json")
     for name in ENGINES:
+        if ENGINES[name].serves[0] in ("ocr", "tts", "stt", "sd"):  # deploy-only pipelines (tasks/serve.py)
+            cfg = {**media, "model": {"name": "m", "type": ENGINES[name].serves[0]}, "deploy": {"backend": name}}
+            path = tmp_path / f"{name}.yaml"
+            path.write_text(json.dumps(cfg))
+            assert load_serve_config(path).deploy.backend == name
+            continue
         base = by_type.get(ENGINES[name].serves[0], llm)
         cfg = {**base, "deploy": {"backend": name, **({"api_key": False} if name in ("lmdeploy", "lightllm",
                                                                                      "mindie") else {})}}

@@ -61,7 +61,8 @@ def test_the_cluster_commands():
     # vLLM across the nodes: this node joins the cluster, then vLLM runs on Ray's executor.
     vllm = Vllm(port=8000, tensor_parallel_size=2).cmd(str(TINY_MODEL), master_ip="10.0.0.1:6379")
     assert vllm.argvs[0] == [envs.bin_path("vllm", "ray"), "start", "--address=10.0.0.1:6379"]
-    assert vllm.argvs[1][-2:] == ["--distributed-executor-backend", "ray"] and vllm.env["RAY_ADDRESS"] == "10.0.0.1:6379"
+    assert vllm.argvs[1][-2:] == ["--distributed-executor-backend", "ray"]
+    assert vllm.env["RAY_ADDRESS"] == "10.0.0.1:6379"
     with pytest.raises(EngineUnavailableError, match=r"missing ray in the vllm environment \(multi-node vLLM runs on "
                                                      r"Ray\)"):
         Vllm().preflight(master_ip="10.0.0.1:6379")

@@ -14,6 +14,8 @@ The rules, in one place (the README shows the same table):
   weights (fp16) and one sequence's KV cache need; with the GPU memory (``LAZYLLM_GPU_MEMORY``, GB, default 80)
   -> the GPU count, a power of two (tensor parallelism splits heads evenly that way). It becomes the engine's
   ``tensor-parallel-size`` / ``tp`` / ``worldSize``.
+- speech models go by name: TTS as ``TTSDeploy.get_deploy_cls`` picks (piper voices, Bark, MusicGen), STT to
+  SenseVoice for a SenseVoice model and to Whisper otherwise; OCR to ``ocr``, images to ``stable_diffusion``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from tasks.finetune.auto import BYTES_PER_PARAM, RESERVED, model_size_b
 ENGINES_BY_TYPE: dict[str, tuple[str, ...]] = {
     "llm": ("vllm", "lightllm", "lmdeploy", "mindie", "relay"),
     "vlm": ("lmdeploy",),
+    "ocr": ("ocr",),
+    "sd": ("stable_diffusion",),
 }
 # How each engine is told the GPU count.
 PARALLEL_KEY = {"vllm": "tensor-parallel-size", "lightllm": "tp", "lmdeploy": "tp", "mindie": "worldSize"}
@@ -74,11 +78,24 @@ def installed(name: str) -> tuple[bool, str]:
     return True, ""
 
 
-def choose(model_type: str) -> tuple[str, str]:
+def by_name(model_type: str, model: str) -> str | None:
+    """Speech engines go by the model's name, not the machine: a Bark model is served by Bark or not at all."""
+    if model_type == "tts":
+        from tasks.deploy.tts import TTSDeploy
+
+        return TTSDeploy.get_deploy_cls(model).engine
+    if model_type == "stt":
+        return "sensevoice" if "sensevoice" in Path(model).name.lower() else "whisper"
+    return None
+
+
+def choose(model_type: str, model: str = "") -> tuple[str, str]:
+    if name := by_name(model_type, model):
+        return name, f"{model_type} model {Path(model).name}: {name}, by its name"
     candidates = ENGINES_BY_TYPE.get(model_type)
     if not candidates:
         raise ValueError(f"AutoDeploy knows no engine for {model_type} models (it serves "
-                         f"{', '.join(ENGINES_BY_TYPE)} models)")
+                         f"{', '.join([*ENGINES_BY_TYPE, 'tts', 'stt'])} models)")
     skipped = []
     for name in candidates:
         ok, why = installed(name)
@@ -107,7 +124,7 @@ class AutoDeploy(LazyLLMDeployBase):
         path = base_model if Path(base_model).is_dir() else \
             ModelManager(model_source=source).find_local(base_model) or base_model
         model_type = type or ModelManager.get_model_type(Path(base_model).name)
-        name, reason = choose(model_type)
+        name, reason = choose(model_type, base_model)
         size = model_size_b(path if Path(path).exists() else base_model)
         gpu_memory = float(os.environ.get("LAZYLLM_GPU_MEMORY", 80))
         ngpus = gpus_needed(size, max_token_num, gpu_memory) if name in PARALLEL_KEY else 0
