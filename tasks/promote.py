@@ -174,14 +174,20 @@ def register(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: 
             previous = done.previous_version
         except rollout.Superseded as e:
             why_not = str(e)
+    promoted = "" if why_not else f"{alias} -> version {version} ({report.reason}), served at {done.url}"
+    return settle(name, alias, version, ep, run_id, why_not, previous, promoted)
+
+
+def settle(name: str, alias: str, version: str, ep: Endpoint, run_id: str, why_not: str | None,
+           previous: str | None, promoted: str) -> Registration:
+    """The end of a registration: a version that was not promoted (``why_not``) is tagged ``status=rejected`` and
+    its endpoint stopped, so production keeps serving; ``promoted`` says what moved when it was."""
     if why_not:
         previous = registry.alias_version(name, alias)  # what keeps serving
-        reason = f"not promoted: {why_not}"
         registry.set_tag(name, version, "status", "rejected")
-        endpoints.stop(ep.name)  # the production endpoint keeps serving
-    else:
-        reason = f"{alias} -> version {version} ({report.reason}), served at {done.url}"
-    logger.info("model %s version %s: %s", name, version, reason)
+        endpoints.stop(ep.name)
+    reason = f"not promoted: {why_not}" if why_not else promoted
+    get_run_logger().info("model %s version %s: %s", name, version, reason)
     tracking.set_tag(run_id, "registered_version", version)
     return Registration(model_name=name, version=version, alias=alias, promoted=not why_not,
                         previous_version=previous, reason=reason, endpoint_url=ep.url)

@@ -25,11 +25,11 @@ from pydantic import BaseModel, Field, model_validator
 
 from tasks import registry, storage, tracking
 from tasks.config import NAME, DeploySection, RegisterSection, Section, read_config
-from tasks.deploy import ENGINES, endpoints, rollout
+from tasks.deploy import ENGINES, rollout
 from tasks.deploy.endpoints import Endpoint
 from tasks.masking import show_argv
 from tasks.models.local import revision_of
-from tasks.promote import Registration, start_checked
+from tasks.promote import Registration, settle, start_checked
 from tasks.settings import Settings
 
 
@@ -107,22 +107,15 @@ def register_served(config: ServeConfig, ep: Endpoint, files: ServedFiles, smoke
             "launch_command": show_argv(ep.argv), "health": "ok" if healthy else "failed",
             "prefect_flow_run_id": flow_run_id, "pipeline": config.name}
     version = registry.create_version(name, files.uri, run_id, tags)
-    logger, previous, why_not = get_run_logger(), registry.alias_version(name, alias), None
+    previous, why_not = registry.alias_version(name, alias), None
     if healthy:
         try:
-            done = rollout.promote(name, alias, version, ep, host=config.deploy.host, log=logger.info)
+            done = rollout.promote(name, alias, version, ep, host=config.deploy.host, log=get_run_logger().info)
             previous = done.previous_version
         except RuntimeError as e:
             why_not = str(e)
     else:
         why_not = "health check failed"
-    if why_not:
-        registry.set_tag(name, version, "status", "rejected")
-        endpoints.stop(ep.name)
-        reason = f"not promoted: {why_not}"
-    else:
-        reason = f"{alias} -> version {version} ({config.model.type} on {ep.backend}), served at {done.url}"
-    logger.info("model %s version %s: %s", name, version, reason)
-    tracking.set_tag(run_id, "registered_version", version)
-    return Registration(model_name=name, version=version, alias=alias, promoted=not why_not,
-                        previous_version=previous, reason=reason, endpoint_url=ep.url)
+    promoted = "" if why_not else \
+        f"{alias} -> version {version} ({config.model.type} on {ep.backend}), served at {done.url}"
+    return settle(name, alias, version, ep, run_id, why_not, previous, promoted)

@@ -89,3 +89,21 @@ def test_a_rendered_page_reads_back_exactly(deployed, tmp_path):
     reply = httpx.post(f"{deployed['ocr']['url']}/generate", json={"ocr_files": [str(page)]}, headers=headers,
                        timeout=60)
     assert reply.status_code == 200 and reply.text == PAGE
+
+
+def test_a_deploy_whose_model_is_missing_fails_at_once_and_production_keeps_serving(deployed):
+    """deploy/tts asked to serve Bark (no weights here): the run fails in its first step naming the model; no
+    version is registered, and the piper version keeps the alias and answers."""
+    model, before = "fineflow-tts", deployed["tts"]["version"]
+    versions = len(registry.client().search_model_versions(f"name = '{model}'"))
+    logs: list[str] = []
+    flow_run_id = start_deployment("deploy/tts", {"overrides": {"model": {"name": "bark"},
+                                                                "deploy": {"backend": "bark"}}})
+    state = follow(flow_run_id, timeout_s=300, echo=logs.append)
+    assert state.is_failed()
+    assert "BarkDeploy cannot start: missing model: bark: model folder bark does not exist" in "\n".join(logs)
+    assert tracking.run_for_flow_run(str(flow_run_id)).info.status == "FAILED"
+    assert len(registry.client().search_model_versions(f"name = '{model}'")) == versions
+    assert registry.alias_version(model, "production") == before
+    spoken = PiperDeploy().request(deployed["tts"]["url"], "Still here.", keys.auth_headers())
+    assert Path(decode_query_with_filepaths(spoken)["files"][0]).is_file()
