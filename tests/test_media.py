@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tasks import envs
-from tasks.deploy import (ENGINES, BarkDeploy, ChatTTSDeploy, EngineUnavailableError, MusicGenDeploy, OCRDeploy,
-                          PiperDeploy, SenseVoiceDeploy, StableDiffusionDeploy, TTSDeploy, WhisperDeploy)
+from tasks.deploy import (ENGINES, BarkDeploy, ChatTTSDeploy, EngineUnavailableError, FastapiApp, MusicGenDeploy,
+                          OCRDeploy, PiperDeploy, SenseVoiceDeploy, StableDiffusionDeploy, TTSDeploy, WhisperDeploy)
 from tasks.deploy.media import bundled_path, word_error_rate
 from tasks.formatter import decode_query_with_filepaths, encode_query_with_filepaths
 from tasks.media.files import MediaInputError, input_files, materialize, to_data_url
@@ -140,3 +140,61 @@ def test_a_server_without_an_api_key_binds_only_loopback():
                           capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert proc.returncode != 0 and "refusing to bind 0.0.0.0 without an API key" in proc.stderr
 
+
+
+class Base:  # at module level: FastapiApp finds a method's class by its qualified name, as the reference does
+    @FastapiApp.get("/who")
+    def who(self):
+        return {"who": "base"}
+
+    @FastapiApp.post("/echo")
+    def echo(self, body: dict):
+        return body
+
+
+class Child(Base):
+    @FastapiApp.get("/who")
+    def who(self):
+        return {"who": "child"}
+
+
+def test_fastapi_app_gives_a_served_object_routes_of_its_own(oracle_python):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    FastapiApp.update()
+    # Filed under the defining class as the reference files them: {(method, path): [name, kwargs]}.
+    assert Base.__dict__["__relay_services__"] == {("get", "/who"): ["who", {}], ("post", "/echo"): ["echo", {}]}
+    assert Child.__dict__["__relay_services__"] == {("get", "/who"): ["who", {}]}
+    app = FastAPI()
+    FastapiApp.mount(app, Child())
+    client = TestClient(app)
+    assert client.get("/who").json() == {"who": "child"}
+    assert client.post("/echo", json={"a": 1}).json() == {"a": 1}
+    script = ("import json\nfrom lazyllm.components.deploy.relay.base import FastapiApp\n"
+              "class B:\n    @FastapiApp.get('/who')\n    def who(self): pass\n"
+              "    @FastapiApp.post('/echo')\n    def echo(self): pass\n"
+              "FastapiApp.update()\n"
+              "print(json.dumps(sorted([list(k), v] for k, v in B.__relay_services__.items())))")
+    theirs = subprocess.run([oracle_python, "-c", script], capture_output=True, text=True, check=True,
+                            timeout=300).stdout.strip().splitlines()[-1]
+    assert json.loads(theirs) == sorted([list(k), v] for k, v in Base.__dict__["__relay_services__"].items())
+
+
+def test_the_contracts_sense_voice_class(tmp_path):
+    import pickle
+
+    from tasks.media.base import MissingModelError
+    from tasks.media.hub_engines import SenseVoice
+
+    with pytest.raises(MissingModelError, match=r"sensevoice: model folder .* lacks model.pt, config.yaml; "
+                                                r"SenseVoiceSmall weights"):
+        SenseVoice(str(tmp_path))
+    (tmp_path / "model.pt").write_bytes(b"\0")
+    (tmp_path / "config.yaml").write_text("model: SenseVoiceSmall\n")
+    lazy = SenseVoice(str(tmp_path))  # loads on first use, not before
+    assert (lazy.base_path, lazy.init_flag, lazy.model) == (str(tmp_path), False, None)
+    again = pickle.loads(pickle.dumps(lazy))
+    assert type(again) is SenseVoice and again.base_path == str(tmp_path) and not again.init_flag
+    with pytest.raises(ImportError, match="funasr"):  # FunASR is not installed here: loading stops there
+        SenseVoice.rebuild(str(tmp_path), init=True)

