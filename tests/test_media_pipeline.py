@@ -114,3 +114,19 @@ def test_a_deploy_whose_model_is_missing_fails_at_once_and_production_keeps_serv
     assert registry.alias_version(model, "production") == before
     spoken = PiperDeploy().request(deployed["tts"]["url"], "Still here.", keys.auth_headers())
     assert Path(decode_query_with_filepaths(spoken)["files"][0]).is_file()
+
+
+def test_a_served_version_starts_again_from_the_bucket(deployed, tmp_path):
+    """The OCR version's endpoint gone, the registry starts it again from its files in the bucket (what rollback
+    and ``make up`` do); the version's recorded URL follows it."""
+    from tasks.deploy import endpoints, rollout
+
+    d = deployed["ocr"]
+    assert endpoints.stop(d["tags"]["endpoint_name"])
+    ep = rollout.serving_endpoint(d["model"], d["version"], log=print)
+    assert ep.healthy() and registry.version_tags(d["model"], d["version"])["endpoint_url"] == ep.url
+    assert Path(ep.model_path).parent.name == "fineflow-ocr"  # FINEFLOW_HOME/models/<model>/<version>
+    assert storage.verify_upload(ep.model_path, d["tags"]["model_files"]) > 1_000_000
+    page = tmp_path / "again.png"
+    page.write_bytes(render_text("Started again from the bucket"))
+    assert OCRDeploy().request(ep.url, str(page), keys.auth_headers()) == "Started again from the bucket"

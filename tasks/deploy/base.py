@@ -68,7 +68,7 @@ def openai_text(data: dict) -> str:
     return choice["message"]["content"] if "message" in choice else choice["text"]
 
 
-WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf", "*.onnx")
 
 
 def holds_weights(path: str | None) -> bool:
