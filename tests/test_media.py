@@ -6,7 +6,9 @@ The engines that run here are served for real, through the deploy flows, in test
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,9 @@ def test_the_media_classes_carry_the_contracts_attributes(oracle_python):
     for cls in (OCRDeploy, PiperDeploy, WhisperDeploy, ChatTTSDeploy, StableDiffusionDeploy):
         engine = cls(log_path="/tmp/x", trust_remote_code=False, port=8080)
         assert (engine.port, engine.log_path, engine.trust_remote_code) == (8080, "/tmp/x", False)
+    argv = OCRDeploy(log_path="/tmp/x", trust_remote_code=False).cmd(base_model="pp-ocrv6-small").argvs[-1]
+    assert argv[-2:] == ["--log-dir", "/tmp/x"] and "--trust-remote-code" not in argv
+    assert OCRDeploy().cmd(base_model="pp-ocrv6-small").argvs[-1][-1] == "--trust-remote-code"  # the default
     assert ChatTTSDeploy.message_format["refinetext"]["max_new_token"] == 384
     assert ChatTTSDeploy.message_format["infercode"]["repetition_penalty"] == 1.05
 
@@ -198,3 +203,29 @@ def test_the_contracts_sense_voice_class(tmp_path):
     assert type(again) is SenseVoice and again.base_path == str(tmp_path) and not again.init_flag
     with pytest.raises(ImportError, match="funasr"):  # FunASR is not installed here: loading stops there
         SenseVoice.rebuild(str(tmp_path), init=True)
+
+
+def test_a_server_logs_its_requests_where_log_path_says(tmp_path):
+    import httpx
+
+    from tasks.deploy.media import render_text
+
+    engine = OCRDeploy(log_path=str(tmp_path / "logs"))
+    command = engine.cmd(base_model="pp-ocrv6-small")
+    proc = subprocess.Popen(command.argvs[-1], env={**os.environ, **command.env}, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not command.checker():
+            assert proc.poll() is None and time.monotonic() < deadline, "the OCR server did not start"
+            time.sleep(0.3)
+        page = tmp_path / "p.png"
+        page.write_bytes(render_text("logged line"))
+        assert engine.request(command.return_value, str(page)) == "logged line"
+        assert httpx.post(f"{command.return_value}/generate", json={"inputs": "/nope.png"}).status_code == 400
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    lines = (tmp_path / "logs" / f"ocr-{engine.port}.log").read_text().splitlines()
+    assert [line.split(" ", 3)[3].split(",")[0].rsplit(" ", 1)[0] for line in lines] == \
+        ["POST /generate 200", "POST /generate 400 no such file:"]

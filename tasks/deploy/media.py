@@ -117,6 +117,8 @@ class MediaDeploy(LazyLLMDeployBase):
         argv = [envs.bin_path(self.environment, "python"), "-m", "tasks.media.app", "--engine", self.media_engine,
                 "--model", model, "--host", self.host, "--port", str(self.port),
                 "--max-body-bytes", str(self.params.max_body_bytes)]
+        argv += ["--log-dir", str(self.log_path)] if self.log_path else []
+        argv += ["--trust-remote-code"] if self.trust_remote_code else []
         env = {**envs.path_env(self.environment), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(envs.REPO_ROOT)}
         return Command(argv, return_value=self.url(), checker=http_ready(f"{self.url()}/health"), env=env,
                        ready_timeout_s=self.params.ready_timeout_s)

@@ -7,7 +7,7 @@ Routes: ``GET /health`` (open; 200 once the model is loaded) and ``POST /generat
 engine's output as plain text (text, or an encoded query whose files are ``data:`` URLs); the engine's own
 routes (``FastapiApp``: ``GET /info``, the model's files). With ``FINEFLOW_API_KEY`` set, every route but
 ``/health`` needs ``Authorization: Bearer <key>``; without it the server binds only
-a loopback address. A model folder that lacks the engine's weights stops the server before it listens (exit 3),
+a loopback address. Each request is logged (stderr, and ``--log-dir``). A model folder that lacks the engine's weights stops the server before it listens (exit 3),
 the message naming the model.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import logging
 import os
 import sys
 import threading
@@ -31,6 +32,7 @@ from tasks.media.files import MediaInputError
 from tasks.media.routes import FastapiApp
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+log = logging.getLogger("fineflow.media")
 MISSING_MODEL_EXIT = 3
 
 
@@ -68,9 +70,12 @@ def create_app(engine: MediaEngine, *, api_key: str | None = None, max_body_byte
         try:
             out = await run_in_threadpool(run, payload)
         except (MediaInputError, ValueError) as e:
+            log.info("POST /generate 400 %s", e)
             return JSONResponse({"error": str(e)}, 400)
         served["requests"] += 1
-        return PlainTextResponse(out, headers={"X-Fineflow-Seconds": f"{time.monotonic() - started:.3f}",
+        seconds = time.monotonic() - started
+        log.info("POST /generate 200 %.3fs, %d characters out", seconds, len(out))
+        return PlainTextResponse(out, headers={"X-Fineflow-Seconds": f"{seconds:.3f}",
                                                "X-Fineflow-Pid": str(os.getpid())})
 
     FastapiApp.mount(app, engine)  # the engine's own routes (GET /info)
@@ -84,7 +89,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--max-body-bytes", type=int, default=64_000_000)
+    p.add_argument("--log-dir", help="also write the request log to <dir>/<engine>-<port>.log")
+    p.add_argument("--trust-remote-code", action="store_true", help="let the model's own code run when it loads")
     return p.parse_args(argv)
+
+
+def setup_logging(log_dir: str | None, name: str) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(log_dir, f"{name}.log")))
+    for h in handlers:
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,8 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     api_key = os.environ.get("FINEFLOW_API_KEY") or None
     if not api_key and args.host not in LOOPBACK:
         sys.exit(f"refusing to bind {args.host} without an API key (set FINEFLOW_API_KEY)")
+    setup_logging(args.log_dir, f"{args.engine}-{args.port}")
     try:
         engine = ENGINES[args.engine](args.model)
+        engine.trust_remote_code = args.trust_remote_code
     except MissingModelError as e:
         print(f"missing model: {e}", file=sys.stderr, flush=True)
         sys.exit(MISSING_MODEL_EXIT)

@@ -52,6 +52,7 @@ class MediaEngine:
     task: ClassVar[str] = ""
     model_hint: ClassVar[str] = ""  # what the model is and where it comes from, for the missing-model error
     needs: ClassVar[tuple[tuple[str, str], ...]] = ()
+    trust_remote_code: bool = False  # whether a model's own code may run as it loads (the hub engines)
 
     def __init__(self, model_dir: str):
         self.model_dir = Path(model_dir)

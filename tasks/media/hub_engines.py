@@ -38,8 +38,9 @@ class TransformersAudio(Speech):
     def load(self) -> None:
         import transformers
 
-        self.processor = transformers.AutoProcessor.from_pretrained(self.model_dir)
-        self.model = getattr(transformers, self.model_class).from_pretrained(self.model_dir)
+        trust = self.trust_remote_code
+        self.processor = transformers.AutoProcessor.from_pretrained(self.model_dir, trust_remote_code=trust)
+        self.model = getattr(transformers, self.model_class).from_pretrained(self.model_dir, trust_remote_code=trust)
 
 
 class Bark(TransformersAudio):
@@ -90,7 +91,8 @@ class SenseVoice(MediaEngine):
             device = "cpu"
         vad = self.model_dir / "fsmn-vad"
         extra = {"vad_model": str(vad), "vad_kwargs": {"max_single_segment_time": 30000}} if vad.is_dir() else {}
-        self.model = AutoModel(model=self.base_path, device=device, disable_update=True, **extra)
+        self.model = AutoModel(model=self.base_path, device=device, disable_update=True,
+                               trust_remote_code=self.trust_remote_code, **extra)
         self.init_flag = True
 
     load = load_stt
