@@ -63,8 +63,8 @@ def get_engine(name: str) -> type[LazyLLMDeployBase]:
     return ENGINES[name]
 
 
-__all__ = ["ENGINES", "AutoDeploy", "BarkDeploy", "ChatTTSDeploy", "Distributed", "FastapiApp", "MusicGenDeploy", "OCRDeploy", "PiperDeploy",
-           "SenseVoiceDeploy", "StableDiffusionDeploy", "TTSBase", "TTSDeploy", "WhisperDeploy", "DeployParams", "DummyDeploy", "EmbeddingDeploy", "EngineUnavailableError",
-           "Infinity", "LMDeploy", "RerankDeploy", "infinity",
-           "LazyLLMDeployBase", "Lightllm", "Mindie", "RelayServer", "Vllm", "auto", "get_engine", "lightllm",
-           "lmdeploy", "vllm"]
+__all__ = ["AutoDeploy", "BarkDeploy", "ChatTTSDeploy", "DeployParams", "Distributed", "DummyDeploy", "ENGINES",
+           "EmbeddingDeploy", "EngineUnavailableError", "FastapiApp", "Infinity", "LMDeploy", "LazyLLMDeployBase",
+           "Lightllm", "Mindie", "MusicGenDeploy", "OCRDeploy", "PiperDeploy", "RelayServer", "RerankDeploy",
+           "SenseVoiceDeploy", "StableDiffusionDeploy", "TTSBase", "TTSDeploy", "Vllm", "WhisperDeploy", "auto",
+           "get_engine", "infinity", "lightllm", "lmdeploy", "vllm"]

@@ -6,9 +6,9 @@ Routes: ``GET /health`` (open; 200 once the model is loaded) and ``POST /generat
 (text, a file path, a ``data:`` URL, a list of them or an encoded query, as the engine takes), answered with the
 engine's output as plain text (text, or an encoded query whose files are ``data:`` URLs); the engine's own
 routes (``FastapiApp``: ``GET /info``, the model's files). With ``FINEFLOW_API_KEY`` set, every route but
-``/health`` needs ``Authorization: Bearer <key>``; without it the server binds only
-a loopback address. Each request is logged (stderr, and ``--log-dir``). A model folder that lacks the engine's weights stops the server before it listens (exit 3),
-the message naming the model.
+``/health`` needs ``Authorization: Bearer <key>``; without it the server binds only a loopback address. Each
+request is logged (stderr, and ``--log-dir``). A model folder that lacks the engine's weights stops the server
+before it listens (exit 3), the message naming the model.
 """
 
 from __future__ import annotations
