@@ -45,7 +45,7 @@ def test_an_engine_without_weights_is_refused_at_once_naming_the_model(cls, mode
     assert named in proc.stderr
 
 
-def test_with_weights_in_place_the_server_goes_on_to_load_them(tmp_path):
+def test_with_weights_in_place_the_server_goes_on_to_load_them(tmp_path, monkeypatch):
     """Past the weights check the server imports its library: the media environment has none of these (their
     weights are not obtainable here), so it stops there, saying which library and environment."""
     folder = tmp_path / "bark"
@@ -53,6 +53,9 @@ def test_with_weights_in_place_the_server_goes_on_to_load_them(tmp_path):
     (folder / "config.json").write_text(json.dumps({"model_type": "bark"}))
     (folder / "model.safetensors").write_bytes(b"\0" * 16)
     assert BarkDeploy().cmd(base_model=str(folder)).argvs[-1][5:7] == ["--model", str(folder)]
+    # By name, under the model search roots, as the other engines find models.
+    monkeypatch.setenv("LAZYLLM_MODEL_PATH", str(tmp_path))
+    assert BarkDeploy().cmd(base_model="bark").argvs[-1][5:7] == ["--model", str(folder)]
     proc = subprocess.run([envs.bin_path("media", "python"), "-m", "tasks.media.app", "--engine", "bark",
                            "--model", str(folder), "--port", "31998"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)

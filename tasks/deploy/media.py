@@ -47,6 +47,15 @@ def bundled_path(name: str) -> Path | None:
     return envs.env_dir(MEDIA_ENV) / "lib" / version / "site-packages" / sub
 
 
+def local_model(name: str) -> str | None:
+    from tasks.models import ModelManager
+
+    try:
+        return ModelManager().find_local(name)
+    except ValueError:  # not a model name either
+        return None
+
+
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """Word-level edit distance over the reference's length, case and punctuation ignored."""
     norm = lambda s: "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in s).split()  # noqa: E731
@@ -91,8 +100,9 @@ class MediaDeploy(LazyLLMDeployBase):
         return f"{self.url()}/generate"
 
     def model_folder(self, finetuned_model: str | None, base_model: str | None) -> str:
-        """The finetuned model when its folder holds the engine's weights, else the base model (a folder or a
-        bundled name); neither: ``EngineUnavailableError`` naming the model and what it lacks."""
+        """The finetuned model when its folder holds the engine's weights, else the base model (a folder, a bundled
+        name, or a name under the model search roots); neither: ``EngineUnavailableError`` naming the model and
+        what it lacks."""
         from tasks.media.base import MissingModelError
         from tasks.media.engines import ENGINES
 
@@ -102,6 +112,8 @@ class MediaDeploy(LazyLLMDeployBase):
             if not name:
                 continue
             path = bundled_path(name) or Path(name).expanduser()
+            if not path.is_dir():  # a model name: under the model search roots (LAZYLLM_MODEL_PATH, infra/models)
+                path = Path(local_model(name) or path)
             try:
                 return str(engine(str(path)).model_dir)
             except MissingModelError as e:
