@@ -68,20 +68,17 @@ def deploy(cfg: DeploySection, merged: MergedModel, name: str, trained: TrainRes
         tracking.log_params(run_id, {f"deploy_auto.{k}": v for k, v in plan.items() if k != "reason"})
         tracking.set_tag(run_id, "deploy_auto_reason", plan["reason"][:5000])
         logger.info("AutoDeploy: %s", plan["reason"])
-    ep, answer, shown = start_checked(engine, cfg, merged.path, name, run_id, read_jsonl(data.val_path)[:8],
-                                      trained.prompt_style)
-    ep.relaunch = {"deploy": cfg.model_dump(mode="json"), "prompt_style": trained.prompt_style}
-    tracking.set_tag(run_id, "smoke_answer", str(answer)[:250])
-    logger.info("endpoint %s serving at %s", ep.name, ep.url)
-    logger.info("smoke test: %s", shown)
+    ep, _ = start_checked(engine, cfg, merged.path, name, run_id, read_jsonl(data.val_path)[:8],
+                          trained.prompt_style)
     return ep
 
 
 def start_checked(engine, cfg: DeploySection, model_path: str, name: str, run_id: str, records: list[dict],
-                  prompt_style: str) -> tuple[Endpoint, object, str]:
+                  prompt_style: str) -> tuple[Endpoint, str]:
     """Start ``engine`` on ``model_path`` detached (behind the API key when ``cfg.api_key``), wait for it, and
-    smoke-test it on ``records``: (endpoint, answer, what the answer shows). An engine that cannot start here
-    says so before anything starts; one that fails its smoke test is stopped."""
+    smoke-test it on ``records``: (endpoint, what the smoke test showed; its answer is the run's tag
+    ``smoke_answer``). An engine that cannot start here says so before anything starts; one that fails its
+    smoke test is stopped. The endpoint records how to start it again (``relaunch``)."""
     logger = get_run_logger()
     engine.preflight()  # an engine that cannot start here says so at once
     if cfg.host not in LOOPBACK:  # the config has checked the key is on
@@ -103,7 +100,10 @@ def start_checked(engine, cfg: DeploySection, model_path: str, name: str, run_id
         except Exception:
             endpoints.stop(ep.name)  # a candidate that fails its smoke test is not left running
             raise
-    return ep, answer, shown
+    ep.relaunch = {"deploy": cfg.model_dump(mode="json"), "prompt_style": prompt_style}
+    tracking.set_tag(run_id, "smoke_answer", str(answer)[:250])
+    logger.info("endpoint %s serving at %s; smoke test: %s", ep.name, ep.url, shown)
+    return ep, shown
 
 
 class Registration(BaseModel):

@@ -29,6 +29,8 @@ REPLICA_RESOURCE = "fineflow_replica"
 
 
 def free_port() -> int:
+    """As ``tasks.deploy.endpoints.free_port``: importing ``tasks.deploy`` brings in the engines' packages, which
+    the ray environment lacks."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -88,11 +88,7 @@ def stage_model(config: ServeConfig, run_id: str) -> ServedFiles:
 def serve(config: ServeConfig, files: ServedFiles, run_id: str) -> tuple[Endpoint, str]:
     """Start the configured engine on the model and smoke-test it (``start_checked``): (endpoint, what it shows)."""
     engine = rollout.make_engine(config.deploy, files.path, config.registry.model_name, "")
-    ep, answer, shown = start_checked(engine, config.deploy, files.path, config.registry.model_name, run_id, [], "")
-    ep.relaunch = {"deploy": config.deploy.model_dump(mode="json"), "prompt_style": ""}
-    tracking.set_tag(run_id, "smoke_answer", str(answer)[:250])
-    get_run_logger().info("endpoint %s serving at %s; smoke test: %s", ep.name, ep.url, shown)
-    return ep, shown
+    return start_checked(engine, config.deploy, files.path, config.registry.model_name, run_id, [], "")
 
 
 @task

@@ -31,7 +31,7 @@ from tasks.media.engines import ENGINES
 from tasks.media.files import MediaInputError
 from tasks.media.routes import FastapiApp
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # as tasks.deploy.keys: tasks.deploy is not importable here
 log = logging.getLogger("fineflow.media")
 MISSING_MODEL_EXIT = 3
 

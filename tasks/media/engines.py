@@ -10,6 +10,7 @@ Stable Diffusion) are in ``hub_engines.py`` and need their library and weights w
 from __future__ import annotations
 
 import io
+import os
 import string
 import wave
 
@@ -86,8 +87,6 @@ class Whisper(MediaEngine):
     needs = (("model.bin", "model.bin"), ("config.json", "config.json"))
 
     def load(self) -> None:
-        import os
-
         from faster_whisper import WhisperModel
 
         self.model = WhisperModel(str(self.model_dir), device="auto", compute_type="default",

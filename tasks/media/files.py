@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 from tasks.formatter.files import decode_query_with_filepaths, encode_query_with_filepaths
+from tasks.settings import state_dir
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.S)
 EXTENSIONS = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/mpeg": ".mp3", "audio/flac": ".flac",
@@ -34,10 +35,7 @@ class MediaInputError(ValueError):
 
 
 def temp_dir(sub: str = "") -> Path:
-    base = os.environ.get("FINEFLOW_TEMP_DIR") or os.environ.get("LAZYLLM_TEMP_DIR")
-    if not base:
-        home = os.environ.get("FINEFLOW_HOME") or Path(__file__).resolve().parents[2] / ".fineflow"
-        base = Path(home) / "tmp"
+    base = os.environ.get("FINEFLOW_TEMP_DIR") or os.environ.get("LAZYLLM_TEMP_DIR") or state_dir() / "tmp"
     path = Path(base).expanduser().resolve() / sub
     path.mkdir(parents=True, exist_ok=True)
     return path
