@@ -6,7 +6,7 @@ export FINEFLOW_HOME ?= $(CURDIR)/.fineflow
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 APT    := $(if $(filter 0,$(shell id -u)),,sudo -n) apt-get
 
-.PHONY: env envs browser up down status deploy demo test mutation model reset
+.PHONY: env envs browser up down status deploy demo test test-fast test-component test-e2e mutation model reset
 
 # The environment: pinned packages (requirements.lock), then this project, editable.
 $(BIN)/.installed: requirements.lock pyproject.toml
@@ -42,8 +42,17 @@ browser:          ## Debian's Chromium, for the test that opens a run report (in
 	@command -v chromium >/dev/null || { $(APT) install -y -qq --no-install-recommends chromium >/dev/null || \
 	  { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends chromium >/dev/null; }; }
 
-test: envs browser ## the test suite (starts its own stack on free ports)
+test: envs browser ## the whole suite, every tier (what CI runs; it starts its own stack on free ports)
 	$(BIN)/python -m pytest tests
+
+test-fast: env     ## the unit tier: no server, no training, under a minute
+	$(BIN)/python -m pytest tests/unit -q
+
+test-component: envs ## one real server, one real training or one framework environment per test
+	$(BIN)/python -m pytest tests/component
+
+test-e2e: envs browser ## the local stack and its worker, started on free ports
+	$(BIN)/python -m pytest tests/e2e
 
 mutation: env      ## mutation score of the modules where a wrong answer is silent (about an hour; not in `test`)
 	$(BIN)/python -m pip install -q mutmut==3.8.1

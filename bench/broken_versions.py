@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.mutation import RESULTS, scratch_copy
+from tasks.settings import environ
 
 
 @dataclass
@@ -34,36 +34,35 @@ class Broken:
 
 VERSIONS = {
     "exact-match-zero": Broken(
-        "exact match forced to 0", "tasks/evaluate.py",
+        "exact match forced to 0", "tasks/evaluate/llm.py",
         "exact_match=sum(hits) / max(len(hits), 1)", "exact_match=0.0",
-        ("tests/test_evaluate.py", "tests/test_model_outputs.py")),
+        ("tests/unit/test_evaluate.py", "tests/unit/test_model_outputs.py")),
     "loss-counts-prompt": Broken(
-        "prompt tokens counted in the validation loss", "tasks/inference.py",
-        "enc = encode_example(tokenizer, style, prompt, output)",
-        "enc = encode_example(tokenizer, style, prompt, output, train_on_inputs=True)",
-        ("tests/test_evaluate.py", "tests/test_model_outputs.py")),
+        "prompt tokens counted in the validation loss", "tasks/inference/generation.py",
+        "enc, keep = encode_example(tokenizer, style, prompt, output), context_len(model)",
+        "enc, keep = encode_example(tokenizer, style, prompt, output, train_on_inputs=True), context_len(model)",
+        ("tests/unit/test_evaluate.py", "tests/unit/test_model_outputs.py")),
     "relay-empty": Broken(
-        "a relay server that always answers an empty string", "tasks/deploy/relay_app.py",
-        "return inference.generate(model, tokenizer, prompts, prompt_style, max_new_tokens=max_tokens)",
-        "return [''] * len(prompts)",
-        ("tests/test_relay.py",)),
+        "a relay server whose whole answers are empty strings", "tasks/servers/relay.py",
+        '**shape(r.text, None), "finish_reason"', '**shape("", None), "finish_reason"',
+        ("tests/component/test_relay.py",)),
     "merge-nudges": Broken(
-        "a merge that ignores the adapter and nudges every weight by 1e-3", "tasks/merge.py",
+        "a merge that ignores the adapter and nudges every weight by 1e-3", "tasks/finetune/merge.py",
         "merged = PeftModel.from_pretrained(model, lora_path).merge_and_unload()",
         "merged = model\n    [p.data.add_(1e-3) for p in merged.parameters()]",
-        ("tests/test_model_outputs.py", "tests/test_finetune.py")),
+        ("tests/unit/test_model_outputs.py", "tests/component/test_finetune.py")),
     "lora-r-dropped": Broken(
         "--lora_r dropped from the training command", "tasks/finetune/alpacalora.py",
         '"val_set_size", "lora_r",', '"val_set_size",',
-        ("tests/test_model_outputs.py", "tests/test_core.py")),
+        ("tests/unit/test_model_outputs.py", "tests/unit/test_core.py")),
     "gate-strict": Broken(
-        "the gate's <= changed to <", "tasks/evaluate.py",
-        "if improvement <= gate.min_improvement:", "if improvement < gate.min_improvement:",
-        ("tests/test_evaluate.py", "tests/test_model_outputs.py")),
+        "the gate's strict > changed to >=", "tasks/evaluate/gate.py",
+        "else ours - theirs) > by", "else ours - theirs) >= by",
+        ("tests/unit/test_evaluate.py", "tests/unit/test_model_outputs.py")),
     "start-error-no-log": Broken(
-        "a failed-start error that drops the log tail", "tasks/deploy/endpoints.py",
+        "a failed-start error that drops the log tail", "tasks/serving/endpoints.py",
         'f"`{show_argv(argv)}`; log {log_path}:\\n{tail}")', 'f"`{show_argv(argv)}`; log {log_path}")',
-        ("tests/test_relay.py",)),
+        ("tests/component/test_relay.py",)),
 }
 
 
@@ -76,7 +75,7 @@ def run(name: str, version: Broken, work: Path) -> dict:
     path.write_text(source.replace(version.old, version.new))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not stack", "-p", "no:cacheprovider",
                            *version.tests], cwd=work, capture_output=True, text=True,
-                          env={**os.environ, "FINEFLOW_HOME": str(work / ".fineflow")})
+                          env={**environ(), "FINEFLOW_HOME": str(work / ".fineflow")})
     failed = sorted(set(re.findall(r"^FAILED (\S+)", proc.stdout, re.M)))
     return {"what": version.what, "caught": proc.returncode != 0 and bool(failed), "failed_tests": failed,
             "summary": proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]}

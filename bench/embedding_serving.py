@@ -9,7 +9,7 @@ baseline is sentence-transformers in this process (``encode`` / ``CrossEncoder.p
 one after another). A cell is the throughput of ``--items`` sentences (or query-document pairs) sent as requests
 of ``batch`` items by ``clients`` clients at once; its ratio is against the baseline at the same batch size (the
 baseline has no concurrency: 16 clients of a one-at-a-time encoder see its throughput). The built-in server
-batches concurrent requests (``tasks/deploy/microbatch.py``): 16 clients sending one sentence each should do
+batches concurrent requests (``tasks/servers/microbatch.py``): 16 clients sending one sentence each should do
 far better than one client doing so. Writes ``bench/results/embedding_serving.{md,json}``.
 """
 
@@ -82,7 +82,7 @@ def engines(kind: str, names: list[str]):
 
 
 def measure(kind: str, model: str, names: list[str], n_items: int) -> dict:
-    from tasks.deploy import endpoints
+    from tasks.serving import endpoints
 
     texts = sentences(n_items + 1)
     items = [(texts[-1], t) for t in texts[:n_items]] if kind == "rerank" else texts[:n_items]

@@ -23,10 +23,12 @@ import statistics
 import time
 from pathlib import Path
 
+from tasks.settings import env
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "infra" / "models" / "tiny-llama"
 RESULTS = REPO / "bench" / "results"
-THREADS = int(os.environ.get("BENCH_THREADS", 1))  # torch threads of the baseline and of the built-in server
+THREADS = int(env("BENCH_THREADS"))  # torch threads of the baseline and of the built-in server
 WORDS = ["saw", "river", "stone", "cold", "moon", "apple", "tree", "ink", "glass", "paper", "cloud", "sand", "rope",
          "bell", "salt", "fern"]
 
@@ -103,7 +105,9 @@ async def drive(url: str, headers: dict, model: str, texts: list[str], tokens: i
 
 def start(engine_name: str):
     from tasks import inference
-    from tasks.deploy import RelayServer, Vllm, endpoints, keys
+    from tasks.deploy import RelayServer, Vllm
+    from tasks.services import keys
+    from tasks.serving import endpoints
 
     engine = RelayServer(name="tiny", max_batch=16, threads=THREADS) if engine_name == "relay" else \
         Vllm(openai_api=True, name="tiny", dtype="float32", **{"max-num-seqs": 16})
@@ -124,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     import tempfile
 
-    from tasks.deploy import endpoints
+    from tasks.serving import endpoints
 
     os.environ.setdefault("FINEFLOW_HOME", tempfile.mkdtemp(prefix="fineflow-bench-"))
     texts = prompts(args.requests)

@@ -1,7 +1,7 @@
 """Mutation score of the modules where a wrong answer is silent (mutmut, from PyPI).
 
     make mutation                                   # all the modules below; about an hour on 2 cores
-    .venv/bin/python -m bench.mutation tasks/masking.py tasks/evaluate.py   # some of them
+    .venv/bin/python -m bench.mutation tasks/masking.py tasks/evaluate/__init__.py   # some of them
 
 Each mutant is a small change to the code (``<`` for ``<=``, a string altered, a value
 dropped); a test suite that notices it kills it. The run happens in a scratch copy of the
@@ -24,18 +24,23 @@ import sys
 import time
 from pathlib import Path
 
+from tasks.settings import env, environ
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 # module -> what it decides, for the report. The tests below are the ones that exercise them (mutmut runs, for
 # each mutant, only the tests that reached the mutated function).
 MODULES = {
-    "tasks/evaluate.py": "evaluation and the gate",
-    "tasks/merge.py": "LoRA merge and the weights-moved check",
-    "tasks/inference.py": "prompt styles, greedy generation, the response loss",
-    "tasks/deploy/relay_app.py": "the built-in server's routes",
-    "tasks/deploy/openai_api.py": "the built-in server's requests and errors",
-    "tasks/deploy/batching.py": "batched, streamed decoding",
-    "tasks/config.py": "pipeline config validation",
+    "tasks/evaluate/__init__.py": "evaluation",
+    "tasks/evaluate/llm.py": "exact match, the response loss, perplexity",
+    "tasks/evaluate/gate.py": "the gate",
+    "tasks/finetune/merge.py": "LoRA merge and the weights-moved check",
+    "tasks/inference/prompts.py": "prompt styles",
+    "tasks/inference/generation.py": "greedy generation, the response loss",
+    "tasks/servers/relay.py": "the built-in server's routes",
+    "tasks/servers/openai_api.py": "the built-in server's requests and errors",
+    "tasks/servers/batching.py": "batched, streamed decoding",
+    "tasks/pipeline/config.py": "pipeline config validation",
     "tasks/masking.py": "secret masking",
     "tasks/prompter/base.py": "prompters",
     "tasks/prompter/alpaca.py": "prompters",
@@ -48,11 +53,11 @@ MODULES = {
     "tasks/formatter/files.py": "formatters",
     "tasks/data/formats.py": "dataset validation",
 }
-TESTS = ["tests/test_masking.py", "tests/test_evaluate.py", "tests/test_model_outputs.py", "tests/test_inference.py",
-         "tests/test_relay.py", "tests/test_relay_serving.py",
-         "tests/test_config.py", "tests/test_prompter.py", "tests/test_formatter.py",
-         "tests/test_formatter_properties.py", "tests/test_reference_diff.py", "tests/test_data.py",
-         "tests/test_datasets.py"]
+TESTS = ["tests/unit/test_masking.py", "tests/unit/test_evaluate.py", "tests/unit/test_model_outputs.py",
+         "tests/unit/test_inference.py", "tests/component/test_relay.py", "tests/component/test_relay_serving.py",
+         "tests/unit/test_config.py", "tests/unit/test_prompter.py", "tests/unit/test_formatter.py",
+         "tests/unit/test_formatter_properties.py", "tests/component/test_reference_diff.py", "tests/unit/test_data.py",
+         "tests/unit/test_datasets.py"]
 COPY = ["tasks", "tests", "infra", "flows", "deployments", "prefect.yaml", "pyproject.toml"]
 TARGET = 0.85
 
@@ -159,8 +164,7 @@ def write_report(result: dict) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", default=list(MODULES), help="files to mutate (default: all above)")
-    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get(
-        "FINEFLOW_MUTATION_DIR", Path.home() / ".cache" / "fineflow" / "mutation")))
+    parser.add_argument("--workdir", type=Path, default=Path(env("FINEFLOW_MUTATION_DIR")).expanduser())
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     unknown = [m for m in args.modules if not (REPO / m).is_file()]
@@ -173,8 +177,9 @@ def main() -> None:
     write_config(args.workdir, args.modules)
     print(f"mutating {len(args.modules)} modules in {args.workdir}, tests: {' '.join(TESTS)}", flush=True)
     start = time.monotonic()
-    env = {**os.environ, "FINEFLOW_HOME": str(args.workdir / ".fineflow"), "FINEFLOW_HYPOTHESIS_PROFILE": "mutation"}
-    run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=args.workdir, env=env)
+    child_env = {**environ(), "FINEFLOW_HOME": str(args.workdir / ".fineflow"),
+                 "FINEFLOW_HYPOTHESIS_PROFILE": "mutation"}
+    run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=args.workdir, env=child_env)
     statuses = collect(args.workdir, mutmut)
     result = report(args.workdir, mutmut, statuses, time.monotonic() - start)
     path = write_report(result)

@@ -5,7 +5,7 @@
 
 Starts a private local stack on free ports (its own ``FINEFLOW_HOME``, stopped at the end), runs the flow
 in this process twice with the same config and a model name of its own, and reports both wall times and
-their ratio. The second run finds every step's work done (``tasks/cache.py``): prepare, train, merge and
+their ratio. The second run finds every step's work done (``tasks/services/cache.py``): prepare, train, merge and
 evaluate are skipped, the endpoint re-checked, nothing registered again. A third run with ``force`` redoes
 everything, as the control. Writes ``bench/results/rerun.{md,json}``.
 """

@@ -3,9 +3,11 @@
     prefect deployment run finetune/quickstart
     python -m flows.finetune deployments/quickstart.yaml      # the same, in this process
 
-The flow only wires steps (``tasks/steps.py`` up to the candidate, ``tasks/promote.py`` from it to production);
-one MLflow run records it all. An unchanged re-run finds its work done: prepare, train, merge and evaluate are
-skipped, the endpoint re-checked, nothing registered again (``cache_hit`` in MLflow).
+The flow wires the steps (``tasks/pipeline/steps.py`` up to the candidate, ``tasks/pipeline/promote.py`` from it to
+production) inside one MLflow run (``tasks/pipeline/run.py``), and reports what the run reached, finished or failed
+(``tasks/pipeline/report.py``). An unchanged re-run finds its work done: prepare, train, merge and evaluate are
+skipped, the endpoint re-checked, nothing registered again (``cache_hit`` in MLflow); a changed ``evaluate``
+section is a new decision on the same candidate.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ from __future__ import annotations
 import sys
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from tasks import cache, promote, registry, steps, tracking
-from tasks import report as report_page
-from tasks.config import load_config, with_data_path
 from tasks.data import PreparedDataset
 from tasks.evaluate import EvalReport
-from tasks.plan import Plan, plan as make_plan, render as render_plan
+from tasks.pipeline import promote, steps
+from tasks.pipeline import report as report_page
+from tasks.pipeline.config import load_config, with_data_path
+from tasks.pipeline.plan import Plan
+from tasks.pipeline.plan import plan as make_plan
+from tasks.pipeline.plan import render as render_plan
+from tasks.pipeline.registration import Registration
+from tasks.pipeline.run import mlflow_run
+from tasks.services import registry, tracking
 
 
 class PipelineSummary(BaseModel):
@@ -32,60 +38,51 @@ class PipelineSummary(BaseModel):
     mlflow_model_uri: str  # the same as an MLflow logged model (models:/m-...)
     report: EvalReport
     endpoint_url: str
-    registration: promote.Registration
+    registration: Registration
 
 
 @flow(name="finetune", log_prints=True)
 def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict | None = None,
              data_path: str | None = None, force: bool = False, plan: bool = False) -> PipelineSummary | Plan:
     """``data_path`` (a file or an ``s3://`` URI) replaces the config's ``data.path``: what a data trigger passes.
-    Work done before for the same inputs is skipped (``tasks/cache.py``); ``force`` does it all again. ``plan``
-    only says what would run (``tasks/plan.py``), creating nothing."""
+    Work done before for the same inputs is skipped (``tasks/services/cache.py``); ``force`` does it all again.
+    ``plan`` only says what would run (``tasks/pipeline/plan.py``), creating nothing."""
     if plan:
         planned = make_plan(config_path, overrides, data_path)
         print(render_plan(planned))
         return planned
     config = load_config(config_path, with_data_path(overrides, data_path))
-    tracking.require_server()  # a tracking server that is down fails the run in seconds, before anything runs
-    tracking.close_crashed_runs(config.experiment)  # runs whose process died with their worker: FAILED
-    # What the alias holds as the run starts: a promotion while it runs must be beaten, not overwritten.
-    production_at_start = registry.alias_version(config.registry.model_name, config.registry.alias)
-    flow_run_id = str(flow_run.get_id() or "local")
-    run_id = tracking.start_run(
-        config.experiment, run_name=f"{config.name}-{flow_run.get_name() or 'local'}",
-        tags={"prefect_flow_run_id": flow_run_id, "base_model": config.model.base_model,
-              "framework": config.finetune.framework, "pipeline": config.name,
-              "code_version": cache.code_version(), **cache.git_revision()},
-        params={**config.model_dump(mode="json"), "force": force},
-    )
-    tracking.log_text(run_id, config.model_dump_json(indent=1), "config/pipeline.json")
-    tracking.log_text(run_id, tracking.environment_record(), "config/environment.txt")
-    usage, title = report_page.Usage(), f"{config.name}: {flow_run.get_name() or 'local'} (MLflow run {run_id})"
-    trained = report = None
-    try:
-        base = steps.download(config.model.base_model, run_id)
-        data = steps.prepare_dataset(config, base, run_id, force)
-        tracking.set_tag(run_id, "dataset_hash", data.hash)
-        key = steps.candidate_hash(config, base, data, run_id)
-        trained = steps.finetune(config, base, data, key, run_id, force)
-        merged = steps.merge(config, base, trained, key, run_id, force)
-        report = promote.evaluate_models(config.evaluate, base, merged, trained, data, key, run_id, force)
-        registration = None if force else promote.reuse_registered(config, key, run_id)
-        if registration is None:
-            endpoint = promote.deploy(config.deploy, merged, config.registry.model_name, trained, data, run_id)
-            registration = promote.register(config, endpoint, merged, report, data, run_id, flow_run_id,
-                                            production_at_start, key)
-    except BaseException as e:
-        try:  # what the failed run reached, reported the same way
-            report_page.log_report(run_id, report, usage, f"failed: {type(e).__name__}: {e}"[:2000], title)
-        except Exception as report_error:  # the run's own error is the one to raise
-            get_run_logger().warning("no report for the failed run: %s", report_error)
-        tracking.end_run(run_id, "FAILED")
-        raise
-    report_page.log_report(run_id, report, usage, registration.reason, title, trained.tokens_per_second,
-                           report_page.gpus_used(config.finetune.nproc),
-                           trained.run_id if trained.run_id not in ("", run_id) else None)
-    tracking.end_run(run_id, "FINISHED")
+    with mlflow_run(config.experiment, config.name,
+                    tags={"base_model": config.model.base_model, "framework": config.finetune.framework},
+                    params={**config.model_dump(mode="json"), "force": force},
+                    config_json=config.model_dump_json(indent=1)) as run:
+        run_id = run.run_id
+        tracking.close_crashed_runs(config.experiment)  # runs whose process died with their worker: FAILED
+        # What the alias holds as the run starts: a promotion while it runs must be beaten, not overwritten.
+        production_at_start = registry.alias_version(config.registry.model_name, config.registry.alias)
+        usage, trained, report = report_page.Usage(), None, None
+        try:
+            base = steps.download(config.model.base_model, run_id)
+            data = steps.prepare_dataset(config, base, run_id, force)
+            tracking.set_tag(run_id, "dataset_hash", data.hash)
+            key = steps.candidate_hash(config, base, data, run_id)
+            trained = steps.finetune(config, base, data, key, run_id, force)
+            merged = steps.merge(config, base, trained, key, run_id, force)
+            report = promote.evaluate_models(config.evaluate, base, merged, trained, data, key, run_id, force)
+            registration = None if force else promote.reuse_registered(config, key, run_id)
+            if registration is None:
+                endpoint = promote.deploy(config.deploy, merged, config.registry.model_name, trained, data, run_id)
+                registration = promote.register_candidate(config, endpoint, merged, report, data, run_id,
+                                                          run.flow_run_id, production_at_start, key)
+        except BaseException as e:
+            try:  # what the failed run reached, reported the same way
+                report_page.log_report(run_id, report, usage, f"failed: {type(e).__name__}: {e}"[:2000], run.title)
+            except Exception as report_error:  # the run's own error is the one to raise
+                get_run_logger().warning("no report for the failed run: %s", report_error)
+            raise
+        report_page.log_report(run_id, report, usage, registration.reason, run.title, trained.tokens_per_second,
+                               report_page.gpus_used(config.finetune.nproc),
+                               trained.run_id if trained.run_id not in ("", run_id) else None)
     summary = PipelineSummary(mlflow_run_id=run_id, mlflow_run_url=tracking.run_url(run_id), dataset=data,
                               merged_model_uri=merged.s3_uri, mlflow_model_uri=merged.model_uri,
                               report=report, endpoint_url=registration.endpoint_url,

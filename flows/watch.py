@@ -20,8 +20,9 @@ from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 from prefect.variables import Variable
 
-from tasks import incoming, tracking
-from tasks.config import ConfigError, load_config
+from tasks.pipeline import incoming
+from tasks.pipeline.config import ConfigError, load_config
+from tasks.services import tracking
 from tasks.settings import REPO_ROOT
 
 

@@ -17,15 +17,14 @@ import time
 from contextlib import contextmanager
 from uuid import UUID
 
-
 from infra import stack
-from tasks.settings import REPO_ROOT, Settings
+from tasks.settings import REPO_ROOT, Settings, environ
 
 
 def prefect_env() -> dict[str, str]:
     settings = Settings.load()
     settings.require("prefect_api_url")
-    return {**os.environ, "PREFECT_API_URL": settings.prefect_api_url, "FINEFLOW_REPO": str(REPO_ROOT)}
+    return {**environ(), "PREFECT_API_URL": settings.prefect_api_url, "FINEFLOW_REPO": str(REPO_ROOT)}
 
 
 @contextmanager
@@ -136,10 +135,10 @@ def follow(flow_run_id: UUID, timeout_s: float = 3600, echo=print):
 
 def summary(flow_run_id: UUID) -> dict:
     """Read what the run produced from MLflow (the system of record) and ask the endpoint once."""
-    from tasks import registry, tracking
     from tasks.data import load_dataset
-    from tasks.deploy import endpoints, keys
-    from tasks.deploy.rollout import make_engine
+    from tasks.services import keys, registry, tracking
+    from tasks.serving import endpoints
+    from tasks.serving.start import recorded_engine
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = tracking.client()
@@ -158,14 +157,14 @@ def summary(flow_run_id: UUID) -> dict:
     # The model's stable URL (its router), the same for every version; the version's own endpoint behind it.
     url = client.get_registered_model(model_name).tags.get(f"url_{alias}", tags["endpoint_url"])
     served = endpoints.get(tags["endpoint_name"])
-    engine = make_engine(config["deploy"], served.model_path, model_name, run.data.tags["prompt_style"])
+    engine = recorded_engine(json.loads(tags["deploy_config"]), served.model_path, model_name)
     sample = report["candidate"]["samples"][0]  # a held-out validation row
     # An LLM's report keeps held-out rows with their expected answers; a retrieval report keeps queries only, so
     # the retrieval check takes the dataset's own triplets.
     records = [{**sample, "output": sample["expected"]}] if "expected" in sample else \
         load_dataset(config["data"]["path"]).records[:8]
     headers = keys.auth_headers() if served.api_key_file else {}
-    _, shown = engine.smoke_test(url, records, headers, served.model_path, prompt_style=run.data.tags["prompt_style"])
+    _, shown = engine.smoke_test(url, records, headers, served.model_path, prompt_style=engine.prompt_style)
     return {
         "mlflow_run": tracking.run_url(run.info.run_id),
         "model": f"{model_name} version {version}" + ("" if version == production else " (not promoted)"),
@@ -177,7 +176,7 @@ def summary(flow_run_id: UUID) -> dict:
         "mlflow_model": f"models:/{model_name}@{alias} = {client.get_model_version(model_name, production).source} "
                         "(mlflow.transformers.load_model / mlflow models serve, with only MLFLOW_TRACKING_URI)",
         "report": f"report/index.html in the run's artifacts ({tracking.run_url(run.info.run_id)})",
-        "lineage": f".venv/bin/python -m tasks.lineage {model_name}@{alias}",
+        "lineage": f".venv/bin/python -m tasks.pipeline.lineage {model_name}@{alias}",
     }
 
 def main() -> None:
@@ -190,7 +189,7 @@ def main() -> None:
     if args[:1] == ["push-data"]:
         if len(args) != 3:
             sys.exit("usage: python -m infra.demo push-data FILE PIPELINE")
-        from tasks import incoming
+        from tasks.pipeline import incoming
 
         uri = incoming.push(args[1], args[2])
         print(f"uploaded {args[1]} to {uri}; the watch flow (watch/data, every minute) starts finetune/{args[2]} "

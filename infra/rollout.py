@@ -15,10 +15,10 @@ import sys
 
 
 def status() -> None:
-    from tasks import registry
-    from tasks.deploy import endpoints
-    from tasks.deploy.rollout import router_name, router_state_path
-    from tasks.deploy.router import read_state
+    from tasks.servers.router import read_state
+    from tasks.services import registry
+    from tasks.serving import endpoints
+    from tasks.serving.rollout import router_name, router_state_path
 
     for rm in registry.client().search_registered_models():
         for alias, version in (rm.aliases or {}).items():
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("restore", help="serve again every alias whose endpoint or router is gone")
     sub.add_parser("status", help="each model@alias with its version and URL")
     args = parser.parse_args(argv)
-    from tasks.deploy import rollout
+    from tasks.serving import rollout
 
     if args.command == "rollback":
         try:

@@ -14,22 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.deploy.endpoints import free_port, group_alive
-from tasks.settings import Settings, state_dir
+from tasks.files import create_private
+from tasks.launchers import group_alive, stop_group
+from tasks.net import free_port, http_ok
+from tasks.settings import Settings, env, environ, state_dir
 
-DEFAULT_PORTS = {"s3": 18333, "s3_master": 19333, "s3_volume": 18080, "s3_filer": 18888,
-                 "mlflow": 15000, "prefect": 14200}
+# Each service's port: FINEFLOW_<NAME>_PORT, declared with its default in tasks.settings; chosen once (stack.json).
+PORT_VARIABLES = {"s3": "FINEFLOW_S3_PORT", "s3_master": "FINEFLOW_S3_MASTER_PORT",
+                  "s3_volume": "FINEFLOW_S3_VOLUME_PORT", "s3_filer": "FINEFLOW_S3_FILER_PORT",
+                  "mlflow": "FINEFLOW_MLFLOW_PORT", "prefect": "FINEFLOW_PREFECT_PORT"}
 WORK_POOL = "fineflow-local"
 BUCKET = "fineflow"
 BIN = Path(sys.executable).parent
@@ -52,24 +54,18 @@ def _ports(home: Path, mode: str) -> dict[str, int]:
     if stack_file.exists():
         return json.loads(stack_file.read_text())["ports"]
     if mode == "free":
-        return {name: free_port() for name in DEFAULT_PORTS}
-    return {name: int(os.environ.get(f"FINEFLOW_{name.upper()}_PORT", port))
-            for name, port in DEFAULT_PORTS.items()}
+        return {name: free_port(twin_offset=10000) for name in PORT_VARIABLES}  # SeaweedFS: gRPC on port + 10000
+    return {name: int(env(variable)) for name, variable in PORT_VARIABLES.items()}
 
 
 def _credentials(home: Path) -> dict:
     """Generated on first start, stored readable by the user only."""
-    path = home / "s3-credentials.json"
-    if not path.exists():
-        config = {"identities": [{
-            "name": "fineflow",
-            "credentials": [{"accessKey": "ff" + secrets.token_hex(8), "secretKey": secrets.token_hex(20)}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }]}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f)
-    return json.loads(path.read_text())["identities"][0]["credentials"][0]
+    config = create_private(home / "s3-credentials.json", lambda: json.dumps({"identities": [{
+        "name": "fineflow",
+        "credentials": [{"accessKey": "ff" + secrets.token_hex(8), "secretKey": secrets.token_hex(20)}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }]}))
+    return json.loads(config)["identities"][0]["credentials"][0]
 
 
 def services(home: Path, ports: dict[str, int]) -> list[Service]:
@@ -114,18 +110,10 @@ def _pid(home: Path, name: str) -> int | None:
     return None
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status == 200
-    except Exception:
-        return False
-
-
 def _wait_healthy(svc: Service, home: Path) -> None:
     deadline = time.monotonic() + svc.timeout_s
     while time.monotonic() < deadline:
-        if not svc.health_url or _healthy(svc.health_url):
+        if not svc.health_url or http_ok(svc.health_url):
             return
         if _pid(home, svc.name) is None:
             break
@@ -136,7 +124,7 @@ def _wait_healthy(svc: Service, home: Path) -> None:
 
 
 def _ensure_bucket(home: Path) -> None:
-    from tasks.storage import s3_client
+    from tasks.services.storage import s3_client
 
     client = s3_client(Settings.load())
     deadline = time.monotonic() + 30
@@ -152,9 +140,9 @@ def _ensure_bucket(home: Path) -> None:
             time.sleep(0.5)
 
 
-def _ensure_work_pool(env: dict[str, str]) -> None:
+def _ensure_work_pool(service_env: dict[str, str]) -> None:
     argv = [str(BIN / "prefect"), "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"]
-    subprocess.run(argv, env={**os.environ, **env}, check=True, capture_output=True, timeout=120)
+    subprocess.run(argv, env={**environ(), **service_env}, check=True, capture_output=True, timeout=120)
 
 
 def up(ports_mode: str = "default") -> dict:
@@ -172,14 +160,14 @@ def up(ports_mode: str = "default") -> dict:
         if _pid(home, svc.name) is None:
             print(f"starting {svc.name} ...", flush=True)
             with open(home / "logs" / f"{svc.name}.log", "ab") as log:
-                proc = subprocess.Popen(svc.argv, env={**os.environ, **svc.env}, stdout=log, stderr=subprocess.STDOUT,
+                proc = subprocess.Popen(svc.argv, env={**environ(), **svc.env}, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=home)
             (home / "pids" / f"{svc.name}.pid").write_text(str(proc.pid))
         _wait_healthy(svc, home)
         if svc.name == "s3":
             _ensure_bucket(home)
         print(f"  {svc.name:8s} ready  {svc.health_url or 'polling ' + WORK_POOL}", flush=True)
-    from tasks.deploy import rollout
+    from tasks.serving import rollout
 
     # What the registry says is serving comes back: every alias's endpoint and its router (same URL as before).
     rollout.restore(log=lambda line: print(f"  {line}", flush=True))
@@ -190,13 +178,7 @@ def _stop(home: Path, svc: Service) -> None:
     pid = _pid(home, svc.name)
     if pid is None:
         return
-    os.killpg(pid, svc.stop_signal)
-    for _ in range(100):
-        if not group_alive(pid):
-            break
-        time.sleep(0.2)
-    else:
-        os.killpg(pid, signal.SIGKILL)
+    stop_group(pid, svc.stop_signal, timeout_s=20)
     (home / "pids" / f"{svc.name}.pid").unlink(missing_ok=True)
     print(f"stopped {svc.name}")
 
@@ -219,7 +201,7 @@ def down() -> None:
         return
     for svc in reversed(services(home, json.loads((home / "stack.json").read_text())["ports"])):
         _stop(home, svc)
-    from tasks.deploy.endpoints import stop_all
+    from tasks.serving.endpoints import stop_all
 
     stop_all()
 
@@ -232,10 +214,10 @@ def status() -> bool:
     ok = True
     for svc in services(home, json.loads((home / "stack.json").read_text())["ports"]):
         pid = _pid(home, svc.name)
-        healthy = pid is not None and (not svc.health_url or _healthy(svc.health_url))
+        healthy = pid is not None and (not svc.health_url or http_ok(svc.health_url))
         ok &= healthy
         print(f"{svc.name:8s} {'up' if healthy else 'DOWN':5s} pid={pid or '-':<8} {svc.health_url}")
-    from tasks.deploy.endpoints import describe, list_endpoints
+    from tasks.serving.endpoints import describe, list_endpoints
 
     for ep in list_endpoints():
         print(f"endpoint {describe(ep)}")

@@ -2,7 +2,7 @@
 
 One table for every backend's parameters (finetune and deploy), keyed by the parameter's name, so
 ``lora_r: -4`` or ``batch_size: 0`` fails while the config is read, naming the field and the range,
-instead of inside a training subprocess after an MLflow run was created. ``tests/test_bounds.py``
+instead of inside a training subprocess after an MLflow run was created. ``tests/unit/test_bounds.py``
 keeps the table in step with the backends: every numeric parameter has a range, every range a parameter.
 """
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from tasks import launchers
 from tasks.masking import show_argv
-
 
 
 class UnknownKwargsError(TypeError, ValueError):
@@ -66,6 +66,8 @@ LazyLLMCMD = Command  # the contract's name for a command object
 class ComponentBase:
     """A component runs through its launcher; a subclass gives ``apply`` or ``cmd``."""
 
+    auto_plan: Any = None  # set by AutoFinetune / AutoDeploy on the component they chose: what, and why
+
     def __init__(self, *, launcher: Any = None):
         if launcher is None:
             launcher = launchers.empty()
@@ -108,6 +110,10 @@ class ComponentBase:
         elif not isinstance(command, Command):
             command = Command(command)
         return self._launcher.launch(command, name=self.name)
+
+    def plan_record(self) -> dict[str, Any] | None:
+        """The plan that chose this component (``auto_plan``) as a dict, for a run's records; None if none did."""
+        return dataclasses.asdict(self.auto_plan) if self.auto_plan is not None else None
 
     def __repr__(self) -> str:
         return f"<fineflow.{type(self).__name__} name={self.name}>"

@@ -24,7 +24,6 @@ is renamed into place only when complete, so a half-built environment is never u
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -35,7 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.settings import REPO_ROOT
+from tasks.files import locked
+from tasks.settings import REPO_ROOT, env
 
 SPEC_DIR = REPO_ROOT / "infra" / "envs"
 MAIN = None  # the environment this process runs in
@@ -55,10 +55,9 @@ class EnvironmentBuildError(RuntimeError):
 
 
 def root() -> Path:
-    if os.environ.get("FINEFLOW_ENVS"):
-        return Path(os.environ["FINEFLOW_ENVS"]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "fineflow" / "envs"
+    if env("FINEFLOW_ENVS"):
+        return Path(env("FINEFLOW_ENVS")).expanduser()
+    return Path(env("XDG_CACHE_HOME")).expanduser() / "fineflow" / "envs"
 
 
 def spec_path(name: str) -> Path:
@@ -89,7 +88,7 @@ def bin_path(name: str | None, program: str) -> str:
 
 def path_env(name: str | None) -> dict[str, str]:
     """PATH with the environment's bin first, so tools a framework spawns (torchrun) come from it."""
-    return {"PATH": os.pathsep.join([str(Path(bin_path(name, "python")).parent), os.environ.get("PATH", "")])}
+    return {"PATH": os.pathsep.join([str(Path(bin_path(name, "python")).parent), env("PATH")])}
 
 
 def is_built(name: str | None) -> bool:
@@ -155,8 +154,7 @@ def ensure(name: str | None, log=None) -> Path | None:
     if is_built(name):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f"{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(target.parent / f"{target.name}.lock"):
         if not is_built(name):
             # A directory without the marker is a build that died half-way, or an older layout: never use it.
             shutil.rmtree(target, ignore_errors=True)

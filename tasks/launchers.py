@@ -1,13 +1,16 @@
-"""Launchers run a component's command: each argv as a subprocess, streamed, exit code checked.
+"""Launchers run a component's command: each argv as a subprocess, streamed, exit code checked; and the
+process groups that outlive their step (services, endpoints): alive or not, stopped.
 
-``remote(ngpus=...)`` is the contract's default.  Inside fineflow the "remote"
-machine is the Prefect worker's job (a process here, a GPU pod on a Kubernetes
-work pool), so it runs the command where the step runs, with the GPU count recorded.
+``remote(ngpus=...)`` is the contract's default. Inside fineflow the "remote" machine is the Prefect worker's job
+(a process here, a pod on a Kubernetes work pool), so it runs the command where the step runs, and waits for it:
+``sync`` is kept for the contract's signature only. ``ngpus`` is how many processes a framework's command starts
+(``torchrun --nproc_per_node``), which the finetune backends read from their launcher.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -17,13 +20,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.masking import is_secret_name, redact_text, show_argv
-
+from tasks.settings import environ
 
 
 def child_environment() -> dict[str, str]:
     """This process's environment without its credentials (S3, tracking, hub tokens: ``masking.is_secret_name``):
     what a trainer or a model server starts with. A command that needs a secret passes it in its own env."""
-    return {k: v for k, v in os.environ.items() if not is_secret_name(k)}
+    return {k: v for k, v in environ().items() if not is_secret_name(k)}
 
 class LaunchError(RuntimeError):
     """A command exited non-zero; the message holds the masked command and the log's tail."""
@@ -141,3 +144,33 @@ def cuda_available() -> bool:
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether the process group's leader still runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        return Path(f"/proc/{pgid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return True  # no /proc (macOS): trust the signal
+
+
+def stop_group(pgid: int, sig: int = signal.SIGTERM, timeout_s: float = 15) -> None:
+    """Stop a detached process group (a service, an endpoint and its supervisor): ``sig``, then SIGKILL if its
+    leader still runs after ``timeout_s``."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not group_alive(pgid):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -16,10 +16,11 @@ A known secret value is the value of an environment variable whose name means a 
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from typing import Any
+
+from tasks.settings import environ
 
 MASK = "******"
 REDACTED = "***redacted***"
@@ -59,7 +60,7 @@ def register_secret(value: str | None) -> None:
 
 def known_secret_values() -> set[str]:
     """Values to mask wherever they show: the registered ones and those of credential environment variables."""
-    from_env = {v for k, v in os.environ.items() if len(v) >= MIN_SECRET_LENGTH and is_secret_name(k)}
+    from_env = {v for k, v in environ().items() if len(v) >= MIN_SECRET_LENGTH and is_secret_name(k)}
     return _registered | from_env
 
 

@@ -1,9 +1,11 @@
-"""Where the services are: S3, MLflow, Prefect, and the state directory.
+"""Every environment variable fineflow reads, declared once (name, default, meaning), and where the services are.
 
-Everything comes from the environment, so the same code talks to AWS S3 / MinIO,
-a remote MLflow and Prefect Cloud by configuration alone.  When a variable is
-unset, the file that the embedded local stack writes (``$FINEFLOW_HOME/stack.json``)
-fills it in; nothing here assumes that stack exists.
+    python -m tasks.settings        # the table of variables, as docs/configuration.md shows it
+
+Code reads a variable with ``env(NAME)``, which refuses a name not declared in ``VARIABLES``; a test keeps every
+read in the tree going through it. The services (S3, MLflow, Prefect) come from the environment, so the same code
+talks to AWS S3 / MinIO, a remote MLflow and Prefect Cloud by configuration alone; when a variable is unset, the
+file the embedded local stack writes (``$FINEFLOW_HOME/stack.json``) fills it in. Nothing here assumes that stack.
 """
 
 from __future__ import annotations
@@ -11,15 +13,100 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import BaseModel, SecretStr
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+class Variable(NamedTuple):
+    name: str
+    default: str | None  # what env() returns when the variable is unset or empty (None: no value)
+    meaning: str
+
+
+def _declare(*rows: tuple[str, str | None, str]) -> dict[str, Variable]:
+    return {name: Variable(name, default, meaning) for name, default, meaning in rows}
+
+
+VARIABLES = _declare(
+    # Where state and services are
+    ("FINEFLOW_HOME", None, "the state directory: stack addresses, credentials, logs, endpoints, runs "
+                            "(default: .fineflow/ in the checkout)"),
+    ("FINEFLOW_S3_ENDPOINT", None, "the S3 endpoint URL (default: the local stack's; unset without a stack: AWS S3)"),
+    ("FINEFLOW_S3_BUCKET", "fineflow", "the bucket for datasets, models, checkpoints and cache records"),
+    ("AWS_ACCESS_KEY_ID", None, "S3 access key (default: the local stack's generated one); never logged"),
+    ("AWS_SECRET_ACCESS_KEY", None, "S3 secret key (default: the local stack's generated one); never logged"),
+    ("MLFLOW_TRACKING_URI", None, "the MLflow tracking server (default: the local stack's)"),
+    ("FINEFLOW_MLFLOW_ARTIFACTS", None, "the tracking server's --artifacts-destination (default: the local stack's)"),
+    ("PREFECT_API_URL", None, "the Prefect API (default: the local stack's)"),
+    ("FINEFLOW_REPO", None, "the checkout Prefect's process workers run flows from (set by make deploy; read by "
+                            "prefect.yaml)"),
+    ("FINEFLOW_S3_PORT", "18333", "local stack: SeaweedFS S3 port (read before the first make up)"),
+    ("FINEFLOW_S3_MASTER_PORT", "19333", "local stack: SeaweedFS master port"),
+    ("FINEFLOW_S3_VOLUME_PORT", "18080", "local stack: SeaweedFS volume port"),
+    ("FINEFLOW_S3_FILER_PORT", "18888", "local stack: SeaweedFS filer port"),
+    ("FINEFLOW_MLFLOW_PORT", "15000", "local stack: MLflow port"),
+    ("FINEFLOW_PREFECT_PORT", "14200", "local stack: Prefect server port"),
+    # Serving
+    ("FINEFLOW_API_KEY", None, "the endpoints' API key, for a key shared by several machines (default: made once "
+                               "in $FINEFLOW_HOME/api_key); servers read the key they require from it"),
+    ("FINEFLOW_TEMP_DIR", None, "where media engines write files they receive and make (default: "
+                                "$FINEFLOW_HOME/tmp)"),
+    ("LAZYLLM_TEMP_DIR", None, "the reference package's name for FINEFLOW_TEMP_DIR, read when that is unset"),
+    ("FINEFLOW_MEDIA_THREADS", "0", "CPU threads of the speech-to-text engine (0: its own default)"),
+    ("FINEFLOW_ENGINE_ENV", "{}", "set by fineflow: the environment (JSON) a Ray Serve replica starts its engine "
+                                  "server with"),
+    ("LAZYLLM_MINDIE_HOME", None, "the MindIE installation directory (the contract's)"),
+    ("LMDEPLOY_EAGER_MODE", "", "LMDeploy's eager mode when true/1/on (the contract's default for eager-mode)"),
+    ("LAZYLLM_GPU_MEMORY", "80", "GB of memory per GPU, for AutoFinetune's and AutoDeploy's plans"),
+    # Models and data
+    ("LAZYLLM_MODEL_SOURCE", "modelscope", "where ModelManager downloads from: modelscope, huggingface or "
+                                           "s3://bucket/prefix"),
+    ("LAZYLLM_MODEL_SOURCE_TOKEN", None, "the hub token ModelManager sends; never logged"),
+    ("LAZYLLM_MODEL_PATH", "", "folders searched for models first, separated by ':'"),
+    ("LAZYLLM_MODEL_CACHE_DIR", "~/.lazyllm/model", "where downloaded models are kept"),
+    ("HF_ENDPOINT", "https://huggingface.co", "the Hugging Face hub (or a mirror)"),
+    ("MODELSCOPE_ENDPOINT", "https://www.modelscope.cn", "the ModelScope hub (or a mirror)"),
+    ("LAZYLLM_DATA_PATH", None, "the data folder: relative dataset names resolve under it, and it is a data root"),
+    ("FINEFLOW_DATA_ROOTS", "", "more folders pipelines may read data from, separated by ':'"),
+    ("LAZYLLM_DISABLE_SYSTEM_PROMPT", "", "true/1/on: the prompters' default system prompt is empty"),
+    # Framework environments
+    ("FINEFLOW_ENVS", None, "where framework environments are built, shared by every checkout (default: "
+                            "$XDG_CACHE_HOME/fineflow/envs)"),
+    ("XDG_CACHE_HOME", "~/.cache", "the user's cache folder"),
+    ("PATH", "", "the program search path; a framework environment's bin goes in front for its commands"),
+    # Benchmarks and checks of the tests
+    ("BENCH_THREADS", "1", "bench.llm_serving: torch threads of the baseline and of the built-in server"),
+    ("FINEFLOW_MUTATION_DIR", "~/.cache/fineflow/mutation", "make mutation: its scratch copy of the checkout"),
+)
+
+
+_DECLARED = object()
+
+
+def env(name: str, default: str | None | object = _DECLARED) -> str | None:
+    """The value of the declared variable ``name``; unset or empty, ``default`` (the declared one unless given)."""
+    if name not in VARIABLES:
+        raise KeyError(f"{name} is not declared in tasks.settings.VARIABLES: declare it (name, default, meaning)")
+    return os.environ.get(name) or (VARIABLES[name].default if default is _DECLARED else default)  # type: ignore
+
+
+def environ() -> dict[str, str]:
+    """A copy of the whole environment, consistent though another thread (MLflow's telemetry) sets and unsets
+    variables meanwhile: iterating ``os.environ`` can meet a key that is gone by the time it is read."""
+    for _ in range(1000):
+        try:
+            return dict(os.environ)
+        except (KeyError, RuntimeError):  # a variable vanished (or appeared) mid-copy: copy again
+            continue
+    raise RuntimeError("the environment kept changing while it was read")
+
+
 def state_dir() -> Path:
     """The state directory (``FINEFLOW_HOME``, default ``.fineflow/`` in the checkout)."""
-    return Path(os.environ.get("FINEFLOW_HOME", REPO_ROOT / ".fineflow")).resolve()
+    return Path(env("FINEFLOW_HOME") or REPO_ROOT / ".fineflow").resolve()
 
 
 class Settings(BaseModel):
@@ -42,11 +129,10 @@ class Settings(BaseModel):
         if (home / "s3-credentials.json").exists():
             identity = json.loads((home / "s3-credentials.json").read_text())["identities"][0]
             creds = identity["credentials"][0]
-        env = os.environ.get
         return cls(
             home=home,
             s3_endpoint=env("FINEFLOW_S3_ENDPOINT") or stack.get("s3_endpoint"),
-            s3_bucket=env("FINEFLOW_S3_BUCKET") or stack.get("s3_bucket") or "fineflow",
+            s3_bucket=env("FINEFLOW_S3_BUCKET", None) or stack.get("s3_bucket") or env("FINEFLOW_S3_BUCKET"),
             s3_access_key=env("AWS_ACCESS_KEY_ID") or creds.get("accessKey"),
             s3_secret_key=env("AWS_SECRET_ACCESS_KEY") or creds.get("secretKey"),
             mlflow_uri=env("MLFLOW_TRACKING_URI") or stack.get("mlflow_uri"),
@@ -62,3 +148,13 @@ class Settings(BaseModel):
                 f"with `make up` (state in {self.home}) or set FINEFLOW_S3_ENDPOINT, "
                 "MLFLOW_TRACKING_URI and PREFECT_API_URL for remote services."
             )
+
+
+def markdown_table() -> str:
+    """The variables as a Markdown table (docs/configuration.md holds exactly this; a test checks it)."""
+    rows = [f"| `{v.name}` | {f'`{v.default}`' if v.default else '-'} | {v.meaning} |" for v in VARIABLES.values()]
+    return "\n".join(["| variable | default | meaning |", "| --- | --- | --- |", *rows])
+
+
+if __name__ == "__main__":
+    print(markdown_table())

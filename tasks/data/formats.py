@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 TEXT, OPTIONAL_TEXT = ("non-empty string", True), ("string", False)
 # field -> (description, required). Order matters: it is the schema shown in errors.
 SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from tasks.data.formats import DatasetError
 from tasks.data.load import iter_dataset
 from tasks.data.readers import local_copy
+from tasks.files import sha256_file
 from tasks.prompter import get_prompter, render_record
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,6 @@ def prepare(path: str | Path, workdir: Path, val_set_size: int = 200, prompt_tem
     Records stream through: each unique one is validated, rendered and spilled to a temporary file as it is
     read, so memory grows with the number of records (an offset each), not with the size of the file.
     """
-    from tasks.models.local import sha256_file  # here: its package imports boto3, which training scripts lack
 
     prompter = get_prompter(prompt_template_name)
     records_hash, seen, offsets, lines = hashlib.sha256(), set(), [], []

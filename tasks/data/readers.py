@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.data.formats import LIST_FIELDS, DatasetError
+from tasks.files import sha256_file
+from tasks.settings import REPO_ROOT, env, state_dir
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
@@ -26,7 +28,7 @@ def resolve_local(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.is_absolute():
         return path
-    root = Path(os.environ.get("LAZYLLM_DATA_PATH") or Path.cwd()).resolve()
+    root = Path(env("LAZYLLM_DATA_PATH") or Path.cwd()).resolve()
     resolved = (root / path).resolve()
     if not resolved.is_relative_to(root):
         raise DatasetError(path, None, None, f"path traversal: the dataset name leaves the data root {root}")
@@ -36,9 +38,7 @@ def resolve_local(path: str | Path) -> Path:
 def data_roots() -> list[Path]:
     """Where a pipeline may read data: the repository's ``infra/datasets`` and ``data``, ``LAZYLLM_DATA_PATH``,
     and the folders in ``FINEFLOW_DATA_ROOTS`` (separated by ``os.pathsep``); never the state directory."""
-    from tasks.settings import REPO_ROOT
-
-    extra = [os.environ.get("LAZYLLM_DATA_PATH", ""), *os.environ.get("FINEFLOW_DATA_ROOTS", "").split(os.pathsep)]
+    extra = [env("LAZYLLM_DATA_PATH") or "", *env("FINEFLOW_DATA_ROOTS").split(os.pathsep)]
     roots = (REPO_ROOT / "infra" / "datasets", REPO_ROOT / "data", *map(Path, filter(None, extra)))
     return [p.resolve() for p in roots]
 
@@ -47,8 +47,6 @@ def confine(path: str, also: tuple[Path, ...] = ()) -> str:
     """``path`` made absolute (a relative one from the repository) with ``..`` and links resolved, if it lies
     under a data root (``data_roots``) or a folder of ``also``; an ``s3://`` URI without ``..``. Anything else
     is a ValueError."""
-    from tasks.settings import REPO_ROOT, state_dir
-
     if path.startswith("s3://"):
         if ".." in path[5:].split("/") or not path[5:].strip("/"):
             raise ValueError(f"{path!r}: an S3 URI may not hold '..' segments or be empty")
@@ -74,7 +72,7 @@ def local_copy(path: str | Path) -> Iterator[tuple[Path, str]]:
         return
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from tasks import storage
+    from tasks.services import storage
 
     uri = str(path)
     bucket, key = storage.split_uri(uri)
@@ -98,7 +96,6 @@ def local_copy(path: str | Path) -> Iterator[tuple[Path, str]]:
 
 def source_sha256(path: str | Path) -> str:
     """The sha256 of a dataset file's bytes, local or ``s3://``."""
-    from tasks.models.local import sha256_file  # here: its package imports boto3, which training scripts lack
 
     with local_copy(path) as (local, _):
         return sha256_file(local)

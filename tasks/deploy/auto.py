@@ -4,24 +4,24 @@
     engine               # <fineflow.llm.deploy type=Vllm>, or whichever rule below chose
     engine.auto_plan     # DeployPlan(engine='vllm', ngpus=1, reason='llm model: vllm, the first installed ...')
 
-The rules, in one place (the README shows the same table):
+The rules, in one place; each engine declares its own facts (``tasks/deploy/base.py``), so a new engine joins them
+by its module and its row in ``tasks/deploy/engines.py`` alone:
 
-- model type (``type=``, else ``ModelManager.get_model_type``) -> the engines that serve it, in order of
-  preference, ``ENGINES_BY_TYPE``; the first *installed* one is chosen: its environment is built (or it runs in
-  this one) and its ``preflight()`` passes on this machine. The built-in relay server is always installed, so an
-  LLM always gets an engine.
-- model size (billions of parameters, as AutoFinetune reads it) and ``max_token_num`` -> the memory the
-  weights (fp16) and one sequence's KV cache need; with the GPU memory (``LAZYLLM_GPU_MEMORY``, GB, default 80)
-  -> the GPU count, a power of two (tensor parallelism splits heads evenly that way). It becomes the engine's
-  ``tensor-parallel-size`` / ``tp`` / ``worldSize``.
-- speech models go by name: TTS as ``TTSDeploy.get_deploy_cls`` picks (piper voices, Bark, MusicGen), STT to
-  SenseVoice for a SenseVoice model and to Whisper otherwise; OCR to ``ocr``, images to ``stable_diffusion``.
+- model type (``type=``, else ``ModelManager.get_model_type``) -> the engines whose ``auto_types`` hold it, by
+  ``auto_rank``, and of those, the first *installed* one: its environment is built (or it runs in this one) and
+  its ``preflight()`` passes on this machine. The built-in relay server is always installed, so an LLM always
+  gets an engine. Speech engines go by the model's name instead (``auto_by_name``; ``auto_accepts``, as the
+  reference package picks): a Bark model is served by Bark or not at all, its environment built when it starts.
+- model size (billions of parameters, ``tasks.models.size``) and ``max_token_num`` -> the memory the weights
+  (fp16) and one sequence's KV cache need; with the GPU memory (``LAZYLLM_GPU_MEMORY``, GB, default 80) -> the GPU
+  count, a power of two (tensor parallelism splits heads evenly that way), given to an engine that declares a
+  ``gpu_key`` (``tensor-parallel-size``, ``tp``, ``worldSize``).
+- the chosen engine's ``auto_params`` give its other keywords (vLLM: OpenAI's API; MindIE: its NPU ids).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,16 +30,10 @@ from pydantic import Field
 
 from tasks import envs
 from tasks.deploy.base import DeployParams, EngineUnavailableError, LazyLLMDeployBase
-from tasks.finetune.auto import BYTES_PER_PARAM, RESERVED, model_size_b
+from tasks.deploy.engines import ENGINES
+from tasks.models import ModelManager
+from tasks.models.size import BYTES_PER_PARAM, RESERVED, gpu_memory, model_size_b
 
-ENGINES_BY_TYPE: dict[str, tuple[str, ...]] = {
-    "llm": ("vllm", "lightllm", "lmdeploy", "mindie", "relay"),
-    "vlm": ("lmdeploy",),
-    "ocr": ("ocr",),
-    "sd": ("stable_diffusion",),
-}
-# How each engine is told the GPU count.
-PARALLEL_KEY = {"vllm": "tensor-parallel-size", "lightllm": "tp", "lmdeploy": "tp", "mindie": "worldSize"}
 KV_GB_PER_B_PER_1K_TOKENS = 0.05  # one sequence's KV cache, per billion parameters and 1k tokens (fp16)
 
 
@@ -64,11 +58,8 @@ def gpus_needed(size_b: float, max_token_num: int, gpu_memory_gb: float) -> int:
     return 2 ** math.ceil(math.log2(n))
 
 
-def installed(name: str) -> tuple[bool, str]:
-    """Whether engine ``name`` can start here, and if not, why."""
-    from tasks.deploy import ENGINES
-
-    cls = ENGINES[name]
+def installed(cls: type[LazyLLMDeployBase]) -> tuple[bool, str]:
+    """Whether engine ``cls`` can start here, and if not, why."""
     if cls.environment is not envs.MAIN and not envs.is_built(cls.environment):
         return False, f"environment {cls.environment} not built (python -m tasks.envs build {cls.environment})"
     try:
@@ -78,31 +69,31 @@ def installed(name: str) -> tuple[bool, str]:
     return True, ""
 
 
-def by_name(model_type: str, model: str) -> str | None:
-    """Speech engines go by the model's name, not the machine: a Bark model is served by Bark or not at all."""
-    if model_type == "tts":
-        from tasks.deploy.tts import TTSDeploy
-
-        return TTSDeploy.get_deploy_cls(model).engine
-    if model_type == "stt":
-        return "sensevoice" if "sensevoice" in Path(model).name.lower() else "whisper"
-    return None
+def candidates(model_type: str) -> list[type[LazyLLMDeployBase]]:
+    """The engines AutoDeploy may choose for ``model_type``, in order of preference."""
+    return sorted((cls for cls in ENGINES.values() if model_type in cls.auto_types), key=lambda cls: cls.auto_rank)
 
 
-def choose(model_type: str, model: str = "") -> tuple[str, str]:
-    if name := by_name(model_type, model):
-        return name, f"{model_type} model {Path(model).name}: {name}, by its name"
-    candidates = ENGINES_BY_TYPE.get(model_type)
-    if not candidates:
-        raise ValueError(f"AutoDeploy knows no engine for {model_type} models (it serves "
-                         f"{', '.join([*ENGINES_BY_TYPE, 'tts', 'stt'])} models)")
-    skipped = []
-    for name in candidates:
-        ok, why = installed(name)
+def choose(model_type: str, model: str = "") -> tuple[type[LazyLLMDeployBase], str]:
+    """The engine for a ``model_type`` model named ``model``, and why."""
+    ranked = candidates(model_type)
+    if not ranked:
+        known = sorted({t for cls in ENGINES.values() for t in cls.auto_types})
+        raise ValueError(f"AutoDeploy knows no engine for {model_type} models (it serves {', '.join(known)} models)")
+    accepting = [cls for cls in ranked if cls.auto_accepts(model)]
+    if not accepting:
+        raise ValueError(f"no {model_type} engine serves a model named {Path(model).name!r} (engines: "
+                         f"{', '.join(cls.engine for cls in ranked)})")
+    if accepting[0].auto_by_name:
+        return accepting[0], f"{model_type} model {Path(model).name}: {accepting[0].engine}, by its name"
+    names, skipped = ", ".join(cls.engine for cls in accepting), []
+    by_name = f" for {Path(model).name}" if len(accepting) < len(ranked) else ""
+    for cls in accepting:
+        ok, why = installed(cls)
         if ok:
-            return name, (f"{model_type} model: {name}, the first installed of {', '.join(candidates)}"
-                          + (f" ({'; '.join(skipped)})" if skipped else ""))
-        skipped.append(f"{name}: {why}")
+            return cls, (f"{model_type} model{by_name}: {cls.engine}, the first installed of {names}"
+                         + (f" ({'; '.join(skipped)})" if skipped else ""))
+        skipped.append(f"{cls.engine}: {why}")
     raise EngineUnavailableError(f"no engine for {model_type} models can start here: {'; '.join(skipped)}")
 
 
@@ -118,29 +109,18 @@ class AutoDeploy(LazyLLMDeployBase):
                      max_token_num: int = 1024, **kw) -> tuple[type[LazyLLMDeployBase], Any, dict[str, Any]]:
         """(engine class, launcher, keyword arguments) for ``base_model``; the plan is in the arguments'
         ``auto_plan``."""
-        from tasks.deploy import ENGINES
-        from tasks.models import ModelManager
-
         path = base_model if Path(base_model).is_dir() else \
             ModelManager(model_source=source).find_local(base_model) or base_model
         model_type = type or ModelManager.get_model_type(Path(base_model).name)
-        name, reason = choose(model_type, base_model)
+        engine, reason = choose(model_type, base_model)
         size = model_size_b(path if Path(path).exists() else base_model)
-        gpu_memory = float(os.environ.get("LAZYLLM_GPU_MEMORY", 80))
-        ngpus = gpus_needed(size, max_token_num, gpu_memory) if name in PARALLEL_KEY else 0
-        plan = DeployPlan(name, model_type, round(size, 4), ngpus,
+        memory_gb = gpu_memory()
+        ngpus = gpus_needed(size, max_token_num, memory_gb) if engine.gpu_key else 0
+        plan = DeployPlan(engine.engine, model_type, round(size, 4), ngpus,
                           f"{reason}; {size:.3g}B parameters, {max_token_num} tokens"
-                          + (f", GPUs of {gpu_memory:g} GB -> {ngpus} GPU(s)" if ngpus else ", on the CPU"))
-        kwargs = dict(kw)
-        if name in PARALLEL_KEY:
-            kwargs.setdefault(PARALLEL_KEY[name], ngpus)
-        if name == "vllm":
-            kwargs.setdefault("openai_api", True)  # OpenAI's API, and so an API key, as pipelines serve
-        if name == "mindie":
-            kwargs.setdefault("npuDeviceIds", [list(range(ngpus))])
-        if name != "relay":
-            kwargs.update(trust_remote_code=trust_remote_code, log_path=log_path)
-        return ENGINES[name], launcher, {**kwargs, "auto_plan": plan}
+                          + (f", GPUs of {memory_gb:g} GB -> {ngpus} GPU(s)" if ngpus else ", on the CPU"))
+        kwargs = {**engine.auto_params(ngpus, trust_remote_code, log_path), **kw}
+        return engine, launcher, {**kwargs, "auto_plan": plan}
 
     def __new__(cls, base_model: str, source: str | None = None, trust_remote_code: bool = True,
                 launcher: Any = None, stream: bool = False, type: str | None = None, max_token_num: int = 1024,

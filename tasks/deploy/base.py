@@ -2,12 +2,13 @@
 
 A serving engine is one module under ``tasks/deploy/`` with one class that declares:
 
-- ``engine`` (its name in the table in ``tasks/deploy/__init__.py`` and in pipeline configs) and
-  ``Params`` (its typed parameters);
+- ``engine`` (its row in ``tasks/deploy/engines.py`` and its name in pipeline configs) and ``Params`` (its typed
+  parameters);
 - ``environment``: the ``infra/envs/<name>.txt`` it runs in (None: this interpreter);
-- ``cmd(model_path)``: a ``Command`` whose last argv is the server (earlier argvs run first, to the
-  end), with its ``env``, its URL as ``return_value`` and its readiness probe as ``checker``
-  (``http_ready``, waited for up to ``ready_timeout_s``);
+- ``cmd(finetuned_model=None, base_model=None, master_ip=None)``: a ``Command`` whose last argv is the server
+  (earlier argvs run first, to the end), with its ``env``, its URL as ``return_value`` and its readiness probe as
+  ``checker`` (waited for up to ``ready_timeout_s``); ``server_command`` builds it. The base class owns the
+  host, the port (a free one when none is given), ``url()`` and the served model's name;
 - ``smoke_test(url, records, ...)``: proves the endpoint answers as a model of its type should, on validation
   records (the default, for LLMs: ``smoke_request(prompt)`` completed and read by ``extract_result``);
 - ``extract_result(output, inputs)``: the answer in a raw response;
@@ -15,22 +16,25 @@ A serving engine is one module under ``tasks/deploy/`` with one class that decla
   anything starts; ``after_start()`` runs once the start has succeeded or failed (MindIE restores its config);
 - ``serves``: the model types it serves (a pipeline pairing it with another type is refused);
 - ``api_key_env``: the environment variable its server reads a required API key from (None: the engine
-  cannot require one, and a pipeline that asks for a key refuses it).
+  cannot require one, and a pipeline that asks for a key refuses it);
+- its facts for AutoDeploy: ``auto_types`` (the model types it may be chosen for), ``auto_rank`` (its place
+  among them), ``gpu_key`` (the keyword that takes the GPU count), ``auto_accepts(model)`` (engines chosen by
+  the model's name) and ``auto_params(...)`` (its keywords when chosen).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import urllib.request
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from tasks import bounds, envs, launchers
+from tasks import bounds, envs, launchers, net
 from tasks.core import Command, ComponentBase, check_kwargs
+from tasks.models.local import WEIGHT_SUFFIXES, holds_weights
 
 
 class EngineUnavailableError(RuntimeError):
@@ -68,30 +72,20 @@ def openai_text(data: dict) -> str:
     return choice["message"]["content"] if "message" in choice else choice["text"]
 
 
-WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf", "*.onnx")
-
-
-def holds_weights(path: str | None) -> bool:
-    return bool(path) and Path(path).is_dir() and any(any(Path(path).glob(p)) for p in WEIGHTS)
-
-
 def model_to_serve(engine: str, finetuned_model: str | None, base_model: str | None) -> str:
     """The finetuned model when it holds weights, else the base model; neither: a clear error."""
     for path in (finetuned_model, base_model):
         if holds_weights(path):
             return str(path)
     raise FileNotFoundError(f"{engine} has no model to serve: neither {finetuned_model!r} nor the base model "
-                            f"{base_model!r} holds weights ({', '.join(WEIGHTS)})")
+                            f"{base_model!r} holds weights ({', '.join(WEIGHT_SUFFIXES)})")
 
 
 class GenerateRoute:
     """For engines that answer TGI's ``POST /generate`` (``inputs`` and ``parameters``): LightLLM, MindIE."""
 
-    host: str
-    port: int | None
-
     def geturl(self, job: Any = None) -> str:
-        return f"http://{self.host}:{self.port}/generate"
+        return f"{self.url()}/generate"  # type: ignore[attr-defined]
 
     def smoke_request(self, prompt: str, model_path: str | None = None) -> tuple[str, dict[str, Any]]:
         return "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 16, "do_sample": False}}
@@ -109,28 +103,69 @@ class DeployParams(BaseModel):
         return self
 
 
-def http_ready(url: str, timeout_s: float = 3) -> Callable[[], bool]:
-    """A readiness probe: ``url`` answers 200 within ``timeout_s``."""
-    def check() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-                return resp.status == 200
-        except Exception:
-            return False
-    return check
-
-
 class LazyLLMDeployBase(ComponentBase):
-    """A serving backend: ``cmd(model_path)`` builds the launch command; the call returns the URL."""
+    """A serving backend: ``cmd()`` builds the launch command; the call returns the URL."""
 
     engine: ClassVar[str] = ""
     Params: ClassVar[type[DeployParams]] = DeployParams
     environment: ClassVar[str | None] = envs.MAIN
     api_key_env: ClassVar[str | None] = None
     serves: ClassVar[tuple[str, ...]] = ("llm", "vlm")  # the model types it serves (tasks.models.types)
+    default_name: ClassVar[str] = "fineflow-model"  # the served model's name unless one is given
+    auto_types: ClassVar[tuple[str, ...]] = ()  # the model types AutoDeploy may choose it for
+    auto_rank: ClassVar[int] = 100  # its place among the engines of a type: the lowest installed one wins
+    gpu_key: ClassVar[str | None] = None  # the keyword that takes the GPU count (tensor parallelism)
+    auto_by_name: ClassVar[bool] = False  # chosen by the model's name alone (speech): not by what is installed
 
-    def __init__(self, *, launcher: Any = None):
+    def __init__(self, *, launcher: Any = None, host: str | None = None, port: int | None = None,
+                 name: str | None = None, prompt_style: str | None = None):
         super().__init__(launcher=launcher or launchers.remote())
+        self.host, self.port = host or "127.0.0.1", port or None
+        self.name, self.prompt_style = name or self.default_name, prompt_style or "alpaca"
+
+    def listen_port(self) -> int:
+        """The port the server listens on: the one given, or a free one, taken the first time it is asked."""
+        if not self.port:
+            self.port = net.free_port()
+        return self.port
+
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address (::1) in a URL
+        return f"http://{host}:{self.listen_port()}"
+
+    def geturl(self, job: Any = None) -> str:
+        return self.url()
+
+    def server_command(self, argvs: list[str] | list[list[str]], env: dict[str, str] | None = None,
+                       health: str = "/health") -> Command:
+        """The command that starts this server: ``argvs`` (the server last), ``env``, its URL as the value and
+        ``GET <url><health>`` as the readiness probe, given ``params.ready_timeout_s``."""
+        return Command(argvs, return_value=self.url(), checker=net.ready(f"{self.url()}{health}"),
+                       env={**envs.path_env(self.environment), **(env or {})},
+                       ready_timeout_s=self.params.ready_timeout_s)
+
+    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
+            master_ip: str | None = None) -> Command:
+        """The command that serves ``finetuned_model`` (``base_model`` when it holds no weights); ``master_ip``:
+        join the Ray cluster there (only engines that span nodes take it)."""
+        raise NotImplementedError
+
+    def single_node(self, master_ip: str | None) -> None:
+        """Refuse ``master_ip``: this engine serves from one node."""
+        if master_ip:
+            raise ValueError(f"{type(self).__name__} serves from one node: it takes no master_ip (vLLM spans "
+                             "nodes on Ray)")
+
+    @classmethod
+    def auto_accepts(cls, model: str) -> bool:
+        """Whether AutoDeploy may choose this engine for a model of this name (speech engines go by name)."""
+        return True
+
+    @classmethod
+    def auto_params(cls, ngpus: int, trust_remote_code: bool = True, log_path: str | None = None) -> dict[str, Any]:
+        """This engine's keyword arguments when AutoDeploy chooses it for ``ngpus`` GPUs."""
+        return {"trust_remote_code": trust_remote_code, "log_path": log_path,
+                **({cls.gpu_key: ngpus} if cls.gpu_key else {})}
 
     @classmethod
     def supports_api_key(cls, params: DeployParams | None) -> bool:
@@ -195,9 +230,8 @@ class DummyDeploy(LazyLLMDeployBase):
 
     def __init__(self, launcher: Any = None, *, stream: bool = False, **kw):
         check_kwargs(type(self).__name__, kw, self.allowed)
-        super().__init__(launcher=launcher or launchers.remote(sync=False))
+        super().__init__(launcher=launcher or launchers.remote(sync=False), port=kw.get("port"))
         self.stream = stream
-        self.kw = kw
 
     def _request(self, x: Any) -> dict:
         request = copy.deepcopy(self.message_format)

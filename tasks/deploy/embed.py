@@ -1,4 +1,5 @@
-"""``EmbeddingDeploy`` and ``RerankDeploy``: the built-in embedding and rerank server (``embed_app.py``).
+"""``EmbeddingDeploy`` and ``RerankDeploy``: the built-in embedding and rerank server
+(``tasks/servers/embed.py``).
 
     server = EmbeddingDeploy(embed_type='dense')
     server.cmd('infra/models/all-minilm-l6-v2')     # Command: the server argv; return_value is its URL
@@ -22,8 +23,8 @@ from pydantic import Field
 
 from tasks import envs
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import DeployParams, LazyLLMDeployBase, SmokeTestError, http_ready, model_to_serve
-from tasks.deploy.embedders import AbstractEmbedding, HuggingFaceEmbedding, LazyFlagEmbedding, LazyHuggingFaceRerank
+from tasks.deploy.base import DeployParams, LazyLLMDeployBase, SmokeTestError, model_to_serve
+from tasks.servers.embedders import AbstractEmbedding, HuggingFaceEmbedding, LazyFlagEmbedding, LazyHuggingFaceRerank
 
 log = logging.getLogger(__name__)
 __all__ = ["AbstractEmbedding", "EmbeddingDeploy", "HuggingFaceEmbedding", "LazyFlagEmbedding", "LazyHuggingFaceRerank",
@@ -104,44 +105,38 @@ class EmbeddingDeploy(RetrievalSmoke, LazyLLMDeployBase):
     Params: ClassVar[type[DeployParams]] = EmbedParams
     api_key_env: ClassVar[str | None] = "FINEFLOW_API_KEY"
     serves: ClassVar[tuple[str, ...]] = ("embed",)
+    default_name: ClassVar[str] = "fineflow-embed"
     kind: ClassVar[str] = "embed"
 
     def __init__(self, launcher: Any = None, model_type: str = "embed", log_path: str | None = None,
                  embed_type: str = "dense", trust_remote_code: bool = True, port: int | None = None, **kw):
         check_kwargs(type(self).__name__, kw, ("host", "name", "prompt_style", *EmbedParams.model_fields))
-        super().__init__(launcher=launcher)
+        super().__init__(launcher=launcher, host=kw.get("host"), port=port, name=kw.get("name"),
+                         prompt_style=kw.get("prompt_style"))
         fields = {k: v for k, v in kw.items() if k in EmbedParams.model_fields}
         self.params = EmbedParams(embed_type=embed_type, trust_remote_code=trust_remote_code, **fields)
-        self.model_type, self.log_path, self.port = model_type, log_path, port
-        self.host, self.name = kw.get("host", "127.0.0.1"), kw.get("name", "fineflow-embed")
+        self.model_type, self.log_path = model_type, log_path
         if self.params.embed_type == "sparse":
             self.environment = "flagembedding"  # FlagEmbedding's lexical weights
-
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def geturl(self, job: Any = None) -> str:
         return f"{self.url()}/v1"
 
-    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None) -> Command:
+    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
+            master_ip: str | None = None) -> Command:
+        self.single_node(master_ip)
         model = model_to_serve(type(self).__name__, finetuned_model, base_model)
         if model != finetuned_model:
             log.warning("no weights in the finetuned model %s: serving the base model %s", finetuned_model, model)
-        if not self.port:
-            from tasks.deploy.endpoints import free_port
-
-            self.port = free_port()
         p = self.params
-        argv = [envs.bin_path(self.environment, "python"), "-m", "tasks.deploy.embed_app", "--model", model,
-                "--host", self.host, "--port", str(self.port), "--name", self.name, "--kind", self.kind,
+        argv = [envs.bin_path(self.environment, "python"), "-m", "tasks.servers.embed", "--model", model,
+                "--host", self.host, "--port", str(self.listen_port()), "--name", self.name, "--kind", self.kind,
                 "--max-batch", str(p.max_batch), "--batch-wait-ms", str(p.batch_wait_ms),
                 "--max-inputs", str(p.max_inputs), "--max-documents", str(p.max_documents),
                 "--max-body-bytes", str(p.max_body_bytes), "--threads", str(p.threads)]
         if p.embed_type == "sparse":
             argv += ["--engine", "flagembedding", "--sparse"]
-        env = {**envs.path_env(self.environment), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        return Command(argv, return_value=self.url(), checker=http_ready(f"{self.url()}/health"), env=env,
-                       ready_timeout_s=p.ready_timeout_s)
+        return self.server_command(argv, {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
 
     @staticmethod
     def extract_result(output, inputs):

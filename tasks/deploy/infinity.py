@@ -19,7 +19,7 @@ from pydantic import ConfigDict, Field
 
 from tasks import envs
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import DeployParams, LazyLLMDeployBase, http_ready, model_to_serve
+from tasks.deploy.base import DeployParams, LazyLLMDeployBase, model_to_serve
 from tasks.deploy.embed import RetrievalSmoke
 
 log = logging.getLogger(__name__)
@@ -45,41 +45,34 @@ class Infinity(RetrievalSmoke, LazyLLMDeployBase):
     serves: ClassVar[tuple[str, ...]] = ("embed", "rerank")
     embeddings_path: ClassVar[str] = "/embeddings"
     rerank_path: ClassVar[str] = "/rerank"
+    default_name: ClassVar[str] = "fineflow-embed"
 
     def __init__(self, launcher: Any = None, model_type: str = "embed", log_path: str | None = None, **kw):
         names = {f.alias or n for n, f in InfinityParams.model_fields.items()} | set(InfinityParams.model_fields)
         check_kwargs(type(self).__name__, kw, ("host", "port", "name", "prompt_style", *names))
-        super().__init__(launcher=launcher)
+        super().__init__(launcher=launcher, host=kw.get("host"), port=kw.get("port"), name=kw.get("name"),
+                         prompt_style=kw.get("prompt_style"))
         self.params = InfinityParams(model_type=model_type, **{k: v for k, v in kw.items() if k in names})
         self.model_type, self.log_path = self.params.model_type, log_path
-        self.host, self.port = kw.get("host", "127.0.0.1"), kw.get("port")
-        self.name = kw.get("name", "fineflow-embed")
-
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def geturl(self, job: Any = None) -> str:
         return f"{self.url()}/{'rerank' if self.model_type == 'rerank' else 'embeddings'}"
 
-    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None) -> Command:
+    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
+            master_ip: str | None = None) -> Command:
+        self.single_node(master_ip)
         model = model_to_serve("Infinity", finetuned_model, base_model)
         if model != finetuned_model:
             log.warning("no weights in the finetuned model %s: serving the base model %s", finetuned_model, model)
-        if not self.port:
-            from tasks.deploy.endpoints import free_port
-
-            self.port = free_port()
         p = self.params
         argv = [envs.bin_path(self.environment, "infinity_emb"), "v2", "--model-id", model,
-                "--served-model-name", self.name, "--host", self.host, "--port", str(self.port),
+                "--served-model-name", self.name, "--host", self.host, "--port", str(self.listen_port()),
                 "--batch-size", str(p.batch_size), "--engine", p.engine, "--device", p.device, "--dtype", p.dtype,
                 "--pooling-method", p.pooling_method, "--no-bettertransformer",
                 "--model-warmup" if p.model_warmup else "--no-model-warmup"]
         # No telemetry, no hub: a model served from a path needs neither.
-        env = {**envs.path_env(self.environment), "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
-               "DO_NOT_TRACK": "1"}
-        return Command(argv, return_value=self.url(), checker=http_ready(f"{self.url()}/health"), env=env,
-                       ready_timeout_s=p.ready_timeout_s)
+        return self.server_command(argv, {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+                                          "DO_NOT_TRACK": "1"})
 
     @staticmethod
     def extract_result(x, inputs):

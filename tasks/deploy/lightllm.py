@@ -15,9 +15,17 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from tasks import net
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import (DeployParams, GenerateRoute, LazyLLMDeployBase, accelerators, http_ready, model_to_serve,
-                               require, response_json)
+from tasks.deploy.base import (
+    DeployParams,
+    GenerateRoute,
+    LazyLLMDeployBase,
+    accelerators,
+    model_to_serve,
+    require,
+    response_json,
+)
 
 
 class LightllmParams(DeployParams):
@@ -43,12 +51,15 @@ FLAGS = ("tp", "max_total_token_num", "eos_id", "port", "host", "nccl_port", "to
 class Lightllm(GenerateRoute, LazyLLMDeployBase):
     engine: ClassVar[str] = "lightllm"
     Params: ClassVar[type[DeployParams]] = LightllmParams
+    auto_types: ClassVar[tuple[str, ...]] = ("llm",)
+    auto_rank: ClassVar[int] = 20
+    gpu_key: ClassVar[str | None] = "tp"
 
     def __init__(self, trust_remote_code: bool = True, launcher: Any = None, log_path: str | None = None, **kw):
         check_kwargs(type(self).__name__, kw, ("host", "port", "name", "prompt_style", *LightllmParams.model_fields))
-        super().__init__(launcher=launcher)
+        super().__init__(launcher=launcher, host=kw.get("host"), port=kw.get("port"), name=kw.get("name"),
+                         prompt_style=kw.get("prompt_style"))
         self.params = LightllmParams(**{k: v for k, v in kw.items() if k in LightllmParams.model_fields})
-        self.host, self.port = kw.get("host", "127.0.0.1"), kw.get("port")
         self.trust_remote_code, self.log_path = trust_remote_code, log_path
 
     def preflight(self) -> None:
@@ -59,20 +70,17 @@ class Lightllm(GenerateRoute, LazyLLMDeployBase):
             missing.append("a CUDA GPU (LightLLM's kernels are Triton/CUDA only)")
         require("LightLLM", missing, accelerators())
 
-    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None) -> Command:
+    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
+            master_ip: str | None = None) -> Command:
+        self.single_node(master_ip)
         model = model_to_serve("LightLLM", finetuned_model, base_model)
-        from tasks.deploy.endpoints import free_port
-
-        self.port = self.port or free_port()
-        values = {**self.params.model_dump(), "port": self.port, "host": self.host,
-                  "nccl_port": self.params.nccl_port or free_port()}
+        values = {**self.params.model_dump(), "port": self.listen_port(), "host": self.host,
+                  "nccl_port": self.params.nccl_port or net.free_port()}
         argv = [sys.executable, "-m", "lightllm.server.api_server", "--model_dir", str(model)]
         argv += [f"--{k}={values[k]}" for k in FLAGS if values[k] is not None]
         if self.trust_remote_code:
             argv.append("--trust_remote_code")
-        return Command(argv, return_value=f"http://{self.host}:{self.port}",
-                       checker=http_ready(f"http://{self.host}:{self.port}/health"),
-                       ready_timeout_s=self.params.ready_timeout_s)
+        return self.server_command(argv)
 
     @staticmethod
     def extract_result(x, inputs):

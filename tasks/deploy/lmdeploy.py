@@ -10,15 +10,22 @@ so fineflow starts it without one, on 127.0.0.1: a pipeline that keeps the key o
 
 from __future__ import annotations
 
-import os
 import shutil
 from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field
 
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import (DeployParams, LazyLLMDeployBase, accelerators, http_ready, model_to_serve, openai_text,
-                               require, response_json)
+from tasks.deploy.base import (
+    DeployParams,
+    LazyLLMDeployBase,
+    accelerators,
+    model_to_serve,
+    openai_text,
+    require,
+    response_json,
+)
+from tasks.settings import env
 
 
 class LMDeployParams(DeployParams):
@@ -29,23 +36,25 @@ class LMDeployParams(DeployParams):
     tp: int = Field(1, ge=1)
     max_batch_size: int = Field(128, ge=1, alias="max-batch-size")
     chat_template: str | None = Field(None, alias="chat-template")  # a chat template JSON file for LMDeploy
-    eager_mode: bool = Field(default_factory=lambda: os.environ.get("LMDEPLOY_EAGER_MODE", "").lower() in
-                             ("1", "true", "on"), alias="eager-mode")
+    eager_mode: bool = Field(default_factory=lambda: env("LMDEPLOY_EAGER_MODE").lower() in ("1", "true", "on"),
+                             alias="eager-mode")
 
 
 class LMDeploy(LazyLLMDeployBase):
     engine: ClassVar[str] = "lmdeploy"
     Params: ClassVar[type[DeployParams]] = LMDeployParams
+    auto_types: ClassVar[tuple[str, ...]] = ("llm", "vlm")
+    auto_rank: ClassVar[int] = 30
+    gpu_key: ClassVar[str | None] = "tp"
 
     def __init__(self, launcher: Any = None, trust_remote_code: bool = True, log_path: str | None = None, **kw):
         names = {f.alias or n for n, f in LMDeployParams.model_fields.items()} | set(LMDeployParams.model_fields)
         check_kwargs(type(self).__name__, kw, ("server-name", "server-port", "host", "port", "name", "prompt_style",
                                                *names))
-        super().__init__(launcher=launcher)
+        super().__init__(launcher=launcher, host=kw.get("server-name") or kw.get("host"),
+                         port=kw.get("server-port") or kw.get("port"), name=kw.get("name"),
+                         prompt_style=kw.get("prompt_style"))
         self.params = LMDeployParams(**{k: v for k, v in kw.items() if k in names})
-        self.host = kw.get("server-name") or kw.get("host") or "127.0.0.1"
-        self.port = kw.get("server-port") or kw.get("port")
-        self.name = kw.get("name", "fineflow-model")
         self.trust_remote_code, self.log_path = trust_remote_code, log_path
 
     def preflight(self) -> None:
@@ -56,24 +65,21 @@ class LMDeploy(LazyLLMDeployBase):
             missing.append("a CUDA GPU (TurboMind and LMDeploy's PyTorch engine have no CPU path)")
         require("LMDeploy", missing, accelerators())
 
-    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None) -> Command:
+    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
+            master_ip: str | None = None) -> Command:
+        self.single_node(master_ip)
         model = model_to_serve("LMDeploy", finetuned_model, base_model)
-        if not self.port:
-            from tasks.deploy.endpoints import free_port
-
-            self.port = free_port()
         p = self.params
         argv = ["lmdeploy", "serve", "api_server", str(model), "--model-name", self.name, "--server-name", self.host,
-                "--server-port", str(self.port), "--tp", str(p.tp), "--max-batch-size", str(p.max_batch_size)]
+                "--server-port", str(self.listen_port()), "--tp", str(p.tp), "--max-batch-size", str(p.max_batch_size)]
         if p.chat_template:
             argv += ["--chat-template", p.chat_template]
         if p.eager_mode:
             argv.append("--eager-mode")
-        return Command(argv, return_value=f"http://{self.host}:{self.port}",
-                       checker=http_ready(f"http://{self.host}:{self.port}/health"), ready_timeout_s=p.ready_timeout_s)
+        return self.server_command(argv)
 
     def geturl(self, job: Any = None) -> str:
-        return f"http://{self.host}:{self.port}/v1/chat/interactive"
+        return f"{self.url()}/v1/chat/interactive"
 
     def smoke_request(self, prompt: str, model_path: str | None = None) -> tuple[str, dict[str, Any]]:
         return "/v1/completions", {"model": self.name, "prompt": prompt, "max_tokens": 16, "temperature": 0}

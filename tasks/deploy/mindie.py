@@ -21,8 +21,16 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import (DeployParams, GenerateRoute, LazyLLMDeployBase, accelerators, http_ready, model_to_serve,
-                               require, response_json)
+from tasks.deploy.base import (
+    DeployParams,
+    GenerateRoute,
+    LazyLLMDeployBase,
+    accelerators,
+    model_to_serve,
+    require,
+    response_json,
+)
+from tasks.settings import env
 
 HOME_VAR = "LAZYLLM_MINDIE_HOME"
 
@@ -42,16 +50,23 @@ class MindieParams(DeployParams):
 class Mindie(GenerateRoute, LazyLLMDeployBase):
     engine: ClassVar[str] = "mindie"
     Params: ClassVar[type[DeployParams]] = MindieParams
+    auto_types: ClassVar[tuple[str, ...]] = ("llm",)
+    auto_rank: ClassVar[int] = 40
+    gpu_key: ClassVar[str | None] = "worldSize"
 
     def __init__(self, trust_remote_code: bool = True, launcher: Any = None, log_path: str | None = None, **kw):
         check_kwargs(type(self).__name__, kw, ("host", "port", "name", "prompt_style", *MindieParams.model_fields))
-        super().__init__(launcher=launcher)
+        super().__init__(launcher=launcher, host=kw.get("host"), port=kw.get("port"), name=kw.get("name"),
+                         prompt_style=kw.get("prompt_style"))
         self.params = MindieParams(**{k: v for k, v in kw.items() if k in MindieParams.model_fields})
-        self.host, self.port = kw.get("host", "127.0.0.1"), kw.get("port")
         self.trust_remote_code, self.log_path = trust_remote_code, log_path
-        self.mindie_home = os.environ.get(HOME_VAR)
+        self.mindie_home = env(HOME_VAR)
         self.config_path = Path(self.mindie_home or ".") / "mindie-service" / "conf" / "config.json"
         self.daemon = Path(self.mindie_home or ".") / "mindie-service" / "bin" / "mindieservice_daemon"
+
+    @classmethod
+    def auto_params(cls, ngpus: int, trust_remote_code: bool = True, log_path: str | None = None) -> dict[str, Any]:
+        return {**super().auto_params(ngpus, trust_remote_code, log_path), "npuDeviceIds": [list(range(ngpus))]}
 
     @property
     def backup_path(self) -> Path:
@@ -77,7 +92,7 @@ class Mindie(GenerateRoute, LazyLLMDeployBase):
         """``config`` with this deployment's model, address and sizes (the rest of MindIE's settings kept)."""
         p = self.params
         server = config.setdefault("ServerConfig", {})
-        server.update(ipAddress=self.host, port=int(self.port), httpsEnabled=False)
+        server.update(ipAddress=self.host, port=self.listen_port(), httpsEnabled=False)
         backend = config.setdefault("BackendConfig", {})
         backend["npuDeviceIds"] = p.npuDeviceIds
         deploy = backend.setdefault("ModelDeployConfig", {})
@@ -105,17 +120,12 @@ class Mindie(GenerateRoute, LazyLLMDeployBase):
     def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
             master_ip: str | None = None) -> Command:
         model = model_to_serve("MindIE", finetuned_model, base_model)
+        self.single_node(master_ip)
         if not self.mindie_home:
             raise FileNotFoundError(f"set {HOME_VAR} to the MindIE installation directory")
-        if not self.port:
-            from tasks.deploy.endpoints import free_port
-
-            self.port = free_port()
         config = self.load_config(self.params.config or self.config_path)
         self.save_config(self.update_config(config, str(model)))
-        url = f"http://{self.host}:{self.port}"
-        return Command([str(self.daemon)], return_value=url, checker=http_ready(f"{url}/health"),
-                       ready_timeout_s=self.params.ready_timeout_s)
+        return self.server_command([str(self.daemon)])
 
     @staticmethod
     def extract_result(x, inputs):

@@ -8,7 +8,7 @@ and ``serve_replicas``: an engine served by Ray Serve, one engine server per rep
 On real hardware the head runs on one machine and a worker on each other one (ports: the head's GCS ``port``, and
 Ray's node manager / object manager / worker ports, which these commands pin so a firewall can open them); vLLM
 then spans the nodes with ``Vllm(...).cmd(model, master_ip=...)`` (``--distributed-executor-backend ray``). Here
-the same commands start a head and a worker on 127.0.0.1 (``tests/test_ray.py``).
+the same commands start a head and a worker on 127.0.0.1 (``tests/component/test_ray.py``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any, ClassVar
 from tasks import envs
 from tasks.core import Command, check_kwargs
 from tasks.deploy.base import LazyLLMDeployBase
+from tasks.servers.ray_serve import REPLICA_RESOURCE  # one replica per node that offers one
+from tasks.settings import REPO_ROOT
 
 RAY_ENV = "ray"
-REPLICA_RESOURCE = "fineflow_replica"  # tasks.ray_serve places one replica per node that offers one
 
 
 class Distributed(LazyLLMDeployBase):
@@ -58,8 +59,8 @@ class Distributed(LazyLLMDeployBase):
                     "min_worker_port", "max_worker_port", "temp_dir"):
             if kw.get(key) is not None:
                 argv.append(f"--{key.replace('_', '-')}={kw[key]}")
-        # Ray's workers import the replicas' code (tasks.ray_serve) from the checkout, on every node.
-        env = {**envs.path_env(RAY_ENV), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(envs.REPO_ROOT)}
+        # Ray's workers import the replicas' code (tasks.servers.ray_serve) from the checkout, on every node.
+        env = {**envs.path_env(RAY_ENV), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO_ROOT)}
         return Command(argv, return_value=(finetuned_model, base_model, self.address()), env=env)
 
     def address(self) -> str:
@@ -79,15 +80,15 @@ def serve_replicas(engine_command: Command, address: str, port: int, replicas: i
     if "--port" not in argv:
         raise ValueError(f"the engine command has no --port to give each replica its own: {argv[:4]}")
     argv[argv.index("--port") + 1] = "{port}"
-    driver = [envs.bin_path(RAY_ENV, "python"), "-m", "tasks.ray_serve", "--address", address, "--host", host,
+    driver = [envs.bin_path(RAY_ENV, "python"), "-m", "tasks.servers.ray_serve", "--address", address, "--host", host,
               "--port", str(port), "--replicas", str(replicas), "--name", name, "--health", health,
               "--ready-timeout-s", str(engine_command.ready_timeout_s), "--", *argv]
-    env = {**envs.path_env(RAY_ENV), "PYTHONPATH": str(envs.REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0",
-           "FINEFLOW_ENGINE_ENV": json.dumps({**engine_command.env, "PYTHONPATH": str(envs.REPO_ROOT)})}
+    env = {**envs.path_env(RAY_ENV), "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0",
+           "FINEFLOW_ENGINE_ENV": json.dumps({**engine_command.env, "PYTHONPATH": str(REPO_ROOT)})}
     return Command(driver, return_value=f"http://{host}:{port}", env=env)
 
 
 def shutdown_replicas(address: str) -> Command:
     """Stop the Serve applications on the cluster at ``address`` (each replica stops its engine server)."""
-    env = {**envs.path_env(RAY_ENV), "PYTHONPATH": str(envs.REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
-    return Command([envs.bin_path(RAY_ENV, "python"), "-m", "tasks.ray_serve", "shutdown", address], env=env)
+    env = {**envs.path_env(RAY_ENV), "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    return Command([envs.bin_path(RAY_ENV, "python"), "-m", "tasks.servers.ray_serve", "shutdown", address], env=env)

@@ -1,4 +1,4 @@
-"""``RelayServer``: fineflow's built-in OpenAI-compatible server (``relay_app.py``) for transformers causal LMs.
+"""``RelayServer``: the built-in OpenAI-compatible server (``tasks/servers/relay.py``) for transformers causal LMs.
 
     server = RelayServer(name='tiny', prompt_style='alpaca')
     command = server.cmd('infra/models/tiny-llama')   # Command: the server argv; return_value is its URL
@@ -12,7 +12,7 @@ from pydantic import Field
 
 from tasks import envs
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import DeployParams, LazyLLMDeployBase, http_ready, openai_text, response_json
+from tasks.deploy.base import DeployParams, LazyLLMDeployBase, model_to_serve, openai_text, response_json
 
 
 class RelayParams(DeployParams):
@@ -29,30 +29,35 @@ class RelayServer(LazyLLMDeployBase):
     engine: ClassVar[str] = "relay"
     Params: ClassVar[type[DeployParams]] = RelayParams
     api_key_env: ClassVar[str | None] = "FINEFLOW_API_KEY"
+    auto_types: ClassVar[tuple[str, ...]] = ("llm",)
+    auto_rank: ClassVar[int] = 90  # always installed: the LLM engine of last resort
     allowed = ("host", "port", "name", "prompt_style", *RelayParams.model_fields)
 
     def __init__(self, launcher: Any = None, **kw):
         check_kwargs(type(self).__name__, kw, self.allowed)
-        super().__init__(launcher=launcher)
+        super().__init__(launcher=launcher, host=kw.get("host"), port=kw.get("port"), name=kw.get("name"),
+                         prompt_style=kw.get("prompt_style", "alpaca"))
         self.params = RelayParams(**{k: v for k, v in kw.items() if k in RelayParams.model_fields})
-        self.kw = {"host": "127.0.0.1", "port": None, "name": "fineflow-model", "prompt_style": "alpaca", **kw}
 
-    def url(self) -> str:
-        return f"http://{self.kw['host']}:{self.kw['port']}"
+    @classmethod
+    def auto_params(cls, ngpus: int, trust_remote_code: bool = True, log_path: str | None = None) -> dict[str, Any]:
+        return {}  # it runs any transformers causal LM in this environment, on one device
 
-    def cmd(self, model_path: str) -> Command:
-        if not self.kw["port"]:
-            from tasks.deploy.endpoints import free_port
-
-            self.kw["port"] = free_port()
+    def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
+            master_ip: str | None = None) -> Command:
+        self.single_node(master_ip)
+        # With a base model, the finetuned one only when it holds weights; alone, the model as given (a plan names
+        # a folder that training will fill; the server refuses one without a model when it starts).
+        model = model_to_serve("RelayServer", finetuned_model, base_model) if base_model else finetuned_model
+        if not model:
+            raise ValueError("RelayServer.cmd needs a model to serve")
         p = self.params
-        argv = [envs.bin_path(self.environment, "python"), "-m", "tasks.deploy.relay_app", "--model", model_path,
-                "--host", self.kw["host"], "--port", str(self.kw["port"]), "--name", self.kw["name"],
-                "--prompt-style", self.kw["prompt_style"], "--max-tokens", str(p.max_tokens),
+        argv = [envs.bin_path(self.environment, "python"), "-m", "tasks.servers.relay", "--model", model,
+                "--host", self.host, "--port", str(self.listen_port()), "--name", self.name,
+                "--prompt-style", self.prompt_style, "--max-tokens", str(p.max_tokens),
                 "--max-body-bytes", str(p.max_body_bytes), "--max-batch", str(p.max_batch),
                 "--batch-wait-ms", str(p.batch_wait_ms), "--threads", str(p.threads)]
-        return Command(argv, return_value=self.url(), checker=http_ready(f"{self.url()}/health"),
-                       env=envs.path_env(self.environment), ready_timeout_s=p.ready_timeout_s)
+        return self.server_command(argv)
 
     def smoke_request(self, prompt: str, model_path: str | None = None) -> tuple[str, dict[str, Any]]:
         return "/v1/completions", {"prompt": prompt, "max_tokens": 16}

@@ -6,7 +6,7 @@
 
 The server answers ``<lazyllm-query>{"query": "", "files": ["data:audio/wav;base64,..."]}`` (the audio travels
 with the answer, as the reference package sends it); ``extract_result`` writes the files under the temp dir
-(``FINEFLOW_TEMP_DIR``/``<engine>``, see ``tasks/media/files.py``) and returns the same query with their paths.
+(``FINEFLOW_TEMP_DIR``/``<engine>``, see ``tasks/servers/media/files.py``) and returns the same query with their paths.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 from tasks.deploy.base import SmokeTestError
 from tasks.deploy.media import MediaDeploy
+from tasks.formatter.files import decode_query_with_filepaths
+from tasks.servers.media.files import materialize
 
 SMOKE_SENTENCE = "Fineflow turns text into speech."
 MIN_SMOKE_SECONDS = 0.5
@@ -27,22 +29,29 @@ def wav_seconds(path: str | Path) -> float:
         return w.getnframes() / float(w.getframerate())
 
 
+def model_key(name: str) -> str:
+    return Path(str(name)).name.lower()
+
+
 class TTSBase(MediaDeploy):
-    """A text-to-speech server (the contract's ``TTSBase``): text in, a WAV file out."""
+    """A text-to-speech server (the contract's ``TTSBase``): text in, a WAV file out. Which engine serves a TTS
+    model goes by the model's name (``auto_accepts``), as the reference package picks."""
 
     serves: ClassVar[tuple[str, ...]] = ("tts",)
+    auto_types: ClassVar[tuple[str, ...]] = ("tts",)
+    auto_by_name: ClassVar[bool] = True  # a Bark model is served by Bark or not at all
+
+    @classmethod
+    def auto_accepts(cls, model: str) -> bool:
+        return False
     keys_name_handle = {"inputs": "inputs"}
     message_format = {"inputs": "Who are you ?"}
 
     def extract_result(self, output, inputs):
-        from tasks.media.files import materialize  # imported here: see tasks/deploy/media.py
-
         return materialize(output.text if hasattr(output, "text") else output, self.media_engine)
 
     def smoke_test(self, url: str, records: list[dict], headers: dict[str, str], model_path: str,
                    **_: Any) -> tuple[str, str]:
-        from tasks.formatter.files import decode_query_with_filepaths
-
         answer = self.request(url, SMOKE_SENTENCE, headers)
         files = decode_query_with_filepaths(answer)
         files = files.get("files", []) if isinstance(files, dict) else []
@@ -63,6 +72,12 @@ class PiperDeploy(TTSBase):
     engine: ClassVar[str] = "piper"
     media_engine: ClassVar[str] = "piper"
 
+    @classmethod
+    def auto_accepts(cls, model: str) -> bool:
+        """``piper*``, or a voice named ``<lang>_<REGION>-<voice>-<quality>`` (``en_US-joe-medium``)."""
+        key = model_key(model)
+        return key.startswith("piper") or (len(key) > 6 and key[2] == "_" and key.count("-") >= 2)
+
 
 class ChatTTSDeploy(TTSBase):
     engine: ClassVar[str] = "chattts"
@@ -80,10 +95,18 @@ class BarkDeploy(TTSBase):
     media_engine: ClassVar[str] = "bark"
     message_format = {"inputs": "Who are you ?", "voice_preset": None}
 
+    @classmethod
+    def auto_accepts(cls, model: str) -> bool:
+        return model_key(model) == "bark"
+
 
 class MusicGenDeploy(TTSBase):
     engine: ClassVar[str] = "musicgen"
     media_engine: ClassVar[str] = "musicgen"
+
+    @classmethod
+    def auto_accepts(cls, model: str) -> bool:
+        return model_key(model).startswith("musicgen")
 
 
 class TTSDeploy:
@@ -97,14 +120,10 @@ class TTSDeploy:
         """By model name, as the reference picks: ``bark`` -> Bark, ``musicgen*`` -> MusicGen; ChatTTS is
         refused (the reference dropped it: ``ChatTTSDeploy`` is still there to use directly); piper voices
         (``en_US-joe-medium``, ``piper*``, a ``<lang>_<REGION>-<voice>-<quality>`` name) -> Piper."""
-        key = Path(str(name)).name.lower()
-        if key == "bark":
-            return BarkDeploy
-        if key in ("chattts", "chattts-new"):
+        if model_key(name) in ("chattts", "chattts-new"):
             raise RuntimeError("ChatTTS is deprecated and no longer supported.")
-        if key.startswith("musicgen"):
-            return MusicGenDeploy
-        if key.startswith("piper") or (len(key) > 6 and key[2] == "_" and key.count("-") >= 2):
-            return PiperDeploy
+        for engine in (BarkDeploy, MusicGenDeploy, PiperDeploy):
+            if engine.auto_accepts(name):
+                return engine
         raise RuntimeError(f"Not support model: {name}")
 

@@ -26,8 +26,16 @@ from pydantic import ConfigDict, Field
 
 from tasks import envs, inference
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import (DeployParams, LazyLLMDeployBase, accelerators, holds_weights, http_ready, model_to_serve,
-                               openai_text, require, response_json)
+from tasks.deploy.base import (
+    DeployParams,
+    LazyLLMDeployBase,
+    accelerators,
+    model_to_serve,
+    openai_text,
+    require,
+    response_json,
+)
+from tasks.models.local import holds_weights
 from tasks.settings import state_dir
 
 log = logging.getLogger(__name__)
@@ -76,21 +84,28 @@ class Vllm(LazyLLMDeployBase):
     Params: ClassVar[type[DeployParams]] = VllmParams
     environment: ClassVar[str | None] = "vllm"
     api_key_env: ClassVar[str | None] = "VLLM_API_KEY"
+    auto_types: ClassVar[tuple[str, ...]] = ("llm",)
+    auto_rank: ClassVar[int] = 10  # the first choice wherever it is installed
+    gpu_key: ClassVar[str | None] = "tensor-parallel-size"
 
     def __init__(self, trust_remote_code: bool = True, launcher: Any = None, log_path: str | None = None,
                  openai_api: bool = False, **kw):
         names = ({f.alias or n for n, f in VllmParams.model_fields.items()} | set(VllmParams.model_fields)) - \
             {"openai_api", "trust_remote_code"}
         check_kwargs(type(self).__name__, kw, ("host", "port", "name", "prompt_style", *names))
-        super().__init__(launcher=launcher)
+        super().__init__(launcher=launcher, host=kw.get("host"), port=kw.get("port"), name=kw.get("name"),
+                         prompt_style=kw.get("prompt_style", "alpaca"))
         self.params = VllmParams(**{k: v for k, v in kw.items() if k in names}, openai_api=openai_api,
                                  trust_remote_code=trust_remote_code)
         if not self.params.openai_api:
             self.api_key_env = None  # the plain server has no key
-        self.host, self.port = kw.get("host", "127.0.0.1"), kw.get("port")
-        self.name, self.prompt_style = kw.get("name", "fineflow-model"), kw.get("prompt_style", "alpaca")
         self.log_path = log_path
         self.bos = ""
+
+    @classmethod
+    def auto_params(cls, ngpus: int, trust_remote_code: bool = True, log_path: str | None = None) -> dict[str, Any]:
+        # OpenAI's API, and so an API key, as pipelines serve.
+        return {**super().auto_params(ngpus, trust_remote_code, log_path), "openai_api": True}
 
     def preflight(self, master_ip: str | None = None) -> None:
         """Refuse at once where vLLM cannot run; with ``master_ip`` (multi-node) also where its environment has
@@ -123,14 +138,10 @@ class Vllm(LazyLLMDeployBase):
     def cmd(self, finetuned_model: str | None = None, base_model: str | None = None,
             master_ip: str | None = None) -> Command:
         model, adapter = self.model_to_serve(finetuned_model, base_model)
-        if not self.port:
-            from tasks.deploy.endpoints import free_port
-
-            self.port = free_port()
         p = self.params
         module = "vllm.entrypoints.openai.api_server" if p.openai_api else "vllm.entrypoints.api_server"
         argv = [envs.bin_path(self.environment, "python"), "-m", module, "--model", model,
-                "--host", self.host, "--port", str(self.port)]
+                "--host", self.host, "--port", str(self.listen_port())]
         if p.openai_api:
             argv += ["--served-model-name", self.name]
         values = p.model_dump()
@@ -151,15 +162,13 @@ class Vllm(LazyLLMDeployBase):
             self.bos = tokenizer.bos_token or ""
             if p.openai_api:
                 argv += ["--chat-template", str(self.write_chat_template(tokenizer))]
-        env = {**envs.path_env(self.environment), "VLLM_CPU_KVCACHE_SPACE": str(p.cpu_kvcache_space_gib)}
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(p.cpu_kvcache_space_gib)}
         if master_ip:  # multi-node: this node joins the Ray cluster (tasks/deploy/ray.py), vLLM spans it
             argv += ["--distributed-executor-backend", "ray"]
             env["RAY_ADDRESS"] = master_ip
-            argvs = [[envs.bin_path(self.environment, "ray"), "start", f"--address={master_ip}"], argv]
-            return Command(argvs, return_value=self.url(), checker=http_ready(f"{self.url()}/health"), env=env,
-                           ready_timeout_s=p.ready_timeout_s)
-        return Command(argv, return_value=self.url(), checker=http_ready(f"{self.url()}/health"), env=env,
-                       ready_timeout_s=p.ready_timeout_s)
+            return self.server_command([[envs.bin_path(self.environment, "ray"), "start", f"--address={master_ip}"],
+                                        argv], env)
+        return self.server_command(argv, env)
 
     def write_chat_template(self, tokenizer) -> Path:
         template = inference.chat_template(self.prompt_style, tokenizer)
@@ -167,9 +176,6 @@ class Vllm(LazyLLMDeployBase):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(template)
         return path
-
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def geturl(self, job: Any = None) -> str:
         """Where requests go: the OpenAI API's base, or the plain server's ``/generate``."""

@@ -1,9 +1,7 @@
-"""Finetune backends (the contract's ``lazyllm.components.finetune``), one module per framework.
+"""Finetune backends (the contract's ``lazyllm.components.finetune``), one module per framework, with the programs
+their commands run (``train_lora.py``, ``collie_train.py``, ``merge.py``, ``st_layout.py``).
 
-``FRAMEWORKS`` is the one table of them: a pipeline's ``finetune.framework`` names a row, and
-``tasks/config.py`` builds the config's union from it. Adding a framework is a module here (a
-``LazyLLMFinetuneBase`` subclass, see ``base.py``), a line in this table, and, if it needs
-its own packages, ``infra/envs/<name>.txt``.
+``FRAMEWORKS`` is the table (``frameworks.py``) and ``auto``, which chooses among its rows (``auto.py``).
 """
 
 from tasks.finetune.alpacalora import AlpacaloraFinetune, alpacalora
@@ -11,15 +9,10 @@ from tasks.finetune.auto import AutoFinetune, auto
 from tasks.finetune.base import DummyFinetune, FinetuneParams, LazyLLMFinetuneBase
 from tasks.finetune.collie import CollieFinetune, collie
 from tasks.finetune.flagembedding import FlagembeddingFinetune, flagembedding
+from tasks.finetune.frameworks import FRAMEWORKS as _TABLE
 from tasks.finetune.llamafactory import LlamafactoryFinetune, llamafactory
 
-FRAMEWORKS: dict[str, type[LazyLLMFinetuneBase]] = {
-    "alpacalora": AlpacaloraFinetune,
-    "llamafactory": LlamafactoryFinetune,
-    "collie": CollieFinetune,  # CUDA GPUs with NCCL only: its preflight refuses elsewhere
-    "flagembedding": FlagembeddingFinetune,  # embed and rerank models
-    "auto": AutoFinetune,  # chooses one of the others (tasks/finetune/auto.py)
-}
+FRAMEWORKS: dict[str, type[LazyLLMFinetuneBase]] = {**_TABLE, "auto": AutoFinetune}
 
 
 def get_framework(name: str) -> type[LazyLLMFinetuneBase]:

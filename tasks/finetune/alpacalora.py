@@ -18,10 +18,11 @@ from pydantic import Field
 from tasks import envs
 from tasks.core import Command
 from tasks.finetune.base import FinetuneParams, MergedLoraFinetune, random_nccl_port
+from tasks.settings import env
 
 
 class AlpacaloraParams(FinetuneParams):
-    """The contract's keyword arguments and defaults, then fineflow's additions (documented in the README)."""
+    """The contract's keyword arguments and defaults, then fineflow's additions (docs/components.md)."""
 
     owner: ClassVar[str] = "AlpacaloraFinetune"
     data_path: str | None = None
@@ -58,6 +59,8 @@ SCRIPT_ARGS = ("batch_size", "micro_batch_size", "num_epochs", "learning_rate", 
 
 class AlpacaloraFinetune(MergedLoraFinetune):
     framework: ClassVar[str] = "alpacalora"
+    auto_types: ClassVar[tuple[str, ...]] = ("llm",)
+    auto_rank: ClassVar[int] = 20
     Params: ClassVar[type[FinetuneParams]] = AlpacaloraParams
 
     @classmethod
@@ -70,7 +73,7 @@ class AlpacaloraFinetune(MergedLoraFinetune):
     def _data_file(self, name: str | None) -> str | None:
         if name is None or os.path.isabs(name) or os.path.exists(name):
             return name
-        base = self.params.data_path or os.environ.get("LAZYLLM_DATA_PATH")
+        base = self.params.data_path or env("LAZYLLM_DATA_PATH")
         return os.path.join(base, name) if base else name
 
     def _python(self) -> list[str]:

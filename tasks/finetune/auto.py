@@ -4,11 +4,11 @@
     trainer                      # <fineflow.llm.finetune type=LlamafactoryFinetune>
     trainer.auto_plan            # FinetunePlan(framework='llamafactory', ngpus=1, micro_batch_size=..., reason=...)
 
-The rules, in one place (the README shows the same table):
+The rules, in one place (docs/components.md shows the same table):
 
-- model type (``ModelManager.get_model_type``, or ``model_type=``) -> framework: the first
-  *available* one of ``FRAMEWORKS_BY_TYPE[type]``; a framework is available when it is in
-  ``tasks.finetune.FRAMEWORKS`` and runs here (this environment, or an ``infra/envs`` file that
+- model type (``ModelManager.get_model_type``, or ``model_type=``) -> framework: the first *available* of the
+  frameworks in ``tasks/finetune/frameworks.py`` whose ``auto_types`` hold it, by ``auto_rank`` (each framework
+  declares both); a framework is available when it runs here (this environment, or an ``infra/envs`` file that
   builds it). tts, stt, sd, ocr and cross-modal embedding models cannot be finetuned: a clear error.
 - model size (billions of parameters: from the name, ``7b``; else from the weights on disk),
   ``ctx_len``, ``batch_size``, ``lora_r``, the GPU memory (``LAZYLLM_GPU_MEMORY``, GB, default
@@ -19,9 +19,7 @@ The rules, in one place (the README shows the same table):
 from __future__ import annotations
 
 import math
-import os
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,17 +27,12 @@ from pydantic import ConfigDict, Field, model_validator
 
 from tasks import envs, launchers
 from tasks.finetune.base import FinetuneParams, LazyLLMFinetuneBase
+from tasks.finetune.frameworks import FRAMEWORKS
+from tasks.models import ModelManager
+from tasks.models.size import BYTES_PER_PARAM, RESERVED, gpu_memory, model_size_b
 
-FRAMEWORKS_BY_TYPE: dict[str, tuple[str, ...]] = {
-    "llm": ("llamafactory", "alpacalora", "collie"),
-    "vlm": ("llamafactory",),
-    "embed": ("flagembedding",),
-    "rerank": ("flagembedding",),
-}
 NOT_FINETUNABLE = ("tts", "stt", "sd", "ocr", "cross_modal_embed")
-BYTES_PER_PARAM = 2  # weights held in bf16/fp16 on a GPU
 WEIGHT_OVERHEAD = 1.2  # LoRA weights, their optimizer state and buffers on top of the frozen weights
-RESERVED = 0.1  # share of each GPU kept free (CUDA context, fragmentation)
 ACTIVATION_GB_PER_B_PER_1K_TOKENS = 0.04  # activations of one sample, per billion parameters and 1k tokens
 
 
@@ -72,23 +65,6 @@ class FinetunePlan:
     reason: str
 
 
-def model_size_b(name_or_path: str) -> float:
-    """Billions of parameters: ``7b`` / ``1.8B`` / ``1_8b`` in the name, else counted from the weights' headers."""
-    match = re.search(r"(?<![\d._])(\d+(?:[._]\d+)?)[bB](?![a-zA-Z])", Path(name_or_path).name)
-    if match:  # internlm2-chat-1_8b writes 1.8 with an underscore
-        return float(match.group(1).replace("_", "."))
-    weights = [p for p in Path(name_or_path).glob("*.safetensors")] if Path(name_or_path).is_dir() else []
-    if weights:
-        from safetensors import safe_open
-
-        count = 0
-        for path in weights:
-            with safe_open(str(path), "pt") as f:
-                count += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-        return count / 1e9
-    return 0.0
-
-
 def plan_batches(size_b: float, ctx_len: int, batch_size: int, lora_r: int, gpu_memory_gb: float,
                  ngpus: int | None) -> tuple[int, int, int]:
     """(GPU count, micro batch size, gradient accumulation) that fit ``batch_size`` samples of ``ctx_len``
@@ -111,8 +87,6 @@ def plan_batches(size_b: float, ctx_len: int, batch_size: int, lora_r: int, gpu_
 def available(framework: str) -> bool:
     """Whether ``framework`` is implemented here and can run: in this environment, or in one its
     ``infra/envs`` file builds."""
-    from tasks.finetune import FRAMEWORKS
-
     cls = FRAMEWORKS.get(framework)
     if cls is None:
         return False
@@ -125,12 +99,19 @@ def available(framework: str) -> bool:
         return False
 
 
+def ranked(model_type: str) -> list[str]:
+    """The frameworks AutoFinetune may choose for ``model_type``, in order of preference."""
+    return [name for name, cls in sorted(FRAMEWORKS.items(), key=lambda row: row[1].auto_rank)
+            if model_type in cls.auto_types]
+
+
 def choose(model_type: str) -> tuple[str, str]:
     """The framework for ``model_type`` and why."""
     if model_type in NOT_FINETUNABLE:
-        raise ValueError(f"{model_type} models cannot be finetuned (AutoFinetune finetunes "
-                         f"{', '.join(FRAMEWORKS_BY_TYPE)} models)")
-    candidates = FRAMEWORKS_BY_TYPE.get(model_type)
+        types = sorted({t for cls in FRAMEWORKS.values() for t in cls.auto_types})
+        raise ValueError(f"{model_type} models cannot be finetuned (AutoFinetune finetunes {', '.join(types)} "
+                         "models)")
+    candidates = ranked(model_type)
     if not candidates:
         raise ValueError(f"no finetune framework is known for {model_type} models")
     for name in candidates:
@@ -151,19 +132,16 @@ class AutoFinetune(LazyLLMFinetuneBase):
     def __new__(cls, base_model: str, target_path: str, source: str | None = None, merge_path: str | None = None,
                 ctx_len: int = 1024, batch_size: int = 32, lora_r: int = 8, launcher: Any = None,
                 model_type: str | None = None, **kw):
-        from tasks.finetune import FRAMEWORKS
-        from tasks.models import ModelManager
-
         path = ModelManager(model_source=source).find_local(base_model) or base_model
         model_type = model_type or ModelManager.get_model_type(Path(base_model).name)
         framework, reason = choose(model_type)
         size = model_size_b(path if Path(path).exists() else base_model)
-        gpu_memory = float(os.environ.get("LAZYLLM_GPU_MEMORY", 80))
+        memory_gb = gpu_memory()
         given = getattr(launcher, "ngpus", None) if launcher is not None else None
-        ngpus, micro, accumulation = plan_batches(size, ctx_len, batch_size, lora_r, gpu_memory, given or None)
+        ngpus, micro, accumulation = plan_batches(size, ctx_len, batch_size, lora_r, memory_gb, given or None)
         plan = FinetunePlan(framework, model_type, round(size, 4), ngpus, micro, accumulation,
                             f"{reason}; {size:.3g}B parameters, ctx_len {ctx_len}, batch {batch_size}, lora_r "
-                            f"{lora_r}, {ngpus} GPU(s) of {gpu_memory:g} GB -> micro batch {micro} x accumulation "
+                            f"{lora_r}, {ngpus} GPU(s) of {memory_gb:g} GB -> micro batch {micro} x accumulation "
                             f"{accumulation}")
         chosen = FRAMEWORKS[framework]
         kwargs = {**chosen.auto_params(plan, ctx_len=ctx_len, lora_r=lora_r), **kw}
@@ -176,9 +154,3 @@ class AutoFinetune(LazyLLMFinetuneBase):
 
 def auto(base_model: str, target_path: str, **kw) -> LazyLLMFinetuneBase:
     return AutoFinetune(base_model, target_path, **kw)
-
-
-def plan_dict(trainer: LazyLLMFinetuneBase) -> dict[str, Any] | None:
-    """The plan behind a trainer AutoFinetune chose, for the run's records (None when none was)."""
-    plan = getattr(trainer, "auto_plan", None)
-    return asdict(plan) if plan else None

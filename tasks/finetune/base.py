@@ -77,6 +77,8 @@ class LazyLLMFinetuneBase(ComponentBase):
     Params: ClassVar[type[FinetuneParams]] = FinetuneParams
     environment: ClassVar[str | None] = envs.MAIN
     model_type: str = "llm"  # what the trained model is (tasks.models.types): how the pipeline evaluates it
+    auto_types: ClassVar[tuple[str, ...]] = ()  # the model types AutoFinetune may choose it for
+    auto_rank: ClassVar[int] = 100  # its place among the frameworks of a type: the first available one wins
 
     def __init__(self, base_model: str, target_path: str, *, launcher: Any = None):
         super().__init__(launcher=launcher or launchers.remote(ngpus=1))
@@ -160,7 +162,7 @@ class DummyFinetune(LazyLLMFinetuneBase):
 
 
 class MergedLoraFinetune(LazyLLMFinetuneBase):
-    """A framework that leaves a PEFT adapter which fineflow merges into the base (``tasks.merge``, in this
+    """A framework that leaves a PEFT adapter which fineflow merges into the base (``tasks.finetune.merge``, in this
     environment) and completes with the base's ``cp_files``: AlpacaLoRA and CoLLiE. Their contract
     constructors are the same; their ``Params`` have ``prompt_template_name``."""
 
@@ -177,9 +179,9 @@ class MergedLoraFinetune(LazyLLMFinetuneBase):
 
     def export_command(self) -> Command | None:
         python = envs.bin_path(envs.MAIN, "python")
-        merge = [python, "-m", "tasks.merge", "merge", "--base_model", self.base_model,
+        merge = [python, "-m", "tasks.finetune.merge", "merge", "--base_model", self.base_model,
                  "--lora_path", self.target_path, "--merge_path", self.merge_path]
-        copy = [python, "-m", "tasks.merge", "copy", "--src", self.base_model, "--dst", self.merge_path,
+        copy = [python, "-m", "tasks.finetune.merge", "copy", "--src", self.base_model, "--dst", self.merge_path,
                 "--pattern", self.cp_files]
         return Command([merge, copy], return_value=self.merge_path, env=self.command_env())
 

@@ -7,7 +7,7 @@
 collie-lm 1.0.7 installs only beside old transformers/peft (``infra/envs/collie.txt``). It trains only
 on CUDA GPUs: ``collie.utils.setup_distribution`` initialises an NCCL process group and pins each
 rank to a CUDA device. ``preflight()`` says so at once on a machine without them, before the
-environment is built or anything runs. The merge is AlpacaLoRA's (``tasks.merge``).
+environment is built or anything runs. The merge is AlpacaLoRA's (``tasks.finetune.merge``).
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def cuda_with_nccl() -> tuple[bool, str]:
 
 class CollieFinetune(MergedLoraFinetune):
     framework: ClassVar[str] = "collie"
+    auto_types: ClassVar[tuple[str, ...]] = ("llm",)
+    auto_rank: ClassVar[int] = 30
     Params: ClassVar[type[FinetuneParams]] = CollieParams
     environment: ClassVar[str | None] = "collie"
 

@@ -98,6 +98,8 @@ def model_type_of(base_model: str) -> str:
 
 class FlagembeddingFinetune(LazyLLMFinetuneBase):
     framework: ClassVar[str] = "flagembedding"
+    auto_types: ClassVar[tuple[str, ...]] = ("embed", "rerank")
+    auto_rank: ClassVar[int] = 10
     Params: ClassVar[type[FinetuneParams]] = FlagembeddingParams
     environment: ClassVar[str | None] = "flagembedding"
 
@@ -186,7 +188,7 @@ class FlagembeddingFinetune(LazyLLMFinetuneBase):
 
     def export_command(self) -> Command | None:
         """Drop the trainer's checkpoints; an embedder gets the sentence-transformers layout it was trained with."""
-        argv = [envs.bin_path(envs.MAIN, "python"), "-m", "tasks.st_layout", "--model", self.target_path]
+        argv = [envs.bin_path(envs.MAIN, "python"), "-m", "tasks.finetune.st_layout", "--model", self.target_path]
         if self.model_type == "embed":
             argv += ["--pooling", self.kw["sentence_pooling_method"], "--max-seq-length",
                      str(self.kw["passage_max_len"])] + (["--normalize"] if self.kw["normalize_embeddings"] else [])

@@ -118,6 +118,8 @@ def _yaml(path: str | None) -> dict[str, Any]:
 
 class LlamafactoryFinetune(LazyLLMFinetuneBase):
     framework: ClassVar[str] = "llamafactory"
+    auto_types: ClassVar[tuple[str, ...]] = ("llm", "vlm")
+    auto_rank: ClassVar[int] = 10
     Params: ClassVar[type[FinetuneParams]] = LlamafactoryParams
     environment: ClassVar[str | None] = "llamafactory"
 
@@ -255,7 +257,7 @@ class LlamafactoryFinetune(LazyLLMFinetuneBase):
             argv = [envs.bin_path(self.environment, "llamafactory-cli"), "export",
                     self._write("export.yaml", self.export_args())]
         else:  # a full or freeze finetune is the model: copy its files (not the checkpoints) to merge_path
-            argv = [envs.bin_path(envs.MAIN, "python"), "-m", "tasks.merge", "copy", "--src", self.target_path,
+            argv = [envs.bin_path(envs.MAIN, "python"), "-m", "tasks.finetune.merge", "copy", "--src", self.target_path,
                     "--dst", self.merge_path, "--pattern", "*"]
         return Command(argv, return_value=self.merge_path, env=self.command_env())
 

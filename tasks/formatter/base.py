@@ -10,7 +10,6 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 

@@ -4,20 +4,18 @@ project's embedded models (``infra/models``)."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+import json
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from tasks.settings import REPO_ROOT
+from tasks.files import INCOMPLETE_MARKER
+from tasks.services.cache import fingerprint
+from tasks.settings import REPO_ROOT, env
 
 EMBEDDED_MODELS = REPO_ROOT / "infra" / "models"
-WEIGHT_SUFFIXES = (".pt", ".bin", ".safetensors")
-INCOMPLETE_MARKER = ".fineflow-incomplete"  # in a directory that a download is still filling
+# What counts as weights: PyTorch and safetensors checkpoints, GGUF files, ONNX models (OCR, piper voices).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".onnx")
 
 
 class ModelRef(BaseModel):
@@ -29,26 +27,29 @@ class ModelNotFoundError(FileNotFoundError):
     pass
 
 
-def validate_model_path(model_path: str | Path) -> bool:
-    """True when the directory holds weights (.pt, .bin, .safetensors) and no download is still filling it."""
+def holds_weights(model_path: str | Path | None) -> bool:
+    """Whether ``model_path`` is a model folder: it holds weights (``WEIGHT_SUFFIXES``, at any depth, a repository
+    may keep them in a subfolder) outside training checkpoints (``checkpoint-*``: a trainer's state, not a model),
+    and no download is still filling it. The one check, for finding, downloading and serving models."""
+    if not model_path:
+        return False
     path = Path(model_path)
     if not path.is_dir() or (path / INCOMPLETE_MARKER).exists():
         return False
-    return any(p.suffix in WEIGHT_SUFFIXES for p in path.rglob("*") if p.is_file())
+    for file in path.rglob("*"):
+        folders = file.relative_to(path).parts[:-1]
+        if file.suffix in WEIGHT_SUFFIXES and file.is_file() and not any(d.startswith("checkpoint-") for d in folders):
+            return True
+    return False
+
+
+validate_model_path = holds_weights  # the contract's name (ModelManager.validate_model_path)
 
 
 def search_roots(model_path: str | None = None, cache_dir: str | None = None) -> list[Path]:
-    roots = [p for p in (model_path or os.environ.get("LAZYLLM_MODEL_PATH", "")).split(":") if p]
-    cache = cache_dir or os.environ.get("LAZYLLM_MODEL_CACHE_DIR", "~/.lazyllm/model")
+    roots = [p for p in (model_path or env("LAZYLLM_MODEL_PATH")).split(":") if p]
+    cache = cache_dir or env("LAZYLLM_MODEL_CACHE_DIR")
     return [Path(p).expanduser() for p in roots] + [Path(cache).expanduser(), EMBEDDED_MODELS]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def safe_relpath(path: str) -> Path:
@@ -57,20 +58,6 @@ def safe_relpath(path: str) -> Path:
     if rel.is_absolute() or ".." in rel.parts:
         raise ValueError(f"unsafe file path {path!r} in a model listing")
     return rel
-
-
-@contextmanager
-def filling(target: Path) -> Iterator[Path]:
-    """A ``<target>.partial`` directory, marked incomplete, that becomes ``target`` only if the block succeeds;
-    after a failure it stays, so the next attempt continues from what is there."""
-    partial = target.with_name(target.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    (partial / INCOMPLETE_MARKER).touch()
-    yield partial
-    (partial / INCOMPLETE_MARKER).unlink()
-    if target.exists():
-        shutil.rmtree(target)
-    partial.rename(target)
 
 
 def revision_record(model_dir: str | Path) -> Path:
@@ -83,12 +70,8 @@ def revision_record(model_dir: str | Path) -> Path:
 def revision_of(model_dir: str | Path) -> str:
     """Which revision of a model a folder holds: ``<hub>:<repo>@<commit>`` for a hub download, else the folder's
     content hash (``sha256:...``, every file's name and bytes)."""
-    import json
-
     record = revision_record(model_dir)
     if record.is_file():
         r = json.loads(record.read_text(encoding="utf-8"))
         return f"{r['source']}:{r['repo']}@{r['commit']}"
-    from tasks.cache import fingerprint
-
     return f"sha256:{fingerprint(model_dir)}"

@@ -11,10 +11,12 @@ from pathlib import Path
 import httpx
 
 from tasks.masking import register_secret
-from tasks.models.hub import HubError, download_repo
+from tasks.models.download import download_repo
+from tasks.models.hub import HubError
 from tasks.models.local import search_roots, validate_model_path
 from tasks.models.mirror import MirrorError, download_model
 from tasks.models.types import get_model_prompt_keys, get_model_type, hub_repo
+from tasks.settings import env
 
 log = logging.getLogger(__name__)
 SOURCES = ("huggingface", "modelscope")
@@ -31,14 +33,14 @@ class ModelManager:
 
     def __init__(self, model_source: str | None = None, token: str | None = None, model_path: str | None = None,
                  cache_dir: str | None = None):
-        source = model_source or os.environ.get("LAZYLLM_MODEL_SOURCE") or "modelscope"
+        source = model_source or env("LAZYLLM_MODEL_SOURCE")
         if source not in SOURCES and not source.startswith("s3://"):
             raise ValueError(f"model_source must be one of {', '.join(SOURCES)} or an s3:// mirror, got {source!r}")
         self.model_source = source
-        self.token = token or os.environ.get("LAZYLLM_MODEL_SOURCE_TOKEN") or None
+        self.token = token or env("LAZYLLM_MODEL_SOURCE_TOKEN")
         register_secret(self.token)  # masked in logs and errors wherever it shows
-        self.model_path = model_path if model_path is not None else os.environ.get("LAZYLLM_MODEL_PATH", "")
-        self.cache_dir = Path(cache_dir or os.environ.get("LAZYLLM_MODEL_CACHE_DIR") or "~/.lazyllm/model").expanduser()
+        self.model_path = model_path if model_path is not None else env("LAZYLLM_MODEL_PATH")
+        self.cache_dir = Path(cache_dir or env("LAZYLLM_MODEL_CACHE_DIR")).expanduser()
 
     def __repr__(self) -> str:  # never shows the token
         return f"<ModelManager source={self.model_source} cache_dir={self.cache_dir}>"

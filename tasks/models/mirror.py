@@ -14,8 +14,9 @@ from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
 
-from tasks import storage
-from tasks.models.local import INCOMPLETE_MARKER, filling, safe_relpath, sha256_file
+from tasks.files import INCOMPLETE_MARKER, filling, sha256_file
+from tasks.models.local import safe_relpath
+from tasks.services import storage
 
 MANIFEST = "fineflow-manifest.json"
 

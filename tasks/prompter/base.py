@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import re
 from collections.abc import Callable
 from typing import Any
 
 from tasks.core import check_kwargs
-from tasks.prompter.tools import (FC_PROMPT, FC_PROMPT_PLACEHOLDER, TOOL_TOKENS, TOOLS_HEADER, dumps_json5,
-                                  tool_result)
+from tasks.prompter.tools import FC_PROMPT, FC_PROMPT_PLACEHOLDER, TOOL_TOKENS, TOOLS_HEADER, dumps_json5, tool_result
+from tasks.settings import env
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class PrompterError(ValueError):
 
 
 def default_system_prompt() -> str:
-    return "" if os.environ.get("LAZYLLM_DISABLE_SYSTEM_PROMPT", "").lower() in ("1", "true", "on") \
+    return "" if env("LAZYLLM_DISABLE_SYSTEM_PROMPT").lower() in ("1", "true", "on") \
         else DEFAULT_SYSTEM
 
 

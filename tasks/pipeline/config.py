@@ -1,0 +1,238 @@
+"""Pipeline configuration: the YAML files in ``deployments/``, validated in one place.
+
+An error names the file and the field (``deployments/x.yaml: finetune.llamafactory.params: ...``).
+``finetune`` is a union keyed on ``framework`` and ``deploy`` one keyed on ``backend``, built from
+the backend tables, so each backend's parameters are checked by its own typed model. Validating
+a config imports no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from tasks.data.prepare import MAX_RECORD_CHARS
+from tasks.data.readers import confine
+from tasks.deploy import ENGINES, LazyLLMDeployBase, engine_for
+from tasks.evaluate import MEASURED, GateConfig
+from tasks.finetune import FRAMEWORKS
+from tasks.formatter import make_formatter
+from tasks.models.types import get_model_type
+from tasks.net import LOOPBACK
+from tasks.prompter import get_prompter
+from tasks.settings import REPO_ROOT
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(Section):
+    base_model: str = "tiny-llama"
+
+
+class DataSection(Section):
+    path: str
+    val_set_size: int = Field(200, ge=1, le=10_000_000)
+    prompt_template_name: str = "alpaca"
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    # Records longer than the finetune's cutoff_len (in tokens): "warn" counts them (training truncates),
+    # "reject" fails the run before training, naming the first one.
+    on_long: Literal["warn", "reject"] = "warn"
+    # A record with more characters than this (all fields together) fails the run before training, naming it.
+    max_record_chars: int = Field(MAX_RECORD_CHARS, ge=100, le=10_000_000)
+
+    @field_validator("prompt_template_name")
+    @classmethod
+    def known_prompter(cls, name: str) -> str:
+        get_prompter(name)  # a ValueError naming the known ones
+        return name
+
+
+# pragma: no mutate start (runs once, at import, where a mutation tester cannot switch a mutant in; the
+# sections it builds are checked by tests/unit/test_config.py)
+def _sections(table: dict[str, type], key: str, fields: dict[str, Any], base: type[BaseModel]) -> Any:
+    """One config section per row of a backend table, joined in a union on ``key`` (the row's name); each
+    section's ``params`` is that backend's own typed ``Params``."""
+    sections = [create_model(f"{name.title()}{base.__name__}", __base__=base,
+                             **{key: (Literal[name], name), "params": (cls.Params, Field(default_factory=cls.Params))},
+                             **fields)
+                for name, cls in table.items()]
+    return Annotated[Union[tuple(sections)], Field(discriminator=key)]  # noqa: UP007 (a runtime-built union)
+# pragma: no mutate end
+
+
+FinetuneSection = _sections(FRAMEWORKS, "framework", {
+    # Processes for one training run: > 1 runs it under torchrun (the launcher's ngpus).
+    "nproc": (int, Field(1, ge=1, le=1024)),
+}, Section)
+
+
+class EvaluateSection(Section):
+    max_samples: int = Field(200, ge=1, le=100_000)
+    max_new_tokens: int = Field(32, ge=1, le=512)
+    gate: GateConfig = GateConfig()
+
+
+class DeploySettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65_535)  # 0: a free port
+    # Every request needs the key in tasks/services/keys.py (Authorization: Bearer ...). Off, the endpoint is open
+    # to anyone who can reach it, so it may bind only a loopback address.
+    api_key: bool = True
+    # How the endpoint's answers are shaped (tasks.formatter): a formatter name and its selector.
+    formatter: str = "empty"
+    formatter_selector: str | None = None
+
+    def engine(self, model_path: str, name: str, prompt_style: str) -> LazyLLMDeployBase:
+        """The engine this section asks for, serving ``model_path`` as ``name`` in ``prompt_style``."""
+        return engine_for(self.backend, model_path, name, prompt_style, self.host, self.port,  # type: ignore
+                          self.params.model_dump())  # type: ignore[attr-defined]
+
+    def relaunch(self, prompt_style: str) -> dict:
+        """How to serve a model this way again (an endpoint's record, a version's ``deploy_config`` tag)."""
+        return {"deploy": self.model_dump(mode="json"), "prompt_style": prompt_style}
+
+    @model_validator(mode="after")
+    def known_formatter(self) -> "DeploySettings":
+        make_formatter(self.formatter, self.formatter_selector)  # FormatterError is a ValueError
+        return self
+
+    @model_validator(mode="after")
+    def strangers_kept_out(self) -> "DeploySettings":
+        if not self.api_key and self.host not in LOOPBACK:
+            raise ValueError(f"host {self.host} with api_key: false would serve anyone who can reach it: keep "
+                             "api_key on, or bind 127.0.0.1")
+        engine = ENGINES[getattr(self, "backend", "relay")]
+        if self.api_key and not engine.supports_api_key(getattr(self, "params", None)):
+            raise ValueError(f"deploy engine {engine.engine!r} cannot require an API key: set api_key: false "
+                             "(and bind 127.0.0.1)")
+        return self
+
+
+DeploySection = _sections(ENGINES, "backend", {}, DeploySettings)
+
+
+# Names that become MLflow names, endpoint names and file names: letters, digits, '.', '_', '-'.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+class RegisterSection(Section):
+    model_name: str = Field(pattern=NAME)
+    alias: str = Field("production", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+class PipelineConfig(Section):
+    name: str = Field(pattern=NAME)
+    experiment: str = Field("fineflow", min_length=1, max_length=200)
+    model: ModelSection = ModelSection()
+    data: DataSection
+    finetune: FinetuneSection
+    evaluate: EvaluateSection = EvaluateSection()
+    deploy: DeploySection
+    registry: RegisterSection
+
+    @model_validator(mode="after")
+    def engine_serves_the_model(self) -> "PipelineConfig":
+        """A deploy engine is paired with a model of a type it serves (an embedder is not given to vLLM)."""
+        kind = get_model_type(self.model.base_model)
+        serves = ENGINES[self.deploy.backend].serves
+        if kind not in serves:
+            raise ValueError(f"deploy.backend {self.deploy.backend!r} serves {' and '.join(serves)} models; "
+                             f"model.base_model {self.model.base_model!r} is a {kind} model")
+        measured = MEASURED.get(kind, ())
+        if self.evaluate.gate.metric is not None and self.evaluate.gate.metric not in measured:
+            raise ValueError(f"evaluate.gate.metric {self.evaluate.gate.metric!r} is not measured for {kind} "
+                             f"models; measured: {', '.join(measured)}")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def default_backends(cls, data: Any) -> Any:
+        """``finetune`` and ``deploy`` may be left out, or name no backend: AlpacaLoRA and the relay server."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for section, key, default in (("finetune", "framework", "alpacalora"), ("deploy", "backend", "relay")):
+                value = data.get(section) or {}
+                if isinstance(value, dict):
+                    data[section] = {key: default, **value}
+        return data
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# Framework parameters that name a file or folder the framework reads.
+PATH_PARAMS = ("data_path", "deepspeed", "config_path", "export_config_path")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def with_data_path(overrides: dict | None, data_path: str | None) -> dict | None:
+    """``overrides`` with ``data.path`` replaced by ``data_path`` (what a data trigger passes), when given; overrides
+    that are not a mapping are left for ``load_config`` to refuse."""
+    if not data_path:
+        return overrides
+    data = {"data": {"path": data_path}}
+    return deep_merge(overrides, data) if isinstance(overrides, dict) else overrides or data
+
+
+def config_file(path: str | Path) -> Path:
+    path = Path(path)
+    return REPO_ROOT / path if not path.is_absolute() and not path.exists() else path
+
+
+def read_config(path: str | Path, overrides: dict | None, schema: type[M]) -> M:
+    """Read a YAML config (relative to the repo root when not found here), merge ``overrides`` into it and
+    validate it as ``schema``; every problem is named with its field."""
+    path = config_file(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: file not found") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (name, data, finetune, deploy, "
+                          f"registry, ...), not a {type(raw).__name__}")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(f"{path}: overrides must be a mapping of sections to merge into the file, not a "
+                          f"{type(overrides).__name__}")
+    raw = deep_merge(raw, overrides or {})
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(": ".join(filter(None, (".".join(map(str, err["loc"])),
+                                                     err["msg"].removeprefix("Value error, "))))
+                             for err in e.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
+    """Read, merge ``overrides`` into, and validate a pipeline YAML; the data path is resolved from the repo root
+    and confined to the data roots (``tasks.data.readers.confine``)."""
+    config, path = read_config(path, overrides, PipelineConfig), config_file(path)
+    try:
+        config.data.path = confine(config.data.path)
+    except ValueError as e:
+        raise ConfigError(f"{path}: data.path: {e}") from None
+    params = config.finetune.params
+    for name in PATH_PARAMS:  # the files a framework reads: under the data roots, or the repo's DeepSpeed configs
+        if value := getattr(params, name, None):
+            try:
+                setattr(params, name, confine(value, also=(REPO_ROOT / "infra" / "deepspeed",)))
+            except ValueError as e:
+                raise ConfigError(f"{path}: finetune.{config.finetune.framework}.params.{name}: {e}") from None
+    return config

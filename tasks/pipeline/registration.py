@@ -1,0 +1,107 @@
+"""The end of every pipeline: the endpoint registered as a model version, the alias moved to it or not, with one
+policy for finetuned and deploy-only models alike.
+
+- The version is created with what the endpoint is (URL, engine, launch command, how to serve it again, where its
+  API key is kept) and what the pipeline adds (gate, metrics, lineage).
+- The alias moves only when the endpoint is healthy, the pipeline's own check passed (``why_not`` is None) and the
+  promotion guard agrees (``rollout.promote``: a version promoted meanwhile must be beaten).
+- A version that is not promoted for a known reason (``rollout.NotPromoted``) is tagged ``status=rejected`` and
+  its endpoint stopped, so production keeps serving. An unexpected error is raised, after the same clean-up when
+  the alias is known not to hold the version (an error after the switch leaves the new production serving).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+from pydantic import BaseModel
+
+from tasks.evaluate import GateConfig, beats
+from tasks.masking import show_argv
+from tasks.services import registry, tracking
+from tasks.serving import endpoints, rollout
+from tasks.serving.endpoints import Endpoint
+
+
+class Registration(BaseModel):
+    model_name: str
+    version: str
+    alias: str
+    promoted: bool
+    previous_version: str | None
+    reason: str
+    endpoint_url: str = ""  # where the version answers ("" when it does not serve)
+
+
+def endpoint_tags(ep: Endpoint) -> dict[str, str]:
+    """What a version records of its endpoint: where it answers, which engine with which command, how to serve it
+    again (``deploy_config``: the deploy section and the prompt style), where its API key is kept (never the key)."""
+    return {"endpoint_url": ep.url, "endpoint_name": ep.name, "backend": ep.backend,
+            "api_key_file": ep.api_key_file or "none (open, loopback only)",
+            "deploy_config": json.dumps(ep.relaunch), "launch_command": show_argv(ep.argv)}
+
+
+def unless_superseded(name: str, seen: str | None, gate: GateConfig,
+                      candidate: dict[str, float]) -> Callable[[str | None], str | None]:
+    """A promotion guard: if the alias moved from ``seen`` while the run ran (another run of the pipeline
+    promoted), the candidate replaces that version only by beating its recorded gate metric by more than the
+    gate's ``min_improvement``, as it had to beat the base."""
+    def guard(current: str | None) -> str | None:
+        if current is None or current == seen:
+            return None
+        metric, ours = gate.metric, round(candidate[gate.metric], 4)  # as the tags record it
+        theirs = registry.version_tags(name, current).get(f"candidate_{metric}")
+        if theirs is not None and not beats(metric, ours, float(theirs), gate.min_improvement):
+            return (f"production moved to version {current} while this run ran (from {seen or 'none'}), and this "
+                    f"candidate's {metric} {ours:.4f} does not beat its {float(theirs):.4f}")
+        return None
+    return guard
+
+
+def register(name: str, alias: str, ep: Endpoint, source: str, tags: dict[str, str], run_id: str,
+             why_not: str | None, promoted_as: str, log: Callable[[str], None],
+             guard: Callable[[str | None], str | None] | None = None) -> Registration:
+    """Register ``ep`` as a version of ``name`` (``source``: the logged model or the files in the bucket) and move
+    ``alias`` to it unless ``why_not`` says the pipeline's own check failed; ``promoted_as`` says in words what
+    was promoted."""
+    healthy = ep.healthy()
+    version = registry.create_version(name, source, run_id,
+                                      {**endpoint_tags(ep), "health": "ok" if healthy else "failed", **tags})
+    why_not = "health check failed" if not healthy else why_not
+    previous, url = None, ""
+    try:
+        if why_not is None:
+            done = rollout.promote(name, alias, version, ep, host=urlparse(ep.url).hostname or "127.0.0.1",
+                                   log=log, guard=guard)
+            previous, url = done.previous_version, done.url
+    except rollout.NotPromoted as e:
+        why_not = str(e)
+    except BaseException as e:
+        try:
+            if registry.alias_version(name, alias) != version:
+                settle(name, alias, version, ep, run_id, f"promotion failed: {type(e).__name__}: {e}", log)
+        except Exception as cleanup:  # the registry is unreachable too: the run's own error is the one to raise
+            log(f"version {version} could not be marked rejected: {cleanup}")
+        raise
+    if why_not is None:
+        reason = f"{alias} -> version {version} ({promoted_as}), served at {url}"
+        tracking.set_tag(run_id, "registered_version", version)
+        log(f"model {name} version {version}: {reason}")
+        return Registration(model_name=name, version=version, alias=alias, promoted=True, previous_version=previous,
+                            reason=reason, endpoint_url=ep.url)
+    return settle(name, alias, version, ep, run_id, why_not, log)
+
+
+def settle(name: str, alias: str, version: str, ep: Endpoint, run_id: str, why_not: str,
+           log: Callable[[str], None]) -> Registration:
+    """A version that was not promoted: tagged ``status=rejected``, its endpoint stopped; production keeps
+    serving (``previous_version`` is what does)."""
+    endpoints.stop(ep.name)
+    registry.set_tag(name, version, "status", "rejected")
+    reason = f"not promoted: {why_not}"
+    tracking.set_tag(run_id, "registered_version", version)
+    log(f"model {name} version {version}: {reason}")
+    return Registration(model_name=name, version=version, alias=alias, promoted=False,
+                        previous_version=registry.alias_version(name, alias), reason=reason, endpoint_url=ep.url)

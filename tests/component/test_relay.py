@@ -1,0 +1,204 @@
+"""The built-in OpenAI-compatible server: its routes checked on the server started detached as the deploy step
+does, and on the same app in this process (where a test can see which code ran)."""
+
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from tasks import inference, net
+from tasks.core import Command
+from tasks.deploy import RelayServer
+from tasks.net import ready as http_ready
+from tasks.servers.relay import create_app, parse_args, server
+from tasks.serving import endpoints
+from tests.support.models import greedy_by_hand
+from tests.support.paths import TINY_MODEL
+
+INSTRUCTION = "Convert the word to upper case."
+
+
+@pytest.fixture(scope="module")
+def endpoint(fineflow_home):
+    ep = endpoints.start("relay-test", RelayServer(name="tiny").cmd(str(TINY_MODEL)), "relay", str(TINY_MODEL))
+    yield ep
+    endpoints.stop("relay-test")
+
+
+@pytest.fixture(params=["served", "in-process"])
+def client(request):
+    """The served endpoint (one for the module), or the app made anew for each test in this process (so the test
+    that exercises a route is the one that made it)."""
+    if request.param == "served":
+        with httpx.Client(base_url=request.getfixturevalue("endpoint").url, timeout=60) as c:
+            yield c
+    else:
+        with TestClient(create_app(str(TINY_MODEL), "tiny")) as c:
+            yield c
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return inference.load_model(str(TINY_MODEL))
+
+
+def test_server_arguments_and_their_defaults():
+    args = parse_args(["--model", "m", "--port", "8001"])
+    assert (args.model, args.port, args.host, args.name, args.prompt_style) == \
+        ("m", 8001, "127.0.0.1", "fineflow-model", "alpaca")
+    argv = RelayServer(name="n", port=8002, prompt_style="chat_template").cmd("/models/x").argvs[-1]
+    args = parse_args(argv[argv.index("tasks.servers.relay") + 1:])
+    assert (args.model, args.port, args.host, args.name, args.prompt_style) == \
+        ("/models/x", 8002, "127.0.0.1", "n", "chat_template")
+
+
+def test_a_chat_template_model_is_prompted_without_an_added_bos(chat_model, tiny, capsys):
+    prompt = "the"
+    expected = greedy_by_hand(*tiny, prompt, 6, bos=False)
+    assert expected != greedy_by_hand(*tiny, prompt, 6)  # an added BOS would change the answer
+    with TestClient(create_app(str(chat_model), "chat", "chat_template")) as c:
+        answer = c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 6}).json()
+        assert answer["choices"][0]["text"] == expected
+        chat = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "the"}],
+                                                    "max_tokens": 6}).json()  # the template puts BOS in
+        with_bos = greedy_by_hand(*tiny, tiny[1].bos_token + "the", 6, bos=False)
+        assert chat["choices"][0]["message"]["content"] == with_bos != ""
+    srv = server(["--model", str(chat_model), "--port", "1", "--host", "localhost", "--prompt-style",
+                  "chat_template"])
+    assert (srv.config.host, srv.config.port) == ("localhost", 1)
+    with TestClient(srv.config.app) as c:
+        assert c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 6}).json()["choices"][0]["text"] == \
+            expected
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    assert "The built-in OpenAI-compatible server for a transformers causal LM." in capsys.readouterr().out
+
+
+def test_the_server_command_line_runs_the_app_on_its_host_and_port(capfd):
+    import threading
+
+    port = net.free_port()
+    srv = server(["--model", str(TINY_MODEL), "--port", str(port), "--name", "threaded"])
+    assert (srv.config.host, srv.config.port, srv.config.log_level) == ("127.0.0.1", port, "info")
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not srv.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok", "model": "threaded"}
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "the", "max_tokens": 3})
+        assert answer.json()["choices"][0]["text"]
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+    assert "Uvicorn running on http://127.0.0.1" in capfd.readouterr().err  # the log level lets it say so
+    with pytest.raises(SystemExit):
+        parse_args(["--port", "1"])  # no model
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m"])  # no port
+
+
+def test_health_and_models(client):
+    assert client.get("/health").json() == {"status": "ok", "model": "tiny"}
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list" and len(models["data"]) == 1
+    model = models["data"][0]
+    assert (model["id"], model["object"], model["owned_by"]) == ("tiny", "model", "fineflow")
+    assert abs(model["created"] - time.time()) < 3600
+
+
+def test_completions_equal_in_process_greedy_generation(client, tiny):
+    prompts = [inference.render_prompt("alpaca", {"instruction": INSTRUCTION, "input": w}) for w in ("abc", "saw")]
+    expected = [greedy_by_hand(*tiny, p, 8) for p in prompts]
+    assert all(e.strip() for e in expected), "the check needs answers that are not empty"
+    one = client.post("/v1/completions", json={"prompt": prompts[0], "max_tokens": 8}).json()
+    assert (one["object"], one["model"], one["id"][:5]) == ("text_completion", "tiny", "cmpl-")
+    assert one["choices"] == [{"index": 0, "text": expected[0], "finish_reason": "stop"}]  # EOS within 8 tokens
+    n_prompt = len(tiny[1](tiny[1].bos_token + prompts[0], add_special_tokens=False).input_ids)
+    n_answer = len(tiny[1](expected[0], add_special_tokens=False).input_ids)
+    assert one["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": n_answer,
+                            "total_tokens": n_prompt + n_answer}
+    assert RelayServer.extract_result(client.post("/v1/completions", json={"prompt": prompts[0], "max_tokens": 8}),
+                                      prompts[0]) == expected[0]
+    many = client.post("/v1/completions", json={"prompt": prompts, "max_tokens": 8}).json()
+    assert [(c["index"], c["text"]) for c in many["choices"]] == list(enumerate(expected))
+    # The budget is honoured ("the" makes the tiny model write on); the default is 32 tokens.
+    short = client.post("/v1/completions", json={"prompt": "the", "max_tokens": 3}).json()
+    assert (short["choices"][0]["finish_reason"], short["usage"]["completion_tokens"]) == ("length", 3)
+    assert short["choices"][0]["text"] == greedy_by_hand(*tiny, "the", 3) != greedy_by_hand(*tiny, "the", 32)
+    default = client.post("/v1/completions", json={"prompt": "the"}).json()
+    assert default["choices"][0]["text"] == greedy_by_hand(*tiny, "the", 32) != greedy_by_hand(*tiny, "the", 33)
+
+
+def test_max_tokens_out_of_range_is_refused(client):
+    for max_tokens in (0, 513, -1):
+        bad = client.post("/v1/completions", json={"prompt": "x", "max_tokens": max_tokens})
+        assert bad.status_code == 400 and bad.json()["error"]["message"] == "max_tokens must be between 1 and 512"
+        assert bad.json()["error"]["param"] == "max_tokens"
+    for max_tokens in (1, 254):  # the bound itself is allowed, as is all the context the prompt leaves
+        assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": max_tokens}).status_code == 200
+    over = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 255})  # BOS + x + 255 > 256
+    assert over.status_code == 400 and over.json()["error"]["message"] == \
+        "prompt is 2 tokens; with max_tokens 255 it is over the model's context of 256"
+
+
+def test_chat_renders_system_and_last_user_message_and_answers_as_in_process(client, tiny):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "hi"}, {"role": "user", "content": f"{INSTRUCTION}\nsaw"}]
+    prompt = inference.render_prompt("alpaca", {"messages": messages})
+    assert prompt.count("Be brief.") == 1 and "hello" not in prompt and "saw" in prompt
+    expected = greedy_by_hand(*tiny, prompt, 8)
+    chat = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8}).json()
+    assert (chat["object"], chat["model"], chat["id"][:9]) == ("chat.completion", "tiny", "chatcmpl-")
+    assert chat["choices"] == [{"index": 0, "message": {"role": "assistant", "content": expected},
+                                "finish_reason": "stop"}]
+    assert expected.strip()
+    default = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "the"}]}).json()
+    user_only = inference.render_prompt("alpaca", {"messages": [{"role": "user", "content": "the"}]})
+    assert default["choices"][0]["message"]["content"] == greedy_by_hand(*tiny, user_only, 32)
+
+
+def test_chat_without_a_user_message_is_refused(client):
+    for messages in ([], [{"role": "system", "content": "Be brief."}], [{"role": "assistant", "content": "hi"}]):
+        resp = client.post("/v1/chat/completions", json={"messages": messages})
+        assert resp.status_code == 400 and resp.json()["error"]["message"] == "messages must contain a user message"
+
+
+def test_listing_and_stopping(fineflow_home):
+    ep = endpoints.start("short-lived", RelayServer(name="short-lived").cmd(str(TINY_MODEL)), "relay",
+                         str(TINY_MODEL))
+    assert "short-lived" in [e.name for e in endpoints.list_endpoints()]
+    assert endpoints.stop("short-lived") and not ep.alive()
+    assert endpoints.get("short-lived") is None and not endpoints.stop("short-lived")
+
+
+def test_failed_start_reports_log(fineflow_home):
+    # The text is built at run time, so only the log's tail can put it in the message (not the command shown).
+    command = Command(["python3", "-c", "print('no model' + ' here'); raise SystemExit(1)"],
+                      return_value="http://127.0.0.1:9", checker=http_ready("http://127.0.0.1:9/health"),
+                      ready_timeout_s=10)
+    with pytest.raises(RuntimeError, match=r"failed its health check .*\(exited with code 1\)") as e:
+        endpoints.start("broken", command, "relay", "none")
+    head, _, tail = str(e.value).partition("; log ")
+    assert "no model here" not in head and "no model here" in tail
+    assert endpoints.get("broken") is None
+
+
+def test_the_whole_command_runs_preparation_env_and_readiness(fineflow_home, tmp_path):
+    """Every argv before the last runs to the end first; the server gets the command's env; the readiness probe
+    decides when it is up."""
+    marker = tmp_path / "prepared"
+    port = net.free_port()
+    server = ("import http.server, os, pathlib; assert pathlib.Path(os.environ['MARKER']).exists(); "
+              f"http.server.HTTPServer(('127.0.0.1', {port}), http.server.SimpleHTTPRequestHandler).serve_forever()")
+    command = Command([["python3", "-c", "import os, pathlib; pathlib.Path(os.environ['MARKER']).touch()"],
+                       ["python3", "-c", server]], return_value=f"http://127.0.0.1:{port}",
+                      checker=http_ready(f"http://127.0.0.1:{port}/"), env={"MARKER": str(marker)}, ready_timeout_s=20)
+    ep = endpoints.start("whole-command", command, "test", "none")
+    try:
+        assert marker.exists() and ep.argv == command.argvs[-1]
+        assert httpx.get(f"{ep.url}/").status_code == 200
+    finally:
+        assert endpoints.stop("whole-command")

@@ -1,0 +1,255 @@
+"""The built-in server as a server: API keys, batching, streaming, sampling honoured or refused, bounds before
+any model work, and the official ``openai`` client against it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from tasks import inference
+from tasks.deploy import RelayServer
+from tasks.masking import redact_text
+from tasks.servers.batching import GenRequest, generate_batch
+from tasks.servers.relay import create_app, server
+from tasks.services import keys
+from tasks.serving import endpoints
+from tests.support.models import greedy_by_hand
+from tests.support.paths import TINY_MODEL
+
+KEY = "test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return inference.load_model(str(TINY_MODEL))
+
+
+@pytest.fixture(scope="module")
+def app():
+    return create_app(str(TINY_MODEL), "tiny", api_key=KEY, max_batch=16, batch_wait_ms=20)
+
+
+@pytest.fixture(scope="module")
+def served(fineflow_home):
+    """The server started as the deploy step starts it: detached, the key in its environment only."""
+    engine = RelayServer(name="tiny")
+    command = engine.with_api_key(engine.cmd(str(TINY_MODEL)), keys.api_key())
+    assert keys.api_key() not in " ".join(command.argvs[-1])
+    ep = endpoints.start("relay-serving", command, "relay", str(TINY_MODEL))
+    yield ep
+    endpoints.stop("relay-serving")
+
+
+def test_the_api_key_is_made_once_kept_private_and_masked(fineflow_home):
+    key = keys.api_key()
+    path = keys.key_path()
+    assert path.stat().st_mode & 0o777 == 0o600 and path.read_text().strip() == key and len(key) > 30
+    assert keys.api_key() == key  # made once
+    assert redact_text(f"curl -H 'Authorization: Bearer {key}'") == "curl -H 'Authorization: Bearer ******'"
+    assert keys.auth_headers() == {"Authorization": f"Bearer {key}"}
+
+
+def test_every_api_route_wants_the_key_and_health_does_not(app):
+    with TestClient(app) as c:
+        assert c.get("/health").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": KEY}, {"Authorization": "Basic x"}):
+            for method, path in (("get", "/v1/models"), ("post", "/v1/completions"), ("post", "/v1/chat/completions")):
+                resp = getattr(c, method)(path, headers=headers, **({"json": {"prompt": "x"}} if method == "post" else {}))
+                assert resp.status_code == 401, (headers, path)
+                assert resp.json()["error"]["type"] == "authentication_error"
+        assert c.get("/v1/models", headers=AUTH).status_code == 200
+
+
+def test_without_a_key_the_server_binds_only_loopback(monkeypatch):
+    monkeypatch.delenv("FINEFLOW_API_KEY", raising=False)
+    with pytest.raises(SystemExit, match="refusing to serve on 0.0.0.0 without an API key"):
+        server(["--model", str(TINY_MODEL), "--port", "1", "--host", "0.0.0.0"])
+    monkeypatch.setenv("FINEFLOW_API_KEY", KEY)
+    assert server(["--model", str(TINY_MODEL), "--port", "1", "--host", "0.0.0.0"]).config.host == "0.0.0.0"
+
+
+def test_concurrent_requests_are_decoded_together_and_each_gets_its_own_answer(app, tiny):
+    prompts = [inference.render_prompt("alpaca", {"instruction": "Convert the word to upper case.", "input": w})
+               for w in ("abc", "saw", "tree", "moon", "a", "river", "cold", "ink")]
+    expected = [greedy_by_hand(*tiny, p, 10) for p in prompts]
+    with TestClient(app) as c:
+        before = app.state.batcher.batches
+        results: dict[int, str] = {}
+
+        def ask(i: int) -> None:
+            r = c.post("/v1/completions", json={"prompt": prompts[i], "max_tokens": 10}, headers=AUTH)
+            results[i] = r.json()["choices"][0]["text"]
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert [results[i] for i in range(len(prompts))] == expected
+    ran = app.state.batcher.batches - before
+    assert ran < len(prompts) and app.state.batcher.largest > 1  # fewer batches than requests
+
+
+def test_a_batch_of_different_lengths_and_budgets_equals_each_request_alone(tiny):
+    model, tok = tiny
+    prompts = ["the", inference.render_prompt("alpaca", {"instruction": "Reverse the word.", "input": "stone"}), "a b"]
+    budgets = [3, 12, 7]
+    reqs = [GenRequest(tok(tok.bos_token + p, add_special_tokens=False).input_ids, n) for p, n in zip(prompts, budgets)]
+    generate_batch(model, tok, reqs)
+    assert [r.text for r in reqs] == [greedy_by_hand(model, tok, p, n) for p, n in zip(prompts, budgets)]
+    assert all(r.completion_tokens <= n for r, n in zip(reqs, budgets))
+    assert reqs[0].finish_reason == "length" and reqs[0].completion_tokens == 3
+
+
+def test_streaming_gives_the_same_text_piece_by_piece_with_usage(app, tiny):
+    with TestClient(app) as c:
+        whole = c.post("/v1/completions", json={"prompt": "the", "max_tokens": 12}, headers=AUTH).json()
+        events = stream_events(c, "/v1/completions", {"prompt": "the", "max_tokens": 12, "stream": True,
+                                                      "stream_options": {"include_usage": True}})
+        assert events[-1] == "[DONE]" and events[-2]["usage"] == whole["usage"] and events[-2]["choices"] == []
+        pieces = [e["choices"][0]["text"] for e in events[:-2]]
+        assert len(pieces) > 3 and "".join(pieces) == whole["choices"][0]["text"] == greedy_by_hand(*tiny, "the", 12)
+        assert events[-3]["choices"][0]["finish_reason"] == "length"
+        assert all(e["choices"][0]["finish_reason"] is None for e in events[:-3])
+        chat = stream_events(c, "/v1/chat/completions", {"messages": [{"role": "user", "content": "the"}],
+                                                         "max_tokens": 8, "stream": True})
+        assert chat[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert chat[0]["object"] == "chat.completion.chunk" and chat[-1] == "[DONE]"
+        text = "".join(e["choices"][0]["delta"]["content"] for e in chat[:-1])
+        prompt = inference.render_prompt("alpaca", {"messages": [{"role": "user", "content": "the"}]})
+        assert text == greedy_by_hand(*tiny, prompt, 8)
+
+
+def stream_events(c, path: str, body: dict) -> list:
+    import json
+
+    with c.stream("POST", path, json=body, headers=AUTH) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    return [line if line == "[DONE]" else json.loads(line) for line in lines]
+
+
+def test_sampling_parameters_are_honoured(app, tiny):
+    with TestClient(app) as c:
+        def text(**body) -> str:
+            r = c.post("/v1/completions", json={"prompt": "the", "max_tokens": 12, **body}, headers=AUTH)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+
+        greedy = greedy_by_hand(*tiny, "the", 12)
+        assert text() == text(temperature=0) == greedy
+        sampled = {text(temperature=1.5, seed=s) for s in range(6)}
+        assert len(sampled) > 1 and sampled != {greedy}  # temperature is not ignored
+        assert text(temperature=1.5, seed=7) == text(temperature=1.5, seed=7)  # the seed is honoured
+        assert text(temperature=1.5, top_p=1e-6, seed=3) == greedy  # only the top token is left: top_p honoured
+        cut = text(stop=["instruction"])
+        assert cut == greedy[:greedy.index("instruction")] and "instruction" in greedy
+        full = c.post("/v1/completions", json={"prompt": "the", "max_tokens": 40, "ignore_eos": True},
+                      headers=AUTH).json()
+        assert full["usage"]["completion_tokens"] == 40 and full["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"temperature": -5}, "temperature"), ({"temperature": 2.5}, "temperature"), ({"top_p": 0}, "top_p"),
+    ({"n": 2}, "n"), ({"presence_penalty": 0.5}, "presence_penalty"), ({"logprobs": 3}, "logprobs"),
+    ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 513}, "max_tokens"), ({"prompt": []}, "prompt"),
+    ({"prompt": "x " * 400}, "prompt"), ({"prompt": "x" * 200_000}, "prompt"), ({"prompt": 5}, "prompt"),
+])
+def test_bad_requests_are_refused_before_any_model_work(app, body, param):
+    with TestClient(app) as c:
+        before = app.state.batcher.batches
+        resp = c.post("/v1/completions", json={"prompt": "the", **body}, headers=AUTH)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["param"].startswith(param) and resp.json()["error"]["message"]
+        assert app.state.batcher.batches == before
+
+
+def test_a_huge_body_is_refused_unread_and_memory_stays_flat(served):
+    def rss_mb() -> float:
+        status = Path(f"/proc/{served.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
+
+    headers = keys.auth_headers()
+    before = rss_mb()
+    for _ in range(3):
+        resp = httpx.post(f"{served.url}/v1/completions", json={"prompt": "x" * 5_000_000}, headers=headers,
+                          timeout=60)
+        assert resp.status_code == 413 and "over the limit of 1000000 bytes" in resp.json()["error"]["message"]
+    assert rss_mb() - before < 50
+    ok = httpx.post(f"{served.url}/v1/completions", json={"prompt": "the", "max_tokens": 2}, headers=headers)
+    assert ok.status_code == 200
+
+
+def test_health_answers_while_a_long_batch_runs(served):
+    headers = keys.auth_headers()
+
+    async def load_and_probe() -> tuple[list[int], int, list[int]]:
+        started, finished = asyncio.Event(), []
+
+        async def stream(c: httpx.AsyncClient) -> int:
+            body = {"prompt": "the", "max_tokens": 250, "ignore_eos": True, "stream": True}
+            async with c.stream("POST", "/v1/completions", json=body) as r:
+                async for _ in r.aiter_lines():
+                    started.set()  # decoding is under way
+            finished.append(1)
+            return r.status_code
+
+        async with httpx.AsyncClient(base_url=served.url, headers=headers, timeout=120) as c:
+            work = [asyncio.create_task(stream(c)) for _ in range(16)]
+            await started.wait()
+            probes = [(await c.get("/health", timeout=10)).status_code for _ in range(3)]
+            running = 16 - len(finished)
+            return probes, running, list(await asyncio.gather(*work))
+
+    probes, running, done = asyncio.run(load_and_probe())
+    assert probes == [200, 200, 200] and running > 0  # answered while the requests were still decoding
+    assert done == [200] * 16
+
+
+def test_the_openai_client_completes_chats_and_streams_with_the_key_only(served, tiny):
+    base = f"{served.url}/v1"
+    client = openai.OpenAI(base_url=base, api_key=keys.api_key(), max_retries=0)
+    done = client.completions.create(model="tiny", prompt="the", max_tokens=6)
+    assert done.choices[0].text == greedy_by_hand(*tiny, "the", 6) and done.usage.completion_tokens == 6
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "the"}], max_tokens=6)
+    prompt = inference.render_prompt("alpaca", {"messages": [{"role": "user", "content": "the"}]})
+    assert chat.choices[0].message.content == greedy_by_hand(*tiny, prompt, 6)
+    streamed = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "the"}],
+                                              max_tokens=6, stream=True)
+    assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices) == \
+        chat.choices[0].message.content
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    for wrong in ("nope", keys.api_key()[:-1]):
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base, api_key=wrong, max_retries=0).completions.create(model="tiny", prompt="a")
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.completions.create(model="tiny", prompt="the", temperature=-5)
+    assert served.healthy()  # still up after all of it
+
+
+def test_a_crashed_server_is_restarted_and_the_restart_recorded(served):
+    import json
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    server = psutil.Process(served.pid).children()[0]  # under the supervisor, which leads the group
+    os.kill(server.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while (served.restarts() == 0 or not served.healthy()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert served.restarts() == 1 and served.healthy() and psutil.Process(served.pid).children()[0].pid != server.pid
+    assert [r["exit_code"] for r in json.loads(Path(served.restarts_file).read_text())] == [-signal.SIGKILL]
+    assert "server exited with code -9; restart 1 of 3" in Path(served.log_path).read_text()
+    ok = httpx.post(f"{served.url}/v1/completions", json={"prompt": "the", "max_tokens": 2},
+                    headers=keys.auth_headers())
+    assert ok.status_code == 200
