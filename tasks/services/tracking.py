@@ -139,14 +139,27 @@ def loss_plot(run_id: str, history: list[dict[str, float]]) -> None:
 def log_dataset(run_id: str, name: str, uri: str, digest: str, context: str, profile: dict,
                 schema: dict | None = None) -> None:
     """Record a dataset as an input of the run (the run page's "Datasets", ``search_runs``' ``dataset``): its
-    source URI, a digest (MLflow keeps 36 characters), its row counts and format in ``profile``."""
+    source URI, a digest (MLflow keeps 36 characters), its row counts and format in ``profile``.
+
+    Two runs logging the same dataset at once race inside the tracking server (it looks the dataset up, then
+    inserts it: the second insert breaks a unique constraint). That is not the run's failure: the dataset is
+    there by then, and logging again links it."""
     import json
+    import time
 
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     dataset = Dataset(name=name, digest=digest[:36], source_type="s3", source=json.dumps({"uri": uri}),
                       schema=json.dumps(schema) if schema else None, profile=json.dumps(profile))
-    client().log_inputs(run_id, [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+    for attempt in range(3):
+        try:
+            client().log_inputs(run_id, [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+            return
+        except MlflowException as e:
+            if "UNIQUE constraint failed" not in e.message or attempt == 2:
+                raise
+            time.sleep(0.5)
 
 
 def end_run(run_id: str, status: str) -> None:

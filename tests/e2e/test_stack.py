@@ -107,7 +107,7 @@ def test_up_status_env_down_up_reset(tmp_path, monkeypatch):
               "PREFECT_API_URL": stack["prefect_api_url"]}
     out = python("import asyncio, pathlib, tempfile\n"
                  "from prefect.client.orchestration import get_client\n"
-                 "from tasks import storage, tracking\n"
+                 "from tasks.services import storage, tracking\n"
                  "f = pathlib.Path(tempfile.mkdtemp()) / 'kept.txt'; f.write_text('kept')\n"
                  "storage.upload_file(f, 's3://fineflow/check/kept.txt')\n"
                  "run = tracking.start_run('kept-experiment', 'r', tags={}, params={'a': 1})\n"
@@ -134,7 +134,7 @@ def test_up_status_env_down_up_reset(tmp_path, monkeypatch):
     # up again: the same ports (kept in stack.json, whatever the variables say now) and the same data.
     cli(home, "up", env={"FINEFLOW_MLFLOW_PORT": "1"})
     assert json.loads((home / "stack.json").read_text())["ports"] == ports
-    out = python("from tasks import storage, tracking\n"
+    out = python("from tasks.services import storage, tracking\n"
                  "print(storage.list_keys('s3://fineflow/check/'), "
                  "tracking.client().get_experiment_by_name('kept-experiment') is not None)\n", remote)
     assert "check/kept.txt" in out and out.strip().endswith("True")
