@@ -17,15 +17,8 @@ from pydantic import Field
 
 from tasks import net
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import (
-    DeployParams,
-    GenerateRoute,
-    LazyLLMDeployBase,
-    accelerators,
-    model_to_serve,
-    require,
-    response_json,
-)
+from tasks.deploy.base import (DeployParams, GenerateRoute, LazyLLMDeployBase, accelerators, model_to_serve, require,
+                               response_json)
 
 
 class LightllmParams(DeployParams):

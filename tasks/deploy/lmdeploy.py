@@ -16,15 +16,8 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, Field
 
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import (
-    DeployParams,
-    LazyLLMDeployBase,
-    accelerators,
-    model_to_serve,
-    openai_text,
-    require,
-    response_json,
-)
+from tasks.deploy.base import (DeployParams, LazyLLMDeployBase, accelerators, model_to_serve, openai_text, require,
+                               response_json)
 from tasks.settings import env
 
 

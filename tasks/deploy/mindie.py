@@ -21,15 +21,8 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import (
-    DeployParams,
-    GenerateRoute,
-    LazyLLMDeployBase,
-    accelerators,
-    model_to_serve,
-    require,
-    response_json,
-)
+from tasks.deploy.base import (DeployParams, GenerateRoute, LazyLLMDeployBase, accelerators, model_to_serve, require,
+                               response_json)
 from tasks.settings import env
 
 HOME_VAR = "LAZYLLM_MINDIE_HOME"

@@ -26,15 +26,8 @@ from pydantic import ConfigDict, Field
 
 from tasks import envs, inference
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import (
-    DeployParams,
-    LazyLLMDeployBase,
-    accelerators,
-    model_to_serve,
-    openai_text,
-    require,
-    response_json,
-)
+from tasks.deploy.base import (DeployParams, LazyLLMDeployBase, accelerators, model_to_serve, openai_text, require,
+                               response_json)
 from tasks.models.local import holds_weights
 from tasks.settings import state_dir
 

@@ -17,14 +17,8 @@ import math
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    DataCollatorForSeq2Seq,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
+                          TrainingArguments)
 
 from tasks.finetune.base import METRIC_PREFIX, parse_module_list
 from tasks.services.checkpoints import COMPLETE, last_complete

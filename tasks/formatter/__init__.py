@@ -3,21 +3,10 @@
 ``make_formatter(name, selector)`` is how a pipeline config names one.
 """
 
-from tasks.formatter.base import (
-    EmptyFormatter,
-    FormatterError,
-    FunctionCallFormatter,
-    LazyLLMFormatterBase,
-    PipelineFormatter,
-    package,
-)
-from tasks.formatter.files import (
-    LAZYLLM_QUERY_PREFIX,
-    FileFormatter,
-    decode_query_with_filepaths,
-    encode_query_with_filepaths,
-    lazyllm_merge_query,
-)
+from tasks.formatter.base import (EmptyFormatter, FormatterError, FunctionCallFormatter, LazyLLMFormatterBase,
+                                  PipelineFormatter, package)
+from tasks.formatter.files import (LAZYLLM_QUERY_PREFIX, FileFormatter, decode_query_with_filepaths,
+                                   encode_query_with_filepaths, lazyllm_merge_query)
 from tasks.formatter.selector import JsonLikeFormatter, PythonFormatter
 from tasks.formatter.structured import JsonFormatter, YamlFormatter, extract_json
 

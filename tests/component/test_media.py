@@ -14,20 +14,8 @@ from pathlib import Path
 import pytest
 
 from tasks import envs
-from tasks.deploy import (
-    ENGINES,
-    BarkDeploy,
-    ChatTTSDeploy,
-    EngineUnavailableError,
-    FastapiApp,
-    MusicGenDeploy,
-    OCRDeploy,
-    PiperDeploy,
-    SenseVoiceDeploy,
-    StableDiffusionDeploy,
-    TTSDeploy,
-    WhisperDeploy,
-)
+from tasks.deploy import (ENGINES, BarkDeploy, ChatTTSDeploy, EngineUnavailableError, FastapiApp, MusicGenDeploy,
+                          OCRDeploy, PiperDeploy, SenseVoiceDeploy, StableDiffusionDeploy, TTSDeploy, WhisperDeploy)
 from tasks.deploy.media import bundled_path, word_error_rate
 from tasks.formatter import decode_query_with_filepaths, encode_query_with_filepaths
 from tasks.servers.media.files import MediaInputError, input_files, materialize, to_data_url

@@ -13,17 +13,8 @@ import pytest
 
 from tasks import envs, inference
 from tasks.core import UnknownKwargsError
-from tasks.deploy import (
-    ENGINES,
-    AutoDeploy,
-    EngineUnavailableError,
-    Lightllm,
-    LMDeploy,
-    Mindie,
-    RelayServer,
-    Vllm,
-    auto,
-)
+from tasks.deploy import (ENGINES, AutoDeploy, EngineUnavailableError, Lightllm, LMDeploy, Mindie, RelayServer, Vllm,
+                          auto)
 from tasks.deploy.auto import gpus_needed
 from tasks.pipeline.config import ConfigError, load_config
 from tests.support.commands import argv_options

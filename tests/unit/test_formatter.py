@@ -4,24 +4,10 @@ import json
 
 import pytest
 
-from tasks.formatter import (
-    LAZYLLM_QUERY_PREFIX,
-    EmptyFormatter,
-    FileFormatter,
-    FormatterError,
-    FunctionCallFormatter,
-    JsonFormatter,
-    JsonLikeFormatter,
-    LazyLLMFormatterBase,
-    PipelineFormatter,
-    PythonFormatter,
-    YamlFormatter,
-    decode_query_with_filepaths,
-    encode_query_with_filepaths,
-    lazyllm_merge_query,
-    make_formatter,
-    package,
-)
+from tasks.formatter import (LAZYLLM_QUERY_PREFIX, EmptyFormatter, FileFormatter, FormatterError, FunctionCallFormatter,
+                             JsonFormatter, JsonLikeFormatter, LazyLLMFormatterBase, PipelineFormatter, PythonFormatter,
+                             YamlFormatter, decode_query_with_filepaths, encode_query_with_filepaths,
+                             lazyllm_merge_query, make_formatter, package)
 
 TITLES = ["# Application of Artificial Intelligence in the Medical Field", "## AI in Medical Diagnosis",
           "### AI in Medical Imaging"]

@@ -7,13 +7,8 @@ from functools import reduce
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.formatter import (
-    JsonFormatter,
-    JsonLikeFormatter,
-    decode_query_with_filepaths,
-    encode_query_with_filepaths,
-    lazyllm_merge_query,
-)
+from tasks.formatter import (JsonFormatter, JsonLikeFormatter, decode_query_with_filepaths, encode_query_with_filepaths,
+                             lazyllm_merge_query)
 
 settings.register_profile("fineflow", max_examples=200, deadline=None)
 # bench/mutation.py runs these once per mutant: fewer examples, the same ones every time.

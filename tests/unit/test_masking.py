@@ -9,17 +9,8 @@ import pytest
 
 from tasks import launchers
 from tasks.core import Command
-from tasks.masking import (
-    MASK,
-    REDACTED,
-    is_secret_name,
-    known_secret_values,
-    mask_argv,
-    redact,
-    redact_text,
-    register_secret,
-    show_argv,
-)
+from tasks.masking import (MASK, REDACTED, is_secret_name, known_secret_values, mask_argv, redact, redact_text,
+                           register_secret, show_argv)
 from tasks.net import ready as http_ready
 from tasks.services import tracking
 from tasks.serving import endpoints

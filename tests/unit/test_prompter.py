@@ -8,17 +8,8 @@ import json
 
 import pytest
 
-from tasks.prompter import (
-    PROMPTERS,
-    AlpacaPrompter,
-    ChatPrompter,
-    EmptyPrompter,
-    LazyLLMPrompterBase,
-    Prompter,
-    PrompterError,
-    get_prompter,
-    render_record,
-)
+from tasks.prompter import (PROMPTERS, AlpacaPrompter, ChatPrompter, EmptyPrompter, LazyLLMPrompterBase, Prompter,
+                            PrompterError, get_prompter, render_record)
 
 SYSTEM = "You are an AI-Agent developed by LazyLLM."
 PREFIX = ("Below is an instruction that describes a task, paired with extra messages such as input that provides "
