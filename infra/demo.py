@@ -14,10 +14,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from uuid import UUID
 
 from infra import stack
+from tasks.services import coordination
 from tasks.settings import REPO_ROOT, Settings, environ
 
 
@@ -27,14 +27,11 @@ def prefect_env() -> dict[str, str]:
     return {**environ(), "PREFECT_API_URL": settings.prefect_api_url, "FINEFLOW_REPO": str(REPO_ROOT)}
 
 
-@contextmanager
 def prefect_api():
-    """Prefect's client settings pointed at the configured server for the block. Prefect reads its settings
-    when it is first imported, so setting ``PREFECT_API_URL`` in ``os.environ`` later would not reach it."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: prefect_env()["PREFECT_API_URL"]}):
-        yield
+    """Prefect's client pointed at the stack's server for a ``with`` block (an error saying how to start the stack
+    when none is configured)."""
+    Settings.load().require("prefect_api_url")
+    return coordination.prefect_api()
 
 
 def deployment_names() -> list[str]:

@@ -4,8 +4,9 @@
     python -m infra.rollout restore                               # every alias served again (make up runs it)
     python -m infra.rollout status                                # each model@alias: version, URL, health
 
-The URL of a model is its router's (``$FINEFLOW_HOME/routers/``): the same across versions, rollbacks and
-restarts. Requests need the API key, as the endpoints behind do.
+The URL of a model@alias is its stable route on the version's serving platform (``tasks.serving.platforms``: a
+router on this machine, ``$FINEFLOW_HOME/routers/``, or a Ray Serve route): the same across versions, rollbacks
+and restarts. Requests need the API key, as the endpoints behind do.
 """
 
 from __future__ import annotations
@@ -15,18 +16,13 @@ import sys
 
 
 def status() -> None:
-    from tasks.servers.router import read_state
     from tasks.services import registry
-    from tasks.serving import endpoints
-    from tasks.serving.rollout import router_name, router_state_path
+    from tasks.serving import platforms
 
     for rm in registry.client().search_registered_models():
         for alias, version in (rm.aliases or {}).items():
-            state = read_state(router_state_path(rm.name, alias))
-            router = endpoints.get(router_name(rm.name, alias))
-            up = "up" if router and router.alive() else "down"
-            url = f"http://{state.get('host', '127.0.0.1')}:{state['port']}" if state.get("port") else "-"
-            print(f"{rm.name}@{alias}\tversion {version}\t{url}\trouter {up}\t-> {state.get('target', '-')}")
+            platform = platforms.of_tags(registry.version_tags(rm.name, str(version)))
+            print(f"{rm.name}@{alias}\tversion {version}\t{platform.name}\t{platform.route_status(rm.name, alias)}")
 
 
 def main(argv: list[str] | None = None) -> None:

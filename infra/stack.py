@@ -5,7 +5,8 @@
     python -m infra.stack down      # stop everything, state is kept
     eval "$(python -m infra.stack env)"   # point the prefect/mlflow CLIs at it
 
-Every service binds 127.0.0.1, logs to ``$FINEFLOW_HOME/logs/<service>.log`` and
+Every service binds 127.0.0.1 (``FINEFLOW_STACK_HOST`` moves them to another address of this machine: the
+two-host tests bind a private bridge's), logs to ``$FINEFLOW_HOME/logs/<service>.log`` and
 is health-checked before ``up`` returns.  Ports default to the values below and
 can be moved with ``--ports free`` (tests do this) or FINEFLOW_*_PORT variables.
 """
@@ -13,6 +14,7 @@ can be moved with ``--ports free`` (tests do this) or FINEFLOW_*_PORT variables.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import secrets
 import shutil
@@ -23,15 +25,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks import net
 from tasks.files import create_private
 from tasks.launchers import group_alive, stop_group
 from tasks.net import free_port, http_ok
-from tasks.settings import Settings, env, environ, state_dir
+from tasks.settings import REPO_ROOT, Settings, env, environ, state_dir
 
 # Each service's port: FINEFLOW_<NAME>_PORT, declared with its default in tasks.settings; chosen once (stack.json).
 PORT_VARIABLES = {"s3": "FINEFLOW_S3_PORT", "s3_master": "FINEFLOW_S3_MASTER_PORT",
                   "s3_volume": "FINEFLOW_S3_VOLUME_PORT", "s3_filer": "FINEFLOW_S3_FILER_PORT",
-                  "mlflow": "FINEFLOW_MLFLOW_PORT", "prefect": "FINEFLOW_PREFECT_PORT"}
+                  "mlflow": "FINEFLOW_MLFLOW_PORT", "prefect": "FINEFLOW_PREFECT_PORT", "ray": "FINEFLOW_RAY_PORT",
+                  "serve": "FINEFLOW_SERVE_PORT"}
 WORK_POOL = "fineflow-local"
 BUCKET = "fineflow"
 BIN = Path(sys.executable).parent
@@ -46,6 +50,7 @@ class Service:
     env: dict[str, str]
     stop_signal: int = signal.SIGTERM
     timeout_s: float = 90.0
+    listens_on: int | None = None  # ready once this port takes connections (a service without a health URL)
 
 
 def _ports(home: Path, mode: str) -> dict[str, int]:
@@ -68,35 +73,70 @@ def _credentials(home: Path) -> dict:
     return json.loads(config)["identities"][0]["credentials"][0]
 
 
+def stack_host(home: Path) -> str:
+    """The address every service binds: chosen at the first ``up`` (``FINEFLOW_STACK_HOST``), kept in stack.json."""
+    stack_file = home / "stack.json"
+    if stack_file.exists():
+        return json.loads(stack_file.read_text()).get("host", "127.0.0.1")
+    return env("FINEFLOW_STACK_HOST")
+
+
 def services(home: Path, ports: dict[str, int]) -> list[Service]:
     creds = _credentials(home)
-    s3_url = f"http://127.0.0.1:{ports['s3']}"
+    host = stack_host(home)
+    s3_url = f"http://{host}:{ports['s3']}"
     s3_env = {"AWS_ACCESS_KEY_ID": creds["accessKey"], "AWS_SECRET_ACCESS_KEY": creds["secretKey"],
               "MLFLOW_S3_ENDPOINT_URL": s3_url}
     prefect_env = {"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                   "PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api",
+                   "PREFECT_API_URL": f"http://{host}:{ports['prefect']}/api",
                    "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_LOGGING_LEVEL": "INFO",
                    # Flow runs beat every 30 s; infra.demo's crash automation marks one that stops Crashed.
                    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
+                   # Held concurrency slots survive a server restart (the default in-memory store leaks them).
+                   "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
                    "FINEFLOW_HOME": str(home)}
-    mlflow_host = f"127.0.0.1:{ports['mlflow']}"
+    mlflow_host = f"{host}:{ports['mlflow']}"
     return [
-        Service("s3", [str(BIN / "weed"), "mini", f"-dir={home / 's3'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        Service("s3", [str(BIN / "weed"), "mini", f"-dir={home / 's3'}", f"-ip={host}", f"-ip.bind={host}",
                        f"-s3.config={home / 's3-credentials.json'}", f"-s3.port={ports['s3']}",
                        f"-master.port={ports['s3_master']}", f"-volume.port={ports['s3_volume']}",
                        f"-filer.port={ports['s3_filer']}", "-webdav=false", "-admin.ui=false"],
-                f"http://127.0.0.1:{ports['s3_master']}/cluster/status", {}),
-        Service("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
+                f"http://{host}:{ports['s3_master']}/cluster/status", {}),
+        Service("mlflow", [str(BIN / "mlflow"), "server", "--host", host, "--port", str(ports["mlflow"]),
                            "--workers", "2", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
                            "--artifacts-destination", f"s3://{BUCKET}/mlflow",
                            "--allowed-hosts", f"{mlflow_host},localhost:{ports['mlflow']}"],
                 f"http://{mlflow_host}/health", s3_env),
-        Service("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+        Service("prefect", [str(BIN / "prefect"), "server", "start", "--host", host,
                             "--port", str(ports["prefect"])],
-                f"http://127.0.0.1:{ports['prefect']}/api/health", prefect_env),
+                f"http://{host}:{ports['prefect']}/api/health", prefect_env),
         Service("worker", [str(BIN / "prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
                 "", prefect_env, stop_signal=signal.SIGINT),  # a worker stops on SIGINT only
+        *(ray_cluster(home, ports, s3_env) if serves_on_ray(home) else []),
     ]
+
+
+def serves_on_ray(home: Path) -> bool:
+    """``FINEFLOW_SERVING=ray`` at the first ``up`` (kept in stack.json): the stack runs a Ray cluster to serve on."""
+    stack_file = home / "stack.json"
+    if stack_file.exists():
+        return bool(json.loads(stack_file.read_text()).get("ray_address"))
+    return env("FINEFLOW_SERVING") == "ray"
+
+
+def ray_cluster(home: Path, ports: dict[str, int], s3_env: dict[str, str]) -> list[Service]:
+    """A Ray head and one worker node on 127.0.0.1, each taking up to 4 replicas (one per version at a time): the
+    serving platform of ``FINEFLOW_SERVING=ray``. Replicas fetch models from the stack's bucket."""
+    from tasks.deploy.ray import Distributed
+
+    # Ray's sockets live under its temp dir: keep the path short (a Unix socket path has ~107 characters).
+    temp = f"/tmp/ffray-{hashlib.sha256(str(home).encode()).hexdigest()[:8]}"
+    node = {"num_cpus": 1, "replica_slots": 4, "object_store_memory": 100_000_000, "temp_dir": temp}
+    node_env = {**s3_env, "FINEFLOW_HOME": str(home)}
+    head = Distributed(port=ports["ray"], **node).cmd()
+    worker = Distributed(**node).cmd(master_ip=f"127.0.0.1:{ports['ray']}")
+    return [Service("ray-head", head.argvs[-1], "", {**node_env, **head.env}, listens_on=ports["ray"]),
+            Service("ray-worker", worker.argvs[-1], "", {**node_env, **worker.env})]
 
 
 def _pid(home: Path, name: str) -> int | None:
@@ -113,7 +153,9 @@ def _pid(home: Path, name: str) -> int | None:
 def _wait_healthy(svc: Service, home: Path) -> None:
     deadline = time.monotonic() + svc.timeout_s
     while time.monotonic() < deadline:
-        if not svc.health_url or http_ok(svc.health_url):
+        if svc.listens_on and net.port_free(svc.listens_on):
+            pass
+        elif not svc.health_url or http_ok(svc.health_url):
             return
         if _pid(home, svc.name) is None:
             break
@@ -149,10 +191,11 @@ def up(ports_mode: str = "default") -> dict:
     home = state_dir()
     for sub in ("logs", "pids", "s3", "prefect"):
         (home / sub).mkdir(parents=True, exist_ok=True)
-    ports = _ports(home, ports_mode)
-    stack = {"ports": ports, "s3_endpoint": f"http://127.0.0.1:{ports['s3']}", "s3_bucket": BUCKET,
-             "mlflow_uri": f"http://127.0.0.1:{ports['mlflow']}", "mlflow_artifacts_uri": f"s3://{BUCKET}/mlflow",
-             "prefect_api_url": f"http://127.0.0.1:{ports['prefect']}/api", "work_pool": WORK_POOL}
+    ports, host = _ports(home, ports_mode), stack_host(home)
+    stack = {"ports": ports, "host": host, "s3_endpoint": f"http://{host}:{ports['s3']}", "s3_bucket": BUCKET,
+             "mlflow_uri": f"http://{host}:{ports['mlflow']}", "mlflow_artifacts_uri": f"s3://{BUCKET}/mlflow",
+             "prefect_api_url": f"http://{host}:{ports['prefect']}/api", "work_pool": WORK_POOL,
+             **({"ray_address": f"127.0.0.1:{ports['ray']}"} if serves_on_ray(home) else {})}
     (home / "stack.json").write_text(json.dumps(stack, indent=1))
     for svc in services(home, ports):
         if svc.name == "worker":
@@ -190,8 +233,21 @@ def stop(name: str) -> None:
     chosen = [svc for svc in services(home, json.loads((home / "stack.json").read_text())["ports"])
               if svc.name == name]
     if not chosen:
-        raise ValueError(f"no service {name!r}; services: s3, mlflow, prefect, worker")
+        raise ValueError(f"no service {name!r}; services: s3, mlflow, prefect, worker (ray-head, ray-worker with "
+                         "FINEFLOW_SERVING=ray)")
     _stop(home, chosen[0])
+
+
+def _shutdown_serve(address: str) -> None:
+    """Serve's applications stopped before the nodes: each replica stops its engine server (a replica killed with
+    its node would leave the server it started running)."""
+    from tasks.deploy.ray import shutdown_replicas
+
+    command = shutdown_replicas(address)
+    done = subprocess.run(command.argvs[-1], env={**environ(), **command.env}, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300, check=False)
+    print(f"stopped Ray Serve's applications on {address}" if done.returncode == 0 else
+          f"Ray Serve on {address} did not shut down cleanly: {done.stderr[-500:]}")
 
 
 def down() -> None:
@@ -199,7 +255,10 @@ def down() -> None:
     if not (home / "stack.json").exists():
         print("no stack state; nothing to stop")
         return
-    for svc in reversed(services(home, json.loads((home / "stack.json").read_text())["ports"])):
+    stack = json.loads((home / "stack.json").read_text())
+    if stack.get("ray_address") and _pid(home, "ray-head"):
+        _shutdown_serve(stack["ray_address"])
+    for svc in reversed(services(home, stack["ports"])):
         _stop(home, svc)
     from tasks.serving.endpoints import stop_all
 
@@ -221,6 +280,14 @@ def status() -> bool:
 
     for ep in list_endpoints():
         print(f"endpoint {describe(ep)}")
+    stack = json.loads((home / "stack.json").read_text())
+    if stack.get("ray_address") and _pid(home, "ray-head"):
+        from tasks.serving import platforms
+
+        ray = platforms.platform({"platform": "ray", "address": stack["ray_address"],
+                                  "http": f"127.0.0.1:{stack['ports']['serve']}"})
+        for name, app in ray.applications().items():
+            print(f"ray serve {name}\t{app['status']}\t{' '.join(f'{d}={s}' for d, s in app['deployments'].items())}")
     print(f"state: {home}")
     return ok
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -76,3 +77,8 @@ def locked(path: Path) -> Iterator[None]:
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
+
+
+def slug(text: str) -> str:
+    """``text`` as a name that is safe in a file name, an endpoint or application name and a URL path segment."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)

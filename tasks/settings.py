@@ -49,7 +49,14 @@ VARIABLES = _declare(
     ("FINEFLOW_S3_FILER_PORT", "18888", "local stack: SeaweedFS filer port"),
     ("FINEFLOW_MLFLOW_PORT", "15000", "local stack: MLflow port"),
     ("FINEFLOW_PREFECT_PORT", "14200", "local stack: Prefect server port"),
+    ("FINEFLOW_STACK_HOST", "127.0.0.1", "local stack: the address its services bind (read at the first make up; "
+                                         "another address exposes MLflow and the filer to that network)"),
     # Serving
+    ("FINEFLOW_SERVING", "local", "where pipelines serve when their deploy section names no serving platform: "
+                                  "local, ray (the local stack's cluster) or ray://HEAD:PORT"),
+    ("FINEFLOW_SERVE_PORT", "14300", "Ray platform: the port of Ray Serve's HTTP proxy on the head (when "
+                                     "serving.http is not given)"),
+    ("FINEFLOW_RAY_PORT", "16379", "local stack with FINEFLOW_SERVING=ray: the Ray head's port"),
     ("FINEFLOW_API_KEY", None, "the endpoints' API key, for a key shared by several machines (default: made once "
                                "in $FINEFLOW_HOME/api_key); servers read the key they require from it"),
     ("FINEFLOW_TEMP_DIR", None, "where media engines write files they receive and make (default: "
@@ -107,6 +114,11 @@ def environ() -> dict[str, str]:
 def state_dir() -> Path:
     """The state directory (``FINEFLOW_HOME``, default ``.fineflow/`` in the checkout)."""
     return Path(env("FINEFLOW_HOME") or REPO_ROOT / ".fineflow").resolve()
+
+
+def api_key_file() -> Path:
+    """Where this machine keeps the endpoints' API key (``tasks.services.keys`` makes it; servers read it)."""
+    return state_dir() / "api_key"
 
 
 class Settings(BaseModel):

@@ -21,7 +21,7 @@ from tasks import envs
 from tasks.core import Command, check_kwargs
 from tasks.deploy.base import LazyLLMDeployBase
 from tasks.servers.ray_serve import REPLICA_RESOURCE  # one replica per node that offers one
-from tasks.settings import REPO_ROOT
+from tasks.settings import REPO_ROOT, environ
 
 RAY_ENV = "ray"
 
@@ -71,24 +71,62 @@ class Distributed(LazyLLMDeployBase):
         return self.finetuned_model, self.base_model, self.address()
 
 
+def replica_argv(engine_command: Command) -> list[str]:
+    """The engine's server (its last argv) with ``{port}`` as its ``--port``: each replica fills in its own."""
+    argv = list(engine_command.argvs[-1])
+    if "--port" not in argv:
+        raise ValueError(f"the engine command has no --port to give each replica its own: {argv[:4]}")
+    argv[argv.index("--port") + 1] = "{port}"
+    return argv
+
+
+def serve_driver(args: list[str], engine_env: dict[str, str] | None = None) -> Command:
+    """``python -m tasks.servers.ray_serve ARGS`` in the ``ray`` environment; ``engine_env`` is what each replica
+    starts its engine server with (never a secret: Ray keeps it in its control store)."""
+    env = {**envs.path_env(RAY_ENV), "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0",
+           "FINEFLOW_ENGINE_ENV": json.dumps({**(engine_env or {}), "PYTHONPATH": str(REPO_ROOT)})}
+    return Command([envs.bin_path(RAY_ENV, "python"), "-m", "tasks.servers.ray_serve", *args], env=env)
+
+
 def serve_replicas(engine_command: Command, address: str, port: int, replicas: int = 2, name: str = "fineflow",
                    host: str = "127.0.0.1", health: str = "/health") -> Command:
     """The driver that serves ``engine_command``'s server (its last argv; its ``--port`` value becomes each
     replica's own free port) through Ray Serve on the cluster at ``address``, ``replicas`` times, behind one proxy
     at ``host:port``. It returns once every replica answers ``health``; the value is the proxy's URL."""
-    argv = list(engine_command.argvs[-1])
-    if "--port" not in argv:
-        raise ValueError(f"the engine command has no --port to give each replica its own: {argv[:4]}")
-    argv[argv.index("--port") + 1] = "{port}"
-    driver = [envs.bin_path(RAY_ENV, "python"), "-m", "tasks.servers.ray_serve", "--address", address, "--host", host,
-              "--port", str(port), "--replicas", str(replicas), "--name", name, "--health", health,
-              "--ready-timeout-s", str(engine_command.ready_timeout_s), "--", *argv]
-    env = {**envs.path_env(RAY_ENV), "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0",
-           "FINEFLOW_ENGINE_ENV": json.dumps({**engine_command.env, "PYTHONPATH": str(REPO_ROOT)})}
-    return Command(driver, return_value=f"http://{host}:{port}", env=env)
+    command = serve_driver(["--address", address, "--host", host, "--port", str(port), "--replicas", str(replicas),
+                            "--name", name, "--health", health, "--ready-timeout-s",
+                            str(engine_command.ready_timeout_s), "--", *replica_argv(engine_command)],
+                           engine_command.env)
+    command.return_value = f"http://{host}:{port}"
+    return command
 
 
 def shutdown_replicas(address: str) -> Command:
     """Stop the Serve applications on the cluster at ``address`` (each replica stops its engine server)."""
-    env = {**envs.path_env(RAY_ENV), "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
-    return Command([envs.bin_path(RAY_ENV, "python"), "-m", "tasks.servers.ray_serve", "shutdown", address], env=env)
+    return serve_driver(["shutdown", address])
+
+
+def alive_nodes(address: str) -> int:
+    """How many nodes the cluster at ``address`` has alive (``ray status``); 0 when it does not answer."""
+    import subprocess
+
+    out = subprocess.run([envs.bin_path(RAY_ENV, "ray"), "status", f"--address={address}"], capture_output=True,
+                         text=True, timeout=60, env={**environ(), **envs.path_env(RAY_ENV)}, check=False)
+    if out.returncode != 0 or "Active:" not in out.stdout:
+        return 0
+    active = out.stdout.split("Active:")[1].split("Pending:")[0]
+    return sum(1 for line in active.splitlines() if "node_" in line)
+
+
+def wait_for_nodes(address: str, n: int, procs: list, timeout_s: float = 240) -> None:
+    """Until the cluster at ``address`` has ``n`` nodes; an error if one of ``procs`` (its ``ray start``
+    processes) exits first, or after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while alive_nodes(address) < n:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a ray start process of the cluster at {address} exited")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Ray cluster at {address} did not reach {n} nodes in {timeout_s:.0f} s")
+        time.sleep(2)

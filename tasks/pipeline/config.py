@@ -23,6 +23,7 @@ from tasks.formatter import make_formatter
 from tasks.models.types import get_model_type
 from tasks.net import LOOPBACK
 from tasks.prompter import get_prompter
+from tasks.serving.platforms import ServingSection
 from tasks.settings import REPO_ROOT
 
 
@@ -86,6 +87,9 @@ class DeploySettings(Section):
     # How the endpoint's answers are shaped (tasks.formatter): a formatter name and its selector.
     formatter: str = "empty"
     formatter_selector: str | None = None
+    # Where the endpoint runs and how its stable URL is kept (tasks.serving.platforms): this machine, or a Ray
+    # cluster; FINEFLOW_SERVING when the section gives none.
+    serving: ServingSection = Field(default_factory=ServingSection.from_setting)
 
     def engine(self, model_path: str, name: str, prompt_style: str) -> LazyLLMDeployBase:
         """The engine this section asks for, serving ``model_path`` as ``name`` in ``prompt_style``."""

@@ -84,12 +84,10 @@ def _flow_run(flow_run_id: str) -> tuple[str | None, str | None]:
     if flow_run_id in ("", "local"):
         return None, None
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks.settings import Settings
+    from tasks.services.coordination import prefect_api
 
-    url = Settings.load().prefect_api_url  # the stack's server even when this process imported Prefect before
-    with temporary_settings(updates={PREFECT_API_URL: url} if url else {}), get_client(sync_client=True) as prefect:
+    with prefect_api(), get_client(sync_client=True) as prefect:
         run = prefect.read_flow_run(UUID(flow_run_id))
     return run.name, run.state.name if run.state else None
 

@@ -64,7 +64,7 @@ def deploy(cfg: DeploySection, merged: MergedModel, name: str, trained: TrainRes
     record_choice(run_id, engine, "AutoDeploy", "deploy_auto", logger.info)
     with timed(run_id, "deploy"):
         started = start_engine(engine, merged.path, f"{name}-{run_id[:8]}", api_key=cfg.api_key,
-                               relaunch=cfg.relaunch(trained.prompt_style),
+                               relaunch=cfg.relaunch(trained.prompt_style), model_uri=merged.s3_uri,
                                smoke_records=read_jsonl(data.val_path)[:8],
                                formatter=make_formatter(cfg.formatter, cfg.formatter_selector), log=logger.warning)
     tracking.set_tag(run_id, "smoke_answer", str(started.answer)[:250])

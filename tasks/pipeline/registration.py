@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from urllib.parse import urlparse
 
 from pydantic import BaseModel
 
 from tasks.evaluate import GateConfig, beats
 from tasks.masking import show_argv
 from tasks.services import registry, tracking
-from tasks.serving import endpoints, rollout
+from tasks.serving import platforms, rollout
 from tasks.serving.endpoints import Endpoint
 
 
@@ -38,9 +37,12 @@ class Registration(BaseModel):
 def endpoint_tags(ep: Endpoint) -> dict[str, str]:
     """What a version records of its endpoint: where it answers, which engine with which command, how to serve it
     again (``deploy_config``: the deploy section and the prompt style), where its API key is kept (never the key)."""
+    platform = platforms.of_endpoint(ep)
+    where = {"ray_application": ep.name, "ray_address": str(platform.section.address)} if platform.name == "ray" \
+        else {}
     return {"endpoint_url": ep.url, "endpoint_name": ep.name, "backend": ep.backend,
-            "api_key_file": ep.api_key_file or "none (open, loopback only)",
-            "deploy_config": json.dumps(ep.relaunch), "launch_command": show_argv(ep.argv)}
+            "api_key_file": ep.api_key_file or "none (open, loopback only)", "serving_platform": platform.name,
+            **where, "deploy_config": json.dumps(ep.relaunch), "launch_command": show_argv(ep.argv)}
 
 
 def unless_superseded(name: str, seen: str | None, gate: GateConfig,
@@ -73,8 +75,7 @@ def register(name: str, alias: str, ep: Endpoint, source: str, tags: dict[str, s
     previous, url = None, ""
     try:
         if why_not is None:
-            done = rollout.promote(name, alias, version, ep, host=urlparse(ep.url).hostname or "127.0.0.1",
-                                   log=log, guard=guard)
+            done = rollout.promote(name, alias, version, ep, log=log, guard=guard)
             previous, url = done.previous_version, done.url
     except rollout.NotPromoted as e:
         why_not = str(e)
@@ -98,7 +99,7 @@ def settle(name: str, alias: str, version: str, ep: Endpoint, run_id: str, why_n
            log: Callable[[str], None]) -> Registration:
     """A version that was not promoted: tagged ``status=rejected``, its endpoint stopped; production keeps
     serving (``previous_version`` is what does)."""
-    endpoints.stop(ep.name)
+    platforms.of_endpoint(ep).stop(ep.name)
     registry.set_tag(name, version, "status", "rejected")
     reason = f"not promoted: {why_not}"
     tracking.set_tag(run_id, "registered_version", version)

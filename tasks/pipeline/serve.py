@@ -94,7 +94,7 @@ def serve(config: ServeConfig, files: ServedFiles, run_id: str) -> tuple[Endpoin
     with timed(run_id, "deploy"):
         started = start_engine(config.engine(files.path), files.path, f"{config.registry.model_name}-{run_id[:8]}",
                                api_key=config.deploy.api_key,
-                               relaunch=config.deploy.relaunch(""),
+                               relaunch=config.deploy.relaunch(""), model_uri=files.uri,
                                smoke_records=[], log=logger.warning)
     tracking.set_tag(run_id, "smoke_answer", str(started.answer)[:250])
     logger.info("endpoint %s serving at %s; smoke test: %s", started.endpoint.name, started.endpoint.url,

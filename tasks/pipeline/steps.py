@@ -24,7 +24,7 @@ from tasks.models import ModelManager, ModelNotFoundError, ModelRef
 from tasks.models.local import revision_of
 from tasks.pipeline.config import PipelineConfig
 from tasks.pipeline.run import record_choice, timed, workdir
-from tasks.services import cache, checkpoints, mlflow_model, storage, tracking
+from tasks.services import cache, checkpoints, coordination, mlflow_model, storage, tracking
 from tasks.settings import Settings
 
 
@@ -91,7 +91,7 @@ def prepare_dataset(config: PipelineConfig, base: ModelRef, run_id: str, force: 
         if hit := None if force else cache.get("prepare", prep_key):
             prepared = PreparedDataset(**hit)
             if not Path(prepared.train_path).is_file():  # prepared on another worker: the files are in the bucket
-                local = cache.fetch(prepared.uri, workdir(run_id) / "data" / prepared.hash[:16])
+                local = storage.fetch(prepared.uri, workdir(run_id) / "data" / prepared.hash[:16])
                 prepared.train_path, prepared.val_path = str(local / "train.jsonl"), str(local / "val.jsonl")
             tracking.set_tag(run_id, "cache_hit.prepare", "true")
             logger.info("unchanged: %s was prepared before (dataset %s); not prepared again", d.path,
@@ -152,7 +152,7 @@ def finetune(config: PipelineConfig, base: ModelRef, data: PreparedDataset, key:
     a run after a crash resumes from its last complete checkpoint; a candidate already trained and merged for
     ``key`` is not trained again (``force`` trains from scratch)."""
     logger, where = get_run_logger(), train_dir(key, run_id, force)
-    with cache.locked(key):
+    with coordination.slot("train", key, log=get_run_logger().info):
         if hit := None if force else cache.get("candidate", key):
             logger.info("unchanged: candidate %s was trained by run %s; not trained again", key, hit["run_id"])
             trained = TrainResult(**hit["trained"])
@@ -237,11 +237,11 @@ def merge(config: PipelineConfig, base: ModelRef, trained: TrainResult, key: str
     log it as an MLflow model (``mlflow_model``: through the tracking server into the bucket, verified), and
     record the candidate under ``key``. A candidate recorded before is taken as it is (fetched from the bucket
     when this worker lacks its files)."""
-    with cache.locked(key):
+    with coordination.slot("train", key, log=get_run_logger().info):
         if hit := None if force else cache.get("candidate", key):
             merged = MergedModel(**hit["merged"])
             if not Path(merged.path).is_dir():
-                merged.path = str(cache.fetch(merged.s3_uri, cache.workdir(key) / "merged"))
+                merged.path = str(storage.fetch(merged.s3_uri, cache.workdir(key) / "merged"))
             tracking.set_tag(run_id, "cache_hit.merge", "true")
             get_run_logger().info("unchanged: candidate %s was merged by run %s (%s)", key, hit["run_id"],
                                   merged.s3_uri)

@@ -1,21 +1,34 @@
-"""An engine served by Ray Serve on a Ray cluster, one engine server per replica (runs in the ``ray`` environment).
+"""Engines served by Ray Serve on a Ray cluster, one engine server per replica (runs in the ``ray`` environment).
 
     python -m tasks.servers.ray_serve --address HEAD:PORT --port 8000 --replicas 2 --name embed -- \\
         /path/to/python -m tasks.servers.embed --model M --port {port} ...
+    python -m tasks.servers.ray_serve deploy --address HEAD:PORT --http HOST:PORT --app NAME --route /_v/NAME \\
+        [--replicas N] [--autoscaling JSON] [--model-uri s3://... --model-path P] [--api-key-env VAR] -- ARGV
+    python -m tasks.servers.ray_serve route --address HEAD:PORT --http HOST:PORT --app ALIAS_APP --route /m/alias \\
+        --target VERSION_APP --version V [--replicas N]
+    python -m tasks.servers.ray_serve delete --address HEAD:PORT --app NAME   # its replicas drain, then stop
+    python -m tasks.servers.ray_serve status --address HEAD:PORT              # JSON: each application
+    python -m tasks.servers.ray_serve shutdown HEAD:PORT                      # every application
 
-Each replica is a Ray actor that starts the engine's own server (the argv after ``--``, ``{port}`` replaced by a
-free port on the replica's node) with the environment in ``FINEFLOW_ENGINE_ENV`` (JSON), waits for its
-``--health`` path, and forwards every HTTP request to it; Ray Serve's proxy on ``--port`` spreads requests over
-the replicas. Replicas ask for one ``fineflow_replica`` resource each, so a cluster whose nodes each offer one
-(``Distributed``'s commands do) places one replica per node. Answers carry ``X-Fineflow-Node`` (the Ray node) and
-``X-Fineflow-Pid`` (the engine server's process). The driver exits once every replica is ready; the application
-keeps serving until ``python -m tasks.servers.ray_serve shutdown HEAD:PORT`` (or the cluster stops). An engine server
-that dies fails its replica's health check, and Serve starts a new replica.
+A *version* is an application of ``EngineReplica``s: each starts the engine's own server (the argv after ``--``,
+``{port}`` replaced by a free port on the replica's node) with the environment in ``FINEFLOW_ENGINE_ENV`` (JSON),
+waits for its ``--health`` path, and forwards requests to it. With ``--model-uri`` a replica whose node lacks the
+model's files fetches them from the bucket first (into the node's ``FINEFLOW_HOME``) and serves that copy. The
+API key is read on the replica's node (``FINEFLOW_API_KEY`` or the node's key file), never passed through Ray.
+An *alias* is an application of one small ``AliasRoute`` at the model's stable route: it forwards to the version
+application its ``user_config`` names, so moving the alias is Serve's in-place reconfigure (no replica restarts,
+no request dropped) and the old version's replicas drain when its application is deleted. Replicas ask for one
+``fineflow_replica`` resource each, at most one per node, so a version's replicas spread over the nodes.
+Answers carry ``X-Fineflow-Node`` (the Ray node), ``X-Fineflow-Pid`` (the engine server's process) and, through
+an alias, ``X-Fineflow-Version``. Every driver command exits once Serve has done it; the applications keep
+serving until deleted or the cluster stops. An engine server that dies fails its replica's health check, and
+Serve starts a new replica.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -24,38 +37,76 @@ import sys
 import time
 
 from tasks.net import free_port, http_ok
-from tasks.settings import env, environ
+from tasks.settings import api_key_file, env, environ, state_dir
 
 REPLICA_RESOURCE = "fineflow_replica"
+MAX_ONGOING = 64  # requests a replica takes at once
+FORWARDED = ("authorization", "content-type", "accept")
 
 
-def replica_class():
+def node_api_key(var: str) -> dict[str, str]:
+    """The API key as this node has it (``FINEFLOW_API_KEY``, else its key file), for the engine's ``var``."""
+    path = api_key_file()
+    key = env("FINEFLOW_API_KEY") or (path.read_text().strip() if path.exists() else "")
+    if not key:
+        raise RuntimeError(f"no API key on this node: set FINEFLOW_API_KEY in its environment or put the key in "
+                           f"{path}")
+    return {var: key}
+
+
+def node_copy(model_uri: str, fetch_python: str) -> str:
+    """The model's files on this node (fetched once from the bucket, whole, with the main environment's client)."""
+    target = state_dir() / "models" / "ray" / hashlib.sha256(model_uri.encode()).hexdigest()[:16]
+    if not target.is_dir():
+        subprocess.run([fetch_python, "-m", "tasks.services.storage", "fetch", model_uri, str(target)], check=True,
+                       env=environ(), stdin=subprocess.DEVNULL, timeout=3600)
+    return str(target)
+
+
+def die_with_parent() -> None:
+    """In the engine server's process, before it runs: the kernel sends it SIGTERM when the replica that started it
+    dies, however it dies (a replica killed with its node never runs ``__del__``)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def deployments():
     from ray import serve
     from starlette.requests import Request
     from starlette.responses import Response
 
+    def stripped(request: Request) -> str:
+        """The path below the application's route prefix, with its query."""
+        path = request.url.path[len(request.scope.get("root_path", "")):] or "/"
+        return path + (f"?{request.url.query}" if request.url.query else "")
+
+    # The engine server queues and batches requests itself: Serve's default of 5 requests at a time per replica
+    # would starve its batches (bench/serving_platform.py).
     @serve.deployment(ray_actor_options={"num_cpus": 0, "resources": {REPLICA_RESOURCE: 1}},
-                      health_check_period_s=5)
+                      max_replicas_per_node=1, health_check_period_s=5, max_ongoing_requests=MAX_ONGOING)
     class EngineReplica:
-        def __init__(self, argv: list[str], engine_env: dict[str, str], health: str, ready_timeout_s: float):
+        def __init__(self, argv: list[str], engine_env: dict[str, str], health: str, ready_timeout_s: float,
+                     model_uri: str = "", model_path: str = "", fetch_python: str = "", api_key_env: str = ""):
             import ray
 
             self.port = free_port()
             self.node = ray.get_runtime_context().get_node_id()
+            if model_uri and model_path and not os.path.isdir(model_path):
+                local = node_copy(model_uri, fetch_python)
+                argv = [a.replace(model_path, local) for a in argv]
+            engine_env = {**engine_env, **(node_api_key(api_key_env) if api_key_env else {})}
             argv = [a.replace("{port}", str(self.port)) for a in argv]
             self.proc = subprocess.Popen(argv, env={**environ(), **engine_env}, start_new_session=True,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
             self.base = f"http://127.0.0.1:{self.port}"
             deadline = time.monotonic() + ready_timeout_s
-            while not self._answers(health):
+            while not http_ok(self.base + health):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self._stop()
                     raise RuntimeError(f"engine server {argv[:4]} did not get ready (exit code {self.proc.poll()})")
                 time.sleep(0.5)
-            self.health = health
-
-        def _answers(self, path: str) -> bool:
-            return http_ok(self.base + path)
+            self.health, self.session = health, None
 
         def _stop(self) -> None:
             if self.proc.poll() is None:
@@ -66,63 +117,166 @@ def replica_class():
                     os.killpg(self.proc.pid, signal.SIGKILL)
 
         def check_health(self) -> None:
-            if self.proc.poll() is not None or not self._answers(self.health):
+            if self.proc.poll() is not None or not http_ok(self.base + self.health):
                 raise RuntimeError(f"engine server (pid {self.proc.pid}) is gone or not answering")
 
         def __del__(self):
             self._stop()
 
-        async def __call__(self, request: Request) -> Response:
+        async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple:
+            """(status, content type, body, node, pid) of the engine server's answer."""
             import aiohttp
 
-            headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
-            url = self.base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            async with aiohttp.ClientSession() as session:
-                async with session.request(request.method, url, data=await request.body(), headers=headers,
-                                           timeout=aiohttp.ClientTimeout(total=600)) as r:
-                    body = await r.read()
-                    return Response(body, status_code=r.status, media_type=r.headers.get("content-type"),
-                                    headers={"X-Fineflow-Node": self.node, "X-Fineflow-Pid": str(self.proc.pid)})
+            if self.session is None:  # one connection pool per replica, made on its event loop
+                self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
+            async with self.session.request(method, self.base + path, data=body, headers=headers) as r:
+                return r.status, r.headers.get("content-type"), await r.read(), self.node, self.proc.pid
 
-    return EngineReplica
+        async def __call__(self, request: Request) -> Response:
+            headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
+            status, media, body, node, pid = await self.forward(request.method, stripped(request), headers,
+                                                                await request.body())
+            return Response(body, status_code=status, media_type=media,
+                            headers={"X-Fineflow-Node": node, "X-Fineflow-Pid": str(pid)})
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=5, max_ongoing_requests=MAX_ONGOING)
+    class AliasRoute:
+        """The stable route of model@alias: forwards to the version application ``user_config`` names."""
+
+        def __init__(self):
+            self.target, self.version = "", ""
+
+        def reconfigure(self, config: dict) -> None:
+            self.target, self.version = config["target"], config["version"]
+
+        async def __call__(self, request: Request) -> Response:
+            target, version = self.target, self.version  # a request finishes where it started
+            headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
+            handle = serve.get_app_handle(target)
+            status, media, body, node, pid = await handle.forward.remote(request.method, stripped(request), headers,
+                                                                         await request.body())
+            return Response(body, status_code=status, media_type=media,
+                            headers={"X-Fineflow-Node": node, "X-Fineflow-Pid": str(pid),
+                                     "X-Fineflow-Version": version})
+
+    return EngineReplica, AliasRoute
 
 
-def shutdown(address: str) -> None:
-    """Stop every Serve application on the cluster: each replica stops its engine server first."""
+def connect(address: str, http: str | None = None):
     import ray
     from ray import serve
 
-    ray.init(address=address, log_to_driver=False)
-    serve.shutdown()
-    print(f"Ray Serve on {address} shut down", flush=True)
+    ray.init(address=address, log_to_driver=False, namespace="serve")
+    if http:  # the first start on a cluster decides; later ones only connect
+        host, _, port = http.rpartition(":")
+        # One proxy on the head at the address the URLs name; every node's proxy where it binds all addresses.
+        serve.start(proxy_location="EveryNode" if host == "0.0.0.0" else "HeadOnly",
+                    http_options={"host": host, "port": int(port)})
+    return serve
+
+
+def deploy(opts: argparse.Namespace, engine: list[str]) -> dict:
+    serve = connect(opts.address, opts.http)
+    replica = deployments()[0]
+    scaling = json.loads(opts.autoscaling) if opts.autoscaling else None
+    options = {"autoscaling_config": scaling} if scaling else {"num_replicas": opts.replicas}
+    app = replica.options(**options).bind(engine, json.loads(env("FINEFLOW_ENGINE_ENV") or "{}"), opts.health,
+                                          opts.ready_timeout_s, opts.model_uri, opts.model_path, opts.fetch_python,
+                                          opts.api_key_env)
+    serve.run(app, name=opts.app, route_prefix=opts.route, blocking=False)  # returns once every replica is ready
+    return {"app": opts.app, "url": f"http://{opts.http}{opts.route.rstrip('/')}"}
+
+
+def route(opts: argparse.Namespace) -> dict:
+    serve = connect(opts.address, opts.http)
+    app = deployments()[1].options(num_replicas=opts.replicas, user_config={
+        "target": opts.target, "version": opts.version}).bind()
+    serve.run(app, name=opts.app, route_prefix=opts.route, blocking=False)  # in place: AliasRoute.reconfigure
+    return {"app": opts.app, "url": f"http://{opts.http}{opts.route}"}
+
+
+def applications(address: str) -> dict[str, dict]:
+    """Each application on the cluster: its status and message, and its deployments' statuses."""
+    serve = connect(address)
+    return {name: {"status": str(getattr(app.status, "value", app.status)), "message": app.message,
+                   "deployments": {d: str(getattr(s.status, "value", s.status)) for d, s in app.deployments.items()}}
+            for name, app in serve.status().applications.items()}
+
+
+def delete(address: str, app: str) -> dict:
+    """Delete ``app``: Serve stops routing to it, its replicas finish their requests, then stop."""
+    serve = connect(address)
+    exists = app in serve.status().applications
+    if exists:
+        serve.delete(app, _blocking=True)
+    return {"app": app, "deleted": exists}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tasks.servers.ray_serve")
+    sub = p.add_subparsers(dest="op", required=True)
+    for name in ("deploy", "route", "delete", "status"):
+        op = sub.add_parser(name)
+        op.add_argument("--address", required=True, help="the Ray head, host:port")
+        if name in ("deploy", "route"):
+            op.add_argument("--http", required=True, help="where Serve's proxy listens, host:port")
+            op.add_argument("--route", required=True, help="the application's route prefix")
+            op.add_argument("--replicas", type=int, default=1)
+        if name != "status":
+            op.add_argument("--app", required=True)
+    deploy_op, route_op = sub.choices["deploy"], sub.choices["route"]
+    deploy_op.add_argument("--autoscaling", help="Serve's autoscaling_config, JSON (in place of --replicas)")
+    deploy_op.add_argument("--health", default="/health")
+    deploy_op.add_argument("--ready-timeout-s", type=float, default=300)
+    deploy_op.add_argument("--model-uri", default="", help="the model's files in the bucket")
+    deploy_op.add_argument("--model-path", default="", help="where the argv names the model's folder")
+    deploy_op.add_argument("--fetch-python", default="", help="the Python whose tasks.services.storage fetches them")
+    deploy_op.add_argument("--api-key-env", default="", help="the engine's API key variable (read on each node)")
+    route_op.add_argument("--target", required=True, help="the version application to forward to")
+    route_op.add_argument("--version", required=True)
+    return p
+
+
+def legacy(args: list[str]) -> list[str]:
+    """The first form of the command line (one application at route /, its proxy at --host:--port) as ``deploy``."""
+    p = argparse.ArgumentParser(prog="python -m tasks.servers.ray_serve")
+    p.add_argument("--address", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--name", default="fineflow")
+    p.add_argument("--health", default="/health")
+    p.add_argument("--ready-timeout-s", type=float, default=300)
+    split = args.index("--")
+    o = p.parse_args(args[:split])
+    return ["deploy", "--address", o.address, "--http", f"{o.host}:{o.port}", "--app", o.name, "--route", "/",
+            "--replicas", str(o.replicas), "--health", o.health, "--ready-timeout-s", str(o.ready_timeout_s),
+            *args[split:]]
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["shutdown"] and len(args) == 2:
-        return shutdown(args[1])
-    if "--" not in args:
-        sys.exit("usage: python -m tasks.servers.ray_serve --address HEAD:PORT --port N [--replicas 2] -- ENGINE ARGV\n"
-                 "       python -m tasks.servers.ray_serve shutdown HEAD:PORT")
-    split = args.index("--")
-    p = argparse.ArgumentParser(prog="python -m tasks.servers.ray_serve")
-    p.add_argument("--address", required=True, help="the Ray head, host:port")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True, help="where Ray Serve's proxy listens")
-    p.add_argument("--replicas", type=int, default=2)
-    p.add_argument("--name", default="fineflow")
-    p.add_argument("--health", default="/health")
-    p.add_argument("--ready-timeout-s", type=float, default=300)
-    opts, engine = p.parse_args(args[:split]), args[split + 1:]
-    import ray
-    from ray import serve
-
-    ray.init(address=opts.address, log_to_driver=False)
-    serve.start(http_options={"host": opts.host, "port": opts.port})
-    app = replica_class().options(num_replicas=opts.replicas).bind(
-        engine, json.loads(env("FINEFLOW_ENGINE_ENV")), opts.health, opts.ready_timeout_s)
-    serve.run(app, name=opts.name, route_prefix="/", blocking=False)  # returns once every replica is ready
-    print(f"serving {opts.name}: {opts.replicas} replicas at http://{opts.host}:{opts.port}", flush=True)
+        connect(args[1]).shutdown()
+        return print(f"Ray Serve on {args[1]} shut down", flush=True)
+    if args[:1] and args[0].startswith("--"):
+        args = legacy(args)
+    engine: list[str] = []
+    if "--" in args:
+        args, engine = args[:args.index("--")], args[args.index("--") + 1:]
+    opts = parser().parse_args(args)
+    if opts.op == "deploy":
+        if not engine:
+            sys.exit("deploy needs the engine's argv after --")
+        done = deploy(opts, engine)
+        print(f"serving {opts.app}: {opts.replicas} replicas at {done['url']}", flush=True)
+    elif opts.op == "route":
+        done = route(opts)
+    elif opts.op == "delete":
+        done = delete(opts.address, opts.app)
+    else:
+        done = applications(opts.address)
+    print(json.dumps(done), flush=True)
 
 
 if __name__ == "__main__":

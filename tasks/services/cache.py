@@ -4,16 +4,14 @@ A step's *key* hashes its inputs: the base model's content (``fingerprint``), th
 and the parameters the config gave it, and the recipe's code (``code_version``). Results are small JSON
 records in the bucket (``s3://<bucket>/cache/<kind>/<key>.json``), so a re-run on another worker, or after a
 worker restart, finds them; the files they point to are in the bucket too. Training works in
-``$FINEFLOW_HOME/runs/train-<key>/``, so a re-run after a crash finds its checkpoints; ``locked(key)`` keeps
-two runs of the same inputs out of each other's files.
+``$FINEFLOW_HOME/runs/train-<key>/``, so a re-run after a crash finds its checkpoints; the ``train`` slot of the key
+(``coordination.slot``) keeps two runs of the same inputs, on any machines, from training it twice.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +98,6 @@ def put(kind: str, cache_key: str, record: dict) -> None:
                                    ContentType="application/json")
 
 
-def fetch(uri: str, local: Path) -> Path:
-    """The files under ``uri`` in ``local``, downloaded aside and renamed into place (never half there)."""
-    if not local.is_dir():
-        with files.filling(local) as partial:
-            storage.download_dir(uri, partial)
-    return local
-
-
 def workdir(cache_key: str) -> Path:
     """Where the work of ``cache_key`` is done: the same directory for every run of the same inputs."""
     path = state_dir() / "runs" / f"train-{cache_key}"
@@ -115,8 +105,3 @@ def workdir(cache_key: str) -> Path:
     return path
 
 
-@contextmanager
-def locked(cache_key: str) -> Iterator[None]:
-    """One run at a time works on ``cache_key`` on this machine; the next waits, then finds the work done."""
-    with files.locked(state_dir() / "locks" / f"work-{cache_key}.lock"):
-        yield

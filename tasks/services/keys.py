@@ -17,11 +17,11 @@ from pathlib import Path
 
 from tasks.files import create_private
 from tasks.masking import register_secret
-from tasks.settings import env, state_dir
+from tasks.settings import api_key_file, env
 
 
 def key_path() -> Path:
-    return state_dir() / "api_key"
+    return api_key_file()
 
 
 def api_key() -> str:

@@ -1,12 +1,17 @@
-"""S3-compatible object storage: one client, directory upload/download, listing."""
+"""S3-compatible object storage: one client, directory upload/download, listing.
+
+    python -m tasks.services.storage fetch s3://BUCKET/PREFIX DIR   # the files under PREFIX in DIR, whole or not at all
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import boto3
 from botocore.config import Config
 
+from tasks import files
 from tasks.settings import Settings
 
 
@@ -56,6 +61,16 @@ def download_dir(uri: str, local: Path, client=None) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(bucket, key, str(target))
     return Path(local)
+
+
+def fetch(uri: str, local: Path) -> Path:
+    """The files under ``uri`` in ``local``, downloaded aside and renamed into place (never half there); a folder
+    that is there already is taken as it is."""
+    local = Path(local)
+    if not local.is_dir():
+        with files.filling(local) as partial:
+            download_dir(uri, partial)
+    return local
 
 
 def list_keys(uri: str, client=None) -> list[str]:
@@ -125,3 +140,14 @@ def verify_upload(local: str | Path, uri: str, client=None) -> int:
     if problems:
         raise UploadError(f"{uri} does not hold what was uploaded from {local}: {'; '.join(problems)}")
     return total
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[0] != "fetch":
+        sys.exit("usage: python -m tasks.services.storage fetch s3://BUCKET/PREFIX DIR")
+    print(fetch(args[1], Path(args[2])))
+
+
+if __name__ == "__main__":
+    main()

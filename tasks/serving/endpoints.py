@@ -36,13 +36,14 @@ class Endpoint(BaseModel):
     api_key_file: str | None = None  # where the key it requires is kept (never the key itself)
     restarts_file: str | None = None  # the supervisor's record of restarts after a crash
     relaunch: dict | None = None  # how to serve it again: the pipeline's deploy section and prompt style
+    serving: dict | None = None  # the serving platform it runs on (tasks.serving.platforms); None: this machine
 
     def restarts(self) -> int:
         path = Path(self.restarts_file) if self.restarts_file else None
         return len(json.loads(path.read_text())) if path and path.exists() else 0
 
     def alive(self) -> bool:
-        return group_alive(self.pid)
+        return group_alive(self.pid) if self.pid > 0 else self.healthy()  # a platform's endpoint has no process here
 
     def healthy(self) -> bool:
         return net.http_ok(f"{self.url}/health")

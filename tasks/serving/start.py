@@ -1,8 +1,9 @@
 """Starting an engine as an endpoint: the one sequence that a pipeline's deploy step, a rollback and a restore share.
 
-preflight (an engine that cannot start here says so before anything starts) -> its command, with the API key in
-its environment when asked -> ``endpoints.start`` (detached, readiness waited for, ``relaunch`` recorded) ->
-``after_start`` -> the smoke test, when records are given (an endpoint that fails it is stopped).
+preflight (an engine that cannot start here says so before anything starts) -> its command -> started on the serving
+platform ``relaunch`` names (``tasks.serving.platforms``: on this machine, detached, or on a Ray cluster; behind
+the API key when asked; readiness waited for; ``relaunch`` recorded) -> ``after_start`` -> the smoke test, when
+records are given (an endpoint that fails it is stopped).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from tasks.deploy import engine_for
 from tasks.deploy.base import LazyLLMDeployBase
 from tasks.net import LOOPBACK
 from tasks.services import keys
-from tasks.serving import endpoints
+from tasks.serving import platforms
 from tasks.serving.endpoints import Endpoint
 
 
@@ -34,21 +35,20 @@ def recorded_engine(relaunch: dict, model_path: str, name: str, port: int | None
 
 
 def start_engine(engine: LazyLLMDeployBase, model_path: str, endpoint_name: str, *, api_key: bool, relaunch: dict,
-                 smoke_records: list[dict] | None = None, formatter: Callable[[Any], Any] | None = None,
-                 log: Callable[[str], None] = print) -> Started:
-    """Serve ``model_path`` with ``engine`` as endpoint ``endpoint_name`` (behind the API key when ``api_key``);
-    ``relaunch`` is kept in its record (how to serve it again). With ``smoke_records`` the endpoint is
-    smoke-tested on them, its answer shaped by ``formatter``."""
+                 model_uri: str = "", smoke_records: list[dict] | None = None,
+                 formatter: Callable[[Any], Any] | None = None, log: Callable[[str], None] = print) -> Started:
+    """Serve ``model_path`` (the same files as ``model_uri`` in the bucket, where a platform's nodes fetch them)
+    with ``engine`` as endpoint ``endpoint_name`` (behind the API key when ``api_key``) on the platform
+    ``relaunch`` names; ``relaunch`` is kept in its record (how to serve it again). With ``smoke_records`` the
+    endpoint is smoke-tested on them, its answer shaped by ``formatter``."""
+    platform = platforms.of_relaunch(relaunch)
     engine.preflight()
     if engine.host not in LOOPBACK:  # a config has checked the key is on
         log(f"the endpoint binds {engine.host}: reachable from other machines, every request needs the API key "
             f"({keys.key_path()})")
-    command, headers = engine.cmd(model_path), {}
-    if api_key:
-        command, headers = engine.with_api_key(command, keys.api_key()), keys.auth_headers()
+    headers = keys.auth_headers() if api_key else {}
     try:
-        ep = endpoints.start(endpoint_name, command, engine.engine, model_path,
-                             api_key_file=str(keys.key_path()) if api_key else None, relaunch=relaunch)
+        ep = platform.start(endpoint_name, engine.cmd(model_path), engine, model_path, model_uri, api_key, relaunch)
     finally:
         engine.after_start()
     if smoke_records is None:
@@ -57,6 +57,6 @@ def start_engine(engine: LazyLLMDeployBase, model_path: str, endpoint_name: str,
         answer, shown = engine.smoke_test(ep.url, smoke_records, headers, model_path,
                                           prompt_style=engine.prompt_style, formatter=formatter)
     except Exception:
-        endpoints.stop(ep.name)  # an endpoint that fails its smoke test is not left running
+        platform.stop(ep.name)  # an endpoint that fails its smoke test is not left running
         raise
     return Started(ep, answer, shown)

@@ -16,7 +16,7 @@ import pytest
 
 from tasks import envs
 from tasks.deploy import EmbeddingDeploy, EngineUnavailableError, Vllm
-from tasks.deploy.ray import REPLICA_RESOURCE, Distributed, serve_replicas, shutdown_replicas
+from tasks.deploy.ray import REPLICA_RESOURCE, Distributed, serve_replicas, shutdown_replicas, wait_for_nodes
 from tasks.launchers import group_alive, stop_group
 from tasks.net import free_port
 from tasks.services import keys
@@ -28,23 +28,6 @@ MINILM = REPO / "infra" / "models" / "all-minilm-l6-v2"
 def start(command, log) -> subprocess.Popen:
     return subprocess.Popen(command.argvs[-1], env={**os.environ, **command.env}, stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
-
-
-def alive_nodes(address: str) -> int:
-    out = subprocess.run([envs.bin_path("ray", "ray"), "status", f"--address={address}"], capture_output=True,
-                         text=True, timeout=60, env={**os.environ, **envs.path_env("ray")})
-    if out.returncode != 0:
-        return 0
-    active = out.stdout.split("Active:")[1].split("Pending:")[0] if "Active:" in out.stdout else ""
-    return sum(1 for line in active.splitlines() if "node_" in line)
-
-
-def wait_for_nodes(address: str, n: int, procs: list[subprocess.Popen], timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while alive_nodes(address) < n:
-        assert all(p.poll() is None for p in procs), "a ray start process exited"
-        assert time.monotonic() < deadline, f"the cluster at {address} did not reach {n} nodes"
-        time.sleep(2)
 
 
 def test_the_cluster_commands():

@@ -21,6 +21,7 @@ from tasks.deploy import RelayServer
 from tasks.servers.router import read_state
 from tasks.services import keys, registry, storage, tracking
 from tasks.serving import endpoints, rollout
+from tasks.serving.platforms.local import router_state_path
 from tasks.settings import state_dir
 from tests.support.paths import TINY_MODEL
 
@@ -116,11 +117,11 @@ def test_a_candidate_that_cannot_serve_changes_nothing(promoted, run_id):
     before = answer(promoted["url"]).json()["choices"][0]["text"]
     v3, ep3 = serve_version("rollout-v3", TINY_MODEL, "alpaca", run_id)
     launchers.stop_group(ep3.pid)  # it died after registering
-    router_before = read_state(rollout.router_state_path(MODEL, "production"))
+    router_before = read_state(router_state_path(MODEL, "production"))
     with pytest.raises(rollout.Unhealthy, match="is not healthy: version .* is not promoted"):
         rollout.promote(MODEL, "production", v3, ep3, log=print)
     assert registry.alias_version(MODEL, "production") == production
-    assert read_state(rollout.router_state_path(MODEL, "production")) == router_before
+    assert read_state(router_state_path(MODEL, "production")) == router_before
     assert answer(promoted["url"]).json()["choices"][0]["text"] == before
     endpoints.stop("rollout-v3")
 

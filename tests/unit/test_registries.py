@@ -49,3 +49,14 @@ def test_autodeploy_ranks_the_engines_by_what_they_declare():
     assert {cls.engine for cls in candidates("tts")} == {"piper", "bark", "musicgen", "chattts"}
     assert all(cls.gpu_key is None or cls.gpu_key in cls.auto_params(2) for cls in ENGINES.values()
                if cls.engine not in ("auto",))
+
+
+def test_every_serving_platform_module_has_its_row_and_the_section_names_them_all():
+    import typing
+
+    import tasks.serving.platforms as package
+    from tasks.serving.platforms import PLATFORMS, ServingPlatform, ServingSection
+
+    defined = {name: cls for name, cls in defined_in(package, ServingPlatform, "name").items()}
+    assert PLATFORMS == defined
+    assert set(typing.get_args(ServingSection.model_fields["platform"].annotation)) == set(PLATFORMS)

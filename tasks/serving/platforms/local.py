@@ -1,0 +1,85 @@
+"""The local platform: versions are endpoint process groups on this machine (``tasks.serving.endpoints``), each
+model@alias a router (``tasks.servers.router``) on a port kept in ``$FINEFLOW_HOME/routers/``, so its URL
+survives promotions, rollbacks and restarts. The default, and what ``make demo`` runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tasks import net
+from tasks.core import Command
+from tasks.deploy.base import LazyLLMDeployBase
+from tasks.files import slug
+from tasks.servers.router import drain, read_state, switch, write_state
+from tasks.services import keys
+from tasks.serving import endpoints
+from tasks.serving.endpoints import Endpoint
+from tasks.serving.platforms.base import Log, ServingPlatform
+from tasks.settings import state_dir
+
+
+def router_state_path(model: str, alias: str) -> Path:
+    return state_dir() / "routers" / f"{slug(model)}@{slug(alias)}.json"
+
+
+def router_name(model: str, alias: str) -> str:
+    return f"router-{slug(model)}-{slug(alias)}"
+
+
+def ensure_router(model: str, alias: str, host: str = "127.0.0.1") -> str:
+    """The router of ``model@alias`` running (started if needed, on its kept port); returns its URL."""
+    path = router_state_path(model, alias)
+    state = read_state(path)
+    if "port" not in state:
+        state = {"model": f"{model}@{alias}", "port": net.free_port(), "host": host}
+        write_state(path, state)
+    url = f"http://{state.get('host', host)}:{state['port']}"
+    current = endpoints.get(router_name(model, alias))
+    if current and current.alive() and net.http_ok(f"{url}/router/status"):
+        return url
+    endpoints.stop(router_name(model, alias))
+    argv = [sys.executable, "-m", "tasks.servers.router", "--state", str(path), "--host",
+            state.get("host", host)]
+    # The router answers /router/status once it listens, target or not.
+    endpoints.start(router_name(model, alias), Command(argv, return_value=url, checker=net.ready(
+        f"{url}/router/status"), ready_timeout_s=30), "router", model_path="")
+    return url
+
+
+class LocalPlatform(ServingPlatform):
+    name = "local"
+
+    def start(self, name: str, command: Command, engine: LazyLLMDeployBase, model_path: str, model_uri: str,
+              api_key: bool, relaunch: dict | None) -> Endpoint:
+        if api_key:
+            command = engine.with_api_key(command, keys.api_key())
+        return endpoints.start(name, command, engine.engine, model_path,
+                               api_key_file=str(keys.key_path()) if api_key else None, relaunch=relaunch)
+
+    def get(self, name: str) -> Endpoint | None:
+        return endpoints.get(name)
+
+    def stop(self, name: str) -> bool:
+        return endpoints.stop(name)
+
+    def route(self, model: str, alias: str, ep: Endpoint) -> str:
+        return ensure_router(model, alias, urlparse(ep.url).hostname or "127.0.0.1")
+
+    def switch(self, model: str, alias: str, ep: Endpoint, version: str) -> str | None:
+        return switch(router_state_path(model, alias), ep.url, version)
+
+    def retire(self, model: str, alias: str, old_name: str, old_target: str | None, log: Log) -> bool:
+        url = f"http://{(s := read_state(router_state_path(model, alias))).get('host')}:{s.get('port')}"
+        if old_target and not drain(url, old_target):
+            log(f"requests still running on {old_target} after the wait; stopping it anyway")
+        return endpoints.stop(old_name)
+
+    def route_status(self, model: str, alias: str) -> str:
+        state = read_state(router_state_path(model, alias))
+        router = endpoints.get(router_name(model, alias))
+        up = "up" if router and router.alive() else "down"
+        url = f"http://{state.get('host', '127.0.0.1')}:{state['port']}" if state.get("port") else "-"
+        return f"{url}\trouter {up}\t-> {state.get('target', '-')}"

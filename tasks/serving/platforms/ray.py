@@ -1,0 +1,104 @@
+"""The Ray platform: versions and routes are Ray Serve applications on a Ray cluster (``tasks.servers.ray_serve``).
+
+- a version endpoint ``NAME`` is the application ``NAME`` at ``/_v/NAME`` on Serve's proxy: ``replicas`` engine
+  servers (or Serve's autoscaling between its bounds), at most one per node, each fetching the model's files from
+  the bucket when its node lacks them, each reading the API key on its own node;
+- ``model@alias`` is the application ``MODEL@ALIAS`` at ``/MODEL/ALIAS``: moving it to a new version is Serve's
+  in-place reconfigure of its route, then the old version's application is deleted (its replicas finish the
+  requests they hold, then stop).
+
+Each operation is a short driver run in the ``ray`` environment (this process need not import Ray). Nothing of
+it lives on the worker that ran the deploy step: the cluster keeps serving when that worker, or its machine, is
+gone, and any worker that can reach the head can promote, roll back or restore.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from tasks.core import Command
+from tasks.deploy.base import LazyLLMDeployBase
+from tasks.deploy.ray import replica_argv, serve_driver
+from tasks.files import slug
+from tasks.masking import redact_text
+from tasks.services import keys
+from tasks.serving.endpoints import Endpoint
+from tasks.serving.platforms.base import Log, ServingPlatform
+from tasks.settings import REPO_ROOT, environ, state_dir
+
+
+class RayServeError(RuntimeError):
+    pass
+
+
+class RayPlatform(ServingPlatform):
+    name = "ray"
+
+    def drive(self, args: list[str], engine_env: dict[str, str] | None = None, timeout_s: float = 900,
+              log_name: str = "ray-serve") -> dict:
+        """Run one driver operation on the cluster; its last line of output is its JSON answer."""
+        command = serve_driver([args[0], "--address", str(self.section.address), *args[1:]], engine_env)
+        log_path = state_dir() / "logs" / f"{log_name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(command.argvs[-1], env={**environ(), **command.env}, cwd=REPO_ROOT, text=True,
+                              capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+        with open(log_path, "a") as log:
+            log.write(redact_text(proc.stdout + proc.stderr))
+        if proc.returncode != 0:
+            raise RayServeError(f"Ray Serve {args[0]} on {self.section.address} failed (exit {proc.returncode}); "
+                                f"log {log_path}:\n{redact_text(proc.stderr[-2000:])}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def _url(self, route: str) -> str:
+        return f"http://{self.section.http}{route}"
+
+    def _endpoint(self, name: str, **fields) -> Endpoint:
+        return Endpoint(name=name, url=self._url(f"/_v/{name}"), pid=0, backend=fields.pop("backend", "ray"),
+                        argv=fields.pop("argv", []), model_path=fields.pop("model_path", ""),
+                        log_path=str(state_dir() / "logs" / f"ray-{name}.log"), started_at=time.time(),
+                        serving=self.section.model_dump(mode="json"), **fields)
+
+    def start(self, name: str, command: Command, engine: LazyLLMDeployBase, model_path: str, model_uri: str,
+              api_key: bool, relaunch: dict | None) -> Endpoint:
+        if len(command.argvs) > 1:
+            raise RayServeError(f"deploy engine {engine.engine!r} prepares its server in {len(command.argvs) - 1} "
+                                "step(s) first; the Ray platform starts only an engine's server: serve it locally")
+        argv = replica_argv(command)
+        scale = ["--autoscaling", json.dumps(self.section.autoscaling)] if self.section.autoscaling else \
+            ["--replicas", str(self.section.replicas)]
+        key = ["--api-key-env", str(engine.api_key_env)] if api_key else []
+        self.drive(["deploy", "--http", str(self.section.http), "--app", name, "--route", f"/_v/{name}", *scale,
+                    "--ready-timeout-s", str(command.ready_timeout_s), "--model-uri", model_uri, "--model-path",
+                    model_path, "--fetch-python", sys.executable, *key, "--", *argv],
+                   engine_env=command.env, log_name=f"ray-{name}")
+        return self._endpoint(name, backend=engine.engine, argv=argv, model_path=model_path,
+                              api_key_file=str(keys.key_path()) if api_key else None, relaunch=relaunch)
+
+    def applications(self) -> dict[str, dict]:
+        return self.drive(["status"], timeout_s=120)
+
+    def get(self, name: str) -> Endpoint | None:
+        app = self.applications().get(name)
+        return self._endpoint(name) if app and app["status"] == "RUNNING" else None
+
+    def stop(self, name: str) -> bool:
+        return bool(self.drive(["delete", "--app", name])["deleted"])
+
+    def route(self, model: str, alias: str, ep: Endpoint) -> str:
+        return self._url(f"/{slug(model)}/{slug(alias)}")
+
+    def switch(self, model: str, alias: str, ep: Endpoint, version: str) -> str | None:
+        self.drive(["route", "--http", str(self.section.http), "--app", f"{model}@{alias}", "--route",
+                    f"/{slug(model)}/{slug(alias)}", "--target", ep.name, "--version", version,
+                    "--replicas", str(self.section.replicas)])
+        return None
+
+    def retire(self, model: str, alias: str, old_name: str, old_target: str | None, log: Log) -> bool:
+        return self.stop(old_name)  # Serve drains the application's replicas before they stop
+
+    def route_status(self, model: str, alias: str) -> str:
+        app = self.applications().get(f"{model}@{alias}")
+        return f"{self.route(model, alias, None)}\tray {app['status'] if app else 'no route'}"  # type: ignore[arg-type]

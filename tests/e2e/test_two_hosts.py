@@ -1,0 +1,229 @@
+"""Serving that outlives the worker, and coordination across machines, on two real hosts.
+
+Host A and host B are network namespaces on a private bridge (``tests/support/hosts.py``), each with its own
+``FINEFLOW_HOME`` and Prefect worker; they share one Prefect server, MLflow and S3 on the bridge, and a Ray
+cluster (head on A, a worker node on B) serves every version through Ray Serve. The tests run in order on one
+set-up, each on what the one before left: v1 promoted from A, A lost, B re-runs, B promotes v2 under traffic, A
+and B race, a dead holder's slot comes back.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import secrets
+import shutil
+import signal
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from infra.demo import follow, start_deployment
+from tasks.services import keys, registry, tracking
+from tasks.serving import platforms
+from tasks.settings import environ
+from tests.support.hosts import Hosts, answers
+
+pytestmark = pytest.mark.hosts
+MODEL = "fineflow-two-hosts"
+QUICK = {"finetune": {"params": {"max_steps": 30}},
+         "evaluate": {"max_samples": 20, "gate": {"metric": "val_loss", "min_improvement": 0.001}}}
+PROMPT = {"prompt": "the", "max_tokens": 4}
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    h = Hosts(tmp_path_factory.mktemp("two-hosts"))
+    print(h.describe(), flush=True)
+    mp = pytest.MonkeyPatch()
+    try:
+        h.make_network()
+        key = "ff-" + secrets.token_urlsafe(24)
+        stack = h.start_services(key)
+        # This process looks at the shared services as any machine of the team would.
+        mp.setenv("FINEFLOW_HOME", str(h.hub_home))
+        mp.setenv("PREFECT_API_URL", stack["prefect_api_url"])
+        mp.setenv("FINEFLOW_API_KEY", key)
+        for name in ("MLFLOW_TRACKING_URI", "FINEFLOW_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            mp.delenv(name, raising=False)
+        h.register_deployments(environ())
+        h.start_ray()
+        h.start_worker(h.a)
+        h.start_worker(h.b)
+        yield h
+    finally:
+        mp.undo()
+        h.close()
+
+
+def params(hosts: Hosts, force: bool = False) -> dict:
+    return {"overrides": {**QUICK, "registry": {"model_name": MODEL}, "deploy": {"serving": hosts.serving()}},
+            "force": force}
+
+
+def run_on(host: str, parameters: dict, out: dict | None = None):
+    flow_run_id = start_deployment(f"finetune/two-hosts-{host}", parameters)
+    lines: list[str] = []
+    if out is not None:
+        out["lines"] = lines
+    state = follow(flow_run_id, timeout_s=1500, echo=lines.append)
+    result = (flow_run_id, state, "\n".join(lines))
+    if out is not None:
+        out["result"] = result
+    return result
+
+
+def production_url() -> str:
+    return registry.client().get_registered_model(MODEL).tags["url_production"]
+
+
+def traffic(url: str, clients: int, seconds: float | None = None) -> tuple[list, list[threading.Thread], dict]:
+    """``clients`` threads asking ``url`` until ``stop['at']`` (set it to end them): (answers, threads, stop)."""
+    out: list = []
+    stop = {"at": time.monotonic() + (seconds or 3600)}
+    threads = [threading.Thread(target=answers, args=(f"{url}/v1/completions", keys.auth_headers(), stop, out,
+                                                      PROMPT), daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    return out, threads, stop
+
+
+def replicas(url: str, n: int = 16) -> set[tuple[str, int]]:
+    """(node, engine server pid) of the replicas that answered ``n`` requests (those that failed are left out)."""
+    seen = set()
+    for _ in range(n):
+        r = httpx.post(f"{url}/v1/completions", json=PROMPT, headers=keys.auth_headers(), timeout=60)
+        if r.status_code == 200:
+            seen.add((r.headers["x-fineflow-node"], int(r.headers["x-fineflow-pid"])))
+    return seen
+
+
+def test_production_outlives_the_worker_and_the_home_that_promoted_it(hosts):
+    print(hosts.describe(), flush=True)
+    _, state, logs = run_on("a", params(hosts))
+    assert state.is_completed(), logs[-4000:]
+    v1 = registry.alias_version(MODEL, "production")
+    tags = registry.version_tags(MODEL, v1)
+    assert tags["serving_platform"] == "ray" and tags["ray_address"] == hosts.ray_address, tags
+    url = production_url()
+    assert url == f"http://{hosts.serve_http}/{MODEL}/production"
+    # Two replicas, one on each node, behind the one URL.
+    nodes = collections.Counter(httpx.post(f"{url}/v1/completions", json=PROMPT, headers=keys.auth_headers(),
+                                           timeout=60).headers["x-fineflow-node"] for _ in range(16))
+    assert len(nodes) == 2, nodes
+
+    out, threads, stop = traffic(url, clients=1)
+    time.sleep(3)
+    hosts.a.kill("worker")  # machine A's worker dies, and its disk with it
+    shutil.rmtree(hosts.a.home)
+    time.sleep(15)
+    stop["at"] = 0
+    for t in threads:
+        t.join(timeout=60)
+    assert len(out) >= 20, out
+    assert all(status == 200 for status, _ in out), collections.Counter(out)
+    assert {version for _, version in out} == {v1}
+    # An engine server dies after its files went with A's disk: Serve replaces the replica, which fetches the
+    # version's files from the bucket onto its node, and both nodes answer again.
+    victim = sorted(replicas(url))[0][1]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    while True:
+        now = replicas(url)
+        if len({node for node, _ in now}) == 2 and victim not in {pid for _, pid in now}:
+            break
+        assert time.monotonic() < deadline, now
+        time.sleep(3)
+    fetched = [p for h in (hosts.a, hosts.b) for p in (h.home / "models" / "ray").glob("*")]
+    assert fetched and all((p / "config.json").is_file() for p in fetched), fetched
+    hosts.start_worker(hosts.a)  # a new machine A: an empty home
+
+
+def test_another_host_rerunning_the_unchanged_pipeline_trains_and_registers_nothing(hosts):
+    versions = {v.version for v in registry.client().search_model_versions(f"name = '{MODEL}'")}
+    flow_run_id, state, logs = run_on("b", params(hosts))
+    assert state.is_completed(), logs[-4000:]
+    run = tracking.run_for_flow_run(str(flow_run_id))
+    assert run.data.tags["cache_hit"] == "true" and run.data.tags["cache_hit.register"] == "true", run.data.tags
+    assert {v.version for v in registry.client().search_model_versions(f"name = '{MODEL}'")} == versions
+    assert httpx.post(f"{production_url()}/v1/completions", json=PROMPT, headers=keys.auth_headers(),
+                      timeout=60).status_code == 200
+
+
+def test_promotion_from_the_other_host_under_traffic_drops_no_request(hosts):
+    v1 = registry.alias_version(MODEL, "production")
+    v1_app = registry.version_tags(MODEL, v1)["endpoint_name"]
+    url = production_url()
+    out, threads, stop = traffic(url, clients=3)
+    _, state, logs = run_on("b", params(hosts, force=True))
+    assert state.is_completed(), logs[-4000:]
+    promoted_at = len(out)
+    time.sleep(5)
+    stop["at"] = 0
+    for t in threads:
+        t.join(timeout=60)
+    v2 = registry.alias_version(MODEL, "production")
+    assert v2 != v1 and production_url() == url
+    assert [a for a in out if a[0] != 200] == [], collections.Counter(out)
+    assert {v for _, v in out[:promoted_at]} >= {v1, v2}, collections.Counter(out)
+    assert {v for _, v in out[promoted_at:]} == {v2} and len(out) - promoted_at >= 10
+    apps = platforms.platform(hosts.serving()).applications()
+    assert v1_app not in apps and registry.version_tags(MODEL, v2)["endpoint_name"] in apps, apps
+
+
+def test_two_hosts_racing_to_promote_one_model_promote_exactly_one(hosts):
+    before = registry.alias_version(MODEL, "production")
+    runs = {"a": {}, "b": {}}
+    threads = [threading.Thread(target=run_on, args=(h, params(hosts, force=True), runs[h])) for h in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=1800)
+    versions = {}
+    for h, r in runs.items():
+        flow_run_id, state, logs = r["result"]
+        assert state.is_completed(), logs[-4000:]
+        versions[h] = tracking.run_for_flow_run(str(flow_run_id)).data.tags["registered_version"]
+    tags = {h: registry.version_tags(MODEL, v) for h, v in versions.items()}
+    production = registry.alias_version(MODEL, "production")
+    promoted = [h for h in runs if versions[h] == production]
+    assert len(promoted) == 1 and production != before, (versions, production)
+    loser = "b" if promoted == ["a"] else "a"
+    assert tags[loser]["status"] == "rejected", tags[loser]
+    assert "does not beat" in runs[loser]["result"][2], runs[loser]["result"][2][-4000:]
+
+
+def test_a_rollback_waits_for_a_killed_holders_slot_then_serves_the_retired_version_again(hosts):
+    """The promotion slot's holder on A is killed with ``kill -9``; a rollback on B, waiting for the slot, gets it
+    when the lease expires, and serves the replaced version again: its Serve application was deleted when it was
+    replaced, so it is deployed again from the registered files."""
+    current = registry.alias_version(MODEL, "production")
+    previous = registry.version_tags(MODEL, current)["previous_version"]
+    assert platforms.platform(hosts.serving()).get(registry.version_tags(MODEL, previous)["endpoint_name"]) is None
+    holder = hosts.a.start("slot-holder", [sys.executable, "-c", (
+        "import time\nfrom tasks.services import coordination\n"
+        f"with coordination.slot('promote', {MODEL!r}):\n    print('holding', flush=True)\n    time.sleep(3600)\n")])
+    wait_for_line(hosts.a, "slot-holder", "holding", holder)
+    rollback = hosts.b.start("rollback", [sys.executable, "-m", "infra.rollout", "rollback", MODEL])
+    wait_for_line(hosts.b, "rollback", "held by another run; waiting", rollback)
+    killed_at = time.monotonic()
+    hosts.a.kill("slot-holder", signal.SIGKILL)
+    assert rollback.wait(timeout=600) == 0, (hosts.b.home / "logs" / "rollback.log").read_text()[-4000:]
+    waited = time.monotonic() - killed_at
+    assert f"{MODEL}@production -> version {previous}" in (hosts.b.home / "logs" / "rollback.log").read_text()
+    assert registry.alias_version(MODEL, "production") == previous
+    assert registry.version_tags(MODEL, current)["status"] == "rolled_back"
+    reply = httpx.post(f"{production_url()}/v1/completions", json=PROMPT, headers=keys.auth_headers(), timeout=60)
+    assert reply.status_code == 200 and reply.headers["x-fineflow-version"] == previous
+    assert waited > 30, f"the rollback finished {waited:.0f} s after the holder died: before its lease could expire"
+
+
+def wait_for_line(host, label: str, line: str, proc, timeout_s: float = 300) -> None:
+    log = host.home / "logs" / f"{label}.log"
+    deadline = time.monotonic() + timeout_s
+    while line not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text() if log.exists() else ""
+        time.sleep(0.5)
