@@ -22,7 +22,7 @@ def status() -> None:
     for rm in registry.client().search_registered_models():
         for alias, version in (rm.aliases or {}).items():
             platform = platforms.of_tags(registry.version_tags(rm.name, str(version)))
-            print(f"{rm.name}@{alias}\tversion {version}\t{platform.name}\t{platform.route_status(rm.name, alias)}")
+            print(f"{rm.name}@{alias}\tversion {version}\t{platform.route_status(rm.name, alias)}\t{platform.name}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -59,8 +59,11 @@ class Distributed(LazyLLMDeployBase):
                     "min_worker_port", "max_worker_port", "temp_dir"):
             if kw.get(key) is not None:
                 argv.append(f"--{key.replace('_', '-')}={kw[key]}")
-        # Ray's workers import the replicas' code (tasks.servers.ray_serve) from the checkout, on every node.
-        env = {**envs.path_env(RAY_ENV), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO_ROOT)}
+        # Ray's workers import the replicas' code (tasks.servers.ray_serve) from the checkout, on every node. Serve's
+        # proxy (one, on the head, where the URLs point) spreads requests over every node's replicas rather than
+        # keeping them on its own node's.
+        env = {**envs.path_env(RAY_ENV), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO_ROOT),
+               "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING": "0"}
         return Command(argv, return_value=(finetuned_model, base_model, self.address()), env=env)
 
     def address(self) -> str:
