@@ -209,7 +209,9 @@ def up(ports_mode: str = "default") -> dict:
         _wait_healthy(svc, home)
         if svc.name == "s3":
             _ensure_bucket(home)
-        print(f"  {svc.name:8s} ready  {svc.health_url or 'polling ' + WORK_POOL}", flush=True)
+        where = svc.health_url or (f"listening on port {svc.listens_on}" if svc.listens_on else
+                                   f"polling {WORK_POOL}" if svc.name == "worker" else "started")
+        print(f"  {svc.name:10s} ready  {where}", flush=True)
     from tasks.serving import rollout
 
     # What the registry says is serving comes back: every alias's endpoint and its router (same URL as before).
