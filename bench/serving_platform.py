@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 from bench.llm_serving import MODEL, RESULTS, THREADS, prompts
 
@@ -58,19 +59,18 @@ async def drive(url: str, headers: dict, texts: list[str], tokens: int, concurre
 
 
 def ray_cluster(root: str) -> tuple[str, list[subprocess.Popen]]:
-    """A head and a worker node on 127.0.0.1, each taking up to 4 replicas."""
-    from tasks.deploy.ray import Distributed, wait_for_nodes
+    """The local stack's Ray cluster (``infra.ray_cluster``: a head and a worker node on 127.0.0.1), started here."""
+    from infra import ray_cluster as stack_cluster
+    from tasks.deploy.ray import wait_for_nodes
     from tasks.net import free_port
     from tasks.settings import environ
 
-    port = free_port()
-    node = {"num_cpus": 1, "replica_slots": 4, "object_store_memory": 100_000_000, "temp_dir": f"{root}/ray"}
-    procs = []
-    log = open(f"{root}/ray.log", "ab")
-    for command in (Distributed(port=port, **node).cmd(), Distributed(**node).cmd(master_ip=f"127.0.0.1:{port}")):
-        procs.append(subprocess.Popen(command.argvs[-1], env={**environ(), **command.env}, stdout=log,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
-        wait_for_nodes(f"127.0.0.1:{port}", len(procs), procs)
+    port, procs = free_port(), []
+    with open(f"{root}/ray.log", "ab") as log:
+        for _, command in stack_cluster.nodes(Path(root), port, {}):
+            procs.append(subprocess.Popen(command.argvs[-1], env={**environ(), **command.env}, stdout=log,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+            wait_for_nodes(f"127.0.0.1:{port}", len(procs), procs)
     return f"127.0.0.1:{port}", procs
 
 

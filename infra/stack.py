@@ -14,7 +14,6 @@ can be moved with ``--ports free`` (tests do this) or FINEFLOW_*_PORT variables.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import secrets
 import shutil
@@ -25,11 +24,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra import ray_cluster
 from tasks import net
 from tasks.files import create_private
 from tasks.launchers import group_alive, stop_group
 from tasks.net import free_port, http_ok
-from tasks.settings import REPO_ROOT, Settings, env, environ, state_dir
+from tasks.settings import Settings, env, environ, state_dir
 
 # Each service's port: FINEFLOW_<NAME>_PORT, declared with its default in tasks.settings; chosen once (stack.json).
 PORT_VARIABLES = {"s3": "FINEFLOW_S3_PORT", "s3_master": "FINEFLOW_S3_MASTER_PORT",
@@ -112,31 +112,9 @@ def services(home: Path, ports: dict[str, int]) -> list[Service]:
                 f"http://{host}:{ports['prefect']}/api/health", prefect_env),
         Service("worker", [str(BIN / "prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
                 "", prefect_env, stop_signal=signal.SIGINT),  # a worker stops on SIGINT only
-        *(ray_cluster(home, ports, s3_env) if serves_on_ray(home) else []),
+        *(Service(name, command.argvs[-1], "", command.env, listens_on=ports["ray"] if name == "ray-head" else None)
+          for name, command in (ray_cluster.nodes(home, ports["ray"], s3_env) if ray_cluster.wanted(home) else [])),
     ]
-
-
-def serves_on_ray(home: Path) -> bool:
-    """``FINEFLOW_SERVING=ray`` at the first ``up`` (kept in stack.json): the stack runs a Ray cluster to serve on."""
-    stack_file = home / "stack.json"
-    if stack_file.exists():
-        return bool(json.loads(stack_file.read_text()).get("ray_address"))
-    return env("FINEFLOW_SERVING") == "ray"
-
-
-def ray_cluster(home: Path, ports: dict[str, int], s3_env: dict[str, str]) -> list[Service]:
-    """A Ray head and one worker node on 127.0.0.1, each taking up to 4 replicas (one per version at a time): the
-    serving platform of ``FINEFLOW_SERVING=ray``. Replicas fetch models from the stack's bucket."""
-    from tasks.deploy.ray import Distributed
-
-    # Ray's sockets live under its temp dir: keep the path short (a Unix socket path has ~107 characters).
-    temp = f"/tmp/ffray-{hashlib.sha256(str(home).encode()).hexdigest()[:8]}"
-    node = {"num_cpus": 1, "replica_slots": 4, "object_store_memory": 100_000_000, "temp_dir": temp}
-    node_env = {**s3_env, "FINEFLOW_HOME": str(home)}
-    head = Distributed(port=ports["ray"], **node).cmd()
-    worker = Distributed(**node).cmd(master_ip=f"127.0.0.1:{ports['ray']}")
-    return [Service("ray-head", head.argvs[-1], "", {**node_env, **head.env}, listens_on=ports["ray"]),
-            Service("ray-worker", worker.argvs[-1], "", {**node_env, **worker.env})]
 
 
 def _pid(home: Path, name: str) -> int | None:
@@ -195,7 +173,7 @@ def up(ports_mode: str = "default") -> dict:
     stack = {"ports": ports, "host": host, "s3_endpoint": f"http://{host}:{ports['s3']}", "s3_bucket": BUCKET,
              "mlflow_uri": f"http://{host}:{ports['mlflow']}", "mlflow_artifacts_uri": f"s3://{BUCKET}/mlflow",
              "prefect_api_url": f"http://{host}:{ports['prefect']}/api", "work_pool": WORK_POOL,
-             **({"ray_address": f"127.0.0.1:{ports['ray']}"} if serves_on_ray(home) else {})}
+             **({"ray_address": f"127.0.0.1:{ports['ray']}"} if ray_cluster.wanted(home) else {})}
     (home / "stack.json").write_text(json.dumps(stack, indent=1))
     for svc in services(home, ports):
         if svc.name == "worker":
@@ -240,18 +218,6 @@ def stop(name: str) -> None:
     _stop(home, chosen[0])
 
 
-def _shutdown_serve(address: str) -> None:
-    """Serve's applications stopped before the nodes: each replica stops its engine server (a replica killed with
-    its node would leave the server it started running)."""
-    from tasks.deploy.ray import shutdown_replicas
-
-    command = shutdown_replicas(address)
-    done = subprocess.run(command.argvs[-1], env={**environ(), **command.env}, cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300, check=False)
-    print(f"stopped Ray Serve's applications on {address}" if done.returncode == 0 else
-          f"Ray Serve on {address} did not shut down cleanly: {done.stderr[-500:]}")
-
-
 def down() -> None:
     home = state_dir()
     if not (home / "stack.json").exists():
@@ -259,7 +225,7 @@ def down() -> None:
         return
     stack = json.loads((home / "stack.json").read_text())
     if stack.get("ray_address") and _pid(home, "ray-head"):
-        _shutdown_serve(stack["ray_address"])
+        ray_cluster.shutdown_serve(stack["ray_address"])
     for svc in reversed(services(home, stack["ports"])):
         _stop(home, svc)
     from tasks.serving.endpoints import stop_all
@@ -284,12 +250,7 @@ def status() -> bool:
         print(f"endpoint {describe(ep)}")
     stack = json.loads((home / "stack.json").read_text())
     if stack.get("ray_address") and _pid(home, "ray-head"):
-        from tasks.serving import platforms
-
-        ray = platforms.platform({"platform": "ray", "address": stack["ray_address"],
-                                  "http": f"127.0.0.1:{stack['ports']['serve']}"})
-        for name, app in ray.applications().items():
-            print(f"ray serve {name}\t{app['status']}\t{' '.join(f'{d}={s}' for d, s in app['deployments'].items())}")
+        ray_cluster.print_applications(stack)
     print(f"state: {home}")
     return ok
 

@@ -15,7 +15,6 @@ a lock file on this machine, and it says so.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -40,7 +39,7 @@ def prefect_api() -> Iterator[str | None]:
 
 def limit_name(kind: str, key: str) -> str:
     """A name the Prefect server accepts (no ``/ % & < >``), readable in its UI."""
-    return f"fineflow-{kind}-" + re.sub(r"[^A-Za-z0-9_.@-]+", "-", key)
+    return f"fineflow-{kind}-{files.slug(key)}"
 
 
 def ensure_limit(name: str) -> None:

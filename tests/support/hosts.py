@@ -57,10 +57,6 @@ class Host:
         self.procs[label] = proc
         return proc
 
-    def run(self, argv: list[str], timeout_s: float = 300, extra_env: dict[str, str] | None = None):
-        return subprocess.run(self.argv(argv), env={**environ(), **self.env, **(extra_env or {})}, cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
-
     def kill(self, label: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(label)
         stop_group(proc.pid, sig, timeout_s=20)
@@ -95,8 +91,8 @@ class Hosts:
         self.bridge = f"ffbr{self.suffix}"
         subnet = _free_subnet() if self.isolated else None
         self.hub_ip = f"{subnet}.1" if subnet else "127.0.0.1"
-        self.a = Host("a", f"{subnet}.2" if subnet else "127.0.0.1", root / "home-a", f"ffa{self.suffix}" if subnet else None)
-        self.b = Host("b", f"{subnet}.3" if subnet else "127.0.0.1", root / "home-b", f"ffb{self.suffix}" if subnet else None)
+        self.a, self.b = (Host(name, f"{subnet}.{last}" if subnet else "127.0.0.1", root / f"home-{name}",
+                               f"ff{name}{self.suffix}" if subnet else None) for name, last in (("a", 2), ("b", 3)))
         self.hub_home = root / "hub"
         self.ray_address = self.serve_http = ""
         self.ray_procs: list[tuple[Host, str]] = []

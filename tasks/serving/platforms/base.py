@@ -22,7 +22,8 @@ class ServingSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     platform: Literal["local", "ray"] = "local"
     address: str | None = None  # ray: the head's host:port ("stack": the local stack's cluster)
-    http: str | None = None  # ray: where Serve's proxy listens, host:port (default: the head's host, FINEFLOW_SERVE_PORT)
+    # ray: where Serve's proxy listens, host:port (default: the head's host, FINEFLOW_SERVE_PORT)
+    http: str | None = None
     replicas: int = Field(1, ge=1, le=1000)  # ray: engine servers per version, at most one per node
     autoscaling: dict[str, Any] | None = None  # ray: Serve's autoscaling_config (min_replicas, max_replicas, ...)
 
