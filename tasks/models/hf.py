@@ -8,23 +8,14 @@ to the library, never to a log. ``HF_ENDPOINT`` points it at a mirror.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm import tqdm
-
-from tasks.models.hub import HubError, HubFile, verify
-from tasks.models.local import safe_relpath
+from tasks.models.hub import HubError, HubFile, answer_error, fetch_listed
 
 
 def _error(e: Exception, what: str) -> HubError:
-    status = getattr(getattr(e, "response", None), "status_code", None)
-    if status in (401, 403):
-        return HubError(f"{what}: access denied ({status}); check the token")
-    if status == 404:
-        return HubError(f"{what}: not found")
-    return HubError(f"{what}: {type(e).__name__}: {e}")
+    return answer_error(what, getattr(getattr(e, "response", None), "status_code", None), e)
 
 
 def transfer(repo: str, partial: Path, endpoint: str, *, token: str | None, revision: str | None,
@@ -43,26 +34,15 @@ def transfer(repo: str, partial: Path, endpoint: str, *, token: str | None, revi
                      f"{s.rfilename}") for s in info.siblings or []]
     if not files:
         raise HubError(f"huggingface repository {repo} lists no files")
-    total = sum(f.size or 0 for f in files) or None
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"huggingface:{repo}") as progress:
-        for f in files:
-            dest = partial / safe_relpath(f.path)
-            if not dest.exists():
-                try:
-                    hf_hub_download(repo, f.path, revision=commit, local_dir=partial, endpoint=endpoint,
-                                    token=token, etag_timeout=timeout)
-                except HfHubHTTPError as e:
-                    raise _error(e, f.url) from None
-                except OSError as e:  # a body shorter than announced ("Consistency check failed")
-                    raise HubError(f"{f.path}: {e}") from None
-            try:
-                verify(dest, f)
-            except HubError:
-                dest.unlink(missing_ok=True)  # never kept as if it were the hub's file
-                raise
-            progress.update(dest.stat().st_size)
-            if call_back:
-                call_back(progress.n, progress.total, f.path)
-    shutil.rmtree(partial / ".cache", ignore_errors=True)  # the library's resume state: not part of the model
-    return commit
 
+    def fetch(f: HubFile) -> None:
+        try:
+            hf_hub_download(repo, f.path, revision=commit, local_dir=partial, endpoint=endpoint, token=token,
+                            etag_timeout=timeout)
+        except HfHubHTTPError as e:
+            raise _error(e, f.url) from None
+        except OSError as e:  # a body shorter than announced ("Consistency check failed")
+            raise HubError(f"{f.path}: {e}") from None
+
+    fetch_listed(files, partial, fetch, desc=f"huggingface:{repo}", call_back=call_back)
+    return commit

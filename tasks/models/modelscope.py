@@ -1,6 +1,10 @@
-"""The ModelScope transfer, through its file API: ``GET {endpoint}/api/v1/models/{repo}/repo/files?Revision={rev}
-&Recursive=true`` lists files and ``GET {endpoint}/api/v1/models/{repo}/repo?Revision={rev}&FilePath={path}`` serves
-one; a partial file is continued with an HTTP Range request. Its listing names the revision, no commit.
+"""The ModelScope transfer, through the ``modelscope`` package (the vendor's client, which keeps up with the service's
+routes, auth and storage redirects): the repository's listing with sizes, sha256 and each file's commit from its
+``/api/v1`` client, the branch pinned to the newest of those commits, and each file fetched at that commit by
+``model_file_download`` into the ``.partial`` folder (it continues an interrupted file with a Range request and
+retries a dropped connection or an outage). On top, as for every hub: each file's size and sha256 checked against the
+listing (a file that differs is removed, never used), progress over the whole repository and ``call_back``; the token
+goes to the library (a header and a session cookie), never to a log. ``MODELSCOPE_ENDPOINT`` points it at a mirror.
 """
 
 from __future__ import annotations
@@ -8,83 +12,54 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-from tqdm import tqdm
-
-from tasks.models.hub import HubError, HubFile, endpoint, verify
-from tasks.models.local import safe_relpath
-
-CHUNK = 1 << 20
+from tasks.models.hub import HubError, HubFile, answer_error, fetch_listed
 
 
-def _get(client: httpx.Client, url: str, **kw) -> httpx.Response:
-    response = client.get(url, **kw)
-    if response.status_code in (401, 403):
-        raise HubError(f"{url}: access denied ({response.status_code}); check the token")
-    if response.status_code == 404:
-        raise HubError(f"{url}: not found")
-    response.raise_for_status()
-    return response
+def _error(e: Exception, what: str) -> HubError:
+    """The library's errors (its own types, or requests' HTTPError from the legacy wrappers) as the hub's answer."""
+    from modelscope_hub.errors import AuthenticationError, NotExistError, PermissionDeniedError
+
+    cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
+    status = getattr(cause, "status_code", None) or getattr(getattr(cause, "response", None), "status_code", None)
+    if status is None and isinstance(cause, (AuthenticationError, PermissionDeniedError, NotExistError)):
+        status = 404 if isinstance(cause, NotExistError) else 401
+    return answer_error(what, status, cause)
 
 
-def list_files(client: httpx.Client, repo: str, revision: str) -> list[HubFile]:
-    """A ModelScope repository's files at ``revision`` (its listing names the revision, no commit)."""
-    base = endpoint("modelscope")
-    info = _get(client, f"{base}/api/v1/models/{repo}/repo/files",
-                params={"Revision": revision, "Recursive": "true"}).json()
-    files = (info.get("Data") or {}).get("Files") or []
-    file_api = f"{base}/api/v1/models/{repo}/repo"
-    return [HubFile(f["Path"], f.get("Size"), f.get("Sha256") or None,
-                    str(httpx.URL(file_api, params={"Revision": revision, "FilePath": f["Path"]})))
-            for f in files if f.get("Type", "blob") == "blob"]
+def head_commit(listing: list[dict]) -> str | None:
+    """The newest commit among the files' last commits: the branch's head as far as its files go (ModelScope's API
+    names no commit for a branch; each file entry carries the commit that last changed it)."""
+    commits = [(f.get("CommittedDate") or 0, f["Revision"]) for f in listing if f.get("Revision")]
+    return max(commits)[1] if commits else None
 
 
-def _fetch(client: httpx.Client, f: HubFile, dest: Path, progress: tqdm, call_back: Callable | None) -> None:
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    if f.size is not None and have > f.size:
-        part.unlink()
-        have = 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    with client.stream("GET", f.url, headers=headers, follow_redirects=True) as response:
-        if response.status_code in (401, 403):
-            raise HubError(f"{f.url}: access denied ({response.status_code}); check the token")
-        if response.status_code != 416:  # 416: the part file is already whole
-            response.raise_for_status()
-            mode = "ab" if have and response.status_code == 206 else "wb"
-            if mode == "wb" and have:
-                progress.update(-have)
-                have = 0
-            with open(part, mode) as out:
-                for chunk in response.iter_bytes(CHUNK):
-                    out.write(chunk)
-                    progress.update(len(chunk))
-                    if call_back:
-                        call_back(progress.n, progress.total, f.path)
-    verify(part, f)
-    part.rename(dest)
+def transfer(repo: str, partial: Path, endpoint: str, *, token: str | None, revision: str | None,
+             call_back: Callable | None, timeout: float) -> str:
+    """Fetch every file of a ModelScope ``repo`` into ``partial``; returns the commit (or, where the listing names
+    none, the revision) they are at."""
+    from modelscope.hub.api import HubApi
+    from modelscope.hub.file_download import model_file_download
 
-
-def transfer(repo: str, partial: Path, base: str, *, token: str | None, revision: str | None,
-                        call_back: Callable | None, timeout: float) -> str:
-    """Fetch every file of a ModelScope ``repo`` into ``partial``; returns the revision fetched."""
     rev = revision or "master"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
-        files = list_files(client, repo, rev)
-        if not files:
-            raise HubError(f"modelscope repository {repo} lists no files")
-        total = sum(f.size or 0 for f in files) or None
-        done = sum((partial / safe_relpath(f.path)).stat().st_size for f in files
-                   if (partial / safe_relpath(f.path)).exists())
-        with tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=f"modelscope:{repo}") as progress:
-            for f in files:
-                dest = partial / safe_relpath(f.path)
-                if dest.exists():
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                part = dest.with_name(dest.name + ".part")
-                if part.exists():
-                    progress.update(part.stat().st_size)
-                _fetch(client, f, dest, progress, call_back)
-    return rev
+    listing_url = f"{endpoint}/api/v1/models/{repo}/repo/files"
+    try:
+        listing = HubApi(endpoint=endpoint, token=token, timeout=int(timeout)).legacy.list_repo_files(
+            repo_id=repo, repo_type="model", revision=rev, recursive=True)
+    except Exception as e:  # the library's own error types: mapped, never a raw traceback
+        raise _error(e, listing_url) from None
+    blobs = [f for f in listing if (f.get("Type") or "blob") == "blob" and f.get("Path")]
+    if not blobs:
+        raise HubError(f"modelscope repository {repo} lists no files")
+    commit = head_commit(blobs) or rev
+    files = [HubFile(f["Path"], f.get("Size"), f.get("Sha256") or None,
+                     f"{endpoint}/api/v1/models/{repo}/repo?Revision={commit}&FilePath={f['Path']}") for f in blobs]
+
+    def fetch(f: HubFile) -> None:
+        try:  # its lock files in partial/.cache, removed with it
+            model_file_download(repo, f.path, revision=commit, local_dir=str(partial),
+                                cache_dir=str(partial / ".cache"), token=token, endpoint=endpoint)
+        except Exception as e:  # the library's own error types: mapped, never a raw traceback
+            raise _error(e, f.url) from None
+
+    fetch_listed(files, partial, fetch, desc=f"modelscope:{repo}", call_back=call_back)
+    return commit

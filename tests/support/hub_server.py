@@ -2,7 +2,11 @@
 
 No hub is reachable from the test machines: this is the one sanctioned stand-in. It serves
 real files (the embedded model), honours Range requests, can demand a token, and can cut a
-file short once to test that downloads resume.
+file short once to test that downloads resume. The routes are those the pinned clients call:
+``huggingface_hub`` (``/api/models/{repo}/revision/{rev}``, ``/{repo}/resolve/{rev}/{path}``) and
+``modelscope`` 1.40 / ``modelscope-hub`` 0.5 (``/api/v1/models/{repo}/repo/files?Revision=&Recursive=``,
+``/api/v1/models/{repo}/repo?Revision=&FilePath=``, and the region probe ``/api/v1/repos/internalAccelerationInfo``,
+which a hub outside Alibaba's cloud answers with no internal region).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ class FakeHub:
         self.cut_once: set[str] = set()  # paths whose next GET stops halfway
         self.served_instead: dict[str, bytes] = {}  # paths whose body differs from what the listing says
         self.ranges: list[str] = []  # Range headers received
+        self.revisions: list[str] = []  # the Revision each ModelScope file was asked at
+        self.agents: set[str] = set()  # the clients that called (their User-Agent)
         self.outage_after_cut = 0  # how many requests after a cut answer 503 (the hub is down for a while)
         hub = self
 
@@ -54,16 +60,19 @@ class FakeHub:
 
     def handle(self, req: BaseHTTPRequestHandler, head: bool = False) -> None:
         req.head = head
+        self.agents.add(req.headers.get("User-Agent", ""))
         if (rng := req.headers.get("Range")) and not head:
             self.ranges.append(rng)
-        if self.token and req.headers.get("Authorization") != f"Bearer {self.token}":
-            return self.reply(req, 401, b'{"error": "unauthorized"}')
-        if self.outage_after_cut and not self.cut_once:
-            self.outage_after_cut -= 1
-            return self.reply(req, 503, b'{"error": "unavailable"}')
         url = urlparse(req.path)
         parts = [unquote(p) for p in url.path.strip("/").split("/")]
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if parts == ["api", "v1", "repos", "internalAccelerationInfo"]:  # public: the client's region probe
+            return self.reply(req, 200, b'{"Code": 200, "Data": {"InternalRegionQueryAddress": ""}}')
+        if self.token and req.headers.get("Authorization") != f"Bearer {self.token}":
+            return self.reply(req, 401, b'{"Code": 401, "Message": "unauthorized"}')
+        if self.outage_after_cut and not self.cut_once:
+            self.outage_after_cut -= 1
+            return self.reply(req, 503, b'{"error": "unavailable"}')
         if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "revision":  # HF listing
             repo = "/".join(parts[2:4])
             if repo not in self.repos:
@@ -71,7 +80,8 @@ class FakeHub:
             siblings = [{"rfilename": f["path"], "size": f["size"],
                          "lfs": {"sha256": f["sha256"], "size": f["size"], "pointerSize": 134}}
                         for f in self.listing(repo)]
-            return self.reply(req, 200, json.dumps({"id": repo, "sha": self.commit(repo), "siblings": siblings}).encode())
+            info = {"id": repo, "sha": self.commit(repo), "siblings": siblings}
+            return self.reply(req, 200, json.dumps(info).encode())
         if len(parts) >= 5 and parts[2] == "resolve":  # HF file
             repo = "/".join(parts[:2])
             return self.send_file(req, repo, "/".join(parts[4:]), commit=self.commit(repo) if repo in self.repos
@@ -80,10 +90,14 @@ class FakeHub:
             repo = "/".join(parts[3:5])
             if repo not in self.repos:
                 return self.reply(req, 404, b"{}")
-            files = [{"Path": f["path"], "Type": "blob", "Size": f["size"], "Sha256": f["sha256"]}
+            # Each entry names the commit that last changed it; here every file is of the one commit.
+            files = [{"Path": f["path"], "Name": f["path"].rsplit("/", 1)[-1], "Type": "blob", "Size": f["size"],
+                      "Sha256": f["sha256"], "Revision": self.commit(repo), "CommittedDate": 1735689600}
                      for f in self.listing(repo)]
-            return self.reply(req, 200, json.dumps({"Code": 200, "Data": {"Files": files}}).encode())
+            return self.reply(req, 200, json.dumps({"Code": 200, "Data": {"Files": files}, "Success": True}).encode())
         if parts[:3] == ["api", "v1", "models"] and parts[5:] == ["repo"]:  # ModelScope file
+            if not req.head:
+                self.revisions.append(query.get("Revision", ""))
             return self.send_file(req, "/".join(parts[3:5]), query.get("FilePath", ""))
         return self.reply(req, 404, b"{}")
 
