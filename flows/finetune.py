@@ -12,6 +12,7 @@ section is a new decision on the same candidate.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from prefect import flow, get_run_logger
@@ -28,6 +29,7 @@ from tasks.pipeline.plan import render as render_plan
 from tasks.pipeline.registration import Registration
 from tasks.pipeline.run import mlflow_run
 from tasks.services import registry, tracking
+from tasks.settings import Settings, env, environ
 
 
 class PipelineSummary(BaseModel):
@@ -102,6 +104,14 @@ def main(argv: list[str]) -> None:
     if args.plan:  # no flow run either: a plan needs no Prefect server
         print(render_plan(make_plan(args.config)))
         return
+    url = Settings.load().prefect_api_url
+    if url and env("PREFECT_API_URL") != url:
+        # The flow runs against the configured Prefect server (the local stack's), as a worker's run does: its run
+        # is recorded there, and its train and promote slots are the ones other runs wait on. Prefect reads its
+        # settings once, when imported, and so does every thread it starts: this process starts again with the
+        # server in its environment.
+        os.execve(sys.executable, [sys.executable, "-m", "flows.finetune", *argv],
+                  {**environ(), "PREFECT_API_URL": url})
     print(finetune(args.config, force=args.force).model_dump_json(indent=1))
 
 

@@ -30,7 +30,7 @@ from tasks.services import keys as api_keys
 from tasks.services import registry, storage, tracking
 from tasks.serving import endpoints
 from tasks.settings import Settings
-from tests.support.paths import DATASET, TINY_MODEL
+from tests.support.paths import DATASET, REPO, TINY_MODEL
 from tests.support.stack import RUN_SECRET, run_deployment
 
 pytestmark = pytest.mark.stack
@@ -182,6 +182,28 @@ def test_a_credential_in_the_runs_environment_shows_nowhere(quickstart):
         seen[log.name] = log.read_text(errors="replace")
     assert f"HF_TOKEN={REDACTED}" in seen["artifact environment.txt"]  # the run did have it
     assert not [where for where, text in seen.items() if RUN_SECRET in text]
+
+
+def test_a_run_started_here_uses_the_stacks_prefect_server(quickstart):
+    """``python -m flows.finetune X.yaml`` from a shell without PREFECT_API_URL runs against the stack's server (its
+    train and promote slots on it, not on a temporary server of its own that has none): the unchanged pipeline runs
+    to completion, its flow run recorded on the stack."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    done = subprocess.run([sys.executable, "-m", "flows.finetune", "deployments/quickstart.yaml"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert "temporary server" not in out
+    summary = json.loads(done.stdout[done.stdout.index("{\n"):])
+    flow_run_id = tracking.client().get_run(summary["mlflow_run_id"]).data.tags["prefect_flow_run_id"]
+    with prefect_api():
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            assert client.read_flow_run(flow_run_id).state.is_completed()
 
 
 def test_second_run_replaces_production_and_stops_the_old_endpoint(replaced):
