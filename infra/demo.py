@@ -1,4 +1,5 @@
-"""``make demo``: start the stack, register the deployments, run finetune/quickstart through the worker.
+"""``make demo``: start the stack, register the deployments, run finetune/smollm2-arithmetic (a real pretrained
+model, SmolLM2-135M-Instruct, learning basic arithmetic) through the worker.
 
     python -m infra.demo                 # the whole demo
     python -m infra.demo deploy          # only `prefect deploy --all` against the stack
@@ -19,6 +20,9 @@ from uuid import UUID
 from infra import stack
 from tasks.services import coordination
 from tasks.settings import REPO_ROOT, Settings, environ
+
+
+DEMO = "smollm2-arithmetic"  # the pipeline `make demo` runs; finetune/quickstart is the tests' tiny model
 
 
 def prefect_env() -> dict[str, str]:
@@ -192,7 +196,7 @@ def main() -> None:
         print(f"uploaded {args[1]} to {uri}; the watch flow (watch/data, every minute) starts finetune/{args[2]} "
               "on it if it differs from what production was trained on")
         return
-    name = args[1] if args[:1] == ["run"] and len(args) > 1 else "quickstart"
+    name = args[1] if args[:1] == ["run"] and len(args) > 1 else DEMO
     if not args:
         stack.up()
         register_deployments()

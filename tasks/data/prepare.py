@@ -23,7 +23,7 @@ from tasks.data.formats import DatasetError
 from tasks.data.load import iter_dataset
 from tasks.data.readers import local_copy
 from tasks.files import sha256_file
-from tasks.prompter import get_prompter, render_record
+from tasks.inference.prompts import renderer
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,11 @@ def split(records: list[dict], val_set_size: int, seed: int = 42) -> tuple[list[
     return shuffled[: len(shuffled) - val_set_size], shuffled[len(shuffled) - val_set_size:]
 
 
-def render(records: list[dict[str, str]], prompter) -> list[dict[str, str]]:
-    """Add the ``prompt`` the model sees, rendered by a prompter from ``get_prompter``; ``output`` stays the
-    target."""
-    return [{**r, "prompt": render_record(prompter, r)} for r in records]
+def render(records: list[dict[str, str]], style: str, model_path: str | None = None) -> list[dict[str, str]]:
+    """Add the ``prompt`` the model sees, rendered in ``style`` (a prompter, or the chat template of the model in
+    ``model_path``); ``output`` stays the target."""
+    render_one = renderer(style, model_path)
+    return [{**r, "prompt": render_one(r)} for r in records]
 
 
 def load_tokenizer(model_path: str | Path):
@@ -138,7 +139,7 @@ def prepare(path: str | Path, workdir: Path, val_set_size: int = 200, prompt_tem
     read, so memory grows with the number of records (an offset each), not with the size of the file.
     """
 
-    prompter = get_prompter(prompt_template_name)
+    render_one = None  # made at the first alpaca record (a chat template is the base model's: its tokenizer loads)
     records_hash, seen, offsets, lines = hashlib.sha256(), set(), [], []
     n_read, fmt, unit = 0, "alpaca", "line"
     with tempfile.TemporaryDirectory(prefix="fineflow-prepare-") as tmp, local_copy(path) as (local, name):
@@ -156,8 +157,9 @@ def prepare(path: str | Path, workdir: Path, val_set_size: int = 200, prompt_tem
                     continue  # a repeat: the first copy stays
                 seen.add(key)
                 records_hash.update(canonical + b"\n")
-                record = {**row.record, "prompt": render_record(prompter, row.record)} if fmt == "alpaca" \
-                    else row.record
+                if fmt == "alpaca":
+                    render_one = render_one or renderer(prompt_template_name, tokenizer_path)
+                record = {**row.record, "prompt": render_one(row.record)} if fmt == "alpaca" else row.record
                 offsets.append(out.tell())
                 lines.append(row.line)
                 out.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")

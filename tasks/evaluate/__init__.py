@@ -38,13 +38,15 @@ EVALUATORS: dict[str, Callable[..., tuple[BaseModel, BaseModel]]] = {
 
 
 def evaluate(base_path: str, candidate_path: str, records: list[dict], gate: GateConfig, style: str,
-             max_new_tokens: int = 32, *, model_type: str = "llm", all_records: list[dict] = ()) -> EvalReport:
+             max_new_tokens: int = 32, *, model_type: str = "llm", all_records: list[dict] = (),
+             answer: str = "exact") -> EvalReport:
     """Score base and candidate with the model type's evaluator and apply the gate (its metric defaulting to the
     type's). ``all_records`` (the training split) widen an embedder's corpus to every passage of the dataset."""
     if model_type not in EVALUATORS:
         raise ValueError(f"no evaluation for {model_type} models; evaluated: {', '.join(EVALUATORS)}")
     base, candidate = EVALUATORS[model_type](base_path, candidate_path, records, style=style,
-                                             max_new_tokens=max_new_tokens, all_records=all_records)
+                                             max_new_tokens=max_new_tokens, all_records=all_records,
+                                             answer=answer)
     gate = resolve_gate(gate, candidate)
     passed, reason = apply_gate(base, candidate, gate)
     return EvalReport(model_type=model_type, base=base, candidate=candidate, gate=gate, passed=passed, reason=reason)

@@ -29,14 +29,21 @@ def merge_lora(base_model: str, lora_path: str, merge_path: str) -> Path:
     return out
 
 
+# A tokenizer's chat template is saved beside it (transformers 5: chat_template.jinja), not in tokenizer*.
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
 def copy_files(src: str, dst: str, pattern: str) -> list[str]:
-    """Copy files matching ``pattern`` (a glob, e.g. the contract's ``tokeniz*``) from ``src`` into ``dst``."""
+    """Copy files matching ``pattern`` (a glob, e.g. the contract's ``tokeniz*``) from ``src`` into ``dst``; a
+    tokenizer goes with its chat template."""
     Path(dst).mkdir(parents=True, exist_ok=True)
+    paths = sorted(p for p in Path(src).glob(pattern) if p.is_file())
+    if any(p.name.startswith("tokenizer") for p in paths):
+        paths += [Path(src) / name for name in CHAT_TEMPLATE_FILES if (Path(src) / name).is_file()]
     copied = []
-    for path in sorted(Path(src).glob(pattern)):
-        if path.is_file():
-            shutil.copy2(path, Path(dst) / path.name)
-            copied.append(path.name)
+    for path in dict.fromkeys(paths):
+        shutil.copy2(path, Path(dst) / path.name)
+        copied.append(path.name)
     return copied
 
 

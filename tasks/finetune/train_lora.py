@@ -56,13 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_records(path: str, template: str) -> list[dict]:
+def load_records(path: str, template: str, model_path: str) -> list[dict]:
     from tasks.data import load_alpaca, read_jsonl, render
-    from tasks.prompter import get_prompter
 
     records = read_jsonl(path) if path.endswith(".jsonl") else load_alpaca(path)
     if records and "prompt" not in records[0]:
-        records = render(records, get_prompter(template))
+        records = render(records, template, model_path)
     return records
 
 
@@ -120,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
                                              target_modules=targets, modules_to_save=to_save, task_type="CAUSAL_LM"))
     model.print_trainable_parameters()
 
-    train = load_records(args.data_path, args.prompt_template_name)
-    val = load_records(args.val_path, args.prompt_template_name) if args.val_path else []
+    train = load_records(args.data_path, args.prompt_template_name, args.base_model)
+    val = load_records(args.val_path, args.prompt_template_name, args.base_model) if args.val_path else []
     if not args.val_path and args.val_set_size > 0 and len(train) > args.val_set_size:
         train, val = train[: -args.val_set_size], train[-args.val_set_size:]
     style = args.prompt_template_name

@@ -15,8 +15,9 @@ The response is the target in both: ``output`` followed by EOS.
 
 from tasks.inference.generation import (IGNORE, context_len, encode_example, generate, load_model, load_tokenizer,
                                         response_loss)
-from tasks.inference.prompts import (CHAT_TEMPLATE, chat_template, example, messages, model_text, render_prompt,
-                                     render_prompts)
+from tasks.inference.prompts import (CHAT_TEMPLATE, chat_template, check_style, example, messages, model_text,
+                                     render_prompt, render_prompts, renderer)
 
-__all__ = ["CHAT_TEMPLATE", "IGNORE", "chat_template", "context_len", "encode_example", "example", "generate",
-           "load_model", "load_tokenizer", "messages", "model_text", "render_prompt", "render_prompts", "response_loss"]
+__all__ = ["CHAT_TEMPLATE", "IGNORE", "chat_template", "check_style", "context_len", "encode_example", "example",
+           "generate", "load_model", "load_tokenizer", "messages", "model_text", "render_prompt", "render_prompts",
+           "renderer", "response_loss"]

@@ -56,17 +56,39 @@ def generate(model, tokenizer, prompts: list[str], style: str, max_new_tokens: i
     return outputs
 
 
-def response_loss(model, tokenizer, style: str, prompts: list[str], outputs: list[str]) -> float:
-    """Mean cross-entropy over the response tokens (output + EOS) given their prompts; prompt tokens do not count."""
-    import torch
+def loss_batches(rows: list[tuple[list[int], list[int]]], max_tokens: int) -> list[list[tuple[list[int], list[int]]]]:
+    """Consecutive rows grouped so that each group, padded to its longest, holds at most ``max_tokens`` tokens (a
+    row longer than that alone): the logits of a batch grow with tokens times the vocabulary."""
+    batches: list[list] = []
+    for row in rows:
+        if batches and (len(batches[-1]) + 1) * max(len(row[0]), *(len(r[0]) for r in batches[-1])) <= max_tokens:
+            batches[-1].append(row)
+        else:
+            batches.append([row])
+    return batches
 
-    total, count = 0.0, 0
+
+def response_loss(model, tokenizer, style: str, prompts: list[str], outputs: list[str],
+                  max_tokens: int = 2048) -> float:
+    """Mean cross-entropy over the response tokens (output + EOS) given their prompts; prompt tokens do not count.
+    Records are scored in batches of at most ``max_tokens`` tokens, right-padded (padding neither attends nor
+    counts)."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count, keep = 0.0, 0, context_len(model)
+    # As generation does, the prompt's head is what gives way to fit the context; the response stays.
+    encoded = [(e["input_ids"][-keep:], e["labels"][-keep:])
+               for e in (encode_example(tokenizer, style, p, o) for p, o in zip(prompts, outputs))]
     with torch.inference_mode():
-        for prompt, output in zip(prompts, outputs):
-            enc, keep = encode_example(tokenizer, style, prompt, output), context_len(model)
-            # As generation does, the prompt's head is what gives way to fit the context; the response stays.
-            ids, labels = torch.tensor([enc["input_ids"][-keep:]]), torch.tensor([enc["labels"][-keep:]])
-            n = int((labels[:, 1:] != IGNORE).sum())  # the loss is over shifted labels; EOS always counts
-            total += model(input_ids=ids, labels=labels).loss.item() * n
-            count += n
+        for rows in loss_batches(encoded, max_tokens):
+            width = max(len(ids) for ids, _ in rows)
+            ids = torch.tensor([r + [tokenizer.pad_token_id or 0] * (width - len(r)) for r, _ in rows])
+            labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in rows])
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in rows])
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]  # the loss is over shifted labels; EOS always counts
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
+                                     reduction="sum").item()
+            count += int((target != IGNORE).sum())
     return total / max(count, 1)

@@ -3,11 +3,23 @@ template), the same when the model is trained, evaluated and served."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tasks.prompter import get_prompter, render_record
 
 CHAT_TEMPLATE = "chat_template"
+
+
+def check_style(style: str) -> str:
+    """``style`` if it is a prompt style (a prompter's name or ``chat_template``); else a ValueError naming them."""
+    if style != CHAT_TEMPLATE:
+        try:
+            get_prompter(style)
+        except ValueError as e:
+            raise ValueError(f"{e}; or {CHAT_TEMPLATE} (the model's own)") from None
+    return style
 
 
 def example(record: dict[str, Any]) -> dict[str, str]:
@@ -42,25 +54,43 @@ def render_prompt(style: str, record: dict[str, Any], tokenizer=None) -> str:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("prompt style 'chat_template' needs a tokenizer that has a chat template")
         return tokenizer.apply_chat_template(messages(record), tokenize=False, add_generation_prompt=True)
+    return prompter_prompt(get_prompter(style), record)
+
+
+def prompter_prompt(prompter, record: dict[str, Any]) -> str:
+    """The prompt a prompter lays out for ``record``."""
     ex = example(record)  # a plain template has no system slot: the system text leads the instruction
-    return render_record(get_prompter(style), {"instruction": "\n".join(filter(None, [ex["system"], ex["instruction"]])),
-                                               "input": ex["input"]})
+    return render_record(prompter, {"instruction": "\n".join(filter(None, [ex["system"], ex["instruction"]])),
+                                    "input": ex["input"]})
 
 
 def load_tokenizer(path: str):
-    """The model's tokenizer, left-padded for batched generation."""
+    """The model's tokenizer, left-padded for batched generation (a GGUF file's own, given its path)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", truncation_side="left")
+    where = {"pretrained_model_name_or_path": str(Path(path).parent), "gguf_file": Path(path).name} \
+        if str(path).endswith(".gguf") else {"pretrained_model_name_or_path": path}
+    tokenizer = AutoTokenizer.from_pretrained(**where, padding_side="left", truncation_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
+def renderer(style: str, model_path: str | None = None) -> Callable[[dict[str, Any]], str]:
+    """The prompt of a record in ``style``: a prompter's layout, or the chat template of the tokenizer in
+    ``model_path`` (loaded once)."""
+    if style != CHAT_TEMPLATE:
+        prompter = get_prompter(style)
+        return lambda record: prompter_prompt(prompter, record)
+    if not model_path:
+        raise ValueError("prompt style 'chat_template' needs the model whose tokenizer holds the template")
+    tokenizer = load_tokenizer(model_path)
+    return lambda record: render_prompt(style, record, tokenizer)
+
+
 def render_prompts(style: str, records: list[dict[str, Any]], model_path: str) -> list[str]:
     """Prompts for ``records`` in ``style``; a chat template is read from the tokenizer in ``model_path``."""
-    tokenizer = load_tokenizer(model_path) if style == CHAT_TEMPLATE else None
-    return [render_prompt(style, r, tokenizer) for r in records]
+    return list(map(renderer(style, model_path), records))
 
 
 def model_text(tokenizer, style: str, prompt: str) -> str:

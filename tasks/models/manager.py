@@ -1,4 +1,5 @@
-"""``ModelManager`` (the contract's): find a model locally, or fetch it from a hub or an S3 mirror."""
+"""``ModelManager`` (the contract's): find a model locally, or fetch it from a hub or an S3 mirror; a GGUF model
+(``tasks.models.gguf``) is converted once into a checkpoint in the cache."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tasks.masking import register_secret
+from tasks.models import gguf
 from tasks.models.download import download_repo
 from tasks.models.hub import HubError
 from tasks.models.local import search_roots, validate_model_path
@@ -73,6 +75,12 @@ class ModelManager:
     def download(self, model: str = "", call_back: Callable | None = None) -> str | bool:
         """The local path of ``model``, downloading it into ``cache_dir`` if needed; False if it cannot be had."""
         if not model:
+            return False
+        try:
+            if (source := gguf.gguf_source(model)) is not None:
+                return str(gguf.convert(source, self.cache_dir))
+        except gguf.GGUFError as e:
+            log.error("cannot use %s: %s", model, e)
             return False
         found = self.find_local(model)
         if found or os.path.isabs(model):

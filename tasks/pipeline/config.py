@@ -18,11 +18,12 @@ from tasks.data.prepare import MAX_RECORD_CHARS
 from tasks.data.readers import confine
 from tasks.deploy import ENGINES, LazyLLMDeployBase, engine_for
 from tasks.evaluate import MEASURED, GateConfig
+from tasks.evaluate.answers import answer_of
 from tasks.finetune import FRAMEWORKS
 from tasks.formatter import make_formatter
 from tasks.models.types import get_model_type
 from tasks.net import LOOPBACK
-from tasks.prompter import get_prompter
+from tasks.inference.prompts import check_style
 from tasks.serving.platforms import ServingSection
 from tasks.settings import REPO_ROOT
 
@@ -49,8 +50,7 @@ class DataSection(Section):
     @field_validator("prompt_template_name")
     @classmethod
     def known_prompter(cls, name: str) -> str:
-        get_prompter(name)  # a ValueError naming the known ones
-        return name
+        return check_style(name)  # a ValueError naming the known ones
 
 
 # pragma: no mutate start (runs once, at import, where a mutation tester cannot switch a mutant in; the
@@ -75,7 +75,15 @@ FinetuneSection = _sections(FRAMEWORKS, "framework", {
 class EvaluateSection(Section):
     max_samples: int = Field(200, ge=1, le=100_000)
     max_new_tokens: int = Field(32, ge=1, le=512)
+    # What counts as the answer in a generation (tasks.evaluate.answers): exact, final_number or text.
+    answer: str = "exact"
     gate: GateConfig = GateConfig()
+
+    @field_validator("answer")
+    @classmethod
+    def known_answer(cls, kind: str) -> str:
+        answer_of(kind)  # a ValueError naming the known ones
+        return kind
 
 
 class DeploySettings(Section):

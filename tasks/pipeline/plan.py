@@ -20,7 +20,7 @@ from tasks import envs
 from tasks.data import prepare
 from tasks.data.readers import source_sha256
 from tasks.masking import redact
-from tasks.models import ModelManager
+from tasks.models import ModelManager, gguf
 from tasks.models.local import revision_of, revision_record
 from tasks.pipeline.config import PipelineConfig, load_config, with_data_path
 from tasks.pipeline.steps import make_trainer
@@ -53,11 +53,22 @@ class Plan(BaseModel):
 def locate_base(name: str) -> tuple[str | None, str]:
     """Where the base model is (None if it would be downloaded) and what the download step would do."""
     manager = ModelManager()
+    if source := gguf.gguf_source(name):
+        target = gguf.converted(source, manager.cache_dir)
+        if target.is_dir():
+            return str(target), f"use {target} ({revision_of(target)})"
+        return None, f"convert {source} (GGUF) into {target}"
     found = manager.find_local(name)
     if found:
         known = revision_record(found).is_file()
         return found, f"use {found}" + (f" ({revision_of(found)})" if known else " (its content hash is recorded)")
     return None, f"download {name} from {manager.model_source} into {manager.cache_dir}"
+
+
+def tokenizer_of(config: PipelineConfig) -> str | None:
+    """Where a base model not yet on disk has its tokenizer already: a GGUF file holds it."""
+    source = gguf.gguf_source(config.model.base_model)
+    return str(source) if source else None
 
 
 def plan(config_path: str, overrides: dict | None = None, data_path: str | None = None) -> Plan:
@@ -70,7 +81,8 @@ def plan(config_path: str, overrides: dict | None = None, data_path: str | None 
         trainer = make_trainer(config, base_path or str(where / "base-model"), where)
         trainer.preflight()
         prepared = prepare(d.path, where / "data", d.val_set_size, d.prompt_template_name, d.seed, format=None,
-                           cutoff_len=trainer.cutoff_len, tokenizer_path=base_path, on_long=d.on_long,
+                           cutoff_len=trainer.cutoff_len, tokenizer_path=base_path or tokenizer_of(config),
+                           on_long=d.on_long,
                            max_record_chars=d.max_record_chars)
         trainset, valset = trainer.prepare_data(prepared.train_path, prepared.val_path, prepared.format,
                                                 where / "framework-data")

@@ -44,7 +44,8 @@ def evaluate_models(cfg: EvaluateSection, base: ModelRef, merged: MergedModel, t
         else:
             records = read_jsonl(data.val_path)[: cfg.max_samples]
             report = evaluate(base.path, merged.path, records, cfg.gate, trained.prompt_style, cfg.max_new_tokens,
-                              model_type=trained.model_type, all_records=read_jsonl(data.train_path))
+                              model_type=trained.model_type, all_records=read_jsonl(data.train_path),
+                              answer=cfg.answer)
             cache.put("eval", eval_key, report.model_dump(mode="json"))
     for who in ("base", "candidate"):
         tracking.log_metrics(run_id, {f"{who}_{k}": v for k, v in metrics_of(getattr(report, who)).items()})

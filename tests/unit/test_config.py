@@ -80,6 +80,14 @@ def test_config_errors_name_file_and_field(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml: data.prompt_template_name: .*unknown prompt template "
                                           r"'alpacca'; known: alpaca"):
         load_config(path)
+    path.write_text("name: x\ndata: {path: infra/datasets/d.json, prompt_template_name: chat}\nregistry: {model_name: m}\n")
+    with pytest.raises(ConfigError, match=r"unknown prompt template 'chat'; known: .*; or chat_template"):
+        load_config(path)
+    path.write_text("name: x\ndata: {path: infra/datasets/d.json, prompt_template_name: chat_template}\n"
+                    "registry: {model_name: m}\nevaluate: {answer: number}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: evaluate.answer: .*unknown answer kind 'number'; known: exact, "
+                                          r"final_number, text"):
+        load_config(path)
     path.write_text("name: x\ndata: {path: infra/datasets/d.json}\nregistry: {model_name: m}\n"
                     "deploy: {formatter: json, formatter_selector: '[a, 1:2]'}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: deploy.relay: .*mixes a slice and a list"):

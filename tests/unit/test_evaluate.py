@@ -22,4 +22,4 @@ def test_score_reports_exact_match_and_loss(tmp_path):
     result = score(str(TINY_MODEL), read_jsonl(prepared.val_path), "alpaca", max_new_tokens=8)
     assert result.n == 10 and 0.0 <= result.exact_match <= 1.0
     assert result.val_loss > 0 and abs(result.perplexity - 2.718281828 ** result.val_loss) < 1e-3 * result.perplexity
-    assert {"instruction", "input", "expected", "got"} == set(result.samples[0])
+    assert {"instruction", "input", "expected", "got", "answer"} == set(result.samples[0])

@@ -10,7 +10,7 @@ import pytest
 
 from tasks import inference
 from tasks.inference import IGNORE, encode_example, example, messages, model_text, render_prompt, render_prompts
-from tests.support.paths import TINY_MODEL
+from tests.support.paths import DATASET, TINY_MODEL
 
 ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
                  "Write a response that appropriately completes the request.\n\n### Instruction:\n{}\n\n### Input:\n{}"
@@ -157,3 +157,35 @@ def test_models_load_in_float32_and_prompter_styles_need_no_tokenizer(tmp_path):
     padded = inference.load_tokenizer(str(tmp_path / "no-pad"))
     assert padded.pad_token == padded.eos_token == "</s>" and padded.padding_side == "left"
     assert inference.load_tokenizer(str(TINY_MODEL)).pad_token == "<pad>"
+
+
+def test_chat_template_prompts_are_rendered_when_the_data_is_prepared(chat_model, tmp_path):
+    """AlpacaLoRA in the model's own chat template: the prepared prompt is the tokenizer's rendering of the record,
+    and the merged model keeps the template beside its tokenizer."""
+    from tasks.data import prepare, read_jsonl
+    from tasks.finetune.merge import copy_files
+
+    prepared = prepare(DATASET, tmp_path / "data", val_set_size=5, prompt_template_name="chat_template",
+                       tokenizer_path=str(chat_model))
+    tok = inference.load_tokenizer(str(chat_model))
+    for record in read_jsonl(prepared.train_path)[:5]:
+        user = "\n".join(p for p in (record["instruction"], record.get("input")) if p)
+        assert record["prompt"] == tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                                           add_generation_prompt=True)
+    with pytest.raises(ValueError, match="chat_template' needs the model whose tokenizer holds the template"):
+        prepare(DATASET, tmp_path / "again", prompt_template_name="chat_template")
+    (tmp_path / "src").mkdir()
+    for name in ("tokenizer.json", "chat_template.jinja", "model.safetensors"):
+        (tmp_path / "src" / name).write_text(name)
+    assert copy_files(str(tmp_path / "src"), str(tmp_path / "dst"), "tokeniz*") == ["tokenizer.json",
+                                                                                   "chat_template.jinja"]
+
+
+def test_loss_batches_bound_the_padded_tokens():
+    from tasks.inference.generation import loss_batches
+
+    row = lambda n: ([1] * n, [1] * n)  # noqa: E731
+    batches = loss_batches([row(10)] * 5 + [row(3000)] + [row(500)] * 5, 2048)
+    assert [len(b) for b in batches] == [5, 1, 4, 1]  # a row longer than the budget goes alone
+    assert all(len(b) * max(len(r[0]) for r in b) <= 2048 for b in batches if len(b) > 1)
+    assert sum(batches, []) == [row(10)] * 5 + [row(3000)] + [row(500)] * 5  # every row, in order
