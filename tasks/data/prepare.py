@@ -157,9 +157,10 @@ def prepare(path: str | Path, workdir: Path, val_set_size: int = 200, prompt_tem
                     continue  # a repeat: the first copy stays
                 seen.add(key)
                 records_hash.update(canonical + b"\n")
+                record = row.record
                 if fmt == "alpaca":
                     render_one = render_one or renderer(prompt_template_name, tokenizer_path)
-                record = {**row.record, "prompt": render_one(row.record)} if fmt == "alpaca" else row.record
+                    record = {**record, "prompt": render_one(record)}
                 offsets.append(out.tell())
                 lines.append(row.line)
                 out.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")

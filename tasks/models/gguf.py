@@ -84,18 +84,20 @@ def check(path: Path) -> None:
                             f"{tensor.data_offset + tensor.n_bytes}, the file has {size}")
 
 
-def converted(path: Path, cache_dir: Path) -> Path:
-    """Where the checkpoint of the GGUF file ``path`` is (or will be) in ``cache_dir``: named by its content."""
-    return Path(cache_dir) / f"{slug(path.stem.lower())}-{sha256_file(path)[:12]}"
+def converted(path: Path, cache_dir: Path, digest: str | None = None) -> Path:
+    """Where the checkpoint of the GGUF file ``path`` (of sha256 ``digest``) is, or will be, in ``cache_dir``: named
+    by its content."""
+    return Path(cache_dir) / f"{slug(path.stem.lower())}-{(digest or sha256_file(path))[:12]}"
 
 
 def convert(path: Path, cache_dir: Path) -> Path:
-    """The safetensors checkpoint of the GGUF file ``path`` in ``cache_dir``, converted on first use."""
-    check(path)
-    target = converted(path, cache_dir)
+    """The safetensors checkpoint of the GGUF file ``path`` in ``cache_dir``, converted on first use (a file whose
+    content was converted before is found by its hash; only a new one is read and checked)."""
+    digest = sha256_file(path)
+    target = converted(path, cache_dir, digest)
     if holds_weights(target):
         return target
-    digest = sha256_file(path)
+    check(path)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -21,7 +21,7 @@ from tasks.data import prepare
 from tasks.data.readers import source_sha256
 from tasks.masking import redact
 from tasks.models import ModelManager, gguf
-from tasks.models.local import revision_of, revision_record
+from tasks.models.local import holds_weights, revision_of, revision_record
 from tasks.pipeline.config import PipelineConfig, load_config, with_data_path
 from tasks.pipeline.steps import make_trainer
 from tasks.services import keys
@@ -55,7 +55,7 @@ def locate_base(name: str) -> tuple[str | None, str]:
     manager = ModelManager()
     if source := gguf.gguf_source(name):
         target = gguf.converted(source, manager.cache_dir)
-        if target.is_dir():
+        if holds_weights(target):
             return str(target), f"use {target} ({revision_of(target)})"
         return None, f"convert {source} (GGUF) into {target}"
     found = manager.find_local(name)
