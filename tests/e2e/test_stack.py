@@ -33,6 +33,31 @@ def no_service_variables(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+# Three runs booked on the stack: watch 10 minutes ago (missed), watch in an hour, another flow 10 minutes ago.
+BOOK_RUNS = """
+from datetime import datetime, timedelta, timezone
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.states import Scheduled
+now = datetime.now(timezone.utc)
+with get_client(sync_client=True) as c:
+    for name, minutes in (("watch", -10), ("watch", 60), ("other", -10)):
+        run = c.create_flow_run(flow(name=name)(lambda: None),
+                                state=Scheduled(scheduled_time=now + timedelta(minutes=minutes)))
+        print(run.id)
+"""
+READ_RUNS = """
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+with get_client(sync_client=True) as c:
+    for run_id in {ids}:
+        try:
+            print(c.read_flow_run(run_id).id)
+        except ObjectNotFound:
+            print("missing")
+"""
+
+
 def cli(home, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "infra.stack", *args], capture_output=True, text=True,
                             timeout=400, env={**os.environ, "FINEFLOW_HOME": str(home), **(env or {})})
@@ -119,6 +144,11 @@ def test_up_status_env_down_up_reset(tmp_path, monkeypatch):
     assert "check/kept.txt" in out and "fineflow-local" in out
     assert not (tmp_path / "elsewhere" / "stack.json").exists()
 
+    # Runs booked before a stop: the watch run whose time passed while the stack was down is dropped at the next
+    # up (a worker submitting an hour of them at once locked the server); a later one and other flows' stay.
+    booked = python(BOOK_RUNS, remote).split()
+    assert len(booked) == 3
+
     # down: every endpoint stops with the services; the state stays.
     monkeypatch.setenv("FINEFLOW_HOME", str(home))
     ep = start_endpoint("kept-state-check")
@@ -132,8 +162,11 @@ def test_up_status_env_down_up_reset(tmp_path, monkeypatch):
     assert stopped.returncode == 1 and "mlflow   DOWN" in stopped.stdout
 
     # up again: the same ports (kept in stack.json, whatever the variables say now) and the same data.
-    cli(home, "up", env={"FINEFLOW_MLFLOW_PORT": "1"})
+    again = cli(home, "up", env={"FINEFLOW_MLFLOW_PORT": "1"}).stdout
     assert json.loads((home / "stack.json").read_text())["ports"] == ports
+    assert "dropped 1 scheduled run(s) of watch missed while stopped" in again, again
+    kept = python(READ_RUNS.format(ids=booked), remote).split()
+    assert kept == ["missing", *booked[1:]], kept
     out = python("from tasks.services import storage, tracking\n"
                  "print(storage.list_keys('s3://fineflow/check/'), "
                  "tracking.client().get_experiment_by_name('kept-experiment') is not None)\n", remote)

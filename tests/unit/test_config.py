@@ -30,6 +30,7 @@ def test_every_shipped_config_has_a_prefect_deployment():
                                          "data_path": "{{ event.payload.uri }}"}
     (watch,) = [d for d in spec if d["entrypoint"] == "flows/watch.py:watch"]
     assert [(s["active"], s["interval"]) for s in watch["schedules"]] == [(True, 60)]
+    assert watch["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}  # no pile of watchers
 
 
 def test_misspelled_or_mistyped_llamafactory_param_names_file_and_field(tmp_path):

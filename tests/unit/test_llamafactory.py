@@ -10,12 +10,12 @@ import yaml
 from tasks import envs, launchers
 from tasks.data import DatasetError
 from tasks.finetune import LlamafactoryFinetune, llamafactory
-from tasks.finetune.llamafactory import FALLBACK_TEMPLATE, template_for
+from tasks.finetune.llamafactory import FALLBACK_TEMPLATE, MODEL_TEMPLATE, template_for
 from tasks.inference import CHAT_TEMPLATE
 from tests.support.paths import TINY_MODEL
 
 
-def test_contract_defaults_names_and_layout(tmp_path):
+def test_contract_defaults_names_and_layout(tmp_path, chat_model):
     trainer = llamafactory("internlm2-chat-7b", str(tmp_path))
     assert (trainer.target_path, trainer.merge_path) == (f"{tmp_path}/lazyllm_lora", f"{tmp_path}/lazyllm_merge")
     p = trainer.params
@@ -29,10 +29,11 @@ def test_contract_defaults_names_and_layout(tmp_path):
     assert (p.ddp_timeout, p.report_to, p.val_size, p.eval_strategy, p.eval_steps) == \
         (180000000, "tensorboard", 0.1, "steps", 500)
     assert p.overwrite_cache and p.plot_loss and p.overwrite_output_dir and p.per_device_eval_batch_size == 1
-    # The template comes from the model name (longest prefix), with `default` for names LLaMA-Factory has no
-    # template for, such as the embedded model.
+    # The template comes from the model name (longest prefix); for a name LLaMA-Factory has no template for, the
+    # model's own chat template (None: LLaMA-Factory reads the tokenizer's), else `default` (the embedded model).
     assert trainer.template == "intern2" and template_for("Qwen2.5-0.5B-Instruct") == "qwen"
     assert template_for(str(TINY_MODEL)) == FALLBACK_TEMPLATE == "default"
+    assert template_for(str(chat_model)) is MODEL_TEMPLATE is None
     assert LlamafactoryFinetune(str(TINY_MODEL), str(tmp_path), template="alpaca").template == "alpaca"
     assert trainer.prompt_style() == CHAT_TEMPLATE and trainer.formats() == ("alpaca", "sharegpt", "openai")
     with pytest.raises(TypeError, match=r"'lora_rnk': did you mean 'lora_r'\?"):
