@@ -3,7 +3,8 @@ model, SmolLM2-135M-Instruct, learning basic arithmetic) through the worker.
 
     python -m infra.demo                 # the whole demo
     python -m infra.demo deploy          # only `prefect deploy --all` against the stack
-    python -m infra.demo run NAME        # run deployment finetune/NAME and print its summary
+    python -m infra.demo run NAME        # run a deployment of prefect.yaml (finetune/NAME, deploy/ocr, ...) and
+                                         # print its summary
     python -m infra.demo push-data FILE PIPELINE   # put a dataset in the pipeline's data home (s3://.../incoming/)
 """
 
@@ -44,6 +45,18 @@ def deployment_names() -> list[str]:
     spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     # A flow is named as its function (flows/finetune.py:finetune -> finetune/<deployment>).
     return [f"{d['entrypoint'].rpartition(':')[2]}/{d['name']}" for d in spec["deployments"]]
+
+
+def resolve(name: str) -> str:
+    """``finetune/quickstart``, ``deploy/ocr`` from a deployment's full name or its own name (prefect.yaml's); an
+    unknown name exits naming the known ones."""
+    known = deployment_names()
+    matches = [d for d in known if name in (d, d.partition("/")[2])]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        sys.exit(f"no deployment {name!r} in prefect.yaml; known: {', '.join(known)}")
+    sys.exit(f"{name!r} names {' and '.join(matches)}: give the full name")
 
 
 def register_deployments() -> None:
@@ -196,17 +209,18 @@ def main() -> None:
         print(f"uploaded {args[1]} to {uri}; the watch flow (watch/data, every minute) starts finetune/{args[2]} "
               "on it if it differs from what production was trained on")
         return
-    name = args[1] if args[:1] == ["run"] and len(args) > 1 else DEMO
+    deployment = resolve(args[1] if args[:1] == ["run"] and len(args) > 1 else DEMO)
     if not args:
         stack.up()
         register_deployments()
-    flow_run_id = start_deployment(f"finetune/{name}")
+    flow_run_id = start_deployment(deployment)
     state = follow(flow_run_id, echo=lambda line: print(line, flush=True))
     if not state.is_completed():
         sys.exit(f"flow run {flow_run_id} ended {state.name}: {state.message}")
-    print(f"\n=== fineflow demo: finetune/{name} completed in {time.monotonic() - start:.0f}s ===")
-    for key, value in summary(flow_run_id).items():
-        print(f"{key:12s} {value}")
+    print(f"\n=== fineflow demo: {deployment} completed in {time.monotonic() - start:.0f}s ===")
+    if deployment.startswith("finetune/"):  # the other flows print what they did in their own log
+        for key, value in summary(flow_run_id).items():
+            print(f"{key:12s} {value}")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from infra import ray_cluster
 from tasks import net
 from tasks.files import create_private
 from tasks.launchers import group_alive, stop_group
-from tasks.net import free_port, http_ok
-from tasks.settings import Settings, env, environ, state_dir
+from tasks.net import free_ports, http_ok
+from tasks.settings import Settings, env, environ, state_dir, telemetry_env
 
 # Each service's port: FINEFLOW_<NAME>_PORT, declared with its default in tasks.settings; chosen once (stack.json).
 PORT_VARIABLES = {"s3": "FINEFLOW_S3_PORT", "s3_master": "FINEFLOW_S3_MASTER_PORT",
@@ -63,7 +63,8 @@ def _ports(home: Path, mode: str) -> dict[str, int]:
     if stack_file.exists():
         return json.loads(stack_file.read_text())["ports"]
     if mode == "free":
-        return {name: free_port(twin_offset=10000) for name in PORT_VARIABLES}  # SeaweedFS: gRPC on port + 10000
+        # Distinct, and their +10000 twins free and distinct too (SeaweedFS serves gRPC on port + 10000).
+        return dict(zip(PORT_VARIABLES, free_ports(len(PORT_VARIABLES), twin_offset=10000)))
     return {name: int(env(variable)) for name, variable in PORT_VARIABLES.items()}
 
 
@@ -89,9 +90,12 @@ def services(home: Path, ports: dict[str, int]) -> list[Service]:
     creds = _credentials(home)
     host = stack_host(home)
     s3_url = f"http://{host}:{ports['s3']}"
-    s3_env = {"AWS_ACCESS_KEY_ID": creds["accessKey"], "AWS_SECRET_ACCESS_KEY": creds["secretKey"],
+    quiet = telemetry_env()  # no usage telemetry from the services or what they start (FINEFLOW_TELEMETRY=on)
+    s3_env = {**quiet, "AWS_ACCESS_KEY_ID": creds["accessKey"], "AWS_SECRET_ACCESS_KEY": creds["secretKey"],
               "MLFLOW_S3_ENDPOINT_URL": s3_url}
-    prefect_env = {"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # MLflow's job runner (8 consumer processes of ~250 MB each) serves features fineflow does not use.
+    mlflow_env = {**s3_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    prefect_env = {**quiet, "PREFECT_HOME": str(home / "prefect"),
                    "PREFECT_API_URL": f"http://{host}:{ports['prefect']}/api",
                    "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_LOGGING_LEVEL": "INFO",
                    # Flow runs beat every 30 s; infra.demo's crash automation marks one that stops Crashed.
@@ -106,12 +110,12 @@ def services(home: Path, ports: dict[str, int]) -> list[Service]:
                        f"-s3.config={home / 's3-credentials.json'}", f"-s3.port={ports['s3']}",
                        f"-master.port={ports['s3_master']}", f"-volume.port={ports['s3_volume']}",
                        f"-filer.port={ports['s3_filer']}", "-webdav=false", "-admin.ui=false"],
-                f"http://{host}:{ports['s3_master']}/cluster/status", {}),
+                f"http://{host}:{ports['s3_master']}/cluster/status", quiet),
         Service("mlflow", [str(BIN / "mlflow"), "server", "--host", host, "--port", str(ports["mlflow"]),
                            "--workers", "2", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
                            "--artifacts-destination", f"s3://{BUCKET}/mlflow",
                            "--allowed-hosts", f"{mlflow_host},localhost:{ports['mlflow']}"],
-                f"http://{mlflow_host}/health", s3_env),
+                f"http://{mlflow_host}/health", mlflow_env),
         Service("prefect", [str(BIN / "prefect"), "server", "start", "--host", host,
                             "--port", str(ports["prefect"])],
                 f"http://{host}:{ports['prefect']}/api/health", prefect_env),

@@ -20,13 +20,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.masking import is_secret_name, redact_text, show_argv
-from tasks.settings import environ
+from tasks.settings import environ, telemetry_env
 
 
 def child_environment() -> dict[str, str]:
     """This process's environment without its credentials (S3, tracking, hub tokens: ``masking.is_secret_name``):
-    what a trainer or a model server starts with. A command that needs a secret passes it in its own env."""
-    return {k: v for k, v in environ().items() if not is_secret_name(k)}
+    what a trainer or a model server starts with, telemetry off (``settings.telemetry_env``). A command that needs a
+    secret passes it in its own env."""
+    return {**telemetry_env(), **{k: v for k, v in environ().items() if not is_secret_name(k)}}
 
 class LaunchError(RuntimeError):
     """A command exited non-zero; the message holds the masked command and the log's tail."""

@@ -84,6 +84,8 @@ VARIABLES = _declare(
                             "$XDG_CACHE_HOME/fineflow/envs)"),
     ("XDG_CACHE_HOME", "~/.cache", "the user's cache folder"),
     ("PATH", "", "the program search path; a framework environment's bin goes in front for its commands"),
+    ("FINEFLOW_TELEMETRY", "off", "on: the services and libraries fineflow starts may send their usage telemetry "
+                                  "(MLflow, Prefect, Hugging Face, Ray, vLLM, Gradio); off by default"),
     # Benchmarks and checks of the tests
     ("BENCH_THREADS", "1", "bench.llm_serving: torch threads of the baseline and of the built-in server"),
     ("FINEFLOW_MUTATION_DIR", "~/.cache/fineflow/mutation", "make mutation: its scratch copy of the checkout"),
@@ -109,6 +111,27 @@ def environ() -> dict[str, str]:
         except (KeyError, RuntimeError):  # a variable vanished (or appeared) mid-copy: copy again
             continue
     raise RuntimeError("the environment kept changing while it was read")
+
+
+# Each library's own opt-out, set in the stack's services and in every process fineflow starts unless
+# FINEFLOW_TELEMETRY=on (a variable the user set explicitly is kept).
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                 "VLLM_NO_USAGE_STATS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+
+
+def telemetry_env() -> dict[str, str]:
+    """The variables that turn telemetry off, unless ``FINEFLOW_TELEMETRY=on``."""
+    return {} if (env("FINEFLOW_TELEMETRY") or "").lower() in ("on", "true", "1") else dict(TELEMETRY_OFF)
+
+
+def data_roots() -> list[Path]:
+    """Where a pipeline (and a media server) may read data: the repository's ``infra/datasets`` and ``data``,
+    ``LAZYLLM_DATA_PATH``, and the folders in ``FINEFLOW_DATA_ROOTS`` (separated by ``os.pathsep``); never the
+    state directory."""
+    extra = [env("LAZYLLM_DATA_PATH") or "", *(env("FINEFLOW_DATA_ROOTS") or "").split(os.pathsep)]
+    roots = (REPO_ROOT / "infra" / "datasets", REPO_ROOT / "data", *map(Path, filter(None, extra)))
+    return [p.resolve() for p in roots]
 
 
 def state_dir() -> Path:

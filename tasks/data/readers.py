@@ -17,7 +17,7 @@ from typing import Any
 
 from tasks.data.formats import LIST_FIELDS, DatasetError
 from tasks.files import sha256_file
-from tasks.settings import REPO_ROOT, env, state_dir
+from tasks.settings import REPO_ROOT, data_roots, env, state_dir
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
@@ -33,14 +33,6 @@ def resolve_local(path: str | Path) -> Path:
     if not resolved.is_relative_to(root):
         raise DatasetError(path, None, None, f"path traversal: the dataset name leaves the data root {root}")
     return resolved
-
-
-def data_roots() -> list[Path]:
-    """Where a pipeline may read data: the repository's ``infra/datasets`` and ``data``, ``LAZYLLM_DATA_PATH``,
-    and the folders in ``FINEFLOW_DATA_ROOTS`` (separated by ``os.pathsep``); never the state directory."""
-    extra = [env("LAZYLLM_DATA_PATH") or "", *env("FINEFLOW_DATA_ROOTS").split(os.pathsep)]
-    roots = (REPO_ROOT / "infra" / "datasets", REPO_ROOT / "data", *map(Path, filter(None, extra)))
-    return [p.resolve() for p in roots]
 
 
 def confine(path: str, also: tuple[Path, ...] = ()) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.evaluate.llm import ModelScores
 from tasks.evaluate.retrieval import RetrievalScores
@@ -15,9 +15,19 @@ def metrics_of(scores: BaseModel) -> dict[str, float]:
 
 
 class GateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     metric: str | None = None  # None: the model type's own (exact_match for an LLM, ndcg_at_10 for retrieval)
-    min_improvement: float = 0.0  # candidate must beat base by more than this
-    min_value: float = 0.0  # and reach at least this
+    min_improvement: float = Field(0.0, allow_inf_nan=False)  # candidate must beat base by more than this
+    min_value: float = Field(0.0, allow_inf_nan=False)  # and reach at least this
+    allow_regression: bool = False  # a negative min_improvement: a candidate up to that much worse passes
+
+    @model_validator(mode="after")
+    def _cannot_defeat_itself(self) -> "GateConfig":
+        if self.min_improvement < 0 and not self.allow_regression:
+            raise ValueError(f"min_improvement {self.min_improvement} lets a candidate worse than the base through; "
+                             "set allow_regression: true if that is meant")
+        return self
 
 
 # The gate's metric when the config names none, by what was measured.

@@ -35,6 +35,18 @@ class Section(BaseModel):
 class ModelSection(Section):
     base_model: str = "tiny-llama"
 
+    @field_validator("base_model")
+    @classmethod
+    def _a_model_where_a_path_is_given(cls, value: str) -> str:
+        """A name is looked up later (search roots, cache, hub); a path that exists here must be a model."""
+        from tasks.models.local import holds_weights
+
+        path = Path(value).expanduser()
+        if (path.is_file() and path.suffix != ".gguf") or (path.is_dir() and not holds_weights(path)):
+            raise ValueError(f"{value} is a {'file' if path.is_file() else 'folder'} here but not a model (a folder "
+                             "with weights, a .gguf file): give a model folder, a GGUF file or a model name")
+        return value
+
 
 class DataSection(Section):
     path: str
@@ -206,12 +218,36 @@ def config_file(path: str | Path) -> Path:
     return REPO_ROOT / path if not path.is_absolute() and not path.exists() else path
 
 
+MAX_CONFIG_BYTES = 1_000_000  # checked before parsing: a pipeline config is a page or two
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML where a key given twice in one mapping is an error naming both lines (the plain loader keeps the last
+    silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice, on lines "
+                                                                    f"{seen[key]} and {line}", key_node.start_mark)
+            seen.setdefault(key, line)
+        return super().construct_mapping(node, deep)
+
+
 def read_config(path: str | Path, overrides: dict | None, schema: type[M]) -> M:
     """Read a YAML config (relative to the repo root when not found here), merge ``overrides`` into it and
     validate it as ``schema``; every problem is named with its field."""
     path = config_file(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if (size := path.stat().st_size) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes; a pipeline config is at most {MAX_CONFIG_BYTES:,} bytes "
+                              "(data goes in data.path, not in the config)")
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: file not found") from e
     except yaml.YAMLError as e:

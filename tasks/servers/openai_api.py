@@ -11,13 +11,18 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None):
         super().__init__(message)
         self.status, self.message, self.param = status, message, param
+
+
+# Sampling values that would break the arithmetic of a whole decoding batch are refused with the request's 400.
+MIN_TEMPERATURE = 0.01
+MAX_STOPS, MAX_STOP_CHARS = 16, 256
 
 
 class StreamOptions(BaseModel):
@@ -29,11 +34,11 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: str | None = None
-    max_tokens: int = 32
-    temperature: float = Field(0.0, ge=0, le=2)  # 0: greedy
+    max_tokens: int = 32  # bounded by the server (1..its --max-tokens)
+    temperature: float = Field(0.0, ge=0, le=2)  # 0: greedy; (0, MIN_TEMPERATURE) refused (logits overflow)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)  # what torch's generator takes
+    stop: str | list[str] | None = Field(None, max_length=MAX_STOPS)
     n: Literal[1] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -41,6 +46,21 @@ class Sampling(BaseModel):
     user: str | None = None
     presence_penalty: Literal[0] = 0  # accepted only at their neutral value: not implemented
     frequency_penalty: Literal[0] = 0
+
+    @field_validator("temperature")
+    @classmethod
+    def _no_overflow(cls, t: float) -> float:
+        if 0 < t < MIN_TEMPERATURE:
+            raise ValueError(f"{t} is below {MIN_TEMPERATURE}: dividing the logits by it overflows; use 0 for "
+                             "greedy decoding")
+        return t
+
+    @field_validator("stop")
+    @classmethod
+    def _short_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if any(len(s) > MAX_STOP_CHARS for s in ([stop] if isinstance(stop, str) else stop or [])):
+            raise ValueError(f"a stop sequence is over {MAX_STOP_CHARS} characters")
+        return stop
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop or [] if s]

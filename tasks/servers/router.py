@@ -3,26 +3,36 @@
     python -m tasks.servers.router --state $FINEFLOW_HOME/routers/MODEL@ALIAS.json [--host 127.0.0.1]
 
 The state file says where to listen (``port``, chosen once and kept, so the URL survives restarts) and where to
-forward (``target``, the endpoint of the version that holds the alias, and ``version``). ``switch()`` rewrites
-the target atomically; the router reads it again when the file changes, so a promotion or a rollback moves new
-requests at once while those in flight finish on the endpoint they started on. ``GET /router/status`` counts
-them per target (``drain()`` waits on it before the old endpoint is stopped); ``GET /router/health`` is the
-router's own readiness. Everything else, ``/health`` included, is forwarded as it is, the Authorization
-header with it: the endpoint behind checks the API key.
+forward (``target``, the endpoint of the version that holds the alias, ``version``, and ``api_key``: whether that
+endpoint requires the key). ``switch()`` rewrites the target atomically; the router reads it again when the file
+changes, so a promotion or a rollback moves new requests at once while those in flight finish on the endpoint they
+started on. ``GET /router/status`` counts them per target (``drain()`` waits on it before the old endpoint is
+stopped); ``GET /router/health`` is the router's own readiness. Everything else, ``/health`` included, is
+forwarded as it is, the Authorization header with it.
+
+The router is bounded before it reads: with the key in its environment (``FINEFLOW_API_KEY``), a request for an
+endpoint that requires it and ``/router/status`` need ``Authorization: Bearer <key>`` before any of the body is
+read (``/health`` and ``/router/health`` stay open); a declared length over ``MAX_BODY`` is refused unread and a
+streamed body is cut at it; idle connections close after a few seconds and connections beyond
+``MAX_CONNECTIONS`` get 503.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import time
 from collections import Counter
 from pathlib import Path
 
 from tasks.files import write_atomic
+from tasks.settings import env
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
 MAX_BODY = 8_000_000  # the endpoints bound bodies far lower; this only keeps the router itself bounded
+MAX_CONNECTIONS = 512
+OPEN_PATHS = ("/health",)  # forwarded without the key: readiness probes
 
 
 def read_state(path: Path) -> dict:
@@ -34,7 +44,14 @@ def write_state(path: Path, state: dict) -> None:
     write_atomic(path, json.dumps(state, indent=1))
 
 
-def create_app(state_path: Path):
+def error(status: int, message: str):
+    from starlette.responses import JSONResponse
+
+    kind = {401: "authentication_error", 502: "server_error", 503: "server_error"}.get(status, "invalid_request_error")
+    return JSONResponse({"error": {"message": message, "type": kind}}, status)
+
+
+def create_app(state_path: Path, api_key: str | None = None):
     import httpx
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -51,23 +68,44 @@ def create_app(state_path: Path):
             cache["mtime"], cache["state"] = mtime, read_state(state_path)
         return cache["state"]
 
+    def authorized(request: Request) -> bool:
+        if api_key is None:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), api_key.encode())
+
+    async def read_body(request: Request) -> bytes | None:
+        """The body, or None once it is over MAX_BODY (declared or streamed): never more than that in memory."""
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return None
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return None
+        return bytes(body)
+
     async def status(request: Request):
+        if not authorized(request):
+            return error(401, "a valid API key is required: Authorization: Bearer <key>")
         s = state()
         return JSONResponse({"target": s.get("target"), "version": s.get("version"), "model": s.get("model"),
                              "inflight": {k: v for k, v in inflight.items() if v}})
 
-    async def health(request: Request):
-        return JSONResponse({"status": "ok" if state().get("target") else "no target"},
-                            200 if state().get("target") else 503)
+    async def health(request: Request):  # the router listens; whether a version is behind it is said too
+        return JSONResponse({"status": "ok", "serving": bool(state().get("target"))})
 
     async def forward(request: Request):
-        target = state().get("target")
+        s = state()
+        target = s.get("target")
         if not target:
-            return JSONResponse({"error": {"message": "no version is being served", "type": "server_error"}}, 503)
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return JSONResponse({"error": {"message": "request body too large", "type": "invalid_request_error"}},
-                                413)
+            return error(503, "no version is being served")
+        if s.get("api_key", True) and request.url.path not in OPEN_PATHS and not authorized(request):
+            return error(401, "a valid API key is required: Authorization: Bearer <key>")
+        body = await read_body(request)
+        if body is None:
+            return error(413, f"request body over the limit of {MAX_BODY} bytes")
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         inflight[target] += 1
         try:
@@ -76,8 +114,7 @@ def create_app(state_path: Path):
                 content=body), stream=True)
         except httpx.HTTPError as e:
             inflight[target] -= 1
-            return JSONResponse({"error": {"message": f"the endpoint at {target} did not answer: {e}",
-                                           "type": "server_error"}}, 502)
+            return error(502, f"the endpoint at {target} did not answer: {e}")
 
         async def relay():
             try:
@@ -95,22 +132,23 @@ def create_app(state_path: Path):
                              Route("/{path:path}", forward, methods=methods)])
 
 
-def switch(state_path: Path, target: str, version: str) -> str | None:
-    """Point the router at ``target``; returns the target it had."""
+def switch(state_path: Path, target: str, version: str, api_key: bool = True) -> str | None:
+    """Point the router at ``target`` (which requires the API key when ``api_key``); returns the target it had."""
     s = read_state(state_path)
     old = s.get("target")
-    write_state(state_path, {**s, "target": target, "version": version})
+    write_state(state_path, {**s, "target": target, "version": version, "api_key": api_key})
     return old
 
 
-def drain(url: str, target: str, timeout_s: float = 120) -> bool:
-    """Wait until no request the router forwarded to ``target`` is still running; False after ``timeout_s``."""
+def drain(url: str, target: str, headers: dict[str, str] | None = None, timeout_s: float = 120) -> bool:
+    """Wait until no request the router forwarded to ``target`` is still running; False after ``timeout_s``.
+    ``headers`` carry the key ``/router/status`` asks for."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if not httpx.get(f"{url}/router/status", timeout=5).json()["inflight"].get(target):
+            if not httpx.get(f"{url}/router/status", headers=headers, timeout=5).json()["inflight"].get(target):
                 return True
         except httpx.HTTPError:
             return True  # no router, nothing in flight through it
@@ -126,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
     port = read_state(args.state)["port"]
-    uvicorn.run(create_app(args.state), host=args.host, port=port, log_level="warning")
+    uvicorn.run(create_app(args.state, env("FINEFLOW_API_KEY")), host=args.host, port=port, log_level="warning",
+                timeout_keep_alive=5, limit_concurrency=MAX_CONNECTIONS)
 
 
 if __name__ == "__main__":

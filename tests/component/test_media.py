@@ -129,8 +129,14 @@ def test_files_travel_as_encoded_queries(tmp_path, monkeypatch):
     assert input_files(encode_query_with_filepaths("read it", [str(img)])) == [img]
     (written,) = input_files({"inputs": [to_data_url(b"png", "image/png")]})
     assert (written.read_bytes(), written.suffix, written.parent) == (b"png", ".png", tmp_path / "temp" / "inputs")
-    with pytest.raises(MediaInputError, match=r"no such file: /nope.png"):
-        input_files("/nope.png")
+    assert (written.stat().st_mode & 0o777, written.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    # A path outside the temp dir and the data roots is refused as a missing one is: nothing tells them apart.
+    (tmp_path / "link.png").symlink_to(REPO / "README.md")
+    for outside in ("/nope.png", str(REPO / "README.md"), str(REPO / "nope.md"), str(tmp_path / "link.png")):
+        with pytest.raises(MediaInputError) as refused:
+            input_files(outside)
+        assert str(refused.value).startswith(f"no such file among those this server reads: {outside} (it reads "
+                                             f"files under {tmp_path / 'temp'}, ")
     with pytest.raises(MediaInputError, match=r"does not decode"):
         input_files("data:image/png;base64,%%%")
 
@@ -230,4 +236,4 @@ def test_a_server_logs_its_requests_where_log_path_says(tmp_path):
         proc.wait(timeout=30)
     ok, bad = (tmp_path / "logs" / f"ocr-{engine.port}.log").read_text().splitlines()
     assert " INFO POST /generate 200 " in ok and ok.endswith(", 11 characters out")
-    assert bad.endswith(" INFO POST /generate 400 no such file: /nope.png")
+    assert " INFO POST /generate 400 no such file among those this server reads: /nope.png (" in bad

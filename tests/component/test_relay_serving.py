@@ -161,6 +161,9 @@ def test_sampling_parameters_are_honoured(app, tiny):
     ({"n": 2}, "n"), ({"presence_penalty": 0.5}, "presence_penalty"), ({"logprobs": 3}, "logprobs"),
     ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 513}, "max_tokens"), ({"prompt": []}, "prompt"),
     ({"prompt": "x " * 400}, "prompt"), ({"prompt": "x" * 200_000}, "prompt"), ({"prompt": 5}, "prompt"),
+    # Values that would break the whole batch's arithmetic (logits / 1e-300 overflow; a seed torch cannot take).
+    ({"temperature": 1e-300}, "temperature"), ({"seed": 2**64}, "seed"), ({"seed": -1}, "seed"),
+    ({"stop": ["x"] * 17}, "stop"), ({"stop": "x" * 257}, "stop"),
 ])
 def test_bad_requests_are_refused_before_any_model_work(app, body, param):
     with TestClient(app) as c:

@@ -92,7 +92,8 @@ def test_a_rendered_page_reads_back_exactly(deployed, tmp_path):
     # A file that is not there is the client's error, named; the endpoint keeps serving.
     reply = httpx.post(f"{deployed['ocr']['url']}/generate", json={"inputs": str(tmp_path / "missing.png")},
                        headers=headers, timeout=30)
-    assert reply.status_code == 400 and f"no such file: {tmp_path / 'missing.png'}" in reply.text
+    assert reply.status_code == 400 and f"no such file among those this server reads: {tmp_path / 'missing.png'}" \
+        in reply.text
     reply = httpx.post(f"{deployed['ocr']['url']}/generate", json={"ocr_files": [str(page)]}, headers=headers,
                        timeout=60)
     assert reply.status_code == 200 and reply.text == PAGE

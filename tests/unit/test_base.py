@@ -50,6 +50,20 @@ def test_a_free_port_is_free_and_its_twin_too():
     assert net.port_free(port) and net.port_free(port + 10000)
 
 
+def test_ports_are_never_given_twice():
+    """Five stacks' worth of ports at once, then more one by one (as endpoints take them while others start): all
+    distinct, no port another's +10000 twin, every one free when given."""
+    from infra.stack import PORT_VARIABLES
+
+    stacks = [net.free_ports(len(PORT_VARIABLES), twin_offset=10000) for _ in range(5)]
+    singles = [net.free_port() for _ in range(40)]
+    ports = [p for stack in stacks for p in stack] + singles
+    assert len(set(ports)) == len(ports) == 5 * len(PORT_VARIABLES) + 40
+    twins = {p + 10000 for stack in stacks for p in stack}
+    assert not twins & set(ports) and all(net.port_free(p) for p in ports)
+    assert all(net.port_free(t) for t in twins)
+
+
 def test_a_folder_is_filled_aside_and_renamed_only_when_whole(tmp_path):
     target = tmp_path / "model"
     with pytest.raises(RuntimeError):

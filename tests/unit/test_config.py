@@ -169,3 +169,38 @@ def test_a_config_without_backends_gets_the_defaults(tmp_path):
     config = load_config(path)
     assert (config.finetune.framework, config.finetune.nproc, config.deploy.backend, config.deploy.port) == \
         ("alpacalora", 2, "relay", 8123)
+
+
+def test_the_demo_runs_any_deployment_by_name_and_names_the_known_ones():
+    from infra.demo import resolve
+
+    assert resolve("quickstart") == "finetune/quickstart" and resolve("ocr") == "deploy/ocr"
+    assert resolve("deploy/tts") == "deploy/tts" and resolve("data") == "watch/data"
+    with pytest.raises(SystemExit, match=r"no deployment 'ocrr' in prefect.yaml; known: .*deploy/ocr"):
+        resolve("ocrr")
+
+
+SELF_DEFEATING = [  # (what follows a valid head, what the error says)
+    ("evaluate: {gate: {min_improvement: -1.0e9}}\n", r"bad.yaml: evaluate.gate: min_improvement -1000000000.0 lets "
+                                                      r"a candidate worse than the base through; set allow_regression"),
+    ("evaluate: {gate: {min_improvement: .nan}}\n", r"evaluate.gate.min_improvement: Input should be a finite number"),
+    # the second registry silently wins in plain YAML
+    ("registry: {model_name: other}\n", r"bad.yaml: not valid YAML: .*key 'registry' is given twice, on lines 3 and 4"),
+    ("model: {base_model: /etc}\n", r"model.base_model: /etc is a folder here but not a model"),
+    ("# " + "x" * 2_000_000 + "\n", r"bad.yaml: 2,000,\d+ bytes; a pipeline config is at most 1,000,000"),
+]
+
+
+@pytest.mark.parametrize("tail, message", SELF_DEFEATING)
+def test_config_that_would_defeat_itself_is_refused_naming_file_and_field(tmp_path, tail, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ndata: {path: infra/datasets/word_ops.json}\nregistry: {model_name: m}\n" + tail)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_a_gate_may_allow_a_regression_only_when_it_says_so(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("name: x\ndata: {path: infra/datasets/word_ops.json}\nregistry: {model_name: m}\n"
+                    "evaluate: {gate: {min_improvement: -0.01, allow_regression: true}}\n")
+    assert load_config(path).evaluate.gate.min_improvement == -0.01

@@ -116,3 +116,21 @@ def test_the_documented_table_is_the_declared_one():
     doc = (REPO / "docs" / "configuration.md").read_text()
     assert settings.markdown_table() in doc
     assert all(f"`{name}`" in doc for name in settings.VARIABLES)
+
+
+def test_telemetry_is_off_in_the_stack_and_what_fineflow_starts_unless_asked_for(tmp_path, monkeypatch):
+    from infra import stack
+
+    monkeypatch.delenv("FINEFLOW_TELEMETRY", raising=False)
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    monkeypatch.setenv("DO_NOT_TRACK", "0")  # a choice the user made is kept
+    child = launchers.child_environment()
+    assert child["MLFLOW_DISABLE_TELEMETRY"] == "true" and child["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert child["DO_NOT_TRACK"] == "0"
+    ports = dict.fromkeys(stack.PORT_VARIABLES, 1)
+    services = {svc.name: svc.env for svc in stack.services(tmp_path, ports)}
+    assert all(e[k] == v for e in services.values() for k, v in settings.TELEMETRY_OFF.items())
+    assert services["mlflow"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"  # its unused job consumers
+    monkeypatch.setenv("FINEFLOW_TELEMETRY", "on")
+    assert "MLFLOW_DISABLE_TELEMETRY" not in launchers.child_environment()
+    assert "RAY_USAGE_STATS_ENABLED" not in stack.services(tmp_path, ports)[0].env

@@ -7,7 +7,10 @@ A request names its files as paths, as ``data:<mime>;base64,...`` URLs, or insid
 contract's examples show (``<lazyllm-query>{"query": "", "files": ["<temp>/piper/sound_<id>_0.wav"]}``).
 
 The temp dir is ``FINEFLOW_TEMP_DIR`` (the reference package's ``LAZYLLM_TEMP_DIR``), default
-``$FINEFLOW_HOME/tmp``; files older than a day are removed when new ones are written there.
+``$FINEFLOW_HOME/tmp``; its folders are the user's alone (0700), the files written there 0600, and files older
+than a day are removed when new ones are written there. A request's path is read only under the temp dir or a data
+root (``settings.data_roots``); any other path, present or not, gets the same refusal, so a client cannot learn
+what exists elsewhere on the server's machine.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from __future__ import annotations
 import base64
 import binascii
 import mimetypes
+import os
 import re
 import time
 import uuid
 from pathlib import Path
 
 from tasks.formatter.files import decode_query_with_filepaths, encode_query_with_filepaths
-from tasks.settings import env, state_dir
+from tasks.settings import data_roots, env, state_dir
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.S)
 EXTENSIONS = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/mpeg": ".mp3", "audio/flac": ".flac",
@@ -36,8 +40,15 @@ class MediaInputError(ValueError):
 def temp_dir(sub: str = "") -> Path:
     base = env("FINEFLOW_TEMP_DIR") or env("LAZYLLM_TEMP_DIR") or state_dir() / "tmp"
     path = Path(base).expanduser().resolve() / sub
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if sub and path.stat().st_uid == os.getuid():
+        path.chmod(0o700)  # made before this rule, or under a umask that widened it
     return path
+
+
+def readable_roots() -> list[Path]:
+    """Where a request's file paths may point: the temp dir and the data roots."""
+    return [temp_dir(), *data_roots()]
 
 
 def prune(folder: Path, max_age_s: float = MAX_AGE_S) -> None:
@@ -66,13 +77,15 @@ def from_data_url(url: str, folder: Path, stem: str) -> Path:
     except binascii.Error as e:
         raise MediaInputError(f"a {m['mime']} data URL whose base64 does not decode: {e}") from None
     path = folder / f"{stem}{EXTENSIONS.get(m['mime'], mimetypes.guess_extension(m['mime']) or '.bin')}"
-    path.write_bytes(data)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the user's alone
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     return path
 
 
 def input_files(inputs, sub: str = "inputs") -> list[Path]:
     """The files a request names (``{"inputs": ...}``, a path, a list, an encoded query), base64 ones written
-    under the temp dir; each must exist."""
+    under the temp dir; a path must be a file under ``readable_roots``."""
     if isinstance(inputs, dict):
         inputs = next((inputs[k] for k in ("inputs", "ocr_files", "files") if inputs.get(k)), None)
     if isinstance(inputs, str):
@@ -88,9 +101,11 @@ def input_files(inputs, sub: str = "inputs") -> list[Path]:
                 prune(folder)
             files.append(from_data_url(item, folder, f"upload_{uuid.uuid4().hex}"))
             continue
-        path = Path(item).expanduser()
-        if not path.is_file():
-            raise MediaInputError(f"no such file: {item}")
+        path = Path(item).expanduser().resolve()  # links resolved: one cannot lead out of the roots
+        roots = readable_roots()
+        if not any(path.is_relative_to(r) for r in roots) or not path.is_file():
+            raise MediaInputError(f"no such file among those this server reads: {item} (it reads files under "
+                                  f"{', '.join(map(str, roots))}; send any other as a data URL)")
         files.append(path)
     return files
 

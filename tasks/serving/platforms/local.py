@@ -38,14 +38,15 @@ def ensure_router(model: str, alias: str, host: str = "127.0.0.1") -> str:
         write_state(path, state)
     url = f"http://{state.get('host', host)}:{state['port']}"
     current = endpoints.get(router_name(model, alias))
-    if current and current.alive() and net.http_ok(f"{url}/router/status"):
+    if current and current.alive() and net.http_ok(f"{url}/router/health"):
         return url
     endpoints.stop(router_name(model, alias))
     argv = [sys.executable, "-m", "tasks.servers.router", "--state", str(path), "--host",
             state.get("host", host)]
-    # The router answers /router/status once it listens, target or not.
-    endpoints.start(router_name(model, alias), Command(argv, return_value=url, checker=net.ready(
-        f"{url}/router/status"), ready_timeout_s=30), "router", model_path="")
+    # The router answers /router/health once it listens, target or not; it checks the key before reading a body.
+    endpoints.start(router_name(model, alias), Command(argv, env={"FINEFLOW_API_KEY": keys.api_key()},
+                                                       return_value=url, checker=net.ready(f"{url}/router/health"),
+                                                       ready_timeout_s=30), "router", model_path="")
     return url
 
 
@@ -69,11 +70,11 @@ class LocalPlatform(ServingPlatform):
         return ensure_router(model, alias, urlparse(ep.url).hostname or "127.0.0.1")
 
     def switch(self, model: str, alias: str, ep: Endpoint, version: str) -> str | None:
-        return switch(router_state_path(model, alias), ep.url, version)
+        return switch(router_state_path(model, alias), ep.url, version, api_key=bool(ep.api_key_file))
 
     def retire(self, model: str, alias: str, old_name: str, old_target: str | None, log: Log) -> bool:
         url = f"http://{(s := read_state(router_state_path(model, alias))).get('host')}:{s.get('port')}"
-        if old_target and not drain(url, old_target):
+        if old_target and not drain(url, old_target, keys.auth_headers()):
             log(f"requests still running on {old_target} after the wait; stopping it anyway")
         return endpoints.stop(old_name)
 
