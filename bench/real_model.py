@@ -244,8 +244,8 @@ def report(args, ff: dict, lf: dict, hand: dict, served: list[dict], flow: dict 
               f"| fineflow LLaMA-Factory (llamafactory-cli export) | {lf['merge_wall_s']:.1f} | "
               f"{lf['merge_peak_mb']:.0f} |",
               f"| by hand (merge_and_unload) | {hand['merge_wall_s']:.1f} | {hand['merge_peak_mb']:.0f} |",
-              "", "| evaluation | model | exact match | seconds | examples/s | vs by hand | whole (s) | whole vs by hand "
-                  "| peak RSS (MB) |",
+              "", "| evaluation | model | exact match | seconds | examples/s | vs by hand | whole (s) "
+                  "| whole vs by hand | peak RSS (MB) |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     # seconds: fineflow's score() (load, batched generation, the response loss) against the by-hand loop's
     # generation alone; whole: the same score() against the by-hand script's whole process (imports, load,

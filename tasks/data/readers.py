@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path

@@ -7,7 +7,9 @@ can be streamed as it grows. A row stops at EOS (unless ``ignore_eos``), at a st
 model, which is where the throughput comes from.
 
 Greedy rows take the argmax (the same tokens as ``tasks.inference.generate``); sampled rows draw from the
-softmax at ``temperature`` within ``top_p``, from a generator seeded by ``seed`` when one is given.
+softmax at ``temperature`` within ``top_p``, from a generator seeded by ``seed`` when one is given. A row that
+fails (its seed, its sampling, its client's callback) fails its own request; the other rows decode on, with the
+answers they would have had without it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class GenRequest:
     text: str = ""
     completion_tokens: int = 0
     finish_reason: str | None = None
+    error: Exception | None = None  # what failed this request's row alone; the batch's other rows go on
 
 
 def pick(logits: torch.Tensor, req: GenRequest, generator: torch.Generator | None) -> int:
@@ -98,7 +101,13 @@ class _Row:
 def generate_batch(model, tokenizer, reqs: list[GenRequest], on_step: Callable[[], None] = lambda: None) -> None:
     """Decode ``reqs`` together; each request gets its text, token count and finish reason, and its events;
     ``on_step`` runs after each step's events (a server delivers them together: one wake-up, not one a row)."""
-    rows = [_Row(r, tokenizer) for r in reqs]
+    rows: list[_Row | None] = []
+    for r in reqs:  # a row that cannot even start (its seed, say) fails alone
+        try:
+            rows.append(_Row(r, tokenizer))
+        except Exception as e:
+            r.error = e
+            rows.append(None)
     width = max(len(r.prompt_ids) for r in reqs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
@@ -110,7 +119,7 @@ def generate_batch(model, tokenizer, reqs: list[GenRequest], on_step: Callable[[
             mask[i, width - len(r.prompt_ids):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    active = [True] * len(reqs)
+    active = [row is not None for row in rows]
     # transformers 5.24 renamed the KV cache argument ``past_key_values`` -> ``cache``; serve either.
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     past = None
@@ -121,11 +130,17 @@ def generate_batch(model, tokenizer, reqs: list[GenRequest], on_step: Callable[[
             logits = logits.cpu()  # one copy a step; the per-row choices below are small
             nxt = torch.full((len(reqs),), pad, dtype=torch.long)
             for i, row in enumerate(rows):
-                if active[i] and row.req.cancelled:
-                    active[i] = not row.finish("cancelled")
-                elif active[i]:
-                    nxt[i] = pick(logits[i], row.req, row.generator)
-                    active[i] = not row.add(int(nxt[i]), tokenizer.eos_token_id)
+                if not active[i]:
+                    continue
+                try:
+                    if row.req.cancelled:
+                        active[i] = not row.finish("cancelled")
+                    else:
+                        nxt[i] = pick(logits[i], row.req, row.generator)
+                        active[i] = not row.add(int(nxt[i]), tokenizer.eos_token_id)
+                except Exception as e:  # its sampling or its client's callback: this request's failure alone
+                    traceback.print_exc()
+                    row.req.error, active[i] = e, False
             on_step()
             if not any(active):
                 break
@@ -174,13 +189,14 @@ class Batcher:
             self.largest = max(self.largest, len(batch))
             try:
                 generate_batch(self.model, self.tokenizer, batch, self.on_step)
-                outcome: tuple[str, object] = ("done", None)
+                failed: Exception | None = None
             except Exception as e:  # a failed batch fails its requests, not the server
                 traceback.print_exc()
-                outcome = ("error", e)
+                failed = e
             for req in batch:
+                error = failed or req.error  # a row that failed alone fails only its request
                 try:
-                    req.on_event(*outcome)
+                    req.on_event(*(("error", error) if error else ("done", None)))
                 except Exception:  # a broken callback must not stop the thread every request waits on
                     traceback.print_exc()
             self.on_step()

@@ -108,6 +108,51 @@ def test_a_batch_of_different_lengths_and_budgets_equals_each_request_alone(tiny
     assert reqs[0].finish_reason == "length" and reqs[0].completion_tokens == 3
 
 
+def test_a_row_that_fails_fails_only_its_own_request(tiny):
+    """Failures injected into rows of a live batch (a client callback that raises on its first text, a seed the generator
+    cannot take): those requests get their error; the others complete with the answers they have alone."""
+    from tasks.servers.batching import Batcher
+
+    model, tok = tiny
+    prompts = ["the", inference.render_prompt("alpaca", {"instruction": "Reverse the word.", "input": "stone"}),
+               "a b", "the"]
+
+    def request(p: str, **kw) -> GenRequest:
+        return GenRequest(tok(tok.bos_token + p, add_special_tokens=False).input_ids, 10, ignore_eos=True, **kw)
+
+    alone = [greedy_by_hand(model, tok, p, 10) for p in prompts[:3]]
+    events: dict[int, list] = {i: [] for i in range(4)}
+    pieces = []
+
+    def broken(kind, value):  # the client's side of row 1 breaks at its first piece of text
+        pieces.append(kind)
+        if kind == "text" and pieces.count("text") == 1:
+            raise ConnectionResetError("client went away mid-stream")
+        events[1].append((kind, value))
+
+    reqs = [request(prompts[0]), request(prompts[1], on_event=broken), request(prompts[2]),
+            request(prompts[3], temperature=1.0, seed=2**64)]
+    for i in (0, 2, 3):
+        reqs[i].on_event = lambda kind, value, i=i: events[i].append((kind, value))
+    batcher = Batcher(model, tok, max_batch=4, wait_ms=200)
+    try:
+        for r in reqs:
+            batcher.submit(r)
+        tick = threading.Event()
+        for _ in range(600):
+            if all(e and e[-1][0] in ("done", "error") for i, e in events.items() if i != 1) and \
+                    reqs[1].error is not None:
+                break
+            tick.wait(0.05)
+    finally:
+        batcher.close()
+    assert batcher.largest == 4  # one batch: the failures happened inside it
+    assert [reqs[0].text, reqs[2].text] == [alone[0], alone[2]]
+    assert events[0][-1] == ("done", None) and events[2][-1] == ("done", None)
+    assert isinstance(reqs[1].error, ConnectionResetError) and events[1][-1][0] == "error"
+    assert events[3] == [("error", reqs[3].error)] and reqs[3].text == ""  # its seed: no generator takes 2**64
+
+
 def test_streaming_gives_the_same_text_piece_by_piece_with_usage(app, tiny):
     with TestClient(app) as c:
         whole = c.post("/v1/completions", json={"prompt": "the", "max_tokens": 12}, headers=AUTH).json()
