@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra import ray_cluster
+from infra.missed_runs import MISSED_FLOWS, SCHEDULE_AHEAD_S, drop_missed_runs
 from tasks import net
 from tasks.files import create_private
 from tasks.launchers import group_alive, stop_group
@@ -40,10 +41,6 @@ WORK_POOL = "fineflow-local"
 BUCKET = "fineflow"
 BIN = Path(sys.executable).parent
 HEARTBEAT_S = 30  # flow run heartbeats (Prefect's minimum)
-# The scheduler books runs this far ahead (Prefect's default is an hour: 60 watch runs, all late at once after a
-# stop, and the worker submitting them together locked the server's SQLite database until it stopped answering).
-SCHEDULE_AHEAD_S = 300
-MISSED_FLOWS = ("watch",)  # flows whose missed scheduled runs are dropped at start: the next run does their work
 
 
 @dataclass
@@ -172,31 +169,6 @@ def _ensure_bucket(home: Path) -> None:
 def _ensure_work_pool(service_env: dict[str, str]) -> None:
     argv = [str(BIN / "prefect"), "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"]
     subprocess.run(argv, env={**environ(), **service_env}, check=True, capture_output=True, timeout=120)
-
-
-def drop_missed_runs(api_url: str, flows: tuple[str, ...] = MISSED_FLOWS, grace_s: float = 60) -> int:
-    """Delete the scheduled runs of ``flows`` whose time passed more than ``grace_s`` ago (while the stack was
-    down): a watch run late by an hour sees what the next one sees, and dozens submitted at once swamp the server."""
-    from datetime import datetime, timedelta, timezone
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
-                                                FlowRunFilterExpectedStartTime, FlowRunFilterState,
-                                                FlowRunFilterStateType)
-    from prefect.client.schemas.objects import StateType
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    before = datetime.now(timezone.utc) - timedelta(seconds=grace_s)
-    missed = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                           expected_start_time=FlowRunFilterExpectedStartTime(before_=before))
-    dropped = 0
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        while runs := client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=list(flows))),
-                                            flow_run_filter=missed, limit=200):
-            for run in runs:
-                client.delete_flow_run(run.id)
-            dropped += len(runs)
-    return dropped
 
 
 def up(ports_mode: str = "default") -> dict:
