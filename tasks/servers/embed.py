@@ -24,13 +24,12 @@ import uuid
 from typing import Literal
 
 import numpy as np
-import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict
 
 from tasks.servers.auth import required_key
 from tasks.servers.microbatch import MicroBatcher
-from tasks.servers.openai_api import ApiError, guard
+from tasks.servers.openai_api import ApiError, guard, uvicorn_server
 
 
 class EmbeddingRequest(BaseModel):
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                      max_documents=args.max_documents, max_body_bytes=args.max_body_bytes)
     print(f"fineflow {args.kind} server: {args.name} on {args.host}:{args.port}, API key "
           f"{'required' if key else 'OFF (loopback only)'}, batches of up to {args.max_batch}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn_server(app, args.host, args.port).run()
 
 
 if __name__ == "__main__":

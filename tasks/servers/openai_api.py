@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from typing import Literal
 
 from fastapi import FastAPI, Request
@@ -96,13 +97,37 @@ def error_response(status: int, message: str, param: str | None = None) -> JSONR
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status)
 
 
+DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # FastAPI's own pages: behind the key too
+
+
+class NoQueryStrings(logging.Filter):
+    """uvicorn's access log with each query string replaced by ``?[query hidden]``: a key a client puts in one
+    (refused, since keys go in the Authorization header) must not land in a log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].partition("?")[0] + "?[query hidden]", *args[3:])
+        return True
+
+
+def uvicorn_server(app: FastAPI, host: str, port: int):
+    """The server of a built-in app, logging each request (without its query string)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))  # configures logging
+    logging.getLogger("uvicorn.access").addFilter(NoQueryStrings())
+    return server
+
+
 def guard(app: FastAPI, api_key: str | None, max_body_bytes: int) -> None:
-    """Every ``/v1`` route behind the API key (when there is one), bodies bounded before they are read, and
-    errors in OpenAI's shape: the built-in servers' common front door."""
+    """Every ``/v1`` route and the API's documentation behind the API key (when there is one), bodies bounded
+    before they are read, and errors in OpenAI's shape: the built-in servers' common front door."""
 
     @app.middleware("http")
     async def front_door(request: Request, call_next):
-        if request.url.path.startswith("/v1") and api_key is not None:
+        path = request.url.path
+        if api_key is not None and (path.startswith("/v1") or path in DOC_PATHS):
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), api_key.encode()):
                 return error_response(401, "a valid API key is required: Authorization: Bearer <key>")

@@ -32,7 +32,8 @@ from fastapi.responses import StreamingResponse
 from tasks import inference
 from tasks.servers.auth import required_key
 from tasks.servers.batching import Batcher, GenRequest
-from tasks.servers.openai_api import ApiError, ChatRequest, CompletionRequest, Sampling, guard, sse
+from tasks.servers.openai_api import (ApiError, ChatRequest, CompletionRequest, Sampling, guard, sse,
+                                      uvicorn_server)
 
 
 def longest_token_chars(tokenizer) -> int:
@@ -192,7 +193,7 @@ def server(argv: list[str] | None = None) -> uvicorn.Server:
                      max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
     print(f"fineflow relay: {args.name} on {args.host}:{args.port}, API key "
           f"{'required' if key else 'OFF (loopback only)'}, batches of up to {args.max_batch}", flush=True)
-    return uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
+    return uvicorn_server(app, args.host, args.port)
 
 
 def main(argv: list[str] | None = None) -> None:

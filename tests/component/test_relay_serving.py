@@ -60,11 +60,28 @@ def test_every_api_route_wants_the_key_and_health_does_not(app):
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200
         for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": KEY}, {"Authorization": "Basic x"}):
-            for method, path in (("get", "/v1/models"), ("post", "/v1/completions"), ("post", "/v1/chat/completions")):
+            for method, path in (("get", "/v1/models"), ("post", "/v1/completions"), ("post", "/v1/chat/completions"),
+                                 ("get", "/docs"), ("get", "/openapi.json"), ("get", "/redoc")):
                 resp = getattr(c, method)(path, headers=headers, **({"json": {"prompt": "x"}} if method == "post" else {}))
                 assert resp.status_code == 401, (headers, path)
                 assert resp.json()["error"]["type"] == "authentication_error"
         assert c.get("/v1/models", headers=AUTH).status_code == 200
+        assert c.get("/openapi.json", headers=AUTH).json()["paths"]["/v1/completions"]
+
+
+def test_the_access_log_never_holds_a_query_string(served):
+    """A key sent in a query string (refused: keys go in the Authorization header) is not written to the endpoint's
+    log; the request is, without its query."""
+    import time
+
+    key = keys.api_key()
+    assert httpx.get(f"{served.url}/v1/models", params={"api_key": key, "x": "1"}, timeout=30).status_code == 401
+    log = Path(served.log_path)
+    for _ in range(100):  # the server writes its access line just after answering
+        if "GET /v1/models?[query hidden]" in log.read_text():
+            break
+        time.sleep(0.05)
+    assert '"GET /v1/models?[query hidden] HTTP/1.1" 401' in log.read_text() and key not in log.read_text()
 
 
 def test_without_a_key_the_server_binds_only_loopback(monkeypatch):
