@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -27,7 +28,7 @@ from pathlib import Path
 from infra import ray_cluster
 from infra.missed_runs import MISSED_FLOWS, SCHEDULE_AHEAD_S, drop_missed_runs
 from tasks import net
-from tasks.files import create_private
+from tasks.files import create_private, make_private
 from tasks.launchers import group_alive, stop_group
 from tasks.net import free_ports, http_ok
 from tasks.settings import Settings, env, environ, state_dir, telemetry_env
@@ -90,8 +91,7 @@ def services(home: Path, ports: dict[str, int]) -> list[Service]:
     quiet = telemetry_env()  # no usage telemetry from the services or what they start (FINEFLOW_TELEMETRY=on)
     s3_env = {**quiet, "AWS_ACCESS_KEY_ID": creds["accessKey"], "AWS_SECRET_ACCESS_KEY": creds["secretKey"],
               "MLFLOW_S3_ENDPOINT_URL": s3_url}
-    # MLflow's job runner (8 consumer processes of ~250 MB each) serves features fineflow does not use.
-    mlflow_env = {**s3_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow_env = {**s3_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # 8 job consumers fineflow never uses
     prefect_env = {**quiet, "PREFECT_HOME": str(home / "prefect"),
                    "PREFECT_API_URL": f"http://{host}:{ports['prefect']}/api",
                    "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_LOGGING_LEVEL": "INFO",
@@ -172,9 +172,11 @@ def _ensure_work_pool(service_env: dict[str, str]) -> None:
 
 
 def up(ports_mode: str = "default") -> dict:
+    os.umask(0o077)  # the state is the user's alone: this process and all it starts write files 0600, folders 0700
     home = state_dir()
     for sub in ("logs", "pids", "s3", "prefect"):
         (home / sub).mkdir(parents=True, exist_ok=True)
+    make_private(home)  # what an earlier, laxer start left
     ports, host = _ports(home, ports_mode), stack_host(home)
     stack = {"ports": ports, "host": host, "s3_endpoint": f"http://{host}:{ports['s3']}", "s3_bucket": BUCKET,
              "mlflow_uri": f"http://{host}:{ports['mlflow']}", "mlflow_artifacts_uri": f"s3://{BUCKET}/mlflow",

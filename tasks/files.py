@@ -50,6 +50,21 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(aside, path)
 
 
+def make_private(root: Path) -> None:
+    """``root`` and everything under it readable by its owner only (group and other bits removed; links left as
+    they are): for a state directory an earlier, laxer start left open."""
+    root.mkdir(parents=True, exist_ok=True)
+    for path in (root, *root.rglob("*")):
+        if not path.is_symlink() and (mode := path.stat().st_mode) & 0o077:
+            path.chmod(mode & 0o7700)
+
+
+def open_private(path: Path, mode: str = "ab"):
+    """``open(path, mode)``, a file it creates readable by its owner only (a log: what a server prints may be
+    private)."""
+    return open(path, mode, opener=lambda name, flags: os.open(name, flags, 0o600))
+
+
 def create_private(path: Path, make: Callable[[], str]) -> str:
     """The content of ``path``, a file readable by its owner only; created once with ``make()`` when missing.
     It is written whole aside (mode 0600 from the start) and linked into place, so two processes creating it at

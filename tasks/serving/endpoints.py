@@ -74,7 +74,7 @@ def start(name: str, command: Command, backend: str, model_path: str, api_key_fi
     armed.unlink(missing_ok=True)
     supervised = [sys.executable, "-m", "tasks.servers.supervise", "--restarts", str(restarts), "--record", str(record),
                   "--armed", str(armed), "--", *argv]
-    with open(log_path, "ab") as log:
+    with files.open_private(log_path) as log:
         proc = subprocess.Popen(supervised, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**launchers.child_environment(), **command.env})
     ep = Endpoint(name=name, url=str(command.return_value), pid=proc.pid, backend=backend, argv=argv,

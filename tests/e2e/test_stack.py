@@ -58,6 +58,11 @@ with get_client(sync_client=True) as c:
 """
 
 
+def open_to_others(home) -> list[str]:
+    """What under ``home`` (itself included) its group or others may read, write or enter."""
+    return [str(p) for p in (home, *home.rglob("*")) if not p.is_symlink() and p.exists() and p.stat().st_mode & 0o077]
+
+
 def cli(home, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "infra.stack", *args], capture_output=True, text=True,
                             timeout=400, env={**os.environ, "FINEFLOW_HOME": str(home), **(env or {})})
@@ -124,6 +129,8 @@ def test_up_status_env_down_up_reset(tmp_path, monkeypatch):
                                     f"export FINEFLOW_HOME={home.resolve()}"]
     creds = json.loads((home / "s3-credentials.json").read_text())["identities"][0]["credentials"][0]
     assert creds["secretKey"] not in exports
+    # Everything the stack wrote (logs, mlflow.db, the bucket's raw data, Prefect's database) is the user's alone.
+    assert not open_to_others(home)
 
     # The services by environment variables alone: no stack.json where this client runs.
     remote = {**os.environ, "FINEFLOW_HOME": str(tmp_path / "elsewhere"), "FINEFLOW_S3_ENDPOINT": stack["s3_endpoint"],
@@ -161,8 +168,12 @@ def test_up_status_env_down_up_reset(tmp_path, monkeypatch):
     stopped = cli(home, "status", check=False)
     assert stopped.returncode == 1 and "mlflow   DOWN" in stopped.stdout
 
-    # up again: the same ports (kept in stack.json, whatever the variables say now) and the same data.
+    # up again: the same ports (kept in stack.json, whatever the variables say now) and the same data; what an
+    # earlier, laxer start left readable is closed.
+    (home / "logs" / "mlflow.log").chmod(0o644)
+    home.chmod(0o755)
     again = cli(home, "up", env={"FINEFLOW_MLFLOW_PORT": "1"}).stdout
+    assert not open_to_others(home)
     assert json.loads((home / "stack.json").read_text())["ports"] == ports
     assert "dropped 1 scheduled run(s) of watch missed while stopped" in again, again
     kept = python(READ_RUNS.format(ids=booked), remote).split()

@@ -127,3 +127,20 @@ def test_only_mlflows_does_not_exist_counts_as_none():
     assert missing(MlflowException("Registered model alias production not found.", INVALID_PARAMETER_VALUE))
     assert not missing(MlflowException("Invalid alias name", INVALID_PARAMETER_VALUE))
     assert not missing(MlflowException("API request to ... failed with exception ...", INTERNAL_ERROR))
+
+
+def test_a_state_directory_is_made_private_and_logs_are_created_so(tmp_path):
+    home = tmp_path / "home"
+    (home / "logs").mkdir(parents=True)
+    (home / "logs" / "a.log").write_text("x")
+    (home / "logs" / "a.log").chmod(0o644)
+    home.chmod(0o755)
+    (home / "link").symlink_to(tmp_path)  # a link is left as it is, and not followed
+    tmp_path.chmod(0o755)
+    files.make_private(home)
+    assert [oct(p.stat().st_mode & 0o777) for p in (home, home / "logs", home / "logs" / "a.log")] == \
+        ["0o700", "0o700", "0o600"]
+    assert tmp_path.stat().st_mode & 0o777 == 0o755
+    with files.open_private(home / "logs" / "b.log") as f:
+        f.write(b"y")
+    assert (home / "logs" / "b.log").stat().st_mode & 0o777 == 0o600
