@@ -232,10 +232,12 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key is refused by the loader itself
+            if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice, on lines "
                                                                     f"{seen[key]} and {line}", key_node.start_mark)
-            seen.setdefault(key, line)
+            seen[key] = line
         return super().construct_mapping(node, deep)
 
 
