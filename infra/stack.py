@@ -281,6 +281,7 @@ def main() -> None:
     parser.add_argument("command", choices=["up", "down", "status", "reset", "env"])
     parser.add_argument("--ports", choices=["default", "free"], default="default")
     args = parser.parse_args()
+    os.umask(0o077)  # status and down too write under the state directory (endpoint records)
     if args.command == "up":
         up(args.ports)
     elif args.command == "down":

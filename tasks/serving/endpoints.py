@@ -51,7 +51,7 @@ class Endpoint(BaseModel):
 
 def _registry() -> Path:
     path = state_dir() / "endpoints"
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)  # records name pids, logs and key files: private
     return path
 
 
