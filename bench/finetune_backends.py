@@ -72,13 +72,14 @@ def pipeline_overhead(steps: int, lf: dict) -> dict:
     from infra import stack
     from infra.demo import register_deployments
     from tasks import launchers
+    from tasks.settings import Settings
 
     trainer = lf["trainer"]
     start = time.monotonic()
     launchers.local().launch(trainer.export_command(), name="export")
     bare = lf["train_wall_s"] + time.monotonic() - start
-    info = stack.up("free")
-    os.environ["PREFECT_API_URL"] = info["prefect_api_url"]
+    stack.up("free")
+    os.environ.update(Settings.load().client_env())
     try:
         register_deployments()
         from flows.finetune import finetune

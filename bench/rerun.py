@@ -33,7 +33,8 @@ def main() -> None:
     config_path = sys.argv[1] if len(sys.argv) > 1 else "deployments/quickstart.yaml"
     with tempfile.TemporaryDirectory(prefix="fineflow-bench-") as home:
         os.environ["FINEFLOW_HOME"] = home
-        for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "FINEFLOW_S3_ENDPOINT"):
+        for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "FINEFLOW_S3_ENDPOINT", "PREFECT_API_AUTH_STRING",
+                     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             os.environ.pop(name, None)
         from infra import stack
         from infra.demo import prefect_api

@@ -110,7 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="ffbench-")
     os.environ["FINEFLOW_HOME"] = root
-    os.environ.pop("PREFECT_API_URL", None)
+    for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        os.environ.pop(name, None)
     from tasks.launchers import stop_group
     from tasks.net import free_port
     from tasks.serving import platforms

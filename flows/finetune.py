@@ -104,14 +104,13 @@ def main(argv: list[str]) -> None:
     if args.plan:  # no flow run either: a plan needs no Prefect server
         print(render_plan(make_plan(args.config)))
         return
-    url = Settings.load().prefect_api_url
-    if url and env("PREFECT_API_URL") != url:
+    wanted = Settings.load().client_env()
+    if any(env(name) != value for name, value in wanted.items()):
         # The flow runs against the configured Prefect server (the local stack's), as a worker's run does: its run
         # is recorded there, and its train and promote slots are the ones other runs wait on. Prefect reads its
         # settings once, when imported, and so does every thread it starts: this process starts again with the
-        # server in its environment.
-        os.execve(sys.executable, [sys.executable, "-m", "flows.finetune", *argv],
-                  {**environ(), "PREFECT_API_URL": url})
+        # server and its login in its environment.
+        os.execve(sys.executable, [sys.executable, "-m", "flows.finetune", *argv], {**environ(), **wanted})
     print(finetune(args.config, force=args.force).model_dump_json(indent=1))
 
 

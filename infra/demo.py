@@ -29,7 +29,7 @@ DEMO = "smollm2-arithmetic"  # the pipeline `make demo` runs; finetune/quickstar
 def prefect_env() -> dict[str, str]:
     settings = Settings.load()
     settings.require("prefect_api_url")
-    return {**environ(), "PREFECT_API_URL": settings.prefect_api_url, "FINEFLOW_REPO": str(REPO_ROOT)}
+    return {**environ(), **settings.client_env(), "FINEFLOW_REPO": str(REPO_ROOT)}
 
 
 def prefect_api():
@@ -188,7 +188,7 @@ def summary(flow_run_id: UUID) -> dict:
            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"},
         "answer": shown,
         "mlflow_model": f"models:/{model_name}@{alias} = {client.get_model_version(model_name, production).source} "
-                        "(mlflow.transformers.load_model / mlflow models serve, with only MLFLOW_TRACKING_URI)",
+                        "(mlflow.transformers.load_model / mlflow models serve, with the exports of infra.stack env)",
         "report": f"report/index.html in the run's artifacts ({tracking.run_url(run.info.run_id)})",
         "lineage": f".venv/bin/python -m tasks.pipeline.lineage {model_name}@{alias}",
     }

@@ -13,7 +13,8 @@ SCHEDULE_AHEAD_S = 300
 MISSED_FLOWS = ("watch",)
 
 
-def drop_missed_runs(api_url: str, flows: tuple[str, ...] = MISSED_FLOWS, grace_s: float = 60) -> int:
+def drop_missed_runs(api_url: str, auth_string: str | None, flows: tuple[str, ...] = MISSED_FLOWS,
+                     grace_s: float = 60) -> int:
     """Delete the scheduled runs of ``flows`` whose time passed more than ``grace_s`` ago (while the stack was
     down): a watch run late by an hour sees what the next one sees, and dozens submitted at once swamp the server."""
     from datetime import datetime, timedelta, timezone
@@ -23,13 +24,14 @@ def drop_missed_runs(api_url: str, flows: tuple[str, ...] = MISSED_FLOWS, grace_
                                                 FlowRunFilterExpectedStartTime, FlowRunFilterState,
                                                 FlowRunFilterStateType)
     from prefect.client.schemas.objects import StateType
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     before = datetime.now(timezone.utc) - timedelta(seconds=grace_s)
     missed = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
                            expected_start_time=FlowRunFilterExpectedStartTime(before_=before))
     dropped = 0
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+    updates = {PREFECT_API_URL: api_url, PREFECT_API_AUTH_STRING: auth_string}
+    with temporary_settings(updates), get_client(sync_client=True) as client:
         while runs := client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=list(flows))),
                                             flow_run_filter=missed, limit=200):
             for run in runs:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -25,13 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import ray_cluster
+from infra import credentials, ray_cluster
 from infra.missed_runs import MISSED_FLOWS, SCHEDULE_AHEAD_S, drop_missed_runs
 from tasks import net
-from tasks.files import create_private, make_private
+from tasks.files import make_private
 from tasks.launchers import group_alive, stop_group
 from tasks.net import free_ports, http_ok
-from tasks.settings import Settings, env, environ, state_dir, telemetry_env
+from tasks.settings import (MLFLOW_USER, PREFECT_USER, Settings, env, environ, secret_file, state_dir,
+                            telemetry_env)
 
 # Each service's port: FINEFLOW_<NAME>_PORT, declared with its default in tasks.settings; chosen once (stack.json).
 PORT_VARIABLES = {"s3": "FINEFLOW_S3_PORT", "s3_master": "FINEFLOW_S3_MASTER_PORT",
@@ -66,16 +66,6 @@ def _ports(home: Path, mode: str) -> dict[str, int]:
     return {name: int(env(variable)) for name, variable in PORT_VARIABLES.items()}
 
 
-def _credentials(home: Path) -> dict:
-    """Generated on first start, stored readable by the user only."""
-    config = create_private(home / "s3-credentials.json", lambda: json.dumps({"identities": [{
-        "name": "fineflow",
-        "credentials": [{"accessKey": "ff" + secrets.token_hex(8), "secretKey": secrets.token_hex(20)}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-    }]}))
-    return json.loads(config)["identities"][0]["credentials"][0]
-
-
 def stack_host(home: Path) -> str:
     """The address every service binds: chosen at the first ``up`` (``FINEFLOW_STACK_HOST``), kept in stack.json."""
     stack_file = home / "stack.json"
@@ -85,14 +75,16 @@ def stack_host(home: Path) -> str:
 
 
 def services(home: Path, ports: dict[str, int]) -> list[Service]:
-    creds = _credentials(home)
+    creds = credentials.s3_identity(home)
     host = stack_host(home)
     s3_url = f"http://{host}:{ports['s3']}"
     quiet = telemetry_env()  # no usage telemetry from the services or what they start (FINEFLOW_TELEMETRY=on)
     s3_env = {**quiet, "AWS_ACCESS_KEY_ID": creds["accessKey"], "AWS_SECRET_ACCESS_KEY": creds["secretKey"],
               "MLFLOW_S3_ENDPOINT_URL": s3_url}
-    mlflow_env = {**s3_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # 8 job consumers fineflow never uses
-    prefect_env = {**quiet, "PREFECT_HOME": str(home / "prefect"),
+    mlflow_env = {**s3_env, **credentials.mlflow_server_env(home),
+                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # 8 job consumers fineflow never uses
+    credentials.seaweed_security(home, host)  # read by weed from its working directory, home
+    prefect_env = {**quiet, **credentials.prefect_client_env(home), "PREFECT_HOME": str(home / "prefect"),
                    "PREFECT_API_URL": f"http://{host}:{ports['prefect']}/api",
                    "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_LOGGING_LEVEL": "INFO",
                    # Flow runs beat every 30 s; infra.demo's crash automation marks one that stops Crashed.
@@ -106,16 +98,18 @@ def services(home: Path, ports: dict[str, int]) -> list[Service]:
         Service("s3", [str(BIN / "weed"), "mini", f"-dir={home / 's3'}", f"-ip={host}", f"-ip.bind={host}",
                        f"-s3.config={home / 's3-credentials.json'}", f"-s3.port={ports['s3']}",
                        f"-master.port={ports['s3_master']}", f"-volume.port={ports['s3_volume']}",
-                       f"-filer.port={ports['s3_filer']}", "-webdav=false", "-admin.ui=false"],
-                f"http://{host}:{ports['s3_master']}/cluster/status", quiet),
-        Service("mlflow", [str(BIN / "mlflow"), "server", "--host", host, "--port", str(ports["mlflow"]),
+                       f"-filer.port={ports['s3_filer']}", "-webdav=false", "-admin.ui=false",
+                       "-s3.port.iceberg=0", "-s3.port.lance=0"],  # catalogs fineflow does not use: no more ports
+                f"http://{host}:{ports['s3']}/healthz", quiet),
+        Service("mlflow", [str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
+                           "--host", host, "--port", str(ports["mlflow"]),
                            "--workers", "2", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
                            "--artifacts-destination", f"s3://{BUCKET}/mlflow",
                            "--allowed-hosts", f"{mlflow_host},localhost:{ports['mlflow']}"],
                 f"http://{mlflow_host}/health", mlflow_env),
-        Service("prefect", [str(BIN / "prefect"), "server", "start", "--host", host,
-                            "--port", str(ports["prefect"])],
-                f"http://{host}:{ports['prefect']}/api/health", prefect_env),
+        Service("prefect", [str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(ports["prefect"])],
+                f"http://{host}:{ports['prefect']}/api/health",
+                {**prefect_env, **credentials.prefect_server_env(home, f"http://{host}:{ports['prefect']}")}),
         Service("worker", [str(BIN / "prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
                 "", prefect_env, stop_signal=signal.SIGINT),  # a worker stops on SIGINT only
         *(Service(name, command.argvs[-1], "", command.env, listens_on=ports["ray"] if name == "ray-head" else None)
@@ -187,7 +181,7 @@ def up(ports_mode: str = "default") -> dict:
         if svc.name == "worker":
             _ensure_work_pool(svc.env)
         if svc.name == "worker" and _pid(home, svc.name) is None:
-            if dropped := drop_missed_runs(stack["prefect_api_url"]):
+            if dropped := drop_missed_runs(stack["prefect_api_url"], svc.env["PREFECT_API_AUTH_STRING"]):
                 print(f"  dropped {dropped} scheduled run(s) of {', '.join(MISSED_FLOWS)} missed while stopped",
                       flush=True)
         if _pid(home, svc.name) is None:
@@ -268,12 +262,18 @@ def status() -> bool:
 
 
 def env_exports() -> str:
-    """Shell exports that point prefect and mlflow CLIs at the running stack (no secrets)."""
+    """Shell exports that point prefect and mlflow CLIs at the running stack; its passwords are read from their
+    files when the exports run (none is printed)."""
     settings = Settings.load()
     settings.require("prefect_api_url", "mlflow_uri")
-    return (f"export PREFECT_API_URL={settings.prefect_api_url}\n"
-            f"export MLFLOW_TRACKING_URI={settings.mlflow_uri}\n"
-            f"export FINEFLOW_HOME={settings.home}")
+    lines = [f"export PREFECT_API_URL={settings.prefect_api_url}", f"export MLFLOW_TRACKING_URI={settings.mlflow_uri}",
+             f"export FINEFLOW_HOME={settings.home}"]
+    prefect, mlflow = (secret_file(name, settings.home) for name in ("prefect-password", "mlflow-password"))
+    if prefect.exists():
+        lines += [f'export PREFECT_API_AUTH_STRING="{PREFECT_USER}:$(cat {prefect})"',
+                  f"export MLFLOW_TRACKING_USERNAME={MLFLOW_USER}",
+                  f'export MLFLOW_TRACKING_PASSWORD="$(cat {mlflow})"']
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -29,7 +29,8 @@ LAST_WORDS = frozenset({"token", "auth", "authorization"})
 ORDINARY_KEYS = frozenset({"cache", "sort", "primary", "foreign", "hash", "group", "partition", "dict"})
 CREDENTIAL_VARIABLES = frozenset({
     "aws_access_key_id", "aws_session_token", "mlflow_tracking_username", "mlflow_tracking_password",
-    "mlflow_tracking_token", "prefect_api_key", "prefect_api_auth_string", "hf_token", "hugging_face_hub_token",
+    "mlflow_tracking_token", "prefect_api_key", "prefect_api_auth_string", "prefect_server_api_auth_string",
+    "hf_token", "hugging_face_hub_token",
     "modelscope_api_token",
 })
 MIN_SECRET_LENGTH = 6  # shorter values ("1", "true") would mask ordinary text everywhere they occur

@@ -39,8 +39,13 @@ VARIABLES = _declare(
     ("AWS_ACCESS_KEY_ID", None, "S3 access key (default: the local stack's generated one); never logged"),
     ("AWS_SECRET_ACCESS_KEY", None, "S3 secret key (default: the local stack's generated one); never logged"),
     ("MLFLOW_TRACKING_URI", None, "the MLflow tracking server (default: the local stack's)"),
+    ("MLFLOW_TRACKING_USERNAME", None, "the MLflow user (default: the local stack's, fineflow-admin)"),
+    ("MLFLOW_TRACKING_PASSWORD", None, "the MLflow password (default: the local stack's generated one, in "
+                                       "$FINEFLOW_HOME/secrets/mlflow-password); never logged"),
     ("FINEFLOW_MLFLOW_ARTIFACTS", None, "the tracking server's --artifacts-destination (default: the local stack's)"),
     ("PREFECT_API_URL", None, "the Prefect API (default: the local stack's)"),
+    ("PREFECT_API_AUTH_STRING", None, "the Prefect API's user:password (default: the local stack's, made at its "
+                                      "first start); never logged"),
     ("FINEFLOW_REPO", None, "the checkout Prefect's process workers run flows from (set by make deploy; read by "
                             "prefect.yaml)"),
     ("FINEFLOW_S3_PORT", "18333", "local stack: SeaweedFS S3 port (read before the first make up)"),
@@ -139,6 +144,28 @@ def state_dir() -> Path:
     return Path(env("FINEFLOW_HOME") or REPO_ROOT / ".fineflow").resolve()
 
 
+# The local stack's users (infra.credentials makes their passwords). A user name is masked in logs like a secret:
+# MLflow's is one no log says otherwise.
+MLFLOW_USER, PREFECT_USER = "fineflow-admin", "fineflow"
+
+
+def secret_file(name: str, home: Path | None = None) -> Path:
+    """Where the local stack keeps the secret ``name`` (one value per file, readable by the user only)."""
+    return (home or state_dir()) / "secrets" / name
+
+
+def stack_logins(home: Path) -> dict[str, str]:
+    """The local stack's logins kept in ``home`` (made at its first start), as the variables clients read; none
+    before that start."""
+    files = {name: secret_file(name, home) for name in ("prefect-password", "mlflow-password")}
+    found = {name: path.read_text().strip() for name, path in files.items() if path.exists()}
+    logins = {"PREFECT_API_AUTH_STRING": f"{PREFECT_USER}:{found['prefect-password']}"} if found.get(
+        "prefect-password") else {}
+    if found.get("mlflow-password"):
+        logins |= {"MLFLOW_TRACKING_USERNAME": MLFLOW_USER, "MLFLOW_TRACKING_PASSWORD": found["mlflow-password"]}
+    return logins
+
+
 def api_key_file() -> Path:
     """Where this machine keeps the endpoints' API key (``tasks.services.keys`` makes it; servers read it)."""
     return state_dir() / "api_key"
@@ -152,6 +179,9 @@ class Settings(BaseModel):
     mlflow_uri: str | None = None
     mlflow_artifacts_uri: str | None = None  # the tracking server's --artifacts-destination
     prefect_api_url: str | None = None
+    prefect_auth_string: SecretStr | None = None
+    mlflow_username: str | None = None
+    mlflow_password: SecretStr | None = None
     home: Path
 
     @classmethod
@@ -161,6 +191,7 @@ class Settings(BaseModel):
         if (home / "stack.json").exists():
             stack = json.loads((home / "stack.json").read_text())
         creds: dict = {}
+        logins = stack_logins(home)
         if (home / "s3-credentials.json").exists():
             identity = json.loads((home / "s3-credentials.json").read_text())["identities"][0]
             creds = identity["credentials"][0]
@@ -173,7 +204,19 @@ class Settings(BaseModel):
             mlflow_uri=env("MLFLOW_TRACKING_URI") or stack.get("mlflow_uri"),
             mlflow_artifacts_uri=env("FINEFLOW_MLFLOW_ARTIFACTS") or stack.get("mlflow_artifacts_uri"),
             prefect_api_url=env("PREFECT_API_URL") or stack.get("prefect_api_url"),
+            prefect_auth_string=env("PREFECT_API_AUTH_STRING") or logins.get("PREFECT_API_AUTH_STRING"),
+            mlflow_username=env("MLFLOW_TRACKING_USERNAME") or logins.get("MLFLOW_TRACKING_USERNAME"),
+            mlflow_password=env("MLFLOW_TRACKING_PASSWORD") or logins.get("MLFLOW_TRACKING_PASSWORD"),
         )
+
+    def client_env(self) -> dict[str, str]:
+        """The variables a process (a CLI, a flow started here, a test) needs to reach Prefect and MLflow as this
+        configuration does: addresses and logins. MLflow's client reads its login from the environment."""
+        values = {"PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_uri,
+                  "PREFECT_API_AUTH_STRING": _plain(self.prefect_auth_string),
+                  "MLFLOW_TRACKING_USERNAME": self.mlflow_username,
+                  "MLFLOW_TRACKING_PASSWORD": _plain(self.mlflow_password)}
+        return {name: value for name, value in values.items() if value}
 
     def require(self, *fields: str) -> None:
         missing = [f for f in fields if getattr(self, f) in (None, "")]
@@ -183,6 +226,10 @@ class Settings(BaseModel):
                 f"with `make up` (state in {self.home}) or set FINEFLOW_S3_ENDPOINT, "
                 "MLFLOW_TRACKING_URI and PREFECT_API_URL for remote services."
             )
+
+
+def _plain(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret else None
 
 
 def markdown_table() -> str:

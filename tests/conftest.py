@@ -38,6 +38,8 @@ def fineflow_home(tmp_path_factory):
     """Tests never touch the developer's .fineflow/ or a configured remote stack."""
     home = tmp_path_factory.mktemp("fineflow-home")
     saved = {k: os.environ.get(k) for k in ("FINEFLOW_HOME", "MLFLOW_TRACKING_URI", "PREFECT_API_URL",
+                                            "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME",
+                                            "MLFLOW_TRACKING_PASSWORD",
                                             "FINEFLOW_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                             "FINEFLOW_DATA_ROOTS")}
     for k in saved:

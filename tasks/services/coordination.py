@@ -30,10 +30,12 @@ def prefect_api() -> Iterator[str | None]:
     """Prefect's client pointed at the configured server (``Settings.prefect_api_url``) for the block. Prefect
     reads its settings when it is first imported: setting ``PREFECT_API_URL`` in ``os.environ`` later would not
     reach it. Yields the URL (None: no server is configured)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    url = Settings.load().prefect_api_url
-    with temporary_settings(updates={PREFECT_API_URL: url} if url else {}):
+    settings = Settings.load()
+    url, auth = settings.prefect_api_url, settings.prefect_auth_string
+    updates = {PREFECT_API_URL: url, **({PREFECT_API_AUTH_STRING: auth.get_secret_value()} if auth else {})}
+    with temporary_settings(updates=updates if url else {}):
         yield url
 
 

@@ -2,7 +2,7 @@
 a reranker, ``sentence_transformers`` for an embedder), logged as an MLflow 3 logged model linked to the run,
 stored through the tracking server into the bucket and checked there file by file before it is marked READY.
 
-A client that holds only ``MLFLOW_TRACKING_URI`` then loads a registered version with MLflow's own tools::
+A client that holds only ``MLFLOW_TRACKING_URI`` and its login then loads a registered version with MLflow's own tools::
 
     mlflow.transformers.load_model("models:/fineflow-quickstart@production")
     mlflow models serve -m models:/fineflow-quickstart@production --env-manager local

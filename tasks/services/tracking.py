@@ -5,6 +5,7 @@ Prefect may run tasks in worker threads, so every call names its ``run_id``.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from tasks.settings import Settings, environ
 def client(settings: Settings | None = None) -> MlflowClient:
     settings = settings or Settings.load()
     settings.require("mlflow_uri")
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # MLflow reads its login from here
+        if value := settings.client_env().get(name):
+            os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
 
 

@@ -7,7 +7,11 @@ import os
 
 import pytest
 
+from tasks.settings import Settings
 from tests.support.stack import RUN_SECRET, pause_schedules
+
+# The stack's address and logins this process's clients use (Prefect reads them from the environment).
+LOGIN = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @pytest.fixture(scope="session")
@@ -18,11 +22,13 @@ def stack(fineflow_home):
 
     os.environ["HF_TOKEN"] = RUN_SECRET
     info = local_stack.up("free")
-    os.environ["PREFECT_API_URL"] = info["prefect_api_url"]
+    logins = {name: value for name, value in Settings.load().client_env().items() if name in LOGIN}
+    os.environ.update(logins)
     register_deployments()
     # The watch flow's schedule is on after deploying; the tests run it themselves, when they mean to.
     info["watch_schedules"] = pause_schedules("watch/data")
     yield info
     local_stack.down()
     os.environ.pop("HF_TOKEN", None)
-    os.environ.pop("PREFECT_API_URL", None)
+    for name in logins:
+        os.environ.pop(name, None)

@@ -43,16 +43,14 @@ def produced(stack):
 
 
 def client_env(home: Path) -> dict[str, str]:
-    """A client that knows only the tracking server: no S3 endpoint, no credentials, no fineflow state."""
-    home.mkdir(parents=True, exist_ok=True)
-    return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(home), "HF_HUB_OFFLINE": "1",
-            "MLFLOW_TRACKING_URI": stack_uri()}
-
-
-def stack_uri() -> str:
+    """A client that knows only the tracking server and its login: no S3 endpoint or credentials, no fineflow
+    state."""
     from tasks.settings import Settings
 
-    return Settings.load().mlflow_uri
+    home.mkdir(parents=True, exist_ok=True)
+    tracking = {k: v for k, v in Settings.load().client_env().items() if k.startswith("MLFLOW_TRACKING_")}
+    return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(home), "HF_HUB_OFFLINE": "1",
+            **tracking}
 
 
 def greedy_from_files(files_uri: str, dest: Path) -> str:

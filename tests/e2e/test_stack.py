@@ -16,7 +16,7 @@ from tasks import launchers, net
 from tasks.core import Command
 from tasks.net import ready as http_ready
 from tasks.serving import endpoints
-from tasks.settings import Settings
+from tasks.settings import Settings, stack_logins
 
 pytestmark = pytest.mark.stack
 
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.stack
 # What points a process at some stack; cleared here, so the state directory alone decides (the session's stack
 # fixture sets some of them for the other tests).
 SERVICE_VARIABLES = ("FINEFLOW_S3_ENDPOINT", "FINEFLOW_S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                     "MLFLOW_TRACKING_URI", "FINEFLOW_MLFLOW_ARTIFACTS", "PREFECT_API_URL")
+                     "MLFLOW_TRACKING_URI", "FINEFLOW_MLFLOW_ARTIFACTS", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING",
+                     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +57,59 @@ with get_client(sync_client=True) as c:
         except ObjectNotFound:
             print("missing")
 """
+
+
+def assert_closed_without_credentials(stack: dict, home, creds: dict) -> None:
+    """What a browser page or another user of the machine can send gets nothing: MLflow and Prefect ask for their
+    logins (health stays open), Prefect allows no other origin, and SeaweedFS's own servers (filer, master, volume,
+    admin; HTTP and gRPC) take no connection without the stack's client certificate: only S3 with its keys."""
+    import httpx
+
+    ports, host = stack["ports"], "127.0.0.1"
+    mlflow, prefect = stack["mlflow_uri"], stack["prefect_api_url"]
+    alias = {"name": "fineflow-quickstart", "alias": "production", "version": "1"}
+    assert httpx.get(f"{mlflow}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
+    assert httpx.post(f"{mlflow}/api/2.0/mlflow/registered-models/alias", json=alias).status_code == 401
+    assert httpx.delete(f"{mlflow}/api/2.0/mlflow/registered-models/alias", params=alias).status_code == 401
+    assert httpx.get(f"{mlflow}/health").status_code == 200
+    assert httpx.post(f"{prefect}/flows/filter", json={}).status_code == 401
+    assert httpx.post(f"{prefect}/deployments/filter", json={}).status_code == 401
+    assert httpx.get(f"{prefect}/health").status_code == 200
+    preflight = httpx.options(f"{prefect}/flows/filter", headers={"Origin": "http://evil.example",
+                                                                  "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers, preflight.headers
+    # The filer POST that once started a promoted run, the master's collection delete, the volume: plain HTTP is
+    # refused, and TLS without the client certificate fails its handshake.
+    filer = f"http://{host}:{ports['s3_filer']}/buckets/fineflow/incoming/quickstart/"
+    posted = httpx.post(filer, files={"file": ("x.jsonl", b'{"instruction": "x", "output": "y"}\n')})
+    assert posted.status_code == 400, posted.text
+    assert httpx.get(f"http://{host}:{ports['s3_master']}/col/delete?collection=fineflow").status_code == 400
+    for port in (ports["s3_master"], ports["s3_volume"], ports["s3_filer"],
+                 *(ports[name] + 10000 for name in ("s3_master", "s3_volume", "s3_filer", "s3"))):
+        assert refused_without_client_certificate(host, port, home / "tls" / "ca.crt"), port
+    # With the keys, S3 answers, and nothing above reached the bucket.
+    from tasks.services.storage import s3_client
+
+    s3 = s3_client(Settings(home=home, s3_endpoint=stack["s3_endpoint"], s3_access_key=creds["accessKey"],
+                            s3_secret_key=creds["secretKey"]))
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="fineflow").get("Contents", [])]
+    assert not [k for k in keys if k.startswith("incoming/")], keys
+
+
+def refused_without_client_certificate(host: str, port: int, ca) -> bool:
+    """Whether the TLS server at ``port`` (trusted through ``ca``) ends a connection that has no client
+    certificate before it answers anything."""
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False
+    try:
+        with socket.create_connection((host, port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            return not tls.recv(100)
+    except (ssl.SSLError, ConnectionError):
+        return True
 
 
 def open_to_others(home) -> list[str]:
@@ -124,19 +178,35 @@ def test_up_status_env_down_up_reset(tmp_path, monkeypatch):
     status = cli(home, "status").stdout
     assert all(f"{svc:8s} up" in status for svc in ("s3", "mlflow", "prefect", "worker")), status
     exports = cli(home, "env").stdout
+    secrets_dir = home.resolve() / "secrets"
     assert exports.splitlines() == [f"export PREFECT_API_URL=http://127.0.0.1:{ports['prefect']}/api",
                                     f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{ports['mlflow']}",
-                                    f"export FINEFLOW_HOME={home.resolve()}"]
+                                    f"export FINEFLOW_HOME={home.resolve()}",
+                                    f'export PREFECT_API_AUTH_STRING="fineflow:$(cat {secrets_dir}/prefect-password)"',
+                                    "export MLFLOW_TRACKING_USERNAME=fineflow-admin",
+                                    f'export MLFLOW_TRACKING_PASSWORD="$(cat {secrets_dir}/mlflow-password)"']
     creds = json.loads((home / "s3-credentials.json").read_text())["identities"][0]["credentials"][0]
-    assert creds["secretKey"] not in exports
+    logins = stack_logins(home)
+    passwords = [creds["secretKey"], logins["MLFLOW_TRACKING_PASSWORD"], logins["PREFECT_API_AUTH_STRING"][9:]]
+    assert all(len(p) >= 32 for p in passwords) and not [p for p in passwords if p in exports]
+    # The exports, run by a shell, give the vendors' own CLIs what they need.
+    shell = subprocess.run(["bash", "-c", 'eval "$(python -m infra.stack env)" && prefect work-pool ls && '
+                            'mlflow experiments search'], capture_output=True, text=True, timeout=120,
+                           env={**{k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES},
+                                "FINEFLOW_HOME": str(home), "COLUMNS": "200",
+                                "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"})
+    assert shell.returncode == 0 and "fineflow-local" in shell.stdout and "Default" in shell.stdout, \
+        shell.stdout + shell.stderr
     # Everything the stack wrote (logs, mlflow.db, the bucket's raw data, Prefect's database) is the user's alone.
     assert not open_to_others(home)
+    # And no service answers, reads or writes for anyone without its credentials.
+    assert_closed_without_credentials(stack, home, creds)
 
     # The services by environment variables alone: no stack.json where this client runs.
     remote = {**os.environ, "FINEFLOW_HOME": str(tmp_path / "elsewhere"), "FINEFLOW_S3_ENDPOINT": stack["s3_endpoint"],
               "AWS_ACCESS_KEY_ID": creds["accessKey"], "AWS_SECRET_ACCESS_KEY": creds["secretKey"],
               "MLFLOW_TRACKING_URI": stack["mlflow_uri"], "FINEFLOW_MLFLOW_ARTIFACTS": stack["mlflow_artifacts_uri"],
-              "PREFECT_API_URL": stack["prefect_api_url"]}
+              "PREFECT_API_URL": stack["prefect_api_url"], **logins}
     out = python("import asyncio, pathlib, tempfile\n"
                  "from prefect.client.orchestration import get_client\n"
                  "from tasks.services import storage, tracking\n"

@@ -46,6 +46,8 @@ def hosts(tmp_path_factory):
         # This process looks at the shared services as any machine of the team would.
         mp.setenv("FINEFLOW_HOME", str(h.hub_home))
         mp.setenv("PREFECT_API_URL", stack["prefect_api_url"])
+        for name, value in h.logins().items():
+            mp.setenv(name, value)
         mp.setenv("FINEFLOW_API_KEY", key)
         for name in ("MLFLOW_TRACKING_URI", "FINEFLOW_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             mp.delenv(name, raising=False)

@@ -26,7 +26,7 @@ from pathlib import Path
 from tasks.deploy.ray import Distributed, wait_for_nodes
 from tasks.launchers import group_alive, stop_group
 from tasks.net import free_port
-from tasks.settings import REPO_ROOT, environ
+from tasks.settings import REPO_ROOT, environ, stack_logins
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
@@ -126,10 +126,15 @@ class Hosts:
         ip("link", "del", self.bridge, check=False)
 
     # -- the shared services -----------------------------------------------------------------------------------
+    def logins(self) -> dict[str, str]:
+        """The shared services' logins (made by their first start), as a machine of the team is given them."""
+        return stack_logins(self.hub_home)
+
     def start_services(self, api_key: str) -> dict:
         env = {**environ(), "FINEFLOW_HOME": str(self.hub_home), "FINEFLOW_STACK_HOST": self.hub_ip}
         for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "FINEFLOW_S3_ENDPOINT", "AWS_ACCESS_KEY_ID",
-                     "AWS_SECRET_ACCESS_KEY", "FINEFLOW_SERVING"):
+                     "AWS_SECRET_ACCESS_KEY", "FINEFLOW_SERVING", "PREFECT_API_AUTH_STRING",
+                     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             env.pop(name, None)
         up = subprocess.run([sys.executable, "-m", "infra.stack", "up", "--ports", "free"], env=env, cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=600)
@@ -145,7 +150,8 @@ class Hosts:
                         "FINEFLOW_S3_ENDPOINT": stack["s3_endpoint"], "FINEFLOW_S3_BUCKET": stack["s3_bucket"],
                         "AWS_ACCESS_KEY_ID": creds["accessKey"], "AWS_SECRET_ACCESS_KEY": creds["secretKey"],
                         "FINEFLOW_API_KEY": api_key, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                        "PREFECT_WORKER_QUERY_SECONDS": "2", "FINEFLOW_SERVING": "local", "PYTHONUNBUFFERED": "1"}
+                        "PREFECT_WORKER_QUERY_SECONDS": "2", "FINEFLOW_SERVING": "local", "PYTHONUNBUFFERED": "1",
+                        **self.logins()}
         return stack
 
     def stop_services(self) -> None:

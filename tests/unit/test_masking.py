@@ -18,7 +18,8 @@ from tasks.serving import endpoints
 SECRET_NAMES = ["api_key", "--api-key", "s3.secret_key", "access_key", "private_key", "hf_token", "--hf-token",
                 "token", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
                 "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "PREFECT_API_KEY",
-                "PREFECT_API_AUTH_STRING", "HUGGING_FACE_HUB_TOKEN", "LAZYLLM_MODEL_SOURCE_TOKEN", "client_secret",
+                "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING", "HUGGING_FACE_HUB_TOKEN",
+                "LAZYLLM_MODEL_SOURCE_TOKEN", "client_secret",
                 "secretvalue", "db_password", "passwd", "authorization", "Authorization", "basic_auth", "apikey",
                 "x.credentials", "openai-api-key"]
 ORDINARY_NAMES = ["max_new_tokens", "evaluate.max_new_tokens", "--max_tokens", "max_tokens", "--tokenizer",
