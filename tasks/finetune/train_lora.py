@@ -4,7 +4,8 @@
         --data_path train.jsonl --val_path val.jsonl --output_dir out/lazyllm_lora --max_steps 50
 
 Reads JSONL (or an alpaca JSON) records with ``prompt`` and ``output`` (records
-without ``prompt`` are rendered with ``--prompt_template_name``).  Prints one
+without ``prompt`` are rendered with ``--prompt_template_name``), each tokenized when its batch is built, so
+training starts as soon as the model is loaded whatever the file's size.  Prints one
 ``FINEFLOW_METRIC {json}`` line per logging step; checkpoints go to
 ``output_dir/checkpoint-N`` and a rerun resumes from the newest one that was wholly saved.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSe
                           TrainingArguments)
 
 from tasks.finetune.base import METRIC_PREFIX, parse_module_list
+from tasks.finetune.records import Encoded, read_records
 from tasks.services.checkpoints import COMPLETE, last_complete
 
 
@@ -56,19 +59,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_records(path: str, template: str, model_path: str) -> list[dict]:
-    from tasks.data import load_alpaca, read_jsonl, render
+def encoder(args: argparse.Namespace, tokenizer) -> Callable[[dict], dict]:
+    """One record to its token ids and labels, its prompt rendered first where the file holds none (the pipeline's
+    prepare step renders them; a file given by hand may not)."""
+    from tasks.inference import encode_example, renderer
 
-    records = read_jsonl(path) if path.endswith(".jsonl") else load_alpaca(path)
-    if records and "prompt" not in records[0]:
-        records = render(records, template, model_path)
-    return records
+    style = args.prompt_template_name
+    render = None
+
+    def encode(record: dict) -> dict:
+        nonlocal render
+        if "prompt" not in record:
+            render = render or renderer(style, args.base_model)
+            record = {**record, "prompt": render(record)}
+        return encode_example(tokenizer, style, record["prompt"], record["output"], args.cutoff_len,
+                              args.train_on_inputs)
+
+    return encode
 
 
-def tokenize(records: list[dict], tokenizer, style: str, cutoff_len: int, train_on_inputs: bool) -> list[dict]:
-    from tasks.inference import encode_example
-
-    return [encode_example(tokenizer, style, r["prompt"], r["output"], cutoff_len, train_on_inputs) for r in records]
+def datasets(args: argparse.Namespace, tokenizer) -> tuple[Encoded, Encoded]:
+    """Training and validation records, tokenized as batches are built (``tasks.finetune.records``)."""
+    train = read_records(args.data_path)
+    val = read_records(args.val_path) if args.val_path else []
+    train_rows, val_rows = range(len(train)), range(len(val))
+    if not args.val_path and args.val_set_size > 0 and len(train) > args.val_set_size:
+        train_rows, val_rows, val = range(len(train) - args.val_set_size), range(len(train) - args.val_set_size,
+                                                                                   len(train)), train
+    encode = encoder(args, tokenizer)
+    return Encoded(train, train_rows, encode), Encoded(val, val_rows, encode)
 
 
 def lora_targets(model, wanted: list[str], what: str) -> list[str]:
@@ -119,13 +138,7 @@ def main(argv: list[str] | None = None) -> None:
                                              target_modules=targets, modules_to_save=to_save, task_type="CAUSAL_LM"))
     model.print_trainable_parameters()
 
-    train = load_records(args.data_path, args.prompt_template_name, args.base_model)
-    val = load_records(args.val_path, args.prompt_template_name, args.base_model) if args.val_path else []
-    if not args.val_path and args.val_set_size > 0 and len(train) > args.val_set_size:
-        train, val = train[: -args.val_set_size], train[-args.val_set_size:]
-    style = args.prompt_template_name
-    train_ds = tokenize(train, tokenizer, style, args.cutoff_len, args.train_on_inputs)
-    val_ds = tokenize(val, tokenizer, style, args.cutoff_len, args.train_on_inputs)
+    train_ds, val_ds = datasets(args, tokenizer)
     print(f"training on {len(train_ds)} records, validating on {len(val_ds)}", flush=True)
 
     training_args = TrainingArguments(
@@ -134,12 +147,12 @@ def main(argv: list[str] | None = None) -> None:
         gradient_accumulation_steps=max(1, args.batch_size // args.micro_batch_size),
         num_train_epochs=args.num_epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
         warmup_steps=min(20, max(args.max_steps, 1) // 10), logging_steps=args.logging_steps,
-        save_steps=args.save_steps, save_total_limit=2, eval_strategy="steps" if val_ds else "no",
-        eval_steps=args.save_steps if val_ds else None, bf16=use_bf16, use_cpu=not torch.cuda.is_available(),
+        save_steps=args.save_steps, save_total_limit=2, eval_strategy="steps" if len(val_ds) else "no",
+        eval_steps=args.save_steps if len(val_ds) else None, bf16=use_bf16, use_cpu=not torch.cuda.is_available(),
         report_to=[], seed=args.seed, deepspeed=args.deepspeed, disable_tqdm=True, dataloader_num_workers=0,
         include_num_input_tokens_seen=True,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds or None,
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds if len(val_ds) else None,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
                       callbacks=[MetricPrinter(), MarkComplete()])
     last = last_complete(args.output_dir) if args.resume and Path(args.output_dir).is_dir() else None
