@@ -83,22 +83,23 @@ class LocalLauncher:
 @contextmanager
 def follow(path: str | Path | None, on_line: Callable[[str], None], interval_s: float = 0.5):
     """While the block runs, call ``on_line`` for each line appended to ``path`` (a framework's own metrics log);
-    lines already there when it starts are skipped, a truncated file is read again from the top, and the last
-    lines are read after the block ends. ``path`` None: nothing to follow."""
+    lines already there when it starts are skipped, a truncated or replaced file (LLaMA-Factory starts its log anew
+    when it resumes) is read again from the top, and the last lines are read after the block ends. ``path`` None:
+    nothing to follow."""
     if path is None:
         yield
         return
     path = Path(path)
-    offset = path.stat().st_size if path.exists() else 0
+    offset, inode = (path.stat().st_size, path.stat().st_ino) if path.exists() else (0, None)
     done = threading.Event()
 
     def read_new() -> None:
-        nonlocal offset
+        nonlocal offset, inode
         if not path.exists():
             return
-        size = path.stat().st_size
-        if size < offset:
-            offset = 0
+        stat = path.stat()
+        if stat.st_size < offset or stat.st_ino != inode:
+            offset, inode = 0, stat.st_ino
         with open(path, "rb") as f:
             f.seek(offset)
             chunk = f.read()

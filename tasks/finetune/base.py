@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from tasks import bounds, envs, launchers
 from tasks.core import Command, ComponentBase, check_kwargs
+from tasks.services import checkpoints
 
 METRIC_PREFIX = "FINEFLOW_METRIC "
 
@@ -111,6 +112,11 @@ class LazyLLMFinetuneBase(ComponentBase):
     def export_command(self) -> Command | None:
         """What turns the training output into the finished model in ``merge_path``; None: nothing to do."""
         return None
+
+    def resume_checkpoint(self) -> str | None:
+        """The newest wholly saved checkpoint under ``target_path`` (a crashed run's, or one the pipeline restored
+        from S3), which ``train_command`` resumes from; half-written ones are removed. None: start from step 0."""
+        return checkpoints.last_complete(self.target_path) if Path(self.target_path).is_dir() else None
 
     def metrics_file(self) -> Path | None:
         """A file the framework appends metric lines to while training (None: its stdout carries them)."""

@@ -9,8 +9,8 @@ The base model's type (``ModelManager.get_model_type``) picks the trainer: ``emb
 with the contract's own defaults; any other type is refused. Training runs in its own environment
 (``infra/envs/flagembedding.txt``: FlagEmbedding 1.4.2 with transformers 5.6), under ``torchrun`` when the
 launcher asks for more than one process. As in the reference package, the model lands in
-``target_path/<type>``. No merge: the trained model is the candidate; fineflow drops the trainer's checkpoints and, for an
-embedder, writes the sentence-transformers layout (pooling, normalisation) the model was trained with, so every
+``target_path/<type>``. No merge: the trained model is the candidate; fineflow drops the trainer's checkpoints and,
+for an embedder, writes the sentence-transformers layout (pooling, normalisation) the model was trained with, so every
 server pools it alike.
 
 Where this machine has no CUDA, fp16 is turned off and ``--use_cpu True`` is passed; transformers 5 has no
@@ -174,8 +174,11 @@ class FlagembeddingFinetune(LazyLLMFinetuneBase):
         return args
 
     def train_command(self, trainset: str, valset: str | None = None) -> Command:
+        resume = self.resume_checkpoint()
         if self.kw["overwrite_output_dir"] and Path(self.target_path).exists():
-            shutil.rmtree(self.target_path)
+            for old in Path(self.target_path).iterdir():  # all but the checkpoint a crashed run resumes from
+                if not resume or old.name != Path(resume).name:
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
         Path(self.target_path).mkdir(parents=True, exist_ok=True)
         module = MODULES[self.model_type]
         if self.nproc > 1:
@@ -184,7 +187,12 @@ class FlagembeddingFinetune(LazyLLMFinetuneBase):
         else:
             head = [envs.bin_path(self.environment, "python"), "-m", module]
         env = {**self.command_env(), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        return Command([head + self.train_args(trainset)], return_value=self.target_path, env=env)
+        # FlagEmbedding's Trainer reloads a checkpoint's optimizer, scheduler, RNG and step, but not its weights (they
+        # are saved as the inner model's, without the wrapper's key prefix): the model starts from the checkpoint.
+        resumed = ["--model_name_or_path", resume, "--resume_from_checkpoint", resume] if resume else []
+        # Its log lines carry no step: they are counted from the checkpoint's (parse_metrics).
+        self._logged = int(Path(resume).name.rsplit("-", 1)[1]) // self.kw["logging_steps"] if resume else 0
+        return Command([head + self.train_args(trainset) + resumed], return_value=self.target_path, env=env)
 
     def export_command(self) -> Command | None:
         """Drop the trainer's checkpoints; an embedder gets the sentence-transformers layout it was trained with."""
@@ -196,7 +204,7 @@ class FlagembeddingFinetune(LazyLLMFinetuneBase):
 
     def parse_metrics(self, line: str) -> dict[str, Any] | None:
         """transformers' Trainer prints each log as a dict (``{'loss': '0.41', 'grad_norm': ..., 'epoch': ...}``);
-        the n-th one is step n * logging_steps."""
+        the n-th one is step n * logging_steps (n counted on from a resumed checkpoint's step)."""
         text = line.strip()
         if not (text.startswith("{") and ("'loss'" in text or "'train_loss'" in text)):
             return None

@@ -1,7 +1,7 @@
 """``LlamafactoryFinetune``: training with LLaMA-Factory (``llamafactory-cli train``, then ``export`` for LoRA).
 
     trainer = LlamafactoryFinetune('infra/models/tiny-llama', '/tmp/out', max_steps=100, lora_r=16)
-    trainer.cmd('train.json')    # Command: [llamafactory-cli train .../train.yaml, llamafactory-cli export .../export.yaml]
+    trainer.cmd('train.json')    # [llamafactory-cli train .../train.yaml, llamafactory-cli export .../export.yaml]
     trainer('train.json')        # builds the environment if needed, runs both; returns merge_path
 
 Runs in its own environment (``infra/envs/llamafactory.txt``). The data file is validated
@@ -238,6 +238,8 @@ class LlamafactoryFinetune(LazyLLMFinetuneBase):
             args["eval_strategy"] = "no"
         if args.get("deepspeed") is None:
             args.pop("deepspeed", None)
+        if resume := self.resume_checkpoint():  # named, so overwrite_output_dir (the contract's default) keeps it
+            args["resume_from_checkpoint"] = resume
         if not cuda_available() and (args.get("fp16") or args.get("bf16")):
             log.warning("no CUDA device: fp16/bf16 turned off, training in float32")
             args.update(fp16=False, bf16=False)

@@ -206,10 +206,10 @@ def train(config: PipelineConfig, base: ModelRef, data: PreparedDataset, where: 
     envs.ensure(trainer.environment, log=logger.info)
     trainset, valset = trainer.prepare_data(data.train_path, data.val_path, data.format,
                                             where / "framework-data")
-    command = trainer.train_command(trainset, valset)
     target = Path(trainer.target_path)
-    if mirror_uri:
+    if mirror_uri:  # before the command: a framework that resumes names the checkpoint in it
         checkpoints.restore(target, mirror_uri, logger.info)
+    command = trainer.train_command(trainset, valset)
     logger.info("running %s", command)
     try:
         with timed(run_id, "finetune"), launchers.follow(trainer.metrics_file(), on_line), \

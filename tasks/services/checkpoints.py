@@ -1,7 +1,9 @@
 """Training checkpoints mirrored to S3 as they are written, and brought back before training resumes.
 
-A checkpoint counts once its trainer marked it wholly saved (``COMPLETE`` inside it, written by
-``train_lora.MarkComplete`` after Trainer finished the folder). ``mirror`` uploads each such checkpoint while
+A checkpoint counts once it is marked wholly saved (``COMPLETE`` inside it): written by
+``train_lora.MarkComplete`` after Trainer finished the folder, or, for frameworks that run their own trainer
+(LLaMA-Factory, FlagEmbedding), by ``mark_saved`` once transformers' ``trainer_state.json``, the last file its Trainer
+writes into a checkpoint, is whole and names the folder's step. ``mirror`` uploads each such checkpoint while
 training runs, its marker last, so the bucket never holds a checkpoint that looks complete and is not;
 ``restore`` fetches the newest complete one when the working directory has none (a run on another worker,
 or after the disk was lost), so training resumes there instead of starting over.
@@ -9,6 +11,7 @@ or after the disk was lost), so training resumes there instead of starting over.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -18,6 +21,7 @@ from pathlib import Path
 from tasks import files
 
 COMPLETE = "fineflow_complete"  # written into a checkpoint once it is wholly saved (train_lora.MarkComplete)
+TRAINER_STATE = "trainer_state.json"  # transformers' Trainer writes it last into a checkpoint
 
 
 def _step(path: Path) -> int:
@@ -25,14 +29,34 @@ def _step(path: Path) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
+def mark_saved(target: Path) -> None:
+    """Mark the checkpoints under ``target`` that transformers' Trainer finished: it writes ``trainer_state.json``
+    after the weights, optimizer, scheduler and RNG states, so one that parses and names the folder's step means the
+    rest is there (a process killed while writing it leaves a file that does not parse)."""
+    for path in target.glob("checkpoint-*"):
+        if _step(path) < 0 or (path / COMPLETE).is_file():
+            continue
+        try:
+            step = json.loads((path / TRAINER_STATE).read_text()).get("global_step")
+        except (OSError, ValueError):
+            continue
+        if step == _step(path):
+            try:  # never create the folder again: the trainer may have just rotated it away
+                (path / COMPLETE).write_text(str(step))
+            except FileNotFoundError:
+                pass
+
+
 def complete_local(target: Path) -> list[Path]:
     """Wholly saved checkpoints under ``target``, oldest first (a ``checkpoint-N.partial`` being fetched is not
     one)."""
+    mark_saved(target)
     return sorted((p for p in target.glob("checkpoint-*") if _step(p) >= 0 and (p / COMPLETE).is_file()), key=_step)
 
 
 def last_complete(target: str | Path) -> str | None:
     """The newest wholly saved checkpoint under ``target``; checkpoints left half-written are removed."""
+    mark_saved(Path(target))
     checkpoints = sorted((p for p in Path(target).glob("checkpoint-*") if _step(p) >= 0), key=_step)
     for path in [p for p in checkpoints if not (p / COMPLETE).is_file()]:
         print(f"removing {path}: it was not wholly saved", flush=True)
