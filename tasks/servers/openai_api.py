@@ -112,10 +112,14 @@ class NoQueryStrings(logging.Filter):
 
 
 def uvicorn_server(app: FastAPI, host: str, port: int):
-    """The server of a built-in app, logging each request (without its query string)."""
+    """The server of a built-in app, logging each request (without its query string), closing a connection that
+    does not send a whole request head in time."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))  # configures logging
+    from tasks.servers.header_deadline import HeaderDeadline
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",  # configures logging
+                                           http=HeaderDeadline))  # a half-sent request head is not held forever
     logging.getLogger("uvicorn.access").addFilter(NoQueryStrings())
     return server
 

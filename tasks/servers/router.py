@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from tasks.files import write_atomic
+from tasks.servers.header_deadline import HeaderDeadline
 from tasks.settings import env
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     port = read_state(args.state)["port"]
     uvicorn.run(create_app(args.state, env("FINEFLOW_API_KEY")), host=args.host, port=port, log_level="warning",
-                timeout_keep_alive=5, limit_concurrency=MAX_CONNECTIONS)
+                timeout_keep_alive=5, limit_concurrency=MAX_CONNECTIONS, http=HeaderDeadline)
 
 
 if __name__ == "__main__":
