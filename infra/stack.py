@@ -24,20 +24,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import credentials, ray_cluster
+from infra import credentials, ports as stack_ports, ray_cluster
 from infra.missed_runs import MISSED_FLOWS, SCHEDULE_AHEAD_S, drop_missed_runs
 from tasks import net
 from tasks.files import make_private
 from tasks.launchers import group_alive, stop_group
-from tasks.net import free_ports, http_ok
+from tasks.net import http_ok
 from tasks.settings import (MLFLOW_USER, PREFECT_USER, Settings, env, environ, secret_file, state_dir,
                             telemetry_env)
 
-# Each service's port: FINEFLOW_<NAME>_PORT, declared with its default in tasks.settings; chosen once (stack.json).
-PORT_VARIABLES = {"s3": "FINEFLOW_S3_PORT", "s3_master": "FINEFLOW_S3_MASTER_PORT",
-                  "s3_volume": "FINEFLOW_S3_VOLUME_PORT", "s3_filer": "FINEFLOW_S3_FILER_PORT",
-                  "mlflow": "FINEFLOW_MLFLOW_PORT", "prefect": "FINEFLOW_PREFECT_PORT", "ray": "FINEFLOW_RAY_PORT",
-                  "serve": "FINEFLOW_SERVE_PORT"}
 WORK_POOL = "fineflow-local"
 BUCKET = "fineflow"
 BIN = Path(sys.executable).parent
@@ -53,17 +48,6 @@ class Service:
     stop_signal: int = signal.SIGTERM
     timeout_s: float = 90.0
     listens_on: int | None = None  # ready once this port takes connections (a service without a health URL)
-
-
-def _ports(home: Path, mode: str) -> dict[str, int]:
-    """Ports are chosen once and kept in stack.json, so `up` twice finds the same stack."""
-    stack_file = home / "stack.json"
-    if stack_file.exists():
-        return json.loads(stack_file.read_text())["ports"]
-    if mode == "free":
-        # Distinct, and their +10000 twins free and distinct too (SeaweedFS serves gRPC on port + 10000).
-        return dict(zip(PORT_VARIABLES, free_ports(len(PORT_VARIABLES), twin_offset=10000)))
-    return {name: int(env(variable)) for name, variable in PORT_VARIABLES.items()}
 
 
 def stack_host(home: Path) -> str:
@@ -165,16 +149,18 @@ def _ensure_work_pool(service_env: dict[str, str]) -> None:
     subprocess.run(argv, env={**environ(), **service_env}, check=True, capture_output=True, timeout=120)
 
 
-def up(ports_mode: str = "default") -> dict:
+def up(ports_mode: str = "default", moves: int = 0) -> dict:
     os.umask(0o077)  # the state is the user's alone: this process and all it starts write files 0600, folders 0700
     home = state_dir()
     for sub in ("logs", "pids", "s3", "prefect"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     make_private(home)  # what an earlier, laxer start left
-    ports, host = _ports(home, ports_mode), stack_host(home)
+    ports, host = stack_ports.chosen(home, ports_mode), stack_host(home)
+    kept = json.loads((home / "stack.json").read_text()) if (home / "stack.json").exists() else {}
     stack = {"ports": ports, "host": host, "s3_endpoint": f"http://{host}:{ports['s3']}", "s3_bucket": BUCKET,
              "mlflow_uri": f"http://{host}:{ports['mlflow']}", "mlflow_artifacts_uri": f"s3://{BUCKET}/mlflow",
              "prefect_api_url": f"http://{host}:{ports['prefect']}/api", "work_pool": WORK_POOL,
+             "ports_mode": kept.get("ports_mode", ports_mode),
              **({"ray_address": f"127.0.0.1:{ports['ray']}"} if ray_cluster.wanted(home) else {})}
     (home / "stack.json").write_text(json.dumps(stack, indent=1))
     for svc in services(home, ports):
@@ -190,7 +176,13 @@ def up(ports_mode: str = "default") -> dict:
                 proc = subprocess.Popen(svc.argv, env={**environ(), **svc.env}, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=home)
             (home / "pids" / f"{svc.name}.pid").write_text(str(proc.pid))
-        _wait_healthy(svc, home)
+        try:
+            _wait_healthy(svc, home)
+        except RuntimeError as e:  # another process bound a port picked free for it: new ones, start it again
+            if moves >= 3 or not stack_ports.can_move(stack, svc.name, str(e)):
+                raise
+            print(f"  {svc.name}: a port was taken meanwhile; moved to {stack_ports.move(home, svc.name)}", flush=True)
+            return up(ports_mode, moves + 1)
         if svc.name == "s3":
             _ensure_bucket(home)
         where = svc.health_url or (f"listening on port {svc.listens_on}" if svc.listens_on else

@@ -19,6 +19,14 @@ from tasks.serving import platforms
 from tasks.serving.endpoints import Endpoint
 
 
+PORT_ATTEMPTS = 3  # a free port chosen here can be taken by another process before the server binds it
+
+
+def lost_port_race(error: Exception) -> bool:
+    """Whether a server failed to start because its port was taken (the error holds its log's tail)."""
+    return "address already in use" in str(error).lower()
+
+
 class Started(NamedTuple):
     endpoint: Endpoint
     answer: Any  # the smoke test's answer (None without one)
@@ -47,10 +55,19 @@ def start_engine(engine: LazyLLMDeployBase, model_path: str, endpoint_name: str,
         log(f"the endpoint binds {engine.host}: reachable from other machines, every request needs the API key "
             f"({keys.key_path()})")
     headers = keys.auth_headers() if api_key else {}
-    try:
-        ep = platform.start(endpoint_name, engine.cmd(model_path), engine, model_path, model_uri, api_key, relaunch)
-    finally:
-        engine.after_start()
+    chose_port = engine.port is None  # a port the config names is the user's; one chosen here can be chosen again
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            ep = platform.start(endpoint_name, engine.cmd(model_path), engine, model_path, model_uri, api_key,
+                                relaunch)
+            break
+        except RuntimeError as e:
+            if not (chose_port and lost_port_race(e) and attempt < PORT_ATTEMPTS - 1):
+                raise
+            log(f"port {engine.port} was taken before {endpoint_name} could listen on it: starting it on another")
+            engine.port = None
+        finally:
+            engine.after_start()
     if smoke_records is None:
         return Started(ep, None, "started; no smoke test")
     try:

@@ -202,3 +202,30 @@ def test_the_whole_command_runs_preparation_env_and_readiness(fineflow_home, tmp
         assert httpx.get(f"{ep.url}/").status_code == 200
     finally:
         assert endpoints.stop("whole-command")
+
+
+def test_a_server_whose_chosen_port_was_taken_starts_on_another(fineflow_home, monkeypatch):
+    """Another process takes the free port chosen for a server before the server binds it: the start goes on with
+    another port (a port the pipeline's config names would fail, naming it)."""
+    import socket
+
+    from tasks.serving.start import start_engine
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    first = iter([taken])
+    real = net.free_port
+    monkeypatch.setattr(net, "free_port", lambda twin_offset=0: next(first, None) or real(twin_offset))
+    said: list[str] = []
+    relaunch = {"deploy": {"backend": "relay"}, "prompt_style": "alpaca"}
+    try:
+        started = start_engine(RelayServer(name="tiny"), str(TINY_MODEL), "port-race", api_key=False,
+                               relaunch=relaunch, log=said.append)
+        assert said == [f"port {taken} was taken before port-race could listen on it: starting it on another"]
+        assert started.endpoint.url != f"http://127.0.0.1:{taken}"
+        assert httpx.get(f"{started.endpoint.url}/health", timeout=10).status_code == 200
+    finally:
+        endpoints.stop("port-race")
+        squatter.close()

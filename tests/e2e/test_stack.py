@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from infra.stack import PORT_VARIABLES
+from infra.ports import PORT_VARIABLES
 from tasks import launchers, net
 from tasks.core import Command
 from tasks.net import ready as http_ready
@@ -257,3 +257,31 @@ def test_up_status_env_down_up_reset(tmp_path, monkeypatch):
     pids = [int(p.read_text()) for p in (home / "pids").iterdir()]
     assert "removed" in cli(home, "reset").stdout
     assert not home.exists() and not any(launchers.group_alive(pid) for pid in pids)
+
+
+def test_a_service_whose_free_port_was_taken_meanwhile_starts_on_another(tmp_path):
+    """Another process binds the port picked free for MLflow before MLflow starts: ``up`` gives MLflow a new free
+    port and the stack comes up; the other services keep theirs."""
+    import socket
+
+    from infra import ports
+
+    home = tmp_path / "home"
+    home.mkdir()
+    picked = ports.chosen(home, "free")
+    (home / "stack.json").write_text(json.dumps({"ports": picked, "host": "127.0.0.1", "ports_mode": "free"}))
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", picked["mlflow"]))
+    squatter.listen()
+    try:
+        out = cli(home, "up").stdout
+        stack = json.loads((home / "stack.json").read_text())
+        assert "mlflow: a port was taken meanwhile; moved to" in out, out
+        moved = stack["ports"]["mlflow"]
+        assert moved != picked["mlflow"] and stack["mlflow_uri"] == f"http://127.0.0.1:{moved}"
+        assert {**stack["ports"], "mlflow": picked["mlflow"]} == picked
+        assert net.http_ok(f"{stack['mlflow_uri']}/health")
+        assert "mlflow   up" in cli(home, "status").stdout
+    finally:
+        cli(home, "down", check=False)
+        squatter.close()

@@ -53,7 +53,7 @@ def test_a_free_port_is_free_and_its_twin_too():
 def test_ports_are_never_given_twice():
     """Five stacks' worth of ports at once, then more one by one (as endpoints take them while others start): all
     distinct, no port another's +10000 twin, every one free when given."""
-    from infra.stack import PORT_VARIABLES
+    from infra.ports import PORT_VARIABLES
 
     stacks = [net.free_ports(len(PORT_VARIABLES), twin_offset=10000) for _ in range(5)]
     singles = [net.free_port() for _ in range(40)]
@@ -62,6 +62,29 @@ def test_ports_are_never_given_twice():
     twins = {p + 10000 for stack in stacks for p in stack}
     assert not twins & set(ports) and all(net.port_free(p) for p in ports)
     assert all(net.port_free(t) for t in twins)
+
+
+def test_a_service_that_lost_its_free_port_gets_new_ones_and_a_users_port_is_never_moved(tmp_path):
+    """``infra.ports``: SeaweedFS's four ports move together, the stack's other ports stay, all stay distinct; only
+    a stack whose ports were picked free, and only for a port that was taken."""
+    import json
+
+    from infra import ports
+
+    picked = ports.chosen(tmp_path, "free")
+    stack = {"ports": picked, "ports_mode": "free"}
+    (tmp_path / "stack.json").write_text(json.dumps(stack))
+    taken = "E mini.go: Port allocation failed: port 18333 for S3 ... is not available on 127.0.0.1"
+    assert ports.can_move(stack, "s3", taken)
+    assert ports.can_move(stack, "mlflow", "[Errno 98] error while attempting to bind ...: address already in use")
+    assert not ports.can_move(stack, "mlflow", "no such table: experiments")  # another failure: not a port's
+    assert not ports.can_move(stack, "worker", taken)  # it listens on nothing
+    assert not ports.can_move({**stack, "ports_mode": "default"}, "s3", taken)  # FINEFLOW_*_PORT: the user's
+    moved = ports.move(tmp_path, "s3")
+    after = json.loads((tmp_path / "stack.json").read_text())["ports"]
+    assert set(moved) == {"s3", "s3_master", "s3_volume", "s3_filer"} and after == {**picked, **moved}
+    assert not set(moved.values()) & {p for n, p in picked.items() if n in moved}  # all four new
+    assert len(set(after.values())) == len(after)
 
 
 def test_a_folder_is_filled_aside_and_renamed_only_when_whole(tmp_path):

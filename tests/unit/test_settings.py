@@ -49,13 +49,13 @@ def test_every_variable_is_read_through_the_declarations():
 
 
 def test_names_built_at_run_time_are_declared_too(tmp_path, monkeypatch):
-    from infra import stack
+    from infra import ports
     from tasks.models import hub
 
-    assert set(stack.PORT_VARIABLES.values()) <= set(settings.VARIABLES)
+    assert set(ports.PORT_VARIABLES.values()) <= set(settings.VARIABLES)
     assert set(hub.ENDPOINTS.values()) <= set(settings.VARIABLES)
     monkeypatch.setenv("FINEFLOW_MLFLOW_PORT", "15999")
-    assert stack._ports(tmp_path, "default")["mlflow"] == 15999 and stack._ports(tmp_path, "default")["s3"] == 18333
+    assert ports.chosen(tmp_path, "default")["mlflow"] == 15999 and ports.chosen(tmp_path, "default")["s3"] == 18333
     assert hub.endpoint("huggingface") == "https://huggingface.co"
 
 
@@ -120,6 +120,7 @@ def test_the_documented_table_is_the_declared_one():
 
 def test_telemetry_is_off_in_the_stack_and_what_fineflow_starts_unless_asked_for(tmp_path, monkeypatch):
     from infra import stack
+    from infra.ports import PORT_VARIABLES
 
     monkeypatch.delenv("FINEFLOW_TELEMETRY", raising=False)
     monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
@@ -127,7 +128,7 @@ def test_telemetry_is_off_in_the_stack_and_what_fineflow_starts_unless_asked_for
     child = launchers.child_environment()
     assert child["MLFLOW_DISABLE_TELEMETRY"] == "true" and child["HF_HUB_DISABLE_TELEMETRY"] == "1"
     assert child["DO_NOT_TRACK"] == "0"
-    ports = dict.fromkeys(stack.PORT_VARIABLES, 1)
+    ports = dict.fromkeys(PORT_VARIABLES, 1)
     services = {svc.name: svc.env for svc in stack.services(tmp_path, ports)}
     assert all(e[k] == v for e in services.values() for k, v in settings.TELEMETRY_OFF.items())
     assert services["mlflow"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"  # its unused job consumers
