@@ -21,6 +21,7 @@ negatives are shared across devices only when there is more than one process.
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ from typing import Any, ClassVar
 
 from tasks import envs
 from tasks.core import Command
+from tasks.files import write_atomic
 from tasks.data import load_dataset, to_flagembedding
 from tasks.finetune.base import FinetuneParams, LazyLLMFinetuneBase, random_nccl_port
 from tasks.launchers import cuda_available
@@ -187,9 +189,9 @@ class FlagembeddingFinetune(LazyLLMFinetuneBase):
         else:
             head = [envs.bin_path(self.environment, "python"), "-m", module]
         env = {**self.command_env(), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        # FlagEmbedding's Trainer reloads a checkpoint's optimizer, scheduler, RNG and step, but not its weights (they
-        # are saved as the inner model's, without the wrapper's key prefix): the model starts from the checkpoint.
-        resumed = ["--model_name_or_path", resume, "--resume_from_checkpoint", resume] if resume else []
+        if resume:
+            wrapper_names(Path(resume))
+        resumed = ["--resume_from_checkpoint", resume] if resume else []
         # Its log lines carry no step: they are counted from the checkpoint's (parse_metrics).
         self._logged = int(Path(resume).name.rsplit("-", 1)[1]) // self.kw["logging_steps"] if resume else 0
         return Command([head + self.train_args(trainset) + resumed], return_value=self.target_path, env=env)
@@ -222,6 +224,27 @@ class FlagembeddingFinetune(LazyLLMFinetuneBase):
             return None
         self._logged = getattr(self, "_logged", 0) + ("loss" in metric)
         return {"step": self._logged * self.kw["logging_steps"], **metric}
+
+
+def wrapper_names(checkpoint: Path) -> None:
+    """Make a FlagEmbedding checkpoint resumable. It saves the weights under the inner model's names, while its
+    Trainer reloads them into the wrapper, whose names start with ``model.``: transformers then finds every key
+    missing and fails (FlagEmbedding 1.4.2: ``'BiEncoderOnlyEmbedderModel' object has no attribute
+    '_keys_to_ignore_on_save'``). The checkpoint's weights are renamed to the wrapper's, once, before resuming."""
+    from safetensors.torch import load_file, save_file
+
+    for path in sorted(checkpoint.glob("model*.safetensors")):
+        weights = load_file(path)
+        if all(name.startswith("model.") for name in weights):
+            continue
+        aside = path.with_name(f".{path.name}.new")
+        save_file({f"model.{name}": tensor for name, tensor in weights.items()}, str(aside), metadata={"format": "pt"})
+        os.replace(aside, path)
+    index = checkpoint / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {(k if k.startswith("model.") else f"model.{k}"): v for k, v in data["weight_map"].items()}
+        write_atomic(index, json.dumps(data, indent=1))
 
 
 def flagembedding(base_model: str, target_path: str, **kw) -> FlagembeddingFinetune:

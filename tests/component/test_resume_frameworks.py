@@ -67,12 +67,11 @@ def test_llamafactory_resumes_a_killed_run_where_it_stopped(tmp_path, small_data
 
     resumed = crashed.train_command(*data[0])  # as the pipeline's next run builds it
     config = (Path(resumed.argvs[0][2])).read_text()
-    step = int(json.loads(next(target.glob("checkpoint-*/trainer_state.json")).read_text())["global_step"])
+    step = max(int(json.loads(p.read_text())["global_step"]) for p in target.glob("checkpoint-*/trainer_state.json"))
     assert f"resume_from_checkpoint: {target}/checkpoint-{step}" in config and (target / f"checkpoint-{step}" /
                                                                               COMPLETE).is_file()
     text = run_whole(resumed, tmp_path / "resumed.log")
-    assert f"Resuming training from {target}/checkpoint-{step}" in text or "Continuing training from checkpoint" \
-        in text
+    assert f"Resuming training from checkpoint with epoch 0 and global step {step}" in text
     run_whole(whole.train_command(*data[1]), tmp_path / "whole.log")
 
     after = {r["current_steps"]: r["loss"] for r in read_jsonl(target / "trainer_log.jsonl") if "loss" in r}
@@ -88,7 +87,11 @@ def test_llamafactory_resumes_a_killed_run_where_it_stopped(tmp_path, small_data
 
 
 def test_flagembedding_resumes_a_killed_run_with_its_weights(tmp_path):
-    records = json.loads((EMBEDDED_MODELS.parent / "datasets" / "company_facts.json").read_text())[:64]
+    # One negative per query (the group size is 2): FlagEmbedding draws negatives at random as it builds a batch,
+    # and transformers restores the random state only after the first resumed batch is built, so with more to draw
+    # from, a resumed run's batches differ from an uninterrupted run's. Here they cannot, and the runs must agree.
+    records = [{**r, "neg": r["neg"][:1]} for r in
+               json.loads((EMBEDDED_MODELS.parent / "datasets" / "company_facts.json").read_text())[:64]]
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in records))
 
