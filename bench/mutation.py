@@ -52,12 +52,17 @@ MODULES = {
     "tasks/formatter/selector.py": "formatters",
     "tasks/formatter/files.py": "formatters",
     "tasks/data/formats.py": "dataset validation",
+    "tasks/servers/router.py": "the model router: key and size before the body, the target",
+    "tasks/bounds.py": "request and parameter bounds",
+    "tasks/services/cache.py": "the work-done cache keys",
+    "tasks/evaluate/retrieval.py": "retrieval evaluation",
 }
 TESTS = ["tests/unit/test_masking.py", "tests/unit/test_evaluate.py", "tests/unit/test_model_outputs.py",
          "tests/unit/test_inference.py", "tests/component/test_relay.py", "tests/component/test_relay_serving.py",
          "tests/unit/test_config.py", "tests/unit/test_prompter.py", "tests/unit/test_formatter.py",
          "tests/unit/test_formatter_properties.py", "tests/component/test_reference_diff.py", "tests/unit/test_data.py",
-         "tests/unit/test_datasets.py"]
+         "tests/unit/test_datasets.py", "tests/unit/test_router.py", "tests/unit/test_bounds.py",
+         "tests/unit/test_cache.py", "tests/unit/test_flagembedding.py"]
 COPY = ["tasks", "tests", "infra", "flows", "deployments", "prefect.yaml", "pyproject.toml"]
 TARGET = 0.85
 
