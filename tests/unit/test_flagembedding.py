@@ -107,8 +107,25 @@ def test_retrieval_metrics_by_hand():
     assert ndcg_at([1, 3], {1, 3}) == pytest.approx(1.0) and ndcg_at([9] * 10 + [1], {1}) == 0.0
     means = mean_metrics([[1, 2], [2, 1]], [{1}, {1}])
     assert means["mrr_at_10"] == 0.75 and means["recall_at_1"] == 0.5
-    with pytest.raises(ValueError, match="at least one relevant"):
+    with pytest.raises(ValueError, match="^every query needs at least one relevant passage$"):
         mean_metrics([[1]], [set()])
+
+
+def test_retrieval_metrics_with_several_relevant_passages_and_none_found():
+    """Worked by hand where one relevant passage per query would hide a wrong formula (a recall that multiplies,
+    an MRR that is not 0 when nothing relevant ranks in the top k, a mean that is not over the queries)."""
+    ranking, relevant = [5, 1, 9, 3, 7, 2], {1, 2, 3, 4}
+    assert recall_at(ranking, relevant, 1) == 0 and recall_at(ranking, relevant, 4) == 0.5
+    assert recall_at(ranking, relevant, 10) == 0.75
+    assert mrr_at(ranking, relevant) == 0.5 and mrr_at([8] * 10 + [1], {1}) == 0.0
+    assert ndcg_at(ranking, relevant) == pytest.approx(
+        (1 / math.log2(3) + 1 / math.log2(5) + 1 / math.log2(7)) / sum(1 / math.log2(i + 2) for i in range(4)))
+    means = mean_metrics([[1, 2, 3], [3, 2, 1], [9, 8, 7]], [{1}, {1}, {1}])
+    assert set(means) == {"mrr_at_10", "ndcg_at_10", "recall_at_1", "recall_at_5", "recall_at_10"}
+    assert means["mrr_at_10"] == pytest.approx((1 + 1 / 3 + 0) / 3)
+    assert means["ndcg_at_10"] == pytest.approx((1 + 1 / math.log2(4) + 0) / 3)
+    assert means["recall_at_1"] == pytest.approx(1 / 3) and means["recall_at_5"] == pytest.approx(2 / 3)
+    assert set(mean_metrics([[1]], [{1}], with_recall=False)) == {"mrr_at_10", "ndcg_at_10"}
 
 
 def test_rerank_pairs_are_judged_by_query():
