@@ -2,8 +2,9 @@
 the limit is refused unread, a streamed (chunked) body is cut at it, and its status is behind the key; /health
 stays open for probes and a target that needs no key gets none asked.
 
-The target is a closed port: a request that passes the router's checks is forwarded and gets 502, one refused by
-them never gets that far."""
+Where the target is a closed port, a request that passes the router's checks is forwarded and gets 502, one refused
+by them never gets that far; a live target (``echo``) shows what is forwarded (method, path, query, headers but the
+hop-by-hop ones, the body) and relayed back, and the requests in flight counted per target."""
 
 from __future__ import annotations
 
@@ -66,3 +67,80 @@ def test_status_is_behind_the_key_and_a_keyless_target_asks_for_none(client):
     target = router.read_state(client.state_path)["target"]
     router.switch(client.state_path, target, "4", api_key=False)  # an endpoint served with api_key: false
     assert client.post("/v1/completions", json={"prompt": "hi"}).status_code == 502
+
+
+@pytest.fixture()
+def echo():
+    """A live target: answers 201 with what it received (method, path, query, headers, body) and a header of its
+    own; ``/slow`` answers after a second."""
+    import asyncio
+    import threading
+    import time
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def received(request):
+        if request.url.path == "/slow":
+            await asyncio.sleep(1)
+        return JSONResponse({"method": request.method, "path": request.url.path, "query": str(request.query_params),
+                             "headers": dict(request.headers), "body": (await request.body()).decode()}, 201,
+                            headers={"x-echo": "yes"})
+
+    app = Starlette(routes=[Route("/{path:path}", received, methods=["GET", "POST", "PUT"])])
+    port = net.free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_requests_are_forwarded_whole_and_answers_relayed(client, echo, monkeypatch):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    router.switch(client.state_path, None, "0")
+    empty = client.post("/v1/completions", headers=auth, json={})
+    assert empty.status_code == 503 and empty.json() == {"error": {"message": "no version is being served",
+                                                                   "type": "server_error"}}
+    router.switch(client.state_path, echo, "5")  # the router reads the state again when the file changes
+    monkeypatch.setattr(router, "MAX_BODY", 10_000)
+    answer = client.put("/v1/x?a=1&b=two", headers={**auth, "X-Custom": "kept", "Keep-Alive": "timeout=99"},
+                        content=b"y" * 10_000)  # exactly the limit: forwarded
+    got = answer.json()
+    assert answer.status_code == 201 and answer.headers["x-echo"] == "yes"
+    assert (got["method"], got["path"], got["query"], got["body"]) == ("PUT", "/v1/x", "a=1&b=two", "y" * 10_000)
+    assert got["headers"]["x-custom"] == "kept" and got["headers"]["authorization"] == f"Bearer {KEY}"
+    # Hop-by-hop headers are each connection's own: not passed on; the target gets its own Host.
+    assert "keep-alive" not in got["headers"] and got["headers"]["host"] == echo.removeprefix("http://")
+    refused = client.post("/v1/x", headers={"Authorization": f"Basic {KEY}"}, content=b"z")
+    assert refused.json() == {"error": {"message": "a valid API key is required: Authorization: Bearer <key>",
+                                        "type": "authentication_error"}}
+    status = client.get("/router/status", headers=auth).json()
+    assert status == {"target": echo, "version": "5", "model": "m@production", "inflight": {}}
+
+
+def test_requests_in_flight_are_counted_per_target_until_their_answer_ends(client, echo):
+    import threading
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    router.switch(client.state_path, echo, "6")
+    slow = threading.Thread(target=lambda: client.get("/slow", headers=auth))
+    slow.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 5
+        while not (seen := client.get("/router/status", headers=auth).json()["inflight"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert seen == {echo: 1}
+    finally:
+        slow.join()
+    assert client.get("/router/status", headers=auth).json()["inflight"] == {}
