@@ -144,8 +144,8 @@ def state_dir() -> Path:
     return Path(env("FINEFLOW_HOME") or REPO_ROOT / ".fineflow").resolve()
 
 
-# The local stack's users (infra.credentials makes their passwords). A user name is masked in logs like a secret:
-# MLflow's is one no log says otherwise.
+# The local stack's users (infra.credentials makes their passwords). User names are masked in logs like secrets
+# (tasks.masking), so MLflow's is not "fineflow", which every model name holds.
 MLFLOW_USER, PREFECT_USER = "fineflow-admin", "fineflow"
 
 
@@ -157,12 +157,12 @@ def secret_file(name: str, home: Path | None = None) -> Path:
 def stack_logins(home: Path) -> dict[str, str]:
     """The local stack's logins kept in ``home`` (made at its first start), as the variables clients read; none
     before that start."""
-    files = {name: secret_file(name, home) for name in ("prefect-password", "mlflow-password")}
-    found = {name: path.read_text().strip() for name, path in files.items() if path.exists()}
-    logins = {"PREFECT_API_AUTH_STRING": f"{PREFECT_USER}:{found['prefect-password']}"} if found.get(
-        "prefect-password") else {}
-    if found.get("mlflow-password"):
-        logins |= {"MLFLOW_TRACKING_USERNAME": MLFLOW_USER, "MLFLOW_TRACKING_PASSWORD": found["mlflow-password"]}
+    prefect, mlflow = (secret_file(name, home) for name in ("prefect-password", "mlflow-password"))
+    logins = {}
+    if prefect.exists():
+        logins["PREFECT_API_AUTH_STRING"] = f"{PREFECT_USER}:{prefect.read_text().strip()}"
+    if mlflow.exists():
+        logins |= {"MLFLOW_TRACKING_USERNAME": MLFLOW_USER, "MLFLOW_TRACKING_PASSWORD": mlflow.read_text().strip()}
     return logins
 
 
