@@ -62,7 +62,7 @@ TESTS = ["tests/unit/test_masking.py", "tests/unit/test_evaluate.py", "tests/uni
          "tests/unit/test_config.py", "tests/unit/test_prompter.py", "tests/unit/test_formatter.py",
          "tests/unit/test_formatter_properties.py", "tests/component/test_reference_diff.py", "tests/unit/test_data.py",
          "tests/unit/test_datasets.py", "tests/unit/test_router.py", "tests/unit/test_bounds.py",
-         "tests/unit/test_cache.py", "tests/unit/test_flagembedding.py"]
+         "tests/unit/test_cache.py", "tests/unit/test_flagembedding.py", "tests/component/test_flagembedding.py"]
 COPY = ["tasks", "tests", "infra", "flows", "deployments", "prefect.yaml", "pyproject.toml"]
 TARGET = 0.85
 

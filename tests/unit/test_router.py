@@ -8,6 +8,8 @@ hop-by-hop ones, the body) and relayed back, and the requests in flight counted 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 
 from tasks import net
@@ -69,15 +71,35 @@ def test_status_is_behind_the_key_and_a_keyless_target_asks_for_none(client):
     assert client.post("/v1/completions", json={"prompt": "hi"}).status_code == 502
 
 
+@contextmanager
+def served(app):
+    """``app`` served by uvicorn on a free port in a thread, for the block; yields its URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = net.free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture()
 def echo():
     """A live target: answers 201 with what it received (method, path, query, headers, body) and a header of its
     own; ``/slow`` answers after a second."""
     import asyncio
-    import threading
-    import time
 
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -89,18 +111,8 @@ def echo():
                              "headers": dict(request.headers), "body": (await request.body()).decode()}, 201,
                             headers={"x-echo": "yes"})
 
-    app = Starlette(routes=[Route("/{path:path}", received, methods=["GET", "POST", "PUT"])])
-    port = net.free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(Starlette(routes=[Route("/{path:path}", received, methods=["GET", "POST", "PUT"])])) as url:
+        yield url
 
 
 def test_requests_are_forwarded_whole_and_answers_relayed(client, echo, monkeypatch):
@@ -144,3 +156,32 @@ def test_requests_in_flight_are_counted_per_target_until_their_answer_ends(clien
     finally:
         slow.join()
     assert client.get("/router/status", headers=auth).json()["inflight"] == {}
+
+
+def test_drain_waits_for_the_requests_in_flight_to_a_target(client, echo):
+    """``drain`` (what a promotion calls before it stops the old endpoint) against the router over HTTP: at once
+    when nothing is in flight, after the slow request ends otherwise, False when that takes longer than allowed,
+    and at once where no router answers."""
+    import threading
+    import time
+
+    import httpx
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    router.switch(client.state_path, echo, "7")
+    with served(router.create_app(client.state_path, KEY)) as url:
+        assert router.drain(url, echo, auth, timeout_s=5)
+        slow = threading.Thread(target=lambda: httpx.get(f"{url}/slow", headers=auth, timeout=10))
+        slow.start()
+        deadline = time.monotonic() + 5
+        while not httpx.get(f"{url}/router/status", headers=auth).json()["inflight"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert not router.drain(url, echo, auth, timeout_s=0.3)  # still in flight after 0.3 s
+        assert router.drain(url, "http://127.0.0.1:1", auth, timeout_s=0.3)  # another target: nothing in flight
+        started = time.monotonic()
+        assert router.drain(url, echo, auth, timeout_s=10)
+        assert time.monotonic() - started < 2
+        slow.join(timeout=5)
+        assert not slow.is_alive()
+    assert router.drain(url, echo, auth, timeout_s=5)  # the router is gone: nothing in flight through it
