@@ -5,8 +5,8 @@ never printed. Every port the stack opens asks for one of them:
 - SeaweedFS's own servers (master, volume, filer, admin; their HTTP and gRPC ports): mutual TLS with a CA made here
   (``tls/``), so only the gateway inside the same ``weed`` process gets through; the filer and volume servers check
   JWTs on top. A browser or another user's process cannot list, write or delete the bucket past S3.
-- MLflow: its ``basic-auth`` app, user ``fineflow``, password in ``secrets/mlflow-password``.
-- Prefect: its server's auth string (``secrets/prefect-auth-string``), and CORS for its own UI's origin only.
+- MLflow: its ``basic-auth`` app, user ``fineflow-admin``, password in ``secrets/mlflow-password``.
+- Prefect: its server's auth string ``fineflow:<secrets/prefect-password>``, and CORS for its own UI's origin only.
 
 ``tasks.settings.Settings`` reads the secrets back for fineflow's clients; ``python -m infra.stack env`` prints
 exports that read them from their files (no secret on the screen).
