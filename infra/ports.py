@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.net import free_ports
+from tasks.net import free_ports, lost_port_race
 from tasks.settings import env
 
 # Each service's port: FINEFLOW_<NAME>_PORT, declared with its default in tasks.settings.
@@ -22,7 +22,6 @@ PORT_VARIABLES = {"s3": "FINEFLOW_S3_PORT", "s3_master": "FINEFLOW_S3_MASTER_POR
 SERVICE_PORTS = {"s3": ("s3", "s3_master", "s3_volume", "s3_filer"), "mlflow": ("mlflow",),
                  "prefect": ("prefect",), "ray-head": ("ray",)}
 TWIN_OFFSET = 10000  # SeaweedFS serves gRPC on port + 10000: those must be free and distinct too
-TAKEN = ("address already in use", "is not available")  # uvicorn's and Ray's words, and SeaweedFS's
 
 
 def chosen(home: Path, mode: str) -> dict[str, int]:
@@ -37,8 +36,7 @@ def chosen(home: Path, mode: str) -> dict[str, int]:
 
 def can_move(stack: dict, service: str, error: str) -> bool:
     """Whether ``service`` failed because a port it was given was taken, and its ports were picked free."""
-    return stack.get("ports_mode") == "free" and service in SERVICE_PORTS and \
-        any(words in error.lower() for words in TAKEN)
+    return stack.get("ports_mode") == "free" and service in SERVICE_PORTS and lost_port_race(error)
 
 
 def move(home: Path, service: str) -> dict[str, int]:

@@ -59,6 +59,15 @@ def free_port(twin_offset: int = 0) -> int:
     return free_ports(1, twin_offset)[0]
 
 
+# What a server says when its port was taken: uvicorn's and Ray's words, and SeaweedFS's.
+PORT_TAKEN = ("address already in use", "is not available")
+
+
+def lost_port_race(text: str) -> bool:
+    """Whether a server's error or log tail says its port was taken (another process bound it first)."""
+    return any(words in text.lower() for words in PORT_TAKEN)
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         try:

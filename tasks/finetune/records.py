@@ -2,8 +2,8 @@
 
 A JSON-lines file is indexed once (the byte offset of each record: 8 bytes apiece, about a second for millions of
 lines); a record is read, rendered and tokenized when a batch that holds it is built. Memory stays flat and the first
-step comes once the model is loaded, whatever the file's size: tokenizing a 30 MB file (254k records) whole before
-step 1 took 5.5 minutes and 1.75 GB.
+step comes once the model is loaded, whatever the file's size (``bench/big_data.py``: 30 MB of records reached step 1
+in 3.6 s at 456 MB, against 23.2 s and 947 MB when every record was tokenized first).
 """
 
 from __future__ import annotations

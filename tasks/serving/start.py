@@ -13,18 +13,13 @@ from typing import Any, NamedTuple
 
 from tasks.deploy import engine_for
 from tasks.deploy.base import LazyLLMDeployBase
-from tasks.net import LOOPBACK
+from tasks.net import LOOPBACK, lost_port_race
 from tasks.services import keys
 from tasks.serving import platforms
 from tasks.serving.endpoints import Endpoint
 
 
 PORT_ATTEMPTS = 3  # a free port chosen here can be taken by another process before the server binds it
-
-
-def lost_port_race(error: Exception) -> bool:
-    """Whether a server failed to start because its port was taken (the error holds its log's tail)."""
-    return "address already in use" in str(error).lower()
 
 
 class Started(NamedTuple):
@@ -62,7 +57,7 @@ def start_engine(engine: LazyLLMDeployBase, model_path: str, endpoint_name: str,
                                 relaunch)
             break
         except RuntimeError as e:
-            if not (chose_port and lost_port_race(e) and attempt < PORT_ATTEMPTS - 1):
+            if not (chose_port and lost_port_race(str(e)) and attempt < PORT_ATTEMPTS - 1):
                 raise
             log(f"port {engine.port} was taken before {endpoint_name} could listen on it: starting it on another")
             engine.port = None
