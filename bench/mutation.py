@@ -22,47 +22,64 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.settings import env, environ
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-# module -> what it decides, for the report. The tests below are the ones that exercise them (mutmut runs, for
-# each mutant, only the tests that reached the mutated function).
+# The tests of the modules measured first (language-model evaluation, serving, prompters, formatters, data):
+# mutmut runs, for each mutant, only the tests that reached the mutated function.
+LLM_TESTS = ["tests/unit/test_masking.py", "tests/unit/test_evaluate.py", "tests/unit/test_model_outputs.py",
+             "tests/unit/test_inference.py", "tests/component/test_relay.py", "tests/component/test_relay_serving.py",
+             "tests/unit/test_config.py", "tests/unit/test_prompter.py", "tests/unit/test_formatter.py",
+             "tests/unit/test_formatter_properties.py", "tests/component/test_reference_diff.py",
+             "tests/unit/test_data.py", "tests/unit/test_datasets.py"]
+SERVER_TESTS = ["tests/component/test_relay.py", "tests/component/test_relay_serving.py",
+                "tests/unit/test_inference.py"]
+EMBED_TESTS = ["tests/component/test_embed_serving.py"]
+# Tests that run a mutated module under another environment's interpreter, where mutmut (which the mutated code
+# imports) is not installed: they cannot run here.
+DESELECT = ["tests/component/test_embed_serving.py::test_sparse_embeddings_come_from_flagembedding_in_its_environment"]
+# module -> (what it decides, for the report; the test files that exercise it). A run of several modules runs the
+# union of their tests.
 MODULES = {
-    "tasks/evaluate/__init__.py": "evaluation",
-    "tasks/evaluate/llm.py": "exact match, the response loss, perplexity",
-    "tasks/evaluate/gate.py": "the gate",
-    "tasks/finetune/merge.py": "LoRA merge and the weights-moved check",
-    "tasks/inference/prompts.py": "prompt styles",
-    "tasks/inference/generation.py": "greedy generation, the response loss",
-    "tasks/servers/relay.py": "the built-in server's routes",
-    "tasks/servers/openai_api.py": "the built-in server's requests and errors",
-    "tasks/servers/batching.py": "batched, streamed decoding",
-    "tasks/pipeline/config.py": "pipeline config validation",
-    "tasks/masking.py": "secret masking",
-    "tasks/prompter/base.py": "prompters",
-    "tasks/prompter/alpaca.py": "prompters",
-    "tasks/prompter/chat.py": "prompters",
-    "tasks/prompter/prompter.py": "prompters",
-    "tasks/prompter/tools.py": "prompters",
-    "tasks/formatter/base.py": "formatters",
-    "tasks/formatter/structured.py": "formatters",
-    "tasks/formatter/selector.py": "formatters",
-    "tasks/formatter/files.py": "formatters",
-    "tasks/data/formats.py": "dataset validation",
-    "tasks/servers/router.py": "the model router: key and size before the body, the target",
-    "tasks/bounds.py": "request and parameter bounds",
-    "tasks/services/cache.py": "the work-done cache keys",
-    "tasks/evaluate/retrieval.py": "retrieval evaluation",
+    "tasks/evaluate/__init__.py": ("evaluation", LLM_TESTS),
+    "tasks/evaluate/llm.py": ("exact match, the response loss, perplexity", LLM_TESTS),
+    "tasks/evaluate/gate.py": ("the gate", LLM_TESTS),
+    "tasks/finetune/merge.py": ("LoRA merge and the weights-moved check", LLM_TESTS),
+    "tasks/inference/prompts.py": ("prompt styles", LLM_TESTS),
+    "tasks/inference/generation.py": ("greedy generation, the response loss", LLM_TESTS),
+    "tasks/servers/relay.py": ("the built-in server's routes", SERVER_TESTS),
+    "tasks/servers/openai_api.py": ("the built-in server's requests and errors", SERVER_TESTS),
+    "tasks/servers/batching.py": ("batched, streamed decoding", SERVER_TESTS),
+    "tasks/pipeline/config.py": ("pipeline config validation", LLM_TESTS),
+    "tasks/masking.py": ("secret masking", LLM_TESTS),
+    "tasks/prompter/base.py": ("prompters", LLM_TESTS),
+    "tasks/prompter/alpaca.py": ("prompters", LLM_TESTS),
+    "tasks/prompter/chat.py": ("prompters", LLM_TESTS),
+    "tasks/prompter/prompter.py": ("prompters", LLM_TESTS),
+    "tasks/prompter/tools.py": ("prompters", LLM_TESTS),
+    "tasks/formatter/base.py": ("formatters", LLM_TESTS),
+    "tasks/formatter/structured.py": ("formatters", LLM_TESTS),
+    "tasks/formatter/selector.py": ("formatters", LLM_TESTS),
+    "tasks/formatter/files.py": ("formatters", LLM_TESTS),
+    "tasks/data/formats.py": ("dataset validation", LLM_TESTS),
+    "tasks/servers/router.py": ("the model router: key and size before the body, the target",
+                                ["tests/unit/test_router.py"]),
+    "tasks/bounds.py": ("request and parameter bounds", ["tests/unit/test_bounds.py", "tests/unit/test_config.py"]),
+    "tasks/services/cache.py": ("the work-done cache: keys and records", ["tests/unit/test_cache.py",
+                                                                          "tests/e2e/test_bucket_records.py"]),
+    "tasks/pipeline/incoming.py": ("new data told apart from production's", ["tests/unit/test_incoming.py",
+                                                                            "tests/e2e/test_bucket_records.py"]),
+    "tasks/services/keys.py": ("the endpoints' API key", ["tests/unit/test_keys.py"]),
+    "tasks/evaluate/retrieval.py": ("retrieval evaluation", ["tests/unit/test_flagembedding.py",
+                                                             "tests/component/test_flagembedding.py"]),
+    "tasks/servers/embed.py": ("the embedding and rerank server", EMBED_TESTS),
+    "tasks/servers/microbatch.py": ("the embedding server's micro-batcher", EMBED_TESTS),
 }
-TESTS = ["tests/unit/test_masking.py", "tests/unit/test_evaluate.py", "tests/unit/test_model_outputs.py",
-         "tests/unit/test_inference.py", "tests/component/test_relay.py", "tests/component/test_relay_serving.py",
-         "tests/unit/test_config.py", "tests/unit/test_prompter.py", "tests/unit/test_formatter.py",
-         "tests/unit/test_formatter_properties.py", "tests/component/test_reference_diff.py", "tests/unit/test_data.py",
-         "tests/unit/test_datasets.py", "tests/unit/test_router.py", "tests/unit/test_bounds.py",
-         "tests/unit/test_cache.py", "tests/unit/test_flagembedding.py", "tests/component/test_flagembedding.py"]
 COPY = ["tasks", "tests", "infra", "flows", "deployments", "prefect.yaml", "pyproject.toml"]
 TARGET = 0.85
 
@@ -80,14 +97,37 @@ def scratch_copy(work: Path) -> None:
         shutil.copy2(REPO / rel, dest)
 
 
+def tests_of(modules: list[str]) -> list[str]:
+    """The test files of ``modules``, each once, in the order first named."""
+    return list(dict.fromkeys(t for m in modules for t in MODULES[m][1]))
+
+
 def write_config(work: Path, modules: list[str]) -> None:
     lines = ["[mutmut]", "source_paths=tasks", "process_isolation=forkserver",
              "also_copy=", *[f"    {p}" for p in ("infra", "flows", "deployments", "prefect.yaml")],
              "only_mutate=", *[f"    {m}" for m in modules],
-             "pytest_add_cli_args_test_selection=", *[f"    {t}" for t in TESTS],
-             # The tests that start the real stack take half a minute each time: they are left out here.
-             "pytest_add_cli_args=", "    -p", "    no:cacheprovider", "    -x", "    -q", "    -m", "    not stack"]
+             "pytest_add_cli_args_test_selection=", *[f"    {t}" for t in tests_of(modules)],
+             "pytest_add_cli_args=", "    -p", "    no:cacheprovider", "    -x", "    -q",
+             *[f"    --deselect={t}" for t in DESELECT]]
     (work / "setup.cfg").write_text("\n".join(lines) + "\n")
+
+
+@contextmanager
+def shared_stack(work: Path, modules: list[str]) -> Iterator[dict[str, str]]:
+    """One real stack for the whole run when a module's tests need it (``tests/e2e``): started here once, under the
+    scratch copy, and used as it is by every mutant's tests (``FINEFLOW_TEST_STACK_HOME``; starting one per mutant
+    would take half a minute each). Yields the variables the tests need."""
+    if not any(t.startswith("tests/e2e/") for t in tests_of(modules)):
+        yield {}
+        return
+    home = work / ".stack"
+    stack_env = {**environ(), "FINEFLOW_HOME": str(home)}
+    print(f"starting a stack for the tests under {home} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "infra.stack", "up", "--ports", "free"], cwd=work, env=stack_env, check=True)
+    try:
+        yield {"FINEFLOW_TEST_STACK_HOME": str(home)}
+    finally:
+        subprocess.run([sys.executable, "-m", "infra.stack", "down"], cwd=work, env=stack_env)
 
 
 def module_of(mutant: str) -> str:
@@ -96,14 +136,16 @@ def module_of(mutant: str) -> str:
     return dotted.replace(".", "/") + ".py"
 
 
-def collect(work: Path, mutmut: list[str]) -> dict[str, dict[str, str]]:
-    out = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, capture_output=True, text=True,
-                         check=True).stdout
+def collect(work: Path) -> dict[str, dict[str, str]]:
+    """Each mutant's status, from the exit codes mutmut recorded. mutmut reports 255 as a timeout, but its fork
+    server exits 255 when the test run could not start at all (pytest refused the test ids): that is an error here,
+    not a kill."""
+    from mutmut.stats import status_by_exit_code
+
     statuses: dict[str, dict[str, str]] = {}
-    for line in out.splitlines():
-        name, _, status = line.strip().rpartition(": ")
-        if name:
-            statuses.setdefault(module_of(name), {})[name] = status
+    for meta in sorted((work / "mutants").rglob("*.py.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            statuses.setdefault(module_of(name), {})[name] = "error" if code == 255 else status_by_exit_code[code]
     return statuses
 
 
@@ -128,7 +170,7 @@ def report(work: Path, mutmut: list[str], statuses: dict[str, dict[str, str]], s
         rows[module] = {"mutants": scored, "killed": killed, "score": round(killed / scored, 4) if scored else None,
                         "by_status": counts, "code": version, "seconds": round(seconds)}
         for name, status in statuses[module].items():
-            if status in ("survived", "no tests", "suspicious"):
+            if status in ("survived", "no tests", "suspicious", "error"):
                 diff = subprocess.run([*mutmut, "show", name], cwd=work, capture_output=True, text=True).stdout
                 survivors.setdefault(module, []).append({"mutant": name, "status": status, "diff": diff.strip()})
     return {"target": TARGET, "modules": rows, "survivors": survivors}
@@ -152,7 +194,8 @@ def write_report(result: dict) -> Path:
     for module, row in result["modules"].items():
         score = f"{row['score']:.1%}" if row["score"] is not None else "-"
         flag = "" if row["score"] is None or row["score"] >= TARGET else " **below target**"
-        lines.append(f"| `{module}` | {MODULES.get(module, '')} | {row['mutants']} | {row['killed']} | {score}{flag} "
+        what = MODULES.get(module, ("",))[0]
+        lines.append(f"| `{module}` | {what} | {row['mutants']} | {row['killed']} | {score}{flag} "
                      f"| {row.get('code', '')} | {row.get('seconds') or '-'} s |"
                      + (f" {row['note']}" if row.get("note") else ""))
     lines += ["", "## Survivors", ""]
@@ -172,20 +215,25 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(env("FINEFLOW_MUTATION_DIR")).expanduser())
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
-    unknown = [m for m in args.modules if not (REPO / m).is_file()]
+    unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
-        sys.exit(f"no such module: {', '.join(unknown)}")
+        sys.exit(f"not a module of this bench (add it to MODULES with its tests): {', '.join(unknown)}")
     mutmut = [str(Path(sys.executable).parent / "mutmut")]
     if not Path(mutmut[0]).exists():
         sys.exit("mutmut is not installed in this environment: run `make mutation` (it installs mutmut==3.8.1)")
     scratch_copy(args.workdir)
     write_config(args.workdir, args.modules)
-    print(f"mutating {len(args.modules)} modules in {args.workdir}, tests: {' '.join(TESTS)}", flush=True)
+    print(f"mutating {len(args.modules)} modules in {args.workdir}, tests: {' '.join(tests_of(args.modules))}",
+          flush=True)
     start = time.monotonic()
     child_env = {**environ(), "FINEFLOW_HOME": str(args.workdir / ".fineflow"),
                  "FINEFLOW_HYPOTHESIS_PROFILE": "mutation"}
-    run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=args.workdir, env=child_env)
-    statuses = collect(args.workdir, mutmut)
+    with shared_stack(args.workdir, args.modules) as stack_env:
+        run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=args.workdir,
+                             env={**child_env, **stack_env})
+    statuses = collect(args.workdir)
+    if not statuses:
+        sys.exit(f"mutmut ran no mutant (exit code {run.returncode}): the report is left as it was")
     result = report(args.workdir, mutmut, statuses, time.monotonic() - start)
     path = write_report(result)
     for module, row in result["modules"].items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -21,6 +22,14 @@ from tests.support.paths import DATASET, TINY_MODEL
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TIERS = ("unit", "component", "e2e")
+
+
+def pytest_make_parametrize_id(config, val, argname):
+    """A string parameter's id without backslashes, newlines or non-ASCII: pytest escapes those, and the escaped id
+    no longer selects its test on a command line (``bench/mutation.py`` runs tests by id)."""
+    if isinstance(val, str) and re.search(r"[^\x20-\x7e]|\\", val):
+        return re.sub(r"[^\x20-\x5b\x5d-\x7e]+", "_", val)
+    return None
 
 
 def pytest_collection_modifyitems(items):

@@ -163,19 +163,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def server(argv: list[str] | None = None):
+    """The server for the command line ``argv`` (the key from ``FINEFLOW_API_KEY``), not yet running."""
     args = parse_args(argv)
     key = required_key(args.host)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     app = create_app(args.model, args.name, args.kind, engine=args.engine, sparse=args.sparse, api_key=key,
                      max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_inputs=args.max_inputs,
                      max_documents=args.max_documents, max_body_bytes=args.max_body_bytes)
     print(f"fineflow {args.kind} server: {args.name} on {args.host}:{args.port}, API key "
           f"{'required' if key else 'OFF (loopback only)'}, batches of up to {args.max_batch}", flush=True)
-    uvicorn_server(app, args.host, args.port).run()
+    return uvicorn_server(app, args.host, args.port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    # pragma: no mutate start (runs only in the server process, which tests/component/test_embed_serving.py starts
+    # and queries; a mutation tester sees in-process calls only.)
+    threads = parse_args(argv).threads
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    server(argv).run()
+    # pragma: no mutate end
 
 
 if __name__ == "__main__":

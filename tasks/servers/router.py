@@ -34,6 +34,10 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 MAX_BODY = 8_000_000  # the endpoints bound bodies far lower; this only keeps the router itself bounded
 MAX_CONNECTIONS = 512
 OPEN_PATHS = ("/health",)  # forwarded without the key: readiness probes
+UPSTREAM_TIMEOUT_S = 600  # one generation may take minutes on a CPU; connecting to a live endpoint does not
+CONNECT_TIMEOUT_S = 5
+KEEP_ALIVE_S = 5  # an idle client connection is closed after this
+POLL_S = 0.2  # how often drain() asks the router again
 
 
 def read_state(path: Path) -> dict:
@@ -61,7 +65,7 @@ def create_app(state_path: Path, api_key: str | None = None):
 
     cache = {"mtime": None, "state": {}}
     inflight: Counter[str] = Counter()
-    client = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5))
+    client = httpx.AsyncClient(timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
 
     def state() -> dict:
         mtime = state_path.stat().st_mtime_ns if state_path.exists() else None
@@ -149,15 +153,18 @@ def drain(url: str, target: str, headers: dict[str, str] | None = None, timeout_
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if not httpx.get(f"{url}/router/status", headers=headers, timeout=5).json()["inflight"].get(target):
+            if not httpx.get(f"{url}/router/status", headers=headers,
+                             timeout=CONNECT_TIMEOUT_S).json()["inflight"].get(target):
                 return True
         except httpx.HTTPError:
             return True  # no router, nothing in flight through it
-        time.sleep(0.2)
+        time.sleep(POLL_S)
     return False
 
 
-def main(argv: list[str] | None = None) -> None:
+def server(argv: list[str] | None = None):
+    """The router for the command line ``argv`` (the key from ``FINEFLOW_API_KEY``), on the state's port, not yet
+    running."""
     import uvicorn
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -165,8 +172,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
     port = read_state(args.state)["port"]
-    uvicorn.run(create_app(args.state, env("FINEFLOW_API_KEY")), host=args.host, port=port, log_level="warning",
-                timeout_keep_alive=5, limit_concurrency=MAX_CONNECTIONS, http=HeaderDeadline)
+    return uvicorn.Server(uvicorn.Config(
+        create_app(args.state, env("FINEFLOW_API_KEY")), host=args.host, port=port, log_level="warning",
+        timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONNECTIONS, http=HeaderDeadline))
+
+
+def main(argv: list[str] | None = None) -> None:
+    server(argv).run()  # pragma: no mutate (runs in the router process only; tests run server() in-process)
 
 
 if __name__ == "__main__":

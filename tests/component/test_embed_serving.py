@@ -240,3 +240,51 @@ def test_the_embedded_reranker_is_built_deterministically(tmp_path):
     assert sha256_file(built / "model.safetensors") == sha256_file(EMBEDDED_MODELS / RERANK / "model.safetensors")
     config = json.loads((built / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 1
+
+
+def test_the_command_line_builds_the_server_it_names(capsys, monkeypatch):
+    """What ``python -m tasks.servers.embed`` serves, in-process: every option reaches the app, the key comes from
+    the environment, the help says what each option is for."""
+    from fastapi.testclient import TestClient
+
+    from tasks.servers.embed import parse_args, server
+
+    assert vars(parse_args(["--model", "m", "--port", "1"])) == {
+        "model": "m", "port": 1, "host": "127.0.0.1", "name": "fineflow-embed", "kind": "embed",
+        "engine": "huggingface", "sparse": False, "max_batch": 64, "batch_wait_ms": 0, "max_inputs": 2048,
+        "max_documents": 1000, "max_body_bytes": 8_000_000, "threads": 0}
+    for bad in (["--port", "1"], ["--model", "m"], ["--model", "m", "--port", "1", "--kind", "chat"],
+                ["--model", "m", "--port", "1", "--engine", "infinity"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for words in ("The built-in embedding and rerank server.", "lexical weights instead of dense vectors",
+                  "texts (or pairs) encoded together at most", "how long a batch waits for company",
+                  "texts per /v1/embeddings request", "documents per /v1/rerank request",
+                  "torch's threads (0: torch's default)"):
+        assert words in shown, words
+
+    monkeypatch.setenv("FINEFLOW_API_KEY", KEY)
+    srv = server(["--model", EMBEDDER, "--port", "5", "--host", "localhost", "--name", "e2", "--max-batch", "3",
+                  "--batch-wait-ms", "7", "--max-inputs", "2", "--max-body-bytes", "300"])
+    assert (srv.config.host, srv.config.port) == ("localhost", 5)
+    assert capsys.readouterr().out == "fineflow embed server: e2 on localhost:5, API key required, batches of up " \
+                                      "to 3\n"
+    batcher = srv.config.app.state.batcher
+    assert (batcher.max_batch, batcher.wait_s) == (3, 0.007)
+    with TestClient(srv.config.app) as c:
+        assert c.post("/v1/embeddings", json={"input": "a"}).status_code == 401
+        assert c.get("/health").json()["model"] == "e2"
+        assert c.post("/v1/embeddings", json={"input": ["a", "b"]}, headers=auth()).json()["model"] == "e2"
+        three = c.post("/v1/embeddings", json={"input": ["a", "b", "c"]}, headers=auth())
+        assert three.status_code == 400 and "at most 2" in three.json()["error"]["message"]
+        assert c.post("/v1/embeddings", json={"input": "x" * 400}, headers=auth()).status_code == 413
+    srv = server(["--model", RERANKER, "--port", "6", "--kind", "rerank", "--max-documents", "2"])
+    assert "fineflow rerank server: fineflow-embed on 127.0.0.1:6" in capsys.readouterr().out
+    with TestClient(srv.config.app) as c:
+        assert c.get("/health").json()["kind"] == "rerank"
+        many = c.post("/v1/rerank", json={"query": "q", "documents": ["a", "b", "c"]}, headers=auth())
+        assert many.status_code == 400 and "at most 2 per request" in many.json()["error"]["message"]

@@ -16,6 +16,7 @@ from tasks import net
 from tasks.servers import router
 
 KEY = "ff-router-test-key"
+METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
 
 @pytest.fixture()
@@ -74,13 +75,20 @@ def test_status_is_behind_the_key_and_a_keyless_target_asks_for_none(client):
 @contextmanager
 def served(app):
     """``app`` served by uvicorn on a free port in a thread, for the block; yields its URL."""
-    import threading
-    import time
 
     import uvicorn
 
     port = net.free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    with running(uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def running(server):
+    """A uvicorn server run in a thread for the block, once it has started."""
+    import threading
+    import time
+
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -88,7 +96,7 @@ def served(app):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -109,9 +117,9 @@ def echo():
             await asyncio.sleep(1)
         return JSONResponse({"method": request.method, "path": request.url.path, "query": str(request.query_params),
                              "headers": dict(request.headers), "body": (await request.body()).decode()}, 201,
-                            headers={"x-echo": "yes"})
+                            headers={"x-echo": "yes", "keep-alive": "timeout=99"})
 
-    with served(Starlette(routes=[Route("/{path:path}", received, methods=["GET", "POST", "PUT"])])) as url:
+    with served(Starlette(routes=[Route("/{path:path}", received, methods=METHODS)])) as url:
         yield url
 
 
@@ -127,6 +135,7 @@ def test_requests_are_forwarded_whole_and_answers_relayed(client, echo, monkeypa
                         content=b"y" * 10_000)  # exactly the limit: forwarded
     got = answer.json()
     assert answer.status_code == 201 and answer.headers["x-echo"] == "yes"
+    assert "keep-alive" not in answer.headers  # the target's hop-by-hop headers are not relayed either
     assert (got["method"], got["path"], got["query"], got["body"]) == ("PUT", "/v1/x", "a=1&b=two", "y" * 10_000)
     assert got["headers"]["x-custom"] == "kept" and got["headers"]["authorization"] == f"Bearer {KEY}"
     # Hop-by-hop headers are each connection's own: not passed on; the target gets its own Host.
@@ -143,18 +152,19 @@ def test_requests_in_flight_are_counted_per_target_until_their_answer_ends(clien
 
     auth = {"Authorization": f"Bearer {KEY}"}
     router.switch(client.state_path, echo, "6")
-    slow = threading.Thread(target=lambda: client.get("/slow", headers=auth))
-    slow.start()
+    slow = [threading.Thread(target=lambda: client.get("/slow", headers=auth)) for _ in range(2)]
+    for thread in slow:
+        thread.start()
     try:
         import time
 
         deadline = time.monotonic() + 5
-        while not (seen := client.get("/router/status", headers=auth).json()["inflight"]):
-            assert time.monotonic() < deadline
+        while (seen := client.get("/router/status", headers=auth).json()["inflight"]) != {echo: 2}:
+            assert time.monotonic() < deadline, seen
             time.sleep(0.05)
-        assert seen == {echo: 1}
     finally:
-        slow.join()
+        for thread in slow:
+            thread.join()
     assert client.get("/router/status", headers=auth).json()["inflight"] == {}
 
 
@@ -185,3 +195,100 @@ def test_drain_waits_for_the_requests_in_flight_to_a_target(client, echo):
         slow.join(timeout=5)
         assert not slow.is_alive()
     assert router.drain(url, echo, auth, timeout_s=5)  # the router is gone: nothing in flight through it
+
+
+def test_every_method_is_forwarded(client, echo):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    router.switch(client.state_path, echo, "8")
+    for method in METHODS:
+        answer = client.request(method, "/v1/x", headers=auth)
+        assert answer.status_code == 201, method
+        if method != "HEAD":
+            assert answer.json()["method"] == method
+
+
+def test_errors_say_what_went_wrong_in_the_openai_shape():
+    import json
+
+    for status, kind in ((401, "authentication_error"), (413, "invalid_request_error"), (400, "invalid_request_error"),
+                         (502, "server_error"), (503, "server_error")):
+        response = router.error(status, f"why {status}")
+        assert response.status_code == status
+        assert json.loads(response.body) == {"error": {"message": f"why {status}", "type": kind}}
+
+
+def test_a_target_that_does_not_answer_is_a_502_and_leaves_nothing_in_flight(client):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    target = router.read_state(client.state_path)["target"]  # a closed port
+    answer = client.post("/v1/completions", headers=auth, json={})
+    assert answer.status_code == 502
+    assert answer.json()["error"]["message"].startswith(f"the endpoint at {target} did not answer: ")
+    assert answer.json()["error"]["type"] == "server_error"
+    assert client.get("/router/status", headers=auth).json()["inflight"] == {}
+
+
+def test_a_router_without_state_serves_nothing_and_says_so(tmp_path):
+    from starlette.testclient import TestClient
+
+    missing = tmp_path / "none@production.json"
+    assert router.read_state(missing) == {}
+    with TestClient(router.create_app(missing, KEY)) as c:
+        assert c.get("/router/health").json() == {"status": "ok", "serving": False}
+        assert c.post("/v1/x", headers={"Authorization": f"Bearer {KEY}"}).status_code == 503
+
+
+def test_the_state_is_read_again_only_when_its_file_changes(client, echo):
+    """A switch is a new file (a new modification time): seen at once. The same modification time is the same
+    state: not read again for every request."""
+    import os
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    previous = router.read_state(client.state_path)["target"]
+    assert router.switch(client.state_path, echo, "11") == previous  # the target it replaced
+    assert client.get("/router/status", headers=auth).json()["version"] == "11"
+    stat = client.state_path.stat()
+    router.write_state(client.state_path, {**router.read_state(client.state_path), "version": "12"})
+    os.utime(client.state_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert client.get("/router/status", headers=auth).json()["version"] == "11"
+    os.utime(client.state_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert client.get("/router/status", headers=auth).json()["version"] == "12"
+
+
+def test_the_key_is_what_follows_the_scheme_and_no_key_configured_asks_for_none(tmp_path, echo):
+    from starlette.testclient import TestClient
+
+    state = tmp_path / "m@production.json"
+    router.write_state(state, {"model": "m@production", "port": 1, "target": echo, "version": "1"})  # no api_key
+    with TestClient(router.create_app(state, "a key with spaces")) as c:
+        assert c.post("/v1/x").status_code == 401  # a state that does not say: the endpoint requires the key
+        assert c.post("/v1/x", headers={"Authorization": "Bearer a key with spaces"}).status_code == 201
+        assert c.post("/v1/x", headers={"Authorization": "bearer a key with spaces"}).status_code == 201
+    with TestClient(router.create_app(state, None)) as c:  # no key in the router's environment (loopback only)
+        assert c.get("/router/status").json()["target"] == echo
+        assert c.post("/v1/x").status_code == 201
+
+
+def test_the_command_line_serves_the_state_on_its_port_with_the_key_from_the_environment(tmp_path, echo,
+                                                                                         monkeypatch):
+    import httpx
+
+    from tasks.servers.header_deadline import HeaderDeadline
+
+    state = tmp_path / "m@production.json"
+    port = net.free_port()
+    router.write_state(state, {"model": "m@production", "port": port})
+    router.switch(state, echo, "2")
+    monkeypatch.setenv("FINEFLOW_API_KEY", KEY)
+    srv = router.server(["--state", str(state)])
+    config = srv.config
+    assert (config.host, config.port, config.log_level) == ("127.0.0.1", port, "warning")
+    assert (config.timeout_keep_alive, config.limit_concurrency, config.http) == (5, 512, HeaderDeadline)
+    assert router.server(["--state", str(state), "--host", "localhost"]).config.host == "localhost"
+    with running(srv):
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/router/health").json() == {"status": "ok", "serving": True}
+        assert httpx.get(f"{url}/router/status").status_code == 401
+        status = httpx.get(f"{url}/router/status", headers={"Authorization": f"Bearer {KEY}"}).json()
+        assert (status["target"], status["version"]) == (echo, "2")
+    with pytest.raises(SystemExit):
+        router.server([])  # no state
