@@ -232,7 +232,7 @@ def main() -> None:
         run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=args.workdir,
                              env={**child_env, **stack_env})
     statuses = collect(args.workdir)
-    if not statuses:
+    if not any(s != "not checked" for module in statuses.values() for s in module.values()):
         sys.exit(f"mutmut ran no mutant (exit code {run.returncode}): the report is left as it was")
     result = report(args.workdir, mutmut, statuses, time.monotonic() - start)
     path = write_report(result)

@@ -5,6 +5,7 @@ against SeaweedFS and the MLflow registry. Each test works under names of its ow
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 
 import pytest
@@ -52,7 +53,9 @@ def test_a_data_home_tells_new_data_from_what_production_was_trained_on(stack, t
     assert incoming.check(config) == incoming.DataCheck(pipeline=name, uri=home + "first.jsonl", sha256=first_sha,
                                                         production_sha256=first_sha, changed=False)
 
-    # A newer dataset file is; a file of another kind in the home is no dataset.
+    # A newer dataset file is; a file of another kind in the home is no dataset. (S3 times objects to the second:
+    # the newer file is written in a later one.)
+    time.sleep(1.1)
     second = tmp_path / "second.csv"
     second.write_text("instruction,output\nc,d\n")
     incoming.push(second, name)
