@@ -59,7 +59,7 @@ test-component: envs ## one real server, one real training or one framework envi
 test-e2e: envs browser ## the local stack and its worker, started on free ports
 	$(BIN)/python -m pytest tests/e2e
 
-mutation: env      ## mutation score of the modules where a wrong answer is silent (about an hour; not in `test`)
+mutation: env      ## mutation score of the modules where a wrong answer is silent (about two hours; not in `test`)
 	$(BIN)/python -m pip install -q mutmut==3.8.1
 	$(BIN)/python -m bench.mutation
 

@@ -1,15 +1,16 @@
 """Mutation score of the modules where a wrong answer is silent (mutmut, from PyPI).
 
-    make mutation                                   # all the modules below; about an hour on 2 cores
+    make mutation                                   # all the modules below; about two hours on 2 cores
     .venv/bin/python -m bench.mutation tasks/masking.py tasks/evaluate/__init__.py   # some of them
 
-Each mutant is a small change to the code (``<`` for ``<=``, a string altered, a value
-dropped); a test suite that notices it kills it. The run happens in a scratch copy of the
-repository (``$FINEFLOW_MUTATION_DIR``, default ``~/.cache/fineflow/mutation``), so the
-checkout never holds mutated code. It reports the killed share per module and lists every
-survivor with its diff in ``bench/results/mutation.{json,md}``; a run of some modules replaces
-their rows there and keeps the others, each row naming the commit it was measured on. Not part
-of ``make test``.
+Each mutant is a small change to the code (``<`` for ``<=``, a string altered, a value dropped); a
+test suite that notices it kills it. Each mutant runs the tests its module names (``MODULES``) that
+reach the mutated function; tests of the real stack use one stack started for the whole run. The run
+happens in a scratch copy of the repository (``$FINEFLOW_MUTATION_DIR``, default
+``~/.cache/fineflow/mutation``), so the checkout never holds mutated code. It reports the killed share
+per module and lists every survivor with its diff in ``bench/results/mutation.{json,md}``; a run of
+some modules replaces their rows there and keeps the others, each row naming the commit it was
+measured on. Not part of ``make test``.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def test_the_evaluators_rank_as_the_models_score_computed_here_independently():
     import numpy as np
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
-    from tasks.evaluate.retrieval import embedder_set, score_embedder, score_reranker
+    from tasks.evaluate.retrieval import embedder_pair, embedder_set, reranker_pair, score_embedder, score_reranker
 
     data = json.loads((EMBEDDED_MODELS.parent / "datasets" / "company_facts.json").read_text())
     val, rest = data[:12], data[12:40]
@@ -57,7 +57,17 @@ def test_the_evaluators_rank_as_the_models_score_computed_here_independently():
     assert got.n == 12 and len(judged.corpus) == len({p for r in rest + val for p in [*r["pos"], *r["neg"]]})
     assert got.recall_at_1 == pytest.approx(sum(k == 1 for k in ranks) / 12)
     assert got.mrr_at_10 == pytest.approx(sum(1 / k for k in ranks if k <= 10) / 12)
+    assert got.ndcg_at_10 == pytest.approx(sum(1 / np.log2(k + 1) for k in ranks if k <= 10) / 12)
+    assert got.recall_at_10 == pytest.approx(sum(k <= 10 for k in ranks) / 12)
     assert 0 < got.recall_at_1 < 1  # the base confuses some queries: a set where ranking matters
+    assert got.model_path == str(EMBEDDED_MODELS / EMBED)
+    best = [int(row.argmax()) for row in sims]
+    assert got.samples == [{"query": judged.queries[i], "first": judged.corpus[best[i]],
+                            "hit": judged.corpus[best[i]] in val[i]["pos"]} for i in range(5)]
+    # The pair the gate compares: base and candidate scored on the same judged set (the records joined to the rest
+    # for the corpus).
+    base, candidate = embedder_pair(str(EMBEDDED_MODELS / EMBED), str(EMBEDDED_MODELS / EMBED), val, rest)
+    assert base == candidate == got
 
     rr = reranker_set(val[:6])
     got = score_reranker(str(EMBEDDED_MODELS / RERANK), rr)
@@ -68,3 +78,9 @@ def test_the_evaluators_rank_as_the_models_score_computed_here_independently():
         ranks.append(1 + int((scores > scores[next(iter(rel))]).sum()))
     assert got.mrr_at_10 == pytest.approx(sum(1 / k for k in ranks if k <= 10) / 6)
     assert got.recall_at_1 is None and got.n == 6
+    assert got.ndcg_at_10 == pytest.approx(sum(1 / np.log2(k + 1) for k in ranks if k <= 10) / 6)
+    firsts = [int(np.argmax(cross.predict([(query, d) for d in cands]))) for query, cands in zip(rr.queries,
+                                                                                                  rr.candidates)]
+    assert got.samples == [{"query": rr.queries[i], "first": rr.candidates[i][firsts[i]],
+                            "hit": firsts[i] in rr.relevant[i]} for i in range(5)]
+    assert reranker_pair(str(EMBEDDED_MODELS / RERANK), str(EMBEDDED_MODELS / RERANK), val[:6]) == (got, got)
