@@ -165,3 +165,20 @@ def test_files_a_framework_reads_stay_under_the_data_roots():
         load_config("deployments/quickstart.yaml", {"finetune": {"params": {"deepspeed": "/etc/passwd"}}})
     with pytest.raises(ConfigError, match=r"finetune.llamafactory.params.config_path: \.\./x.yaml resolves to"):
         load_config("deployments/llamafactory.yaml", {"finetune": {"params": {"config_path": "../x.yaml"}}})
+
+
+def test_the_range_check_itself():
+    """``out_of_range`` on its own: the ends of a range, values it does not judge (no range, not a number, a
+    boolean), special values, and every problem named in one message."""
+    assert bounds.out_of_range({"lora_r": 1, "lora_r_top": 0}) == []  # a name without a range is not judged
+    assert bounds.out_of_range({"lora_r": 1024}) == [] and bounds.out_of_range({"learning_rate": 1}) == []
+    assert bounds.out_of_range({"lora_r": 1025}) == ["lora_r=1025 is out of range (1 <= lora_r <= 1024)"]
+    assert bounds.out_of_range({"learning_rate": 0.0}) == ["learning_rate=0.0 is out of range "
+                                                           "(0 < learning_rate <= 1)"]
+    assert bounds.out_of_range({"lora_dropout": True, "lora_r": "16", "max_steps": None}) == []
+    assert bounds.out_of_range({"max_steps": -1}) == [] and bounds.out_of_range({"max_steps": -2})
+    assert bounds.describe("n", bounds.Bound(1, 10, also=(-1, 0))) == "1 <= n <= 10 or -1 or 0"
+    with pytest.raises(ValueError, match=r"^X: lora_r=0 is out of range \(1 <= lora_r <= 1024\); batch_size=0 is "
+                                         r"out of range \(1 <= batch_size <= 100000\)$"):
+        bounds.check("X", {"lora_r": 0, "batch_size": 0})
+    bounds.check("X", {"lora_r": 8})
