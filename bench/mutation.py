@@ -157,9 +157,10 @@ def code_version() -> str:
     return commit.strip() + ("+dirty" if dirty else "")
 
 
-def report(work: Path, mutmut: list[str], statuses: dict[str, dict[str, str]], seconds: float) -> dict:
+def report(work: Path, mutmut: list[str], statuses: dict[str, dict[str, str]], seconds: float,
+           version: str) -> dict:
+    """The rows and survivors of this run; ``version`` is the code it copied when it began."""
     rows, survivors = {}, {}
-    version = code_version()
     for module in sorted(statuses):
         counts: dict[str, int] = {}
         for status in statuses[module].values():
@@ -222,6 +223,7 @@ def main() -> None:
     mutmut = [str(Path(sys.executable).parent / "mutmut")]
     if not Path(mutmut[0]).exists():
         sys.exit("mutmut is not installed in this environment: run `make mutation` (it installs mutmut==3.8.1)")
+    version = code_version()  # what the scratch copy holds, whatever is committed while the run goes on
     scratch_copy(args.workdir)
     write_config(args.workdir, args.modules)
     print(f"mutating {len(args.modules)} modules in {args.workdir}, tests: {' '.join(tests_of(args.modules))}",
@@ -235,7 +237,7 @@ def main() -> None:
     statuses = collect(args.workdir)
     if not any(s != "not checked" for module in statuses.values() for s in module.values()):
         sys.exit(f"mutmut ran no mutant (exit code {run.returncode}): the report is left as it was")
-    result = report(args.workdir, mutmut, statuses, time.monotonic() - start)
+    result = report(args.workdir, mutmut, statuses, time.monotonic() - start, version)
     path = write_report(result)
     for module, row in result["modules"].items():
         print(f"{module:32s} {row['killed']:4d}/{row['mutants']:<4d} {row['score'] or 0:.1%}")
