@@ -6,7 +6,8 @@ export FINEFLOW_HOME ?= $(CURDIR)/.fineflow
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 APT    := $(if $(filter 0,$(shell id -u)),,sudo -n) apt-get
 
-.PHONY: env data envs browser up down status deploy demo test test-fast test-component test-e2e mutation model reset
+.PHONY: env data envs browser up down status deploy demo test test-fast test-component test-e2e mutation model reset \
+        k8s-pool k8s-deploy k8s-validate image
 
 # The environment: pinned packages (requirements.lock), then this project, editable.
 $(BIN)/.installed: requirements.lock requirements-nodeps.lock pyproject.toml
@@ -48,7 +49,7 @@ browser:          ## Debian's Chromium, for the test that opens a run report (in
 	  { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends chromium >/dev/null; }; }
 
 test: envs browser ## the whole suite, every tier (what CI runs; it starts its own stack on free ports)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=25
 
 test-fast: env     ## the unit tier: no server, no training, under a minute
 	$(BIN)/python -m pytest tests/unit -q
@@ -58,6 +59,21 @@ test-component: envs ## one real server, one real training or one framework envi
 
 test-e2e: envs browser ## the local stack and its worker, started on free ports
 	$(BIN)/python -m pytest tests/e2e
+
+image: env         ## fineflow's image, built here without a registry (infra/image/build.py); FRAMEWORKS="ray ..." adds envs
+	$(BIN)/python -m infra.image.build $(if $(FRAMEWORKS),--frameworks $(FRAMEWORKS))
+
+# Kubernetes (docs/kubernetes.md): the pool on the Prefect server PREFECT_API_URL names (the local stack's by default),
+# the image the cluster pulls as IMAGE=REGISTRY/fineflow:TAG.
+IMAGE ?= fineflow:$(shell git rev-parse --short HEAD 2>/dev/null)
+k8s-pool: env      ## create or update the fineflow-k8s work pool from infra/k8s/base-job-template.json
+	$(BIN)/python -m infra.kubernetes pool --image $(IMAGE)
+
+k8s-deploy: k8s-pool ## register prefect.yaml's *-k8s deployments on it
+	$(BIN)/python -m infra.kubernetes deploy
+
+k8s-validate: env  ## check infra/k8s/*.yaml strictly against Kubernetes' schemas (1.25 and 1.37)
+	$(BIN)/python -m infra.kubernetes validate
 
 mutation: env      ## mutation score of the modules where a wrong answer is silent (about two hours; not in `test`)
 	$(BIN)/python -m pip install -q mutmut==3.8.1

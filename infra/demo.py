@@ -2,7 +2,7 @@
 model, SmolLM2-135M-Instruct, learning basic arithmetic) through the worker.
 
     python -m infra.demo                 # the whole demo
-    python -m infra.demo deploy          # only `prefect deploy --all` against the stack
+    python -m infra.demo deploy          # only register the local pool's deployments (prefect deploy) on the stack
     python -m infra.demo run NAME        # run a deployment of prefect.yaml (finetune/NAME, deploy/ocr, ...) and
                                          # print its summary
     python -m infra.demo push-data FILE PIPELINE   # put a dataset in the pipeline's data home (s3://.../incoming/)
@@ -24,6 +24,7 @@ from tasks.settings import REPO_ROOT, Settings, environ
 
 
 DEMO = "smollm2-arithmetic"  # the pipeline `make demo` runs; finetune/quickstart is the tests' tiny model
+LOCAL_POOL = "fineflow-local"  # the stack's process pool; the *-k8s deployments are infra.kubernetes'
 
 
 def prefect_env() -> dict[str, str]:
@@ -39,12 +40,14 @@ def prefect_api():
     return coordination.prefect_api()
 
 
-def deployment_names() -> list[str]:
+def deployment_names(pool: str | None = None) -> list[str]:
+    """prefect.yaml's deployments (those of work pool ``pool`` only, when given), as ``flow/deployment``."""
     import yaml
 
     spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     # A flow is named as its function (flows/finetune.py:finetune -> finetune/<deployment>).
-    return [f"{d['entrypoint'].rpartition(':')[2]}/{d['name']}" for d in spec["deployments"]]
+    return [f"{d['entrypoint'].rpartition(':')[2]}/{d['name']}" for d in spec["deployments"]
+            if pool in (None, d["work_pool"]["name"])]
 
 
 def resolve(name: str) -> str:
@@ -59,14 +62,32 @@ def resolve(name: str) -> str:
     sys.exit(f"{name!r} names {' and '.join(matches)}: give the full name")
 
 
-def register_deployments() -> None:
-    print("registering Prefect deployments from prefect.yaml ...", flush=True)
-    argv = [str(stack.BIN / "prefect"), "--no-prompt", "deploy", "--all"]
+def register_deployments(pool: str = LOCAL_POOL) -> None:
+    """``prefect deploy`` of prefect.yaml's deployments on work pool ``pool`` (the local stack's by default)."""
+    print(f"registering the Prefect deployments of prefect.yaml on work pool {pool} ...", flush=True)
+    names = deployment_names(pool)
+    argv = [str(stack.BIN / "prefect"), "--no-prompt", "deploy", *(arg for n in names for arg in ("--name", n))]
     proc = subprocess.run(argv, cwd=REPO_ROOT, env=prefect_env(), capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         sys.exit(f"prefect deploy failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    print(f"  deployments: {', '.join(deployment_names())}", flush=True)
+    print(f"  deployments: {', '.join(names)}", flush=True)
     ensure_crash_detection()
+
+
+def unregister_deployments(names: list[str]) -> None:
+    """Delete deployments (``flow/deployment``) with their triggers' automations, which Prefect leaves behind when
+    a deployment goes (they belong to it by owner); a name not registered is skipped."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with prefect_api(), get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                deployment = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+            client.delete_resource_owned_automations(f"prefect.deployment.{deployment.id}")
+            client.delete_deployment(deployment.id)
 
 
 CRASH_AUTOMATION = "fineflow: mark flow runs whose heartbeats stopped as Crashed"

@@ -58,7 +58,11 @@ VARIABLES = _declare(
                                          "another address exposes MLflow and the filer to that network)"),
     # Serving
     ("FINEFLOW_SERVING", "local", "where pipelines serve when their deploy section names no serving platform: "
-                                  "local, ray (the local stack's cluster) or ray://HEAD:PORT"),
+                                  "local, ray (the local stack's cluster), ray://HEAD:PORT (a head's GCS port, from a "
+                                  "node of the cluster) or ray-client://HEAD:PORT (a head's client server, from "
+                                  "anywhere)"),
+    ("FINEFLOW_EPHEMERAL", "", "1 where the flow run's machine does not outlive it (a Kubernetes Job's pod: the "
+                               "Kubernetes work pool sets it); serving.platform local is refused there"),
     ("FINEFLOW_SERVE_PORT", "14300", "Ray platform: the port of Ray Serve's HTTP proxy on the head (when "
                                      "serving.http is not given)"),
     ("FINEFLOW_RAY_PORT", "16379", "local stack with FINEFLOW_SERVING=ray: the Ray head's port"),

@@ -32,12 +32,13 @@ class Distributed(LazyLLMDeployBase):
     what the engine that runs on the cluster is given next. Keywords beyond the contract's ``launcher`` and
     ``port``: ``node_ip`` (this node's address), ``num_cpus``, ``num_gpus``, ``object_store_memory`` (bytes),
     ``replica_slots`` (how many ``serve_replicas`` replicas this node takes), and the node's own ports
-    (``node_manager_port``, ``object_manager_port``, ``min_worker_port``, ``max_worker_port``)."""
+    (``node_manager_port``, ``object_manager_port``, ``min_worker_port``, ``max_worker_port``; on the head
+    ``ray_client_server_port``, where drivers on machines outside the cluster connect: Ray's default 10001)."""
 
     engine: ClassVar[str] = "ray"
     serves: ClassVar[tuple[str, ...]] = ()
     allowed = ("node_ip", "num_cpus", "num_gpus", "object_store_memory", "replica_slots", "node_manager_port",
-               "object_manager_port", "min_worker_port", "max_worker_port", "temp_dir")
+               "object_manager_port", "min_worker_port", "max_worker_port", "temp_dir", "ray_client_server_port")
 
     def __init__(self, launcher: Any = None, port: int | None = None, **kw):
         check_kwargs(type(self).__name__, kw, self.allowed)
@@ -56,7 +57,7 @@ class Distributed(LazyLLMDeployBase):
         argv += [f"--node-ip-address={kw['node_ip']}", "--disable-usage-stats",
                  f"--resources={json.dumps({REPLICA_RESOURCE: kw['replica_slots']})}"]
         for key in ("num_cpus", "num_gpus", "object_store_memory", "node_manager_port", "object_manager_port",
-                    "min_worker_port", "max_worker_port", "temp_dir"):
+                    "min_worker_port", "max_worker_port", "temp_dir", "ray_client_server_port"):
             if kw.get(key) is not None:
                 argv.append(f"--{key.replace('_', '-')}={kw[key]}")
         # Ray's workers import the replicas' code (tasks.servers.ray_serve) from the checkout, on every node. Serve's

@@ -1,10 +1,11 @@
 """Serving that outlives the worker, and coordination across machines, on two real hosts.
 
 Host A and host B are network namespaces on a private bridge (``tests/support/hosts.py``), each with its own
-``FINEFLOW_HOME`` and Prefect worker; they share one Prefect server, MLflow and S3 on the bridge, and a Ray
-cluster (head on A, a worker node on B) serves every version through Ray Serve. The tests run in order on one
-set-up, each on what the one before left: v1 promoted from A, A lost, B re-runs, B promotes v2 under traffic, A
-and B race, a dead holder's slot comes back.
+``FINEFLOW_HOME`` and Prefect worker; they share one Prefect server, MLflow and S3 on the bridge, and a Ray cluster
+(head on A, a worker node on B) serves every version through Ray Serve, reached through the head's client server:
+B's worker sees none of the cluster's processes or files, as a Kubernetes Job's pod does not. The tests run in order
+on one set-up, each on what the one before left: v1 promoted from A, A lost, B re-runs, B promotes v2 under traffic,
+A and B race, a dead holder's slot comes back.
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def test_production_outlives_the_worker_and_the_home_that_promoted_it(hosts):
     assert state.is_completed(), logs[-4000:]
     v1 = registry.alias_version(MODEL, "production")
     tags = registry.version_tags(MODEL, v1)
-    assert tags["serving_platform"] == "ray" and tags["ray_address"] == hosts.ray_address, tags
+    assert tags["serving_platform"] == "ray" and tags["ray_address"] == hosts.ray_client, tags
+    # The same cluster through its GCS port, from beside a node (this process sees A's and B's).
+    assert f"{MODEL}@production" in platforms.platform(hosts.serving(gcs=True)).applications()
     url = production_url()
     assert url == f"http://{hosts.serve_http}/{MODEL}/production"
     # Two replicas, one on each node, behind the one URL.

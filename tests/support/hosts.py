@@ -1,11 +1,13 @@
 """Two hosts on this machine, for the tests of what crosses machines (``tests/e2e/test_two_hosts.py``).
 
-A private bridge (10.R.S.1/24) with two network namespaces on it, host A (.2) and host B (.3); the shared
-services (SeaweedFS S3, MLflow, a Prefect server: ``infra.stack`` with ``FINEFLOW_STACK_HOST``) bound to the
-bridge's address in the root namespace. Each host has its own ``FINEFLOW_HOME`` and its own Prefect worker on its
-own work pool (deployment ``finetune/two-hosts-<host>``), and reaches the services only through the bridge; a Ray
-cluster has its head on A and a worker node on B, and Serve's proxy on A. Traffic goes only to addresses inside
-the namespaces made here. Where namespaces cannot be made (not root, no ``ip``), both hosts are two homes on
+A private bridge (10.R.S.1/24) with two network namespaces on it, host A (.2) and host B (.3); the shared services
+(SeaweedFS S3, MLflow, a Prefect server: ``infra.stack`` with ``FINEFLOW_STACK_HOST``) bound to the bridge's address
+in the root namespace. Each host has its own ``FINEFLOW_HOME`` and its own Prefect worker on its own work pool
+(deployment ``finetune/two-hosts-<host>``), and reaches the services only through the bridge; a Ray cluster has its
+head on A and a worker node on B, and Serve's proxy on A. B's worker runs as a Kubernetes Job's pod would: in its
+own process and mount namespaces, it sees none of Ray's processes or files (a Ray driver there cannot use the node
+beside it), so its flows reach the cluster through Ray's client server, as A's do. Traffic goes only to addresses
+inside the namespaces made here. Where namespaces cannot be made (not root, no ``ip``), both hosts are two homes on
 loopback, and ``Hosts.isolated`` is False (the tests print it: never a silent stand-in).
 """
 
@@ -47,8 +49,16 @@ class Host:
     def argv(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.ns, *argv] if self.ns else argv
 
-    def start(self, label: str, argv: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        """``argv`` on this host, in its own process group, logging to ``<home>/logs/<label>.log``."""
+    def start(self, label: str, argv: list[str], extra_env: dict[str, str] | None = None,
+              hidden: list[str] = ()) -> subprocess.Popen:
+        """``argv`` on this host, in its own process group, logging to ``<home>/logs/<label>.log``; with ``hidden``
+        folders, in new process and mount namespaces where no process outside shows and those folders are empty."""
+        if hidden:
+            mounts = " && ".join(f"mount -t tmpfs tmpfs {folder}" for folder in hidden)
+            # sh stays the namespace's init (which ignores signals it has no handler for); argv, its child, gets
+            # the process group's SIGTERM.
+            argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount", "sh", "-c",
+                    f'{mounts} && "$@"', "sh", *argv]
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         with open(self.home / "logs" / f"{label}.log", "ab") as log:
             proc = subprocess.Popen(self.argv(argv), env={**environ(), **self.env, **(extra_env or {})}, cwd=REPO_ROOT,
@@ -94,7 +104,7 @@ class Hosts:
         self.a, self.b = (Host(name, f"{subnet}.{last}" if subnet else "127.0.0.1", root / f"home-{name}",
                                f"ff{name}{self.suffix}" if subnet else None) for name, last in (("a", 2), ("b", 3)))
         self.hub_home = root / "hub"
-        self.ray_address = self.serve_http = ""
+        self.ray_address = self.ray_client = self.serve_http = ""
         self.ray_procs: list[tuple[Host, str]] = []
 
     # -- the network -------------------------------------------------------------------------------------------
@@ -177,16 +187,21 @@ class Hosts:
             raise RuntimeError(f"prefect deploy failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
     def start_worker(self, host: Host) -> None:
+        """A's worker is on a node of the cluster; B's sees none of its processes or files."""
         host.home.mkdir(parents=True, exist_ok=True)
-        host.start("worker", [PREFECT, "worker", "start", "--pool", f"ff-two-hosts-{host.name}", "--type", "process"])
+        hidden = self.ray_dirs() if host is self.b and self.isolated else []
+        host.start("worker", [PREFECT, "worker", "start", "--pool", f"ff-two-hosts-{host.name}", "--type", "process"],
+                   hidden=hidden)
 
     # -- Ray: head on A, a worker node on B --------------------------------------------------------------------
     def start_ray(self) -> None:
         port = free_port()
         node = {"num_cpus": 1, "replica_slots": 4, "object_store_memory": 100_000_000}
-        head = Distributed(port=port, node_ip=self.a.ip, temp_dir=f"/tmp/ffr{self.suffix}a", **node).cmd()
-        self.ray_address = f"{self.a.ip}:{port}"
-        worker = Distributed(node_ip=self.b.ip, temp_dir=f"/tmp/ffr{self.suffix}b", **node).cmd(
+        client_port = free_port()
+        head = Distributed(port=port, node_ip=self.a.ip, temp_dir=self.ray_dirs()[0],
+                           ray_client_server_port=client_port, **node).cmd()
+        self.ray_address, self.ray_client = f"{self.a.ip}:{port}", f"ray://{self.a.ip}:{client_port}"
+        worker = Distributed(node_ip=self.b.ip, temp_dir=self.ray_dirs()[1], **node).cmd(
             master_ip=self.ray_address)
         self.a.start("ray-head", head.argvs[-1], head.env)
         self.ray_procs.append((self.a, "ray-head"))
@@ -199,9 +214,15 @@ class Hosts:
     def wait_for_nodes(self, n: int) -> None:
         wait_for_nodes(self.ray_address, n, [host.procs[label] for host, label in self.ray_procs])
 
-    def serving(self, replicas: int = 2) -> dict:
-        """The deploy section's ``serving`` for this cluster."""
-        return {"platform": "ray", "address": self.ray_address, "http": self.serve_http, "replicas": replicas}
+    def ray_dirs(self) -> list[str]:
+        """The Ray nodes' folders (sockets, session files) on A and on B."""
+        return [f"/tmp/ffr{self.suffix}{side}" for side in ("a", "b")]
+
+    def serving(self, replicas: int = 2, gcs: bool = False) -> dict:
+        """The deploy section's ``serving`` for this cluster: its client server, which every host reaches, B (no
+        node, when isolated) as well as A; with ``gcs`` the head's GCS port, for a driver beside a node."""
+        return {"platform": "ray", "address": self.ray_address if gcs else self.ray_client, "http": self.serve_http,
+                "replicas": replicas}
 
     def close(self) -> None:
         for host in (self.b, self.a):
@@ -210,8 +231,8 @@ class Hosts:
                     host.kill(label, signal.SIGTERM if label == "worker" else signal.SIGKILL)
         self.stop_services()
         self.drop_network()
-        for side in ("a", "b"):
-            shutil.rmtree(f"/tmp/ffr{self.suffix}{side}", ignore_errors=True)
+        for folder in self.ray_dirs():
+            shutil.rmtree(folder, ignore_errors=True)
 
     def describe(self) -> str:
         if self.isolated:

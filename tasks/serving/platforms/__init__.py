@@ -7,10 +7,13 @@
   that deployed it, and any worker can move, roll back or restore it.
 
 A pipeline chooses one in its deploy section (``serving: {platform: ray, address: HEAD:PORT, replicas: 2}``) or
-for every pipeline with ``FINEFLOW_SERVING`` (``local``, ``ray``: the local stack's cluster, or
-``ray://HEAD:PORT``). The section is checked when the config loads: a cluster that does not answer is an error
-before anything is trained. A version records its section in ``deploy_config``, so it is served again where it
-was. A new platform is a module here with a row in ``PLATFORMS``.
+for every pipeline with ``FINEFLOW_SERVING`` (``local``, ``ray``: the local stack's cluster,
+``ray://HEAD:PORT``, or ``ray-client://HEAD:PORT``). ``address`` is the head's GCS port where the worker's machine
+is a node of the cluster (a Ray driver there uses the node's files and processes), or ``ray://HOST:PORT``, the
+head's client server, from a machine that is not (a Kubernetes Job's pod). The section is checked when the config
+loads: a cluster that does not answer is an error before anything is trained. A version records its section in
+``deploy_config``, so it is served again where it was. A new platform is a module here with a row in
+``PLATFORMS``.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ __all__ = ["PLATFORMS", "Log", "ServingPlatform", "ServingSection", "of_endpoint
 def platform(section: ServingSection | dict | None) -> ServingPlatform:
     """The platform a serving section (or its recorded JSON form, not checked against the cluster again) names;
     None: local."""
+    # A recorded section is where a version was served, not a choice to check again: its defaults are filled in
+    # unvalidated (validation asks the cluster, and refuses local serving where FINEFLOW_EPHEMERAL is set).
     if section is None:
-        section = ServingSection()
+        section = ServingSection.model_construct()
     elif isinstance(section, dict):
-        section = ServingSection.model_construct(**{**ServingSection().model_dump(), **section})
+        section = ServingSection.model_construct(**{**ServingSection.model_construct().model_dump(), **section})
     return PLATFORMS[section.platform](section)
 
 

@@ -6,6 +6,7 @@ import json
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,7 +22,9 @@ Log = Callable[[str], None]
 class ServingSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     platform: Literal["local", "ray"] = "local"
-    address: str | None = None  # ray: the head's host:port ("stack": the local stack's cluster)
+    # ray: the head's host:port (GCS: this machine runs a Ray node of the cluster), ray://host:port (Ray's client,
+    # from any machine: a Kubernetes Job's pod), or "stack" (the local stack's cluster)
+    address: str | None = None
     # ray: where Serve's proxy listens, host:port (default: the head's host, FINEFLOW_SERVE_PORT)
     http: str | None = None
     replicas: int = Field(1, ge=1, le=1000)  # ray: engine servers per version, at most one per node
@@ -29,35 +32,79 @@ class ServingSection(BaseModel):
 
     @classmethod
     def from_setting(cls) -> "ServingSection":
-        """``FINEFLOW_SERVING``: ``local``, ``ray`` (the local stack's cluster) or ``ray://HEAD:PORT``."""
+        """``FINEFLOW_SERVING``: ``local``, ``ray`` (the local stack's cluster), ``ray://HEAD:PORT`` (the head's
+        GCS port) or ``ray-client://HEAD:PORT`` (the head's Ray client server)."""
         value = env("FINEFLOW_SERVING")
         if value == "local":
             return cls()
-        if value == "ray" or value.startswith("ray://"):
-            return cls(platform="ray", address=value[len("ray://"):] if "://" in value else "stack")
-        raise ValueError(f"FINEFLOW_SERVING={value!r}: expected local, ray or ray://HEAD:PORT")
+        if value == "ray":
+            return cls(platform="ray", address="stack")
+        if value.startswith("ray://"):
+            return cls(platform="ray", address=value[len("ray://"):])
+        if value.startswith("ray-client://"):
+            return cls(platform="ray", address="ray://" + value[len("ray-client://"):])
+        raise ValueError(f"FINEFLOW_SERVING={value!r}: expected local, ray, ray://HEAD:PORT or ray-client://HEAD:PORT")
 
     @model_validator(mode="after")
     def cluster_answers(self) -> "ServingSection":
         if self.platform == "local":
             if self.address or self.http or self.autoscaling or self.replicas != 1:
                 raise ValueError("serving: address, http, replicas and autoscaling are for platform: ray")
+            if env("FINEFLOW_EPHEMERAL") == "1":
+                raise ValueError("serving.platform local: this flow runs where nothing outlives it (FINEFLOW_EPHEMERAL"
+                                 "=1: a Kubernetes Job's pod), so an endpoint started here would stop with the run; "
+                                 "serve through the Ray platform's client: serving: {platform: ray, address: "
+                                 "ray://HEAD:10001} in the deploy section, or FINEFLOW_SERVING=ray-client://HEAD:10001 "
+                                 "in the pool's env")
             return self
         if self.address in (None, "stack"):
             self.address, stack_http = local_cluster()
             self.http = self.http or stack_http
         if self.autoscaling and self.replicas != 1:
             raise ValueError("serving: give replicas or autoscaling, not both")
-        host, _, port = self.address.rpartition(":")
+        host, port = head_host_port(self.address)
         if not host or not port.isdigit():
-            raise ValueError(f"serving.address {self.address!r}: expected HOST:PORT of the Ray head")
-        try:
-            socket.create_connection((host, int(port)), timeout=5).close()
-        except OSError as e:
-            raise ValueError(f"serving.address {self.address}: the Ray head does not answer ({e}); start the "
-                             "cluster (`make up` with FINEFLOW_SERVING=ray starts one here) or fix the address") from e
+            raise ValueError(f"serving.address {self.address!r}: expected HOST:PORT of the Ray head (or "
+                             "ray://HOST:PORT, its client server)")
+        if silent := head_silent(self.address):
+            raise ValueError(f"serving.address {self.address}: {silent}; start the cluster (`make up` with "
+                             "FINEFLOW_SERVING=ray starts one here) or fix the address")
+        if not self.address.startswith("ray://") and not ray_node_here():
+            raise ValueError(f"serving.address {self.address} is a Ray head's GCS port, which a Ray driver uses only "
+                             f"on a node of the cluster, and this machine runs no Ray node: give the head's client "
+                             f"server, ray://{host}:10001 at Ray's default client port (FINEFLOW_SERVING="
+                             f"ray-client://{host}:10001)")
         self.http = self.http or f"{host}:{env('FINEFLOW_SERVE_PORT')}"
         return self
+
+
+def head_silent(address: str, timeout_s: float = 5) -> str | None:
+    """Why the Ray head at ``host:port`` takes no connection, or None when it does. A Ray driver started against a
+    dead head waits minutes before it gives up; this answers in seconds."""
+    host, port = head_host_port(address)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        return f"the Ray head does not answer ({e})"
+    return None
+
+
+def ray_node_here(proc: str = "/proc") -> bool:
+    """Whether a Ray node (its raylet) runs on this machine, as a Ray driver given a GCS address looks for one."""
+    for cmdline in Path(proc).glob("[0-9]*/cmdline"):
+        try:
+            program = cmdline.read_bytes().split(b"\0", 1)[0]
+        except OSError:  # gone, or not ours to read
+            continue
+        if program.endswith(b"/raylet"):
+            return True
+    return False
+
+
+def head_host_port(address: str) -> tuple[str, str]:
+    """``host:port`` or Ray's client notation ``ray://host:port``: (host, port)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return host, port
 
 
 def local_cluster() -> tuple[str, str]:

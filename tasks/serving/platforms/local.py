@@ -1,5 +1,6 @@
-"""The local platform: versions are endpoint process groups on this machine (``tasks.serving.endpoints``), each
-model@alias a router (``tasks.servers.router``) on a port kept in ``$FINEFLOW_HOME/routers/``, so its URL
+"""The local platform: versions are endpoint process groups on this machine (``tasks.serving.endpoints``) or LoRA
+adapters on a shared base endpoint (``tasks.serving.adapter_endpoints``), each model@alias a router
+(``tasks.servers.router``) on a port kept in ``$FINEFLOW_HOME/routers/``, so its URL
 survives promotions, rollbacks and restarts. The default, and what ``make demo`` runs.
 """
 
@@ -15,7 +16,7 @@ from tasks.deploy.base import LazyLLMDeployBase
 from tasks.files import slug
 from tasks.servers.router import drain, read_state, switch, write_state
 from tasks.services import keys
-from tasks.serving import endpoints
+from tasks.serving import adapter_endpoints, endpoints
 from tasks.serving.endpoints import Endpoint
 from tasks.serving.platforms.base import Log, ServingPlatform
 from tasks.settings import state_dir
@@ -61,22 +62,24 @@ class LocalPlatform(ServingPlatform):
                                api_key_file=str(keys.key_path()) if api_key else None, relaunch=relaunch)
 
     def get(self, name: str) -> Endpoint | None:
-        return endpoints.get(name)
+        return endpoints.get(name) or adapter_endpoints.get(name)
 
     def stop(self, name: str) -> bool:
-        return endpoints.stop(name)
+        """An endpoint's processes stopped, or an adapter unloaded from its shared base (which keeps serving)."""
+        return endpoints.stop(name) or adapter_endpoints.unload(name)
 
     def route(self, model: str, alias: str, ep: Endpoint) -> str:
         return ensure_router(model, alias, urlparse(ep.url).hostname or "127.0.0.1")
 
     def switch(self, model: str, alias: str, ep: Endpoint, version: str) -> str | None:
-        return switch(router_state_path(model, alias), ep.url, version, api_key=bool(ep.api_key_file))
+        return switch(router_state_path(model, alias), ep.url, version, api_key=bool(ep.api_key_file),
+                      adapter=ep.adapter)
 
     def retire(self, model: str, alias: str, old_name: str, old_target: str | None, log: Log) -> bool:
         url = f"http://{(s := read_state(router_state_path(model, alias))).get('host')}:{s.get('port')}"
         if old_target and not drain(url, old_target, keys.auth_headers()):
             log(f"requests still running on {old_target} after the wait; stopping it anyway")
-        return endpoints.stop(old_name)
+        return self.stop(old_name)
 
     def route_status(self, model: str, alias: str) -> str:
         state = read_state(router_state_path(model, alias))

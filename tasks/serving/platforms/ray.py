@@ -26,7 +26,7 @@ from tasks.files import slug
 from tasks.masking import redact_text
 from tasks.services import keys
 from tasks.serving.endpoints import Endpoint
-from tasks.serving.platforms.base import Log, ServingPlatform
+from tasks.serving.platforms.base import Log, ServingPlatform, head_silent, ray_node_here
 from tasks.settings import REPO_ROOT, environ, state_dir
 
 
@@ -40,6 +40,14 @@ class RayPlatform(ServingPlatform):
     def drive(self, args: list[str], engine_env: dict[str, str] | None = None, timeout_s: float = 900,
               log_name: str = "ray-serve") -> dict:
         """Run one driver operation on the cluster; its last line of output is its JSON answer."""
+        address = str(self.section.address)
+        if silent := head_silent(address):
+            raise RayServeError(f"Ray Serve {args[0]} on {address}: {silent}")
+        if not address.startswith("ray://") and not ray_node_here():  # its driver would wait minutes, then fail
+            raise RayServeError(f"Ray Serve {args[0]} on {address}: a head's GCS port serves a driver only on a "
+                                "node of the cluster, and this machine runs no Ray node (a version served through "
+                                "it is driven from a node of its cluster, or served again through the client "
+                                "server: serving.address ray://HEAD:10001)")
         command = serve_driver([args[0], "--address", str(self.section.address), *args[1:]], engine_env)
         log_path = state_dir() / "logs" / f"{log_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
