@@ -65,15 +65,18 @@ def baseline(texts: list[str], tokens: int, model_path: Path = MODEL, style: str
 
 
 async def drive(url: str, headers: dict, model: str, texts: list[str], tokens: int, concurrency: int,
-                bos: str) -> dict:
-    """Stream every prompt, ``concurrency`` at a time; tokens/s over the wall time, and each first token's delay."""
+                bos: str, routes: list[tuple[str, str]] | None = None) -> dict:
+    """Stream every prompt, ``concurrency`` at a time; tokens/s over the wall time, and each first token's delay.
+    ``routes``: each prompt's own (url, model), for several endpoints or models at once."""
     import httpx
 
     limit = asyncio.Semaphore(concurrency)
     ttft: list[float] = []
     counted: list[int] = []
 
-    async def one(client: httpx.AsyncClient, text: str) -> None:
+    routes = routes or [(url, model)] * len(texts)
+
+    async def one(client: httpx.AsyncClient, text: str, url: str, model: str) -> None:
         async with limit:
             start = time.perf_counter()
             body = {"model": model, "prompt": bos + text, "max_tokens": tokens, "temperature": 0, "stream": True,
@@ -93,11 +96,12 @@ async def drive(url: str, headers: dict, model: str, texts: list[str], tokens: i
 
     async with httpx.AsyncClient(headers=headers, timeout=600,
                                  limits=httpx.Limits(max_connections=concurrency + 4)) as client:
-        await one(client, texts[0])  # warm up (vLLM compiles on its first requests)
+        for route in dict.fromkeys(routes):  # warm up each (vLLM compiles on its first requests)
+            await one(client, texts[0], *route)
         ttft.clear()
         counted.clear()
         start = time.perf_counter()
-        await asyncio.gather(*(one(client, t) for t in texts))
+        await asyncio.gather(*(one(client, t, *route) for t, route in zip(texts, routes)))
         wall = time.perf_counter() - start
     assert counted == [tokens] * len(texts), f"every request must generate {tokens} tokens: {counted}"
     return {"tokens_per_s": tokens * len(texts) / wall, "ttft_s": statistics.mean(ttft), "wall_s": wall}

@@ -51,7 +51,7 @@ BOUNDS: dict[str, Bound] = {
     "max_req_total_len": LENGTH, "max_total_token_num": LENGTH, "maxSeqLen": LENGTH, "maxInputTokenLen": LENGTH,
     "maxPrefillTokens": LENGTH, "running_max_req_size": COUNT, "block_size": Bound(1, 65_536),
     "cpu_kvcache_space_gib": Bound(1, 4096), "gpu_memory_utilization": Bound(0, 1, low_open=True),
-    "eos_id": Bound(0, BIG),
+    "eos_id": Bound(0, BIG), "max_loras": Bound(1, 1024),
 }
 
 

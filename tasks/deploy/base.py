@@ -116,6 +116,7 @@ class LazyLLMDeployBase(ComponentBase):
     auto_rank: ClassVar[int] = 100  # its place among the engines of a type: the lowest installed one wins
     gpu_key: ClassVar[str | None] = None  # the keyword that takes the GPU count (tensor parallelism)
     auto_by_name: ClassVar[bool] = False  # chosen by the model's name alone (speech): not by what is installed
+    serves_adapters: ClassVar[bool] = False  # serves LoRA adapters of its model, loaded at runtime (with_adapters)
 
     def __init__(self, *, launcher: Any = None, host: str | None = None, port: int | None = None,
                  name: str | None = None, prompt_style: str | None = None):
@@ -149,6 +150,13 @@ class LazyLLMDeployBase(ComponentBase):
         """The command that serves ``finetuned_model`` (``base_model`` when it holds no weights); ``master_ip``:
         join the Ray cluster there (only engines that span nodes take it)."""
         raise NotImplementedError
+
+    def with_adapters(self, max_adapters: int, base_revision: str, root: str) -> None:
+        """Serve LoRA adapters of the model beside it, loaded and unloaded while it runs (vLLM's
+        ``/v1/load_lora_adapter``), at most ``max_adapters`` in memory, each trained on ``base_revision`` of the
+        model and read from under ``root``. Only the engines with ``serves_adapters`` can."""
+        raise ValueError(f"deploy engine {self.engine!r} serves no LoRA adapters (deploy.serve: adapter needs "
+                         "one that does: relay or vllm)")
 
     def single_node(self, master_ip: str | None) -> None:
         """Refuse ``master_ip``: this engine serves from one node."""

@@ -6,13 +6,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from tasks import envs
 from tasks.core import Command, check_kwargs
-from tasks.deploy.base import DeployParams, LazyLLMDeployBase, model_to_serve, openai_text, response_json
+from tasks.deploy.base import (DeployParams, LazyLLMDeployBase, accelerators, model_to_serve, openai_text, require,
+                               response_json)
+from tasks.launchers import cuda_available
 
 
 class RelayParams(DeployParams):
@@ -23,6 +25,8 @@ class RelayParams(DeployParams):
     # torch's threads for decoding. 1: a small model's steps are too short to share, and more threads spin
     # against the event loop that streams the answers.
     threads: int = Field(1, ge=1, le=256)
+    # Where the model decodes: the first CUDA GPU when there is one (auto), or as named. float32 either way.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class RelayServer(LazyLLMDeployBase):
@@ -31,6 +35,7 @@ class RelayServer(LazyLLMDeployBase):
     api_key_env: ClassVar[str | None] = "FINEFLOW_API_KEY"
     auto_types: ClassVar[tuple[str, ...]] = ("llm",)
     auto_rank: ClassVar[int] = 90  # always installed: the LLM engine of last resort
+    serves_adapters: ClassVar[bool] = True
     allowed = ("host", "port", "name", "prompt_style", *RelayParams.model_fields)
 
     def __init__(self, launcher: Any = None, **kw):
@@ -38,6 +43,10 @@ class RelayServer(LazyLLMDeployBase):
         super().__init__(launcher=launcher, host=kw.get("host"), port=kw.get("port"), name=kw.get("name"),
                          prompt_style=kw.get("prompt_style", "alpaca"))
         self.params = RelayParams(**{k: v for k, v in kw.items() if k in RelayParams.model_fields})
+        self.adapters: list[str] = []  # the server's adapter flags (with_adapters)
+
+    def with_adapters(self, max_adapters: int, base_revision: str, root: str) -> None:
+        self.adapters = ["--max-adapters", str(max_adapters), "--base-revision", base_revision, "--adapter-root", root]
 
     @classmethod
     def auto_params(cls, ngpus: int, trust_remote_code: bool = True, log_path: str | None = None) -> dict[str, Any]:
@@ -56,11 +65,18 @@ class RelayServer(LazyLLMDeployBase):
                 "--host", self.host, "--port", str(self.listen_port()), "--name", self.name,
                 "--prompt-style", self.prompt_style, "--max-tokens", str(p.max_tokens),
                 "--max-body-bytes", str(p.max_body_bytes), "--max-batch", str(p.max_batch),
-                "--batch-wait-ms", str(p.batch_wait_ms), "--threads", str(p.threads)]
+                "--batch-wait-ms", str(p.batch_wait_ms), "--threads", str(p.threads), "--device", p.device,
+                *self.adapters]
         return self.server_command(argv)
 
+    def preflight(self) -> None:
+        """Refuse at once a GPU asked for where there is none."""
+        if self.params.device == "cuda" and not cuda_available():
+            require("RelayServer", ["a CUDA GPU (device: cuda; use device: cpu or auto on this machine)"],
+                    accelerators())
+
     def smoke_request(self, prompt: str, model_path: str | None = None) -> tuple[str, dict[str, Any]]:
-        return "/v1/completions", {"prompt": prompt, "max_tokens": 16}
+        return "/v1/completions", {"model": self.name, "prompt": prompt, "max_tokens": 16}
 
     @staticmethod
     def extract_result(output, inputs):

@@ -10,6 +10,8 @@ needs ``openai_api: true``, which the pipelines' ``Params`` default to.
 
 The model is ``finetuned_model`` when it holds weights, else ``base_model`` (logged). A finetuned folder that
 holds only a LoRA adapter is served on ``base_model`` with ``--enable-lora --lora-modules NAME=ADAPTER``.
+``max-loras: N`` lets adapters be loaded and unloaded while it runs (vLLM's ``/v1/load_lora_adapter``, allowed by
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING``): vLLM reads any path or hub repository a caller with the key names.
 A model finetuned in a prompter's style (``alpaca``) is given a chat template that renders chats in that style
 (``tasks.inference.chat_template``), so ``/v1/chat/completions`` prompts it as it was trained; completion
 prompts are sent with BOS in front, as it was trained.
@@ -59,6 +61,10 @@ class VllmParams(DeployParams):
     # The CPU build's KV cache in GiB (VLLM_CPU_KVCACHE_SPACE; the CUDA build ignores it). Without it, vLLM
     # asks for 92% of the machine's memory and refuses to start where less is free.
     cpu_kvcache_space_gib: int = Field(1, ge=1)
+    # LoRA adapters served beside the model, loaded and unloaded while it runs (vLLM's /v1/load_lora_adapter):
+    # at most this many in one batch (None: no runtime adapters), each of rank at most max_lora_rank.
+    max_loras: int | None = Field(None, alias="max-loras")
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(16, alias="max-lora-rank")  # vLLM's choices
 
 
 # The flags written as vLLM spells them, in the contract's order. ``device`` is not one since vLLM 0.10 (each
@@ -80,6 +86,7 @@ class Vllm(LazyLLMDeployBase):
     auto_types: ClassVar[tuple[str, ...]] = ("llm",)
     auto_rank: ClassVar[int] = 10  # the first choice wherever it is installed
     gpu_key: ClassVar[str | None] = "tensor-parallel-size"
+    serves_adapters: ClassVar[bool] = True
 
     def __init__(self, trust_remote_code: bool = True, launcher: Any = None, log_path: str | None = None,
                  openai_api: bool = False, **kw):
@@ -94,6 +101,12 @@ class Vllm(LazyLLMDeployBase):
             self.api_key_env = None  # the plain server has no key
         self.log_path = log_path
         self.bos = ""
+
+    def with_adapters(self, max_adapters: int, base_revision: str, root: str) -> None:
+        """vLLM's runtime LoRA (``max-loras``); it records no base revision: the caller checks an adapter's first."""
+        if not self.params.openai_api:
+            raise ValueError("vLLM serves adapters on its OpenAI server only (openai_api: true)")
+        self.params = self.params.model_copy(update={"max_loras": max_adapters})
 
     @classmethod
     def auto_params(cls, ngpus: int, trust_remote_code: bool = True, log_path: str | None = None) -> dict[str, Any]:
@@ -148,14 +161,19 @@ class Vllm(LazyLLMDeployBase):
                 argv += [f"--{field.replace('_', '-')}", str(value)]
         if p.trust_remote_code:
             argv.append("--trust-remote-code")
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(p.cpu_kvcache_space_gib)}
+        if adapter or p.max_loras:
+            argv += ["--enable-lora", "--max-lora-rank", str(p.max_lora_rank)]
         if adapter:
-            argv += ["--enable-lora", "--lora-modules", f"{self.name}-adapter={adapter}"]
+            argv += ["--lora-modules", f"{self.name}-adapter={adapter}"]
+        if p.max_loras:
+            argv += ["--max-loras", str(p.max_loras)]
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         tokenizer = inference.load_tokenizer(model)
         if self.prompt_style != inference.CHAT_TEMPLATE:
             self.bos = tokenizer.bos_token or ""
             if p.openai_api:
                 argv += ["--chat-template", str(self.write_chat_template(tokenizer))]
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(p.cpu_kvcache_space_gib)}
         if master_ip:  # multi-node: this node joins the Ray cluster (tasks/deploy/ray.py), vLLM spans it
             argv += ["--distributed-executor-backend", "ray"]
             env["RAY_ADDRESS"] = master_ip

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer.pad_token = tokenizer.eos_token
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     model = AutoModelForCausalLM.from_pretrained(args.base_model, dtype=torch.bfloat16 if use_bf16 else torch.float32)
-    device = f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
     print(f"training in {model.dtype} on {device}", flush=True)
     targets = lora_targets(model, parse_module_list(args.lora_target_modules), "lora_target_modules")
     if not targets:

@@ -23,13 +23,13 @@ def encode_example(tokenizer, style: str, prompt: str, output: str, cutoff_len: 
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
-def load_model(path: str):
-    """A causal LM and its tokenizer, in float32 on the CPU."""
+def load_model(path: str, device: str = "cpu"):
+    """A causal LM and its tokenizer, in float32 on ``device`` (the CPU unless a server asks for a GPU)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
     return model, tokenizer
 
 

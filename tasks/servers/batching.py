@@ -10,6 +10,11 @@ Greedy rows take the argmax (the same tokens as ``tasks.inference.generate``); s
 softmax at ``temperature`` within ``top_p``, from a generator seeded by ``seed`` when one is given. A row that
 fails (its seed, its sampling, its client's callback) fails its own request; the other rows decode on, with the
 answers they would have had without it.
+
+With ``adapters`` (``tasks.servers.adapters``), each row decodes with its request's LoRA adapter on the shared
+base, rows of different adapters in one batch; a batch takes rows of at most ``max_resident`` adapters (the rest
+wait for the next). Work on the model itself (loading an adapter) is queued like a request (``call``) and runs
+between batches.
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ import queue
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
+
+from tasks.servers.adapters import AdapterError
 
 REPLACEMENT = "\ufffd"  # decode's stand-in for the first bytes of a character whose rest has not come yet
 
@@ -36,6 +45,7 @@ class GenRequest:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    adapter: str | None = None  # the LoRA adapter this row decodes with (None: the base model)
     cancelled: bool = False  # set by the server when the client has gone: the row stops at the next step
     # Called from the worker thread: ("text", piece) as text is ready, then ("done", None) or ("error", exc).
     on_event: Callable[[str, object], None] = lambda kind, value: None
@@ -98,9 +108,11 @@ class _Row:
         return True
 
 
-def generate_batch(model, tokenizer, reqs: list[GenRequest], on_step: Callable[[], None] = lambda: None) -> None:
+def generate_batch(model, tokenizer, reqs: list[GenRequest], on_step: Callable[[], None] = lambda: None,
+                   forward_kwargs: dict | None = None) -> None:
     """Decode ``reqs`` together; each request gets its text, token count and finish reason, and its events;
-    ``on_step`` runs after each step's events (a server delivers them together: one wake-up, not one a row)."""
+    ``on_step`` runs after each step's events (a server delivers them together: one wake-up, not one a row);
+    ``forward_kwargs`` go to every forward pass (the rows' adapters)."""
     rows: list[_Row | None] = []
     for r in reqs:  # a row that cannot even start (its seed, say) fails alone
         try:
@@ -120,12 +132,15 @@ def generate_batch(model, tokenizer, reqs: list[GenRequest], on_step: Callable[[
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     active = [row is not None for row in rows]
-    # transformers 5.24 renamed the KV cache argument ``past_key_values`` -> ``cache``; serve either.
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    # transformers 5.24 renamed the KV cache argument ``past_key_values`` -> ``cache``; serve either (a PEFT
+    # wrapper's forward takes **kwargs: its base model's names it).
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     past = None
     with torch.inference_mode():
         for _ in range(max(r.max_tokens for r in reqs)):
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: past})
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: past},
+                        **(forward_kwargs or {}))
             past, logits = out[name], out.logits[:, -1, :].float()
             logits = logits.cpu()  # one copy a step; the per-row choices below are small
             nxt = torch.full((len(reqs),), pad, dtype=torch.long)
@@ -148,13 +163,23 @@ def generate_batch(model, tokenizer, reqs: list[GenRequest], on_step: Callable[[
             mask = torch.cat([mask, torch.ones((len(reqs), 1), dtype=torch.long, device=device)], dim=1)
 
 
+@dataclass
+class _Call:
+    """Work on the model, run between batches; its result or error goes to ``future``."""
+    fn: Callable[[], object]
+    future: Future
+
+
 class Batcher:
     """The queue and its worker thread. ``submit`` returns at once; the request's ``on_event`` reports."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 16, wait_ms: float = 5):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, max_batch: int, wait_ms: float, adapters=None):
+        """At most ``max_batch`` rows a batch, gathered within ``wait_ms`` of the first: the server's settings.
+        With ``adapters`` (``tasks.servers.adapters.Adapters``) the model is theirs: rows name their adapter."""
+        self.model, self.tokenizer, self.adapters = model, tokenizer, adapters
         self.max_batch, self.wait_s = max_batch, wait_ms / 1000
-        self.queue: queue.Queue[GenRequest | None] = queue.Queue()
+        self.queue: queue.Queue[GenRequest | _Call | None] = queue.Queue()
+        self.waiting: deque[GenRequest | _Call | None] = deque()  # taken from the queue, for a later batch
         self.on_step: Callable[[], None] = lambda: None  # after each step's events, and after a batch ends
         self.batches = 0  # how many batches ran, and their sizes: what a test or the log can read
         self.largest = 0
@@ -164,31 +189,62 @@ class Batcher:
     def submit(self, req: GenRequest) -> None:
         self.queue.put(req)
 
+    def call(self, fn: Callable[[], object]) -> Future:
+        """Run ``fn`` on the worker thread between batches (a change to the model); its future reports."""
+        future: Future = Future()
+        self.queue.put(_Call(fn, future))
+        return future
+
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join(timeout=30)
 
+    def _next(self, timeout: float | None = None) -> GenRequest | _Call | None:
+        if self.waiting:
+            return self.waiting.popleft()
+        return self.queue.get(timeout=timeout)
+
     def _collect(self, first: GenRequest) -> list[GenRequest]:
-        batch = [first]
+        batch, later = [first], []
+        adapters = {first.adapter} - {None}
+        limit = self.adapters.max_resident if self.adapters else 0
         deadline = time.monotonic() + self.wait_s
         while len(batch) < self.max_batch:
             try:
-                req = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                req = self._next(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if req is None:  # closing: finish this batch, then stop
-                self.queue.put(None)
+            if req is None or isinstance(req, _Call):  # closing, or work on the model: after this batch
+                later.append(req)
                 break
+            if req.adapter is not None and req.adapter not in adapters and len(adapters) >= limit:
+                later.append(req)  # its adapter would not fit beside this batch's: the next batch
+                continue
+            if req.adapter is not None:
+                adapters.add(req.adapter)
             batch.append(req)
+        self.waiting.extendleft(reversed(later))
         return batch
 
     def _work(self) -> None:
-        while (first := self.queue.get()) is not None:
+        while (first := self._next()) is not None:
+            if isinstance(first, _Call):
+                if first.future.set_running_or_notify_cancel():  # its caller may have given up waiting
+                    try:
+                        first.future.set_result(first.fn())
+                    except Exception as e:
+                        first.future.set_exception(e)
+                continue
             batch = self._collect(first)
             self.batches += 1
             self.largest = max(self.largest, len(batch))
             try:
-                generate_batch(self.model, self.tokenizer, batch, self.on_step)
+                model, extra, rows = self.model, None, batch
+                if self.adapters:
+                    rows = self._loaded(batch)
+                    model, extra = self.adapters.model, self.adapters.forward_kwargs([r.adapter for r in rows])
+                if rows:
+                    generate_batch(model, self.tokenizer, rows, self.on_step, extra)
                 failed: Exception | None = None
             except Exception as e:  # a failed batch fails its requests, not the server
                 traceback.print_exc()
@@ -200,3 +256,17 @@ class Batcher:
                 except Exception:  # a broken callback must not stop the thread every request waits on
                     traceback.print_exc()
             self.on_step()
+
+    def _loaded(self, batch: list[GenRequest]) -> list[GenRequest]:
+        """The rows to decode, their adapters made resident: a row whose adapter was unloaded after it was queued,
+        or cannot be loaded again, fails alone."""
+        rows, gone = [], []
+        for r in batch:
+            (gone if r.adapter is not None and r.adapter not in self.adapters.known else rows).append(r)
+        for r in gone:
+            r.error = AdapterError(404, f"adapter {r.adapter!r} was unloaded")
+        failed = self.adapters.prepare({r.adapter for r in rows} - {None})
+        for r in rows:
+            if r.adapter in failed:
+                r.error = failed[r.adapter]
+        return [r for r in rows if r.adapter not in failed]

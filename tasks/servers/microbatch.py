@@ -16,7 +16,9 @@ from typing import Any
 
 
 class MicroBatcher:
-    def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], max_batch: int = 64, wait_ms: float = 0):
+    def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], max_batch: int, wait_ms: float):
+        """At most ``max_batch`` items a call; a batch waits ``wait_ms`` for company: the server's settings, with no
+        defaults of their own here."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.fn, self.max_batch, self.wait_s = fn, max_batch, wait_ms / 1000

