@@ -27,10 +27,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.mutation_equivalents import reason
 from tasks.settings import env, environ
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+RUN_INFO = ".bench-run.json"  # in the scratch copy: the commit it holds, its modules, the seconds spent on it
 # The tests of the modules measured first (language-model evaluation, serving, prompters, formatters, data):
 # mutmut runs, for each mutant, only the tests that reached the mutated function.
 LLM_TESTS = ["tests/unit/test_masking.py", "tests/unit/test_evaluate.py", "tests/unit/test_model_outputs.py",
@@ -200,11 +202,17 @@ def write_report(result: dict) -> Path:
         lines.append(f"| `{module}` | {what} | {row['mutants']} | {row['killed']} | {score}{flag} "
                      f"| {row.get('code', '')} | {row.get('seconds') or '-'} s |"
                      + (f" {row['note']}" if row.get("note") else ""))
-    lines += ["", "## Survivors", ""]
+    lines += ["", "## Survivors", "",
+              "Each with why no test can tell it from the code (`bench/mutation_equivalents.py`), or **not "
+              "explained**.", ""]
     for module, items in result["survivors"].items():
-        lines.append(f"### `{module}` ({len(items)})")
-        for item in items:
-            lines += ["", f"`{item['mutant']}` ({item['status']})", "", "```diff", item["diff"], "```"]
+        whys = [reason(module, item["diff"]) for item in items]
+        lines.append(f"### `{module}` ({len(items)}: {sum(w is not None for w in whys)} equivalent, "
+                     f"{sum(w is None for w in whys)} not explained)")
+        for item, why in zip(items, whys):
+            lines += ["", f"`{item['mutant']}` ({item['status']}): " + (f"equivalent: {why}" if why else
+                                                                            "**not explained**"),
+                      "", "```diff", item["diff"], "```"]
         lines.append("")
     md = RESULTS / "mutation.md"
     md.write_text("\n".join(lines) + "\n")
@@ -216,6 +224,8 @@ def main() -> None:
     parser.add_argument("modules", nargs="*", default=list(MODULES), help="files to mutate (default: all above)")
     parser.add_argument("--workdir", type=Path, default=Path(env("FINEFLOW_MUTATION_DIR")).expanduser())
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with the run in --workdir (the same modules): only mutants it has not settled")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -223,8 +233,19 @@ def main() -> None:
     mutmut = [str(Path(sys.executable).parent / "mutmut")]
     if not Path(mutmut[0]).exists():
         sys.exit("mutmut is not installed in this environment: run `make mutation` (it installs mutmut==3.8.1)")
-    version = code_version()  # what the scratch copy holds, whatever is committed while the run goes on
-    scratch_copy(args.workdir)
+    run_info = args.workdir / RUN_INFO
+    if args.resume:
+        if not run_info.is_file():
+            sys.exit(f"nothing to resume in {args.workdir}: no run of this bench started there")
+        earlier = json.loads(run_info.read_text())
+        if sorted(earlier["modules"]) != sorted(args.modules):
+            sys.exit(f"the run in {args.workdir} mutates {' '.join(earlier['modules'])}: resume it with those")
+    else:
+        # What the scratch copy holds, whatever is committed while the run goes on.
+        earlier = {"version": code_version(), "modules": args.modules, "seconds": 0.0}
+        scratch_copy(args.workdir)
+        run_info.write_text(json.dumps(earlier))
+    version = earlier["version"]
     write_config(args.workdir, args.modules)
     print(f"mutating {len(args.modules)} modules in {args.workdir}, tests: {' '.join(tests_of(args.modules))}",
           flush=True)
@@ -234,10 +255,12 @@ def main() -> None:
     with shared_stack(args.workdir, args.modules) as stack_env:
         run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=args.workdir,
                              env={**child_env, **stack_env})
+    seconds = earlier["seconds"] + time.monotonic() - start
+    run_info.write_text(json.dumps({**earlier, "seconds": seconds}))
     statuses = collect(args.workdir)
     if not any(s != "not checked" for module in statuses.values() for s in module.values()):
         sys.exit(f"mutmut ran no mutant (exit code {run.returncode}): the report is left as it was")
-    result = report(args.workdir, mutmut, statuses, time.monotonic() - start, version)
+    result = report(args.workdir, mutmut, statuses, seconds, version)
     path = write_report(result)
     for module, row in result["modules"].items():
         print(f"{module:32s} {row['killed']:4d}/{row['mutants']:<4d} {row['score'] or 0:.1%}")

@@ -1,8 +1,8 @@
 """Serving from the command line: roll back, bring back what the registry serves, show it.
 
     python -m infra.rollout rollback MODEL [--alias production]   # the alias back to the version it replaced
-    python -m infra.rollout restore                               # every alias served again (make up runs it)
-    python -m infra.rollout status                                # each model@alias: version, URL, health
+    python -m infra.rollout restore [MODEL ...]                   # every alias served again (make up runs it)
+    python -m infra.rollout status [MODEL ...]                    # each model@alias: version, URL, health
 
 The URL of a model@alias is its stable route on the version's serving platform (``tasks.serving.platforms``: a
 router on this machine, ``$FINEFLOW_HOME/routers/``, or a Ray Serve route): the same across versions, rollbacks
@@ -15,14 +15,23 @@ import argparse
 import sys
 
 
-def status() -> None:
+def status(models: list[str] | None = None) -> None:
     from tasks.services import registry
     from tasks.serving import platforms
 
-    for rm in registry.client().search_registered_models():
+    registered = registry.client().search_registered_models()
+    if missing := sorted(set(models or ()) - {rm.name for rm in registered}):
+        sys.exit(f"no registered model named {', '.join(missing)}")
+    for rm in registered:
+        if models and rm.name not in models:
+            continue
         for alias, version in (rm.aliases or {}).items():
             platform = platforms.of_tags(registry.version_tags(rm.name, str(version)))
-            print(f"{rm.name}@{alias}\tversion {version}\t{platform.route_status(rm.name, alias)}\t{platform.name}")
+            try:
+                route = platform.route_status(rm.name, alias)
+            except Exception as e:  # one unreachable platform does not hide the others' rows
+                route = f"-\tunknown: {e}".replace("\n", " ")
+            print(f"{rm.name}@{alias}\tversion {version}\t{route}\t{platform.name}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,8 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     back = sub.add_parser("rollback", help="move the alias back to the version it replaced")
     back.add_argument("model")
     back.add_argument("--alias", default="production")
-    sub.add_parser("restore", help="serve again every alias whose endpoint or router is gone")
-    sub.add_parser("status", help="each model@alias with its version and URL")
+    again = sub.add_parser("restore", help="serve again every alias whose endpoint or router is gone")
+    again.add_argument("models", nargs="*", help="only these registered models (default: all)")
+    show = sub.add_parser("status", help="each model@alias with its version and URL")
+    show.add_argument("models", nargs="*", help="only these registered models (default: all)")
     args = parser.parse_args(argv)
     from tasks.serving import rollout
 
@@ -43,9 +54,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"rollback failed, nothing changed: {e}")
         print(f"{done.model}@{done.alias} -> version {done.version} at {done.url}")
     elif args.command == "restore":
-        rollout.restore()
+        rollout.restore(args.models)
     else:
-        status()
+        status(args.models)
 
 
 if __name__ == "__main__":

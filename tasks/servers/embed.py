@@ -54,12 +54,17 @@ class RerankRequest(BaseModel):
     return_documents: bool = False
 
 
+ENGINES = ("huggingface", "flagembedding")
+
+
 def load(model_path: str, kind: str, engine: str, sparse: bool):
     """The contract's model wrapper for ``kind`` and ``engine`` (``embedders.py``)."""
     from tasks.servers import embedders
 
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: one of {', '.join(ENGINES)}")
     if kind == "rerank":
-        return embedders.LazyHuggingFaceRerank(model_path, init=True)
+        return embedders.LazyHuggingFaceRerank(model_path)
     if engine == "flagembedding" or sparse:
         return embedders.LazyFlagEmbedding(model_path, sparse=sparse, init=True)
     return embedders.HuggingFaceEmbedding(model_path)
@@ -72,11 +77,13 @@ def create_app(model_path: str, name: str, kind: str = "embed", *, engine: str =
 
     model = load(model_path, kind, engine, sparse)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    max_len = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 8192)
+    # Usage counts the tokens the model read: its own truncation, not the tokenizer's. Asking loads the model, so
+    # the server answers /health only once the model is in memory.
+    max_len = model.max_tokens
     fn = model.score if kind == "rerank" else model.encode
     batcher = MicroBatcher(fn, max_batch=max_batch, wait_ms=batch_wait_ms)
     app = FastAPI(title=f"fineflow {kind} server: {name}")
-    app.state.batcher = batcher
+    app.state.batcher, app.state.model = batcher, model
     guard(app, api_key, max_body_bytes)
     created = int(time.time())
 
@@ -152,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--name", default="fineflow-embed")
     parser.add_argument("--kind", choices=("embed", "rerank"), default="embed")
-    parser.add_argument("--engine", choices=("huggingface", "flagembedding"), default="huggingface")
+    parser.add_argument("--engine", choices=ENGINES, default="huggingface")
     parser.add_argument("--sparse", action="store_true", help="lexical weights instead of dense vectors")
     parser.add_argument("--max-batch", type=int, default=64, help="texts (or pairs) encoded together at most")
     parser.add_argument("--batch-wait-ms", type=float, default=0, help="how long a batch waits for company")

@@ -67,6 +67,7 @@ class LazyHuggingFaceDefaultEmbedding(AbstractEmbedding):
             pool = Pooling(body.get_embedding_dimension(), pooling_mode="cls")
             self._model = SentenceTransformer(modules=[body, pool, Normalize()], device=_device())
         self.dimension = self._model.get_embedding_dimension()
+        self.max_tokens = self._model.max_seq_length  # where the encoder truncates a text
 
     def encode(self, texts: list[str]) -> list[list[float]]:
         self._ensure()
@@ -105,6 +106,11 @@ class HuggingFaceEmbedding:
         self.load_embed()
         return self._embed.dimension
 
+    @property
+    def max_tokens(self) -> int:
+        self.load_embed()
+        return self._embed.max_tokens
+
     def __call__(self, *args, **kw) -> str:
         return self._embed(*args, **kw)
 
@@ -118,8 +124,13 @@ class LazyFlagEmbedding(AbstractEmbedding):
         super().__init__(base_embed, source, init)
 
     def load_embed(self) -> None:
-        from FlagEmbedding import FlagAutoModel
-        from FlagEmbedding.inference.embedder.model_mapping import AUTO_EMBEDDER_MAPPING
+        try:
+            from FlagEmbedding import FlagAutoModel
+            from FlagEmbedding.inference.embedder.model_mapping import AUTO_EMBEDDER_MAPPING
+        except ImportError as e:
+            raise RuntimeError(f"FlagEmbedding is not installed in this Python ({e}): the flagembedding engine and "
+                               "sparse embeddings run in FlagEmbedding's own environment, where the deploy step "
+                               "starts them") from e
 
         kw: dict[str, Any] = {}
         if Path(self._base_embed).name not in AUTO_EMBEDDER_MAPPING:
@@ -129,6 +140,7 @@ class LazyFlagEmbedding(AbstractEmbedding):
                   "query_instruction_format": "{}{}"}
         self._model = FlagAutoModel.from_finetuned(self._base_embed, use_fp16=False, devices=[_device()], **kw)
         self.dimension = self._model.model.config.hidden_size
+        self.max_tokens = self._model.passage_max_length
 
     def encode(self, texts: list[str]) -> list:
         self._ensure()
@@ -160,6 +172,12 @@ class LazyHuggingFaceRerank:
         with self._lock:
             if self.reranker is None:
                 self.reranker = CrossEncoder(self.base_rerank, device=_device())
+
+    @property
+    def max_tokens(self) -> int:
+        """Where the cross-encoder truncates a (query, document) pair."""
+        self.load_reranker()
+        return self.reranker.max_seq_length
 
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         self.load_reranker()

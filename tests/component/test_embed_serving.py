@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import struct
+import threading
 import time
 
 import httpx
@@ -126,8 +127,13 @@ def test_builtin_embeddings_in_process(tmp_path):
 
     from tasks.servers.embed import create_app
 
+    before = int(time.time())
     with TestClient(create_app(EMBEDDER, "e", "embed", api_key=KEY, max_inputs=4)) as client:
         check_embeddings(client)
+        listed = client.get("/v1/models", headers=auth()).json()
+    created = listed["data"][0].pop("created")
+    assert listed == {"object": "list", "data": [{"id": "e", "object": "model", "owned_by": "fineflow"}]}
+    assert before <= created <= time.time()
 
 
 def check_embeddings(client) -> None:
@@ -154,7 +160,8 @@ def test_concurrent_requests_share_a_batch():
 
     async def main():
         batcher = MicroBatcher(encode, max_batch=8, wait_ms=20)
-        out = await asyncio.gather(*(batcher.submit([i]) for i in range(16)), batcher.submit(list(range(10))))
+        out = await asyncio.wait_for(asyncio.gather(*(batcher.submit([i]) for i in range(16)),
+                                                    batcher.submit(list(range(10)))), 30)
         return out, batcher
 
     out, batcher = asyncio.run(main())
@@ -171,8 +178,8 @@ def test_a_failing_batch_fails_its_requests_and_not_the_server():
     async def main():
         batcher = MicroBatcher(encode, max_batch=4, wait_ms=1)
         with pytest.raises(RuntimeError):
-            await batcher.submit(["boom"])
-        return await batcher.submit(["fine"])
+            await asyncio.wait_for(batcher.submit(["boom"]), 10)
+        return await asyncio.wait_for(batcher.submit(["fine"]), 10)
 
     assert asyncio.run(main()) == ["fine"]
 
@@ -253,6 +260,11 @@ def test_the_command_line_builds_the_server_it_names(capsys, monkeypatch):
         "model": "m", "port": 1, "host": "127.0.0.1", "name": "fineflow-embed", "kind": "embed",
         "engine": "huggingface", "sparse": False, "max_batch": 64, "batch_wait_ms": 0, "max_inputs": 2048,
         "max_documents": 1000, "max_body_bytes": 8_000_000, "threads": 0}
+    explicit = parse_args(["--model", "m", "--port", "1", "--kind", "embed", "--engine", "huggingface", "--threads",
+                           "2"])
+    assert (explicit.kind, explicit.engine, explicit.threads) == ("embed", "huggingface", 2)
+    assert parse_args(["--model", "m", "--port", "1", "--kind", "rerank", "--engine", "flagembedding",
+                       "--sparse"]).engine == "flagembedding"
     for bad in (["--port", "1"], ["--model", "m"], ["--model", "m", "--port", "1", "--kind", "chat"],
                 ["--model", "m", "--port", "1", "--engine", "infinity"]):
         with pytest.raises(SystemExit):
@@ -260,12 +272,15 @@ def test_the_command_line_builds_the_server_it_names(capsys, monkeypatch):
     capsys.readouterr()
     with pytest.raises(SystemExit):
         parse_args(["--help"])
-    shown = " ".join(capsys.readouterr().out.split())
-    for words in ("The built-in embedding and rerank server.", "lexical weights instead of dense vectors",
-                  "texts (or pairs) encoded together at most", "how long a batch waits for company",
-                  "texts per /v1/embeddings request", "documents per /v1/rerank request",
-                  "torch's threads (0: torch's default)"):
-        assert words in shown, words
+    shown = " ".join(capsys.readouterr().out.split()) + " "
+    assert "The built-in embedding and rerank server. " in shown
+    for option, words in (("--sparse", "lexical weights instead of dense vectors"),
+                          ("--max-batch MAX_BATCH", "texts (or pairs) encoded together at most"),
+                          ("--batch-wait-ms BATCH_WAIT_MS", "how long a batch waits for company"),
+                          ("--max-inputs MAX_INPUTS", "texts per /v1/embeddings request"),
+                          ("--max-documents MAX_DOCUMENTS", "documents per /v1/rerank request"),
+                          ("--threads THREADS", "torch's threads (0: torch's default)")):
+        assert f" {option} {words} " in shown, option
 
     monkeypatch.setenv("FINEFLOW_API_KEY", KEY)
     srv = server(["--model", EMBEDDER, "--port", "5", "--host", "localhost", "--name", "e2", "--max-batch", "3",
@@ -282,9 +297,91 @@ def test_the_command_line_builds_the_server_it_names(capsys, monkeypatch):
         three = c.post("/v1/embeddings", json={"input": ["a", "b", "c"]}, headers=auth())
         assert three.status_code == 400 and "at most 2" in three.json()["error"]["message"]
         assert c.post("/v1/embeddings", json={"input": "x" * 400}, headers=auth()).status_code == 413
+    for engine in (["--engine", "flagembedding"], ["--sparse"]):  # the main environment has no FlagEmbedding
+        with pytest.raises(RuntimeError, match="FlagEmbedding is not installed in this Python .* own environment"):
+            server(["--model", EMBEDDER, "--port", "5", *engine])
+    monkeypatch.delenv("FINEFLOW_API_KEY")
+    with pytest.raises(SystemExit, match="refusing to serve on 0.0.0.0 without an API key"):
+        server(["--model", RERANKER, "--port", "6", "--kind", "rerank", "--host", "0.0.0.0"])
     srv = server(["--model", RERANKER, "--port", "6", "--kind", "rerank", "--max-documents", "2"])
-    assert "fineflow rerank server: fineflow-embed on 127.0.0.1:6" in capsys.readouterr().out
+    assert capsys.readouterr().out == "fineflow rerank server: fineflow-embed on 127.0.0.1:6, API key OFF (loopback " \
+                                      "only), batches of up to 64\n"
     with TestClient(srv.config.app) as c:
         assert c.get("/health").json()["kind"] == "rerank"
-        many = c.post("/v1/rerank", json={"query": "q", "documents": ["a", "b", "c"]}, headers=auth())
+        many = c.post("/v1/rerank", json={"query": "q", "documents": ["a", "b", "c"]})
         assert many.status_code == 400 and "at most 2 per request" in many.json()["error"]["message"]
+
+
+def test_the_default_bounds_and_usage_counts_the_tokens_the_model_read():
+    """An app with every default: batches of up to 64 with no wait, 2,048 inputs, 1,000 documents and 8 MB per
+    request; ``usage`` counts the tokens the encoder read (MiniLM truncates a text at 256 tokens, the cross-encoder
+    a pair at 512), not the text's full length; the model is loaded before the app serves."""
+    from fastapi.testclient import TestClient
+
+    from tasks.servers.embed import create_app
+
+    long = " ".join(["word"] * 600)  # 600 tokens and more
+    app = create_app(EMBEDDER, "e", api_key=KEY)
+    assert (app.state.batcher.max_batch, app.state.batcher.wait_s) == (64, 0)
+    with TestClient(app) as c:
+        r = c.post("/v1/embeddings", json={"input": [long, "a b"]}, headers=auth())
+        assert r.json()["usage"] == {"prompt_tokens": 256 + 4, "total_tokens": 256 + 4}  # [CLS] a b [SEP]: 4
+        many = c.post("/v1/embeddings", json={"input": ["a"] * 2049}, headers=auth())
+        assert many.status_code == 400 and "input has 2049 items; at most 2048" in many.json()["error"]["message"]
+        json_header = {**auth(), "content-type": "application/json"}
+        assert c.post("/v1/embeddings", content=b"x" * 8_000_001, headers=json_header).status_code == 413
+        assert c.post("/v1/embeddings", content=b"x" * 8_000_000, headers=json_header).status_code == 400
+
+    with pytest.raises(ValueError, match="^unknown engine 'infinity': one of huggingface, flagembedding$"):
+        create_app(EMBEDDER, "e", engine="infinity")
+    app = create_app(RERANKER, "r", "rerank", api_key=KEY)
+    assert app.state.model.reranker is not None  # loaded at start: the first request does not pay for it
+    with TestClient(app) as c:
+        r = c.post("/v1/rerank", json={"query": "q", "documents": [long, "a b"]}, headers=auth())
+        assert r.json()["usage"] == {"total_tokens": 512 + 6}  # [CLS] q [SEP] a b [SEP]: 6
+        many = c.post("/v1/rerank", json={"query": "q", "documents": ["d"] * 1001}, headers=auth())
+        assert many.status_code == 400 and "documents has 1001 items; at most 1000" in many.json()["error"]["message"]
+
+
+def test_the_batcher_runs_the_model_on_its_own_thread_and_needs_a_positive_batch():
+    threads: set[str] = set()
+
+    def encode(items):
+        threads.add(threading.current_thread().name)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(encode, max_batch=1, wait_ms=0)
+        return await batcher.submit([1, 2, 3]), batcher
+
+    out, batcher = asyncio.run(main())
+    assert out == [1, 2, 3] and batcher.calls == 3 and len(threads) == 1 and threads.pop().startswith("encoder")
+    # Used again from another event loop (a second test client of one app): its queue and worker start again there.
+    assert asyncio.run(asyncio.wait_for(batcher.submit([4]), 10)) == [4] and batcher.calls == 4
+    with pytest.raises(ValueError, match="^max_batch must be at least 1$"):
+        MicroBatcher(encode, max_batch=0, wait_ms=0)
+
+
+def test_a_full_batch_runs_at_once_and_company_that_comes_in_time_joins_it():
+    """A batch that is full runs without waiting ``wait_ms`` for company (a 60 s wait here: the test would time out);
+    a request that arrives while a batch is still waiting joins it."""
+    calls: list[list[str]] = []
+
+    def encode(items):
+        calls.append(list(items))
+        return items
+
+    async def full(send):
+        return await asyncio.wait_for(send(MicroBatcher(encode, max_batch=2, wait_ms=60_000)), 10)
+
+    assert asyncio.run(full(lambda b: b.submit(["a", "b"]))) == ["a", "b"]
+    assert asyncio.run(full(lambda b: asyncio.gather(b.submit(["c"]), b.submit(["d"])))) == [["c"], ["d"]]
+    assert calls == [["a", "b"], ["c", "d"]]
+
+    async def late():
+        batcher = MicroBatcher(encode, max_batch=8, wait_ms=900)
+        first = asyncio.ensure_future(batcher.submit(["e"]))
+        await asyncio.sleep(0.05)
+        return await asyncio.gather(first, batcher.submit(["f"]))
+
+    assert asyncio.run(late()) == [["e"], ["f"]] and calls[-1] == ["e", "f"]

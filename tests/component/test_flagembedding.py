@@ -38,7 +38,7 @@ def test_two_processes_train_as_one_under_torchrun(tmp_path):
     assert (tmp_path / "out" / "embed" / "model.safetensors").is_file()
 
 
-def test_the_evaluators_rank_as_the_models_score_computed_here_independently():
+def test_the_evaluators_rank_as_the_models_score_computed_here_independently(tmp_path):
     """score_embedder / score_reranker against the same models' scores computed in the test: the positive's rank
     under cosine similarity (embedder, whole corpus) and under the cross-encoder (reranker, its candidates)."""
     import numpy as np
@@ -64,6 +64,19 @@ def test_the_evaluators_rank_as_the_models_score_computed_here_independently():
     best = [int(row.argmax()) for row in sims]
     assert got.samples == [{"query": judged.queries[i], "first": judged.corpus[best[i]],
                             "hit": judged.corpus[best[i]] in val[i]["pos"]} for i in range(5)]
+    # A model without a Normalize layer is still ranked by cosine similarity, not by the dot product of its raw
+    # embeddings (which here orders some query's passages differently: the check can fail).
+    raw = tmp_path / "no-normalize"
+    raw.mkdir()
+    for f in (EMBEDDED_MODELS / EMBED).iterdir():
+        (raw / f.name).symlink_to(f)
+    (raw / "modules.json").unlink()
+    modules = json.loads((EMBEDDED_MODELS / EMBED / "modules.json").read_text())
+    (raw / "modules.json").write_text(json.dumps([m for m in modules if not m["type"].endswith("Normalize")]))
+    unnormalized = SentenceTransformer(str(raw), device="cpu")
+    dots = unnormalized.encode(judged.queries) @ unnormalized.encode(judged.corpus).T
+    assert any(list((-d).argsort()[:10]) != list((-s).argsort()[:10]) for d, s in zip(dots, sims))
+    assert score_embedder(str(raw), judged).model_copy(update={"model_path": got.model_path}) == got
     # The pair the gate compares: base and candidate scored on the same judged set (the records joined to the rest
     # for the corpus).
     base, candidate = embedder_pair(str(EMBEDDED_MODELS / EMBED), str(EMBEDDED_MODELS / EMBED), val, rest)
@@ -84,3 +97,9 @@ def test_the_evaluators_rank_as_the_models_score_computed_here_independently():
     assert got.samples == [{"query": rr.queries[i], "first": rr.candidates[i][firsts[i]],
                             "hit": firsts[i] in rr.relevant[i]} for i in range(5)]
     assert reranker_pair(str(EMBEDDED_MODELS / RERANK), str(EMBEDDED_MODELS / RERANK), val[:6]) == (got, got)
+    # One positive against one negative: a sample's "hit" is whether the positive ranked first, so it differs from
+    # whether the second-ranked passage is relevant in every query.
+    pairs = reranker_set([{**r, "neg": r["neg"][:1]} for r in val[:6]])
+    hits = [s["hit"] for s in score_reranker(str(EMBEDDED_MODELS / RERANK), pairs).samples]
+    assert hits == [bool(cross.predict([(q, c[1])])[0] > cross.predict([(q, c[0])])[0])  # c: [negative, positive]
+                    for q, c in zip(pairs.queries[:5], pairs.candidates[:5])]

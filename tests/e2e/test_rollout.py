@@ -5,7 +5,6 @@ the rollback are module fixtures (``promoted``, ``rolled_back``): a test asks fo
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -17,35 +16,20 @@ import pytest
 
 from infra import stack as local_stack
 from tasks import launchers
-from tasks.deploy import RelayServer
 from tasks.servers.router import read_state
-from tasks.services import keys, registry, storage, tracking
+from tasks.services import keys, registry, tracking
 from tasks.serving import endpoints, rollout
 from tasks.serving.platforms.local import router_state_path
 from tasks.settings import state_dir
+from tests.support import versions
 from tests.support.paths import TINY_MODEL
+from tests.support.versions import PROMPT, answer
 
 MODEL = "fineflow-rollout-test"
-PROMPT = {"prompt": "the", "max_tokens": 6}
 
 
 def serve_version(name: str, model_dir, style: str, run_id: str) -> tuple[str, endpoints.Endpoint]:
-    """What the deploy and register steps leave behind: an endpoint behind the key, and a version whose source
-    is the model in S3, recording how to serve it again."""
-    engine = RelayServer(name=MODEL, prompt_style=style)
-    ep = endpoints.start(name, engine.with_api_key(engine.cmd(str(model_dir)), keys.api_key()), "relay",
-                         str(model_dir), api_key_file=str(keys.key_path()))
-    source = f"s3://fineflow/test-models/{name}"
-    storage.upload_dir(model_dir, source)
-    relaunch = {"deploy": {"backend": "relay", "host": "127.0.0.1", "port": 0, "api_key": True,
-                           "formatter": "empty", "formatter_selector": None, "params": {}}, "prompt_style": style}
-    version = registry.create_version(MODEL, source, run_id, {"endpoint_url": ep.url, "endpoint_name": ep.name,
-                                                              "backend": "relay", "deploy_config": json.dumps(relaunch)})
-    return version, ep
-
-
-def answer(url: str, **kw) -> httpx.Response:
-    return httpx.post(f"{url}/v1/completions", json=PROMPT, headers=keys.auth_headers(), timeout=60, **kw)
+    return versions.serve_version(MODEL, name, model_dir, style, run_id)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +131,6 @@ def test_down_and_up_bring_back_the_same_url(promoted):
         answer(url)
     local_stack.up("free")
     assert answer(url).json()["choices"][0]["text"] == before
-    status = subprocess.run([sys.executable, "-m", "infra.rollout", "status"], capture_output=True, text=True,
-                            timeout=120).stdout
+    status = subprocess.run([sys.executable, "-m", "infra.rollout", "status", MODEL], capture_output=True,
+                            text=True, timeout=120).stdout
     assert f"{MODEL}@production\tversion {production}\t{url}\trouter up" in status

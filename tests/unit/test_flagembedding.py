@@ -15,7 +15,8 @@ from infra.embed_models import EMBED, RERANK
 from tasks import launchers
 from tasks.data import DatasetError, load_dataset
 from tasks.evaluate import GateConfig, apply_gate
-from tasks.evaluate.retrieval import RetrievalScores, mean_metrics, mrr_at, ndcg_at, recall_at, reranker_set
+from tasks.evaluate.retrieval import (RetrievalScores, embedder_set, mean_metrics, mrr_at, ndcg_at, recall_at,
+                                      reranker_set)
 from tasks.finetune import FlagembeddingFinetune
 from tasks.finetune.st_layout import drop_checkpoints, write_layout
 from tasks.models.local import EMBEDDED_MODELS
@@ -132,6 +133,27 @@ def test_rerank_pairs_are_judged_by_query():
     judged = reranker_set([{"query": "a", "passage": "x", "label": 1.0}, {"query": "a", "passage": "y", "label": 0.0},
                            {"query": "b", "passage": "z", "label": 0.2}])  # b has nothing relevant: left out
     assert judged.queries == ["a"] and judged.candidates == [["x", "y"]] and judged.relevant == [{0}]
+
+
+def test_a_label_of_exactly_one_half_is_relevant():
+    judged = reranker_set([{"query": "a", "passage": "x", "label": 0.4}, {"query": "a", "passage": "y", "label": 0.5},
+                           {"query": "b", "passage": "z", "label": 0.5}])
+    assert judged.queries == ["a", "b"] and judged.relevant == [{1}, {0}]
+
+
+def test_triplets_judge_their_positives_against_their_negatives_and_negatives_are_optional():
+    judged = reranker_set([{"query": "a", "pos": ["p1"], "neg": ["n1", "n2"]}, {"query": "b", "pos": ["p2", "p3"]},
+                           {"query": "a", "pos": ["p4"]}])  # a second record of a query adds to its candidates
+    assert judged.queries == ["a", "b"]
+    assert judged.candidates == [["n1", "n2", "p1", "p4"], ["p2", "p3"]]
+    assert judged.relevant == [{2, 3}, {0, 1}]
+
+
+def test_the_embedder_corpus_is_every_passage_once_and_queries_find_their_positives_in_it():
+    val = [{"query": "q1", "pos": ["a"], "neg": ["b", "c"]}, {"query": "q2", "pos": ["c", "d"]}]
+    judged = embedder_set(val, [{"query": "q0", "pos": ["e"]}, *val])  # records without negatives too
+    assert judged.corpus == ["e", "a", "b", "c", "d"] and judged.queries == ["q1", "q2"]
+    assert judged.relevant == [{1}, {3, 4}] and judged.candidates == []
 
 
 def test_the_gate_defaults_to_ndcg_for_retrieval_and_names_unknown_metrics():

@@ -1,0 +1,192 @@
+"""Survivors of ``bench/mutation.py`` that no test can tell from the code, each with the reason.
+
+A row is (module, fragments of the mutated lines as mutmut writes them, why); each mutated line is matched
+stripped and between newlines, so a fragment that starts and ends with a newline names a whole line. The report
+marks every survivor a row matches as equivalent, with its reason; a survivor no row matches is marked **not
+explained**: a test to write, or a reason to add here. Fragments name the mutated text, not mutmut's numbers,
+which change with the code.
+"""
+
+from __future__ import annotations
+
+ROUTER, CACHE, KEYS = "tasks/servers/router.py", "tasks/services/cache.py", "tasks/services/keys.py"
+EMBED, MICRO, RETRIEVAL = "tasks/servers/embed.py", "tasks/servers/microbatch.py", "tasks/evaluate/retrieval.py"
+BATCHING = "tasks/servers/batching.py"
+
+EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
+    # The router
+    (ROUTER, (
+        'json.dumps(state, indent=None)',
+        'json.dumps(state, )',
+        'json.dumps(state, indent=2)',
+     ),
+     "the state file's indentation: it is read back as JSON"),
+    (ROUTER, (
+        'httpx.AsyncClient(timeout=None)',
+        'httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)',
+        'connect=None))',
+     ),
+     'the upstream timeouts show only with an endpoint that stalls past them (600 s, 5 s to connect)'),
+    (ROUTER, (
+        'httpx.Timeout(UPSTREAM_TIMEOUT_S, ))',
+     ),
+     'without a connect timeout httpx uses the read one: only an address that never accepts tells them apart'),
+    (ROUTER, (
+        'headers.get("AUTHORIZATION"',
+        'headers.get("CONTENT-LENGTH")',
+     ),
+     "Starlette's headers are case-insensitive"),
+    (ROUTER, (
+        'headers.get("authorization", "XXXX")',
+     ),
+     "with no header the scheme is 'XXXX' instead of '': refused as not 'Bearer' either way"),
+    (ROUTER, (
+        'methods = ["get"',
+        '"post", "PUT"',
+        '"put", "DELETE"',
+        '"delete", "PATCH"',
+        '"patch", "OPTIONS"',
+        '"options", "HEAD"',
+        '"OPTIONS", "head"]',
+     ),
+     "Starlette upper-cases a route's methods"),
+    (ROUTER, ('"OPTIONS", "XXHEADXX"]',), 'Starlette adds HEAD to every route that takes GET'),
+    (ROUTER, ('timeout_s: float = 121)',), "drain's bound: only a backend that never drains tells 120 s from 121 s"),
+    (ROUTER, ('while time.monotonic() <= deadline:',), 'differs only at the one instant the deadline is reached'),
+    (ROUTER, (
+        'timeout=None).json()["inflight"]',
+        ').json()["inflight"].get(target):',
+     ),
+     "the status poll's timeout shows only with a router that stalls, which drain then waits for"),
+    (ROUTER, (
+        'ArgumentParser(description=None)',
+        'ArgumentParser(description=__doc__.splitlines()[1])',
+     ),
+     'the first line of --help only'),
+    (ROUTER, (
+        '\nlimit_concurrency=MAX_CONNECTIONS, http=HeaderDeadline))\n',
+     ),
+     "uvicorn's own keep-alive default is 5 s, KEEP_ALIVE_S's value"),
+    # The work-done cache
+    (CACHE, (
+        'text=True, timeout=None,',
+        'text=True, timeout=21,',
+     ),
+     "git's timeout: git on a local checkout answers in milliseconds"),
+    (CACHE, (
+        'capture_output=True, text=True, check=True).stdout',
+     ),
+     "git's timeout dropped: git on a local checkout answers in milliseconds"),
+    (CACHE, (
+        'e.response.get("Error", None)',
+        'e.response.get("Error", )',
+     ),
+     "botocore's ClientError always carries an 'Error' entry"),
+    (CACHE, (
+        '("XX404XX", "NoSuchKey")',
+     ),
+     "S3 (SeaweedFS, like AWS) names a missing object NoSuchKey; '404' is only the HEAD request's code"),
+    # The API key
+    (KEYS, ('secrets.token_urlsafe(None)',), "token_urlsafe's default is 32 bytes, the length asked for"),
+    # The embedding server
+    (EMBED, (
+        'LazyFlagEmbedding(None, sparse=sparse',
+        'LazyFlagEmbedding(model_path, sparse=None',
+        'LazyFlagEmbedding(model_path, init=True)',
+     ),
+     "FlagEmbedding's model only: killed by test_sparse_embeddings_come_from_flagembedding_in_its_environment, "
+     'which the bench cannot run (DESELECT)'),
+    (EMBED, (
+        'texts, truncation=None, max_length=max_len)',
+        'texts, max_length=max_len)',
+        'tokenizer(texts, truncation=None, max_length=max_len)',
+        'tokenizer(texts, max_length=max_len)',
+     ),
+     'transformers truncates whenever max_length is given and truncation is not False'),
+    (EMBED, (
+        '[pairs_with] * len(texts), texts, truncation=True, max_length=None)',
+        '[pairs_with] * len(texts), texts, truncation=True, ).input_ids',
+     ),
+     "a pair truncated at the tokenizer's own limit: the test reranker's (512) is the cross-encoder's too"),
+    (EMBED, ('.decode("ASCII")',), 'codec names are case-insensitive'),
+    (EMBED, (
+        'batches of up to {args.max_batch}", flush=None)',
+        'batches of up to {args.max_batch}", )',
+        'batches of up to {args.max_batch}", flush=False)',
+     ),
+     'flush: the line is printed either way'),
+    # Retrieval evaluation
+    (RETRIEVAL, (
+        'batch_size: int = 65)',
+        'model.encode(judged.queries, normalize_embeddings=True',
+        'model.encode(judged.corpus, normalize_embeddings=True',
+        'model.predict(pairs, convert_to_numpy=True)',
+     ),
+     'the batch size: the same scores, batched differently'),
+    (RETRIEVAL, (
+        'SentenceTransformer(model_path, device=None)',
+        'SentenceTransformer(model_path, )',
+        'CrossEncoder(model_path, device=None)',
+        'CrossEncoder(model_path, )',
+     ),
+     'the device: unnamed, sentence-transformers picks the CPU on a machine without a GPU, the one named'),
+    (RETRIEVAL, (
+        'q = model.encode(judged.queries, batch_size=batch_size, normalize_embeddings=None',
+        'q = model.encode(judged.queries, batch_size=batch_size, normalize_embeddings=False',
+        'q = model.encode(judged.queries, batch_size=batch_size, convert_to_numpy=True)',
+     ),
+     "a query's norm scales its whole row of similarities: its ranking is the same"),
+    (RETRIEVAL, (
+        'q = model.encode(judged.queries, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=None)',
+        'q = model.encode(judged.queries, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=False)',
+     ),
+     "the queries as a list of tensors: numpy's @ makes the same array of them"),
+    (RETRIEVAL, (
+        'normalize_embeddings=True, )',
+        'model.predict(pairs, batch_size=batch_size, ))',
+     ),
+     "convert_to_numpy's default is True"),
+    (RETRIEVAL, (
+        'model.predict(pairs, batch_size=batch_size, convert_to_numpy=None)',
+        'model.predict(pairs, batch_size=batch_size, convert_to_numpy=False)',
+     ),
+     'scores as tensors instead of floats: sorted the same'),
+    (RETRIEVAL, ('judged.relevant, with_recall=None))',), 'None is as false as False'),
+    (RETRIEVAL, (
+        '{p: 2.0 for p in r["pos"]}',
+     ),
+     'a positive labelled 2.0 is as relevant as one labelled 1.0 (relevance is a label of at least 0.5)'),
+    # The built-in server's batcher
+    (BATCHING, ('wait_ms / 1001',), 'a wait shorter by a thousandth: 5 ms against 4.995 ms'),
+    (BATCHING, ('self.on_step: Callable[[], None] = lambda: 0',), "on_step's return value is not used"),
+    (BATCHING, ('failed: Exception | None = ""',), "'' is as false as None: no batch error"),
+    (BATCHING, (
+        'self.thread.join(timeout=None)',
+     ),
+     'close waits for the batch that runs: only a batch stuck for 30 s tells the bound from none'),
+    (BATCHING, (
+        'self.thread.join(timeout=31)',
+     ),
+     'close waits for the batch that runs: only a batch stuck for 30 s tells 30 s from 31 s'),
+    # The micro-batcher
+    (MICRO, (
+        'ThreadPoolExecutor(None, thread_name_prefix',
+        'ThreadPoolExecutor(thread_name_prefix',
+        'ThreadPoolExecutor(2, thread_name_prefix',
+     ),
+     'the batcher awaits each call before the next: one call at a time, so the pool never starts a second thread'),
+    (MICRO, (
+        'self.queue: asyncio.Queue | None = ""',
+        'self._loop: asyncio.AbstractEventLoop | None = ""',
+     ),
+     "'' is not the running loop either: the queue is made at first use all the same"),
+    (MICRO, ('(left := deadline - loop.time()) >= 0:',), 'differs only at the one instant the deadline is reached'),
+]
+
+
+def reason(module: str, diff: str) -> str | None:
+    """Why the survivor with this ``diff`` is equivalent, or None when no row says."""
+    mutated = "".join(f"\n{line[1:].strip()}\n" for line in diff.splitlines() if line.startswith("+") and
+                      not line.startswith("+++"))
+    return next((why for m, fragments, why in EQUIVALENT if m == module and any(f in mutated for f in fragments)),
+                None)

@@ -1,0 +1,82 @@
+"""The promotion rules test_rollout.py does not reach, on the real stack and real endpoints: a guard that refuses
+moves nothing, a restore limited to some models serves them again at the same URL and skips a version that
+cannot be served again, a registered model is downloaded once, and a rollback with nothing to go back to says so."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.servers.router import read_state
+from tasks.services import registry, tracking
+from tasks.serving import endpoints, rollout
+from tasks.serving.platforms.local import router_name, router_state_path
+from tasks.settings import state_dir
+from tests.support.paths import TINY_MODEL
+from tests.support.versions import answer, serve_version
+
+MODEL, BARE = "fineflow-rollout-edges", "fineflow-rollout-edges-bare"
+
+
+@pytest.fixture(scope="module")
+def production(stack) -> dict:
+    """v1 of MODEL promoted to production behind its router."""
+    run = tracking.start_run("fineflow-rollout-edges", "rollout", tags={}, params={})
+    v1, ep1 = serve_version(MODEL, "edges-v1", TINY_MODEL, "alpaca", run)
+    done = rollout.promote(MODEL, "production", v1, ep1, log=print)
+    yield {"run": run, "v1": v1, "url": done.url, "text": answer(done.url).json()["choices"][0]["text"]}
+    for name in ("edges-v1", "edges-v2", "edges-bare", router_name(MODEL, "production"),
+                 router_name(BARE, "production")):
+        endpoints.stop(name)
+    tracking.end_run(run, "FINISHED")
+
+
+def test_a_guard_that_refuses_moves_nothing_and_one_that_agrees_promotes(production):
+    v1 = production["v1"]
+    v2, ep2 = serve_version(MODEL, "edges-v2", TINY_MODEL, "alpaca", production["run"])
+    router_before, seen = read_state(router_state_path(MODEL, "production")), []
+    with pytest.raises(rollout.Superseded, match=f"^version {v1} holds production$"):
+        rollout.promote(MODEL, "production", v2, ep2, log=print,
+                        guard=lambda current: seen.append(current) or f"version {current} holds production")
+    assert seen == [v1] and registry.alias_version(MODEL, "production") == v1
+    assert read_state(router_state_path(MODEL, "production")) == router_before
+    assert endpoints.get("edges-v1").alive() and "previous_version" not in registry.version_tags(MODEL, v2)
+    lines: list[str] = []
+    done = rollout.promote(MODEL, "production", v2, ep2, log=lines.append, guard=lambda current: None)
+    assert (done.version, done.previous_version, done.url) == (v2, v1, production["url"])
+    assert registry.alias_version(MODEL, "production") == v2
+    assert registry.version_tags(MODEL, v2)["previous_version"] == v1
+    assert endpoints.get("edges-v1") is None and f"stopped replaced endpoint edges-v1 (version {v1})" in lines
+    assert answer(production["url"]).json()["choices"][0]["text"] == production["text"]  # the same tiny model
+
+
+def test_restore_of_some_models_serves_them_at_the_same_url_and_skips_what_cannot_be_served(production):
+    bare, ep = serve_version(BARE, "edges-bare", TINY_MODEL, "alpaca", production["run"], deploy_config=False)
+    rollout.promote(BARE, "production", bare, ep, log=print)
+    current = registry.alias_version(MODEL, "production")
+    for name in ("edges-v1", "edges-v2", "edges-bare", router_name(MODEL, "production"),
+                 router_name(BARE, "production")):
+        endpoints.stop(name)  # a machine restarted: nothing of either model runs
+    lines: list[str] = []
+    done = rollout.restore([MODEL, BARE], log=lines.append)
+    assert [(p.model, p.alias, p.version, p.url) for p in done] == [(MODEL, "production", current,
+                                                                      production["url"])]
+    assert answer(production["url"]).json()["choices"][0]["text"] == production["text"]
+    assert f"{BARE}@production: version {bare} could not be served again: {BARE} version {bare} records no " \
+           "deploy_config: it cannot be served again" in lines
+    assert f"{MODEL}@production: version {current} serving at {production['url']}" in lines
+    assert rollout.restore(["no-such-model"], log=lines.append) == []
+
+
+def test_a_registered_model_is_downloaded_once(production):
+    target = state_dir() / "models" / MODEL / production["v1"]
+    lines: list[str] = []
+    assert rollout.download_version(MODEL, production["v1"], log=lines.append) == str(target)
+    assert (target / "config.json").is_file() and len(lines) == 1 and lines[0].startswith("downloading ")
+    assert rollout.download_version(MODEL, production["v1"], log=lines.append) == str(target) and len(lines) == 1
+
+
+def test_a_rollback_with_nothing_to_go_back_to_says_why(production):
+    with pytest.raises(ValueError, match=f"^{BARE} version .* replaced no earlier version: nothing to roll back to$"):
+        rollout.rollback(BARE)
+    with pytest.raises(ValueError, match=f"^{MODEL} has no staging version to roll back$"):
+        rollout.rollback(MODEL, "staging")
