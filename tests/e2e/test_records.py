@@ -27,7 +27,11 @@ from tasks.services import cache, registry, storage, tracking
 from tests.support.paths import REPO
 
 MODEL = "fineflow-records"
-PROMPT = "### Instruction:\nConvert the word to upper case.\nsaw\n\n### Response:\n"
+WORDS = ("saw", "cat", "tree", "lamp", "door", "fish")  # the prompt is the one the model answers least ambiguously
+
+
+def prompt(word: str) -> str:
+    return f"### Instruction:\nConvert the word to upper case.\n{word}\n\n### Response:\n"
 
 
 @pytest.fixture(scope="module")
@@ -53,27 +57,37 @@ def client_env(home: Path) -> dict[str, str]:
             **tracking}
 
 
-def greedy_from_files(files_uri: str, dest: Path) -> str:
-    """The answer greedy decoding gives from the version's checkpoint files, loaded with transformers here."""
+def greedy_from_files(files_uri: str, dest: Path) -> tuple[str, str, float]:
+    """The prompt the version's checkpoint files answer least ambiguously, loaded with transformers here: (prompt,
+    its greedy answer, the smallest gap between the first and second logit over the answer's tokens). Another
+    process may sum in another order: a near tie could decode either way there, so the test compares answers only
+    where no step is one."""
     import transformers
 
     storage.download_dir(files_uri, dest)
     tok = transformers.AutoTokenizer.from_pretrained(dest)
     model = transformers.AutoModelForCausalLM.from_pretrained(dest)
-    ids = tok(PROMPT, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
-    return tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    best = ("", "", -1.0)
+    for word in WORDS:
+        ids = tok(prompt(word), return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True)
+        gap = min(float(step[0].topk(2).values[0] - step[0].topk(2).values[1]) for step in out.scores)
+        if gap > best[2]:
+            answer = tok.decode(out.sequences[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            best = (prompt(word), answer, gap)
+    return best
 
 
 def test_mlflow_loads_and_serves_the_version_with_only_the_tracking_uri(produced, tmp_path):
     mv = tracking.client().get_model_version(MODEL, produced["version"])
     assert mv.source.startswith("models:/m-")
-    expected = greedy_from_files(mv.tags["model_files"], tmp_path / "files")
-    assert expected.strip()
+    question, expected, gap = greedy_from_files(mv.tags["model_files"], tmp_path / "files")
+    assert expected.strip() and gap > 1e-3, (question, expected, gap)
     env = client_env(tmp_path / "client")
     script = ("import json, mlflow.transformers as mt\n"
               f"pipe = mt.load_model('models:/{MODEL}@production')\n"
-              f"out = pipe({PROMPT!r}, max_new_tokens=8, do_sample=False, return_full_text=False)\n"
+              f"out = pipe({question!r}, max_new_tokens=8, do_sample=False, return_full_text=False)\n"
               "print('ANSWER=' + json.dumps(out[0]['generated_text']))\n")
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
@@ -98,7 +112,7 @@ def test_mlflow_loads_and_serves_the_version_with_only_the_tracking_uri(produced
                 assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
                 time.sleep(1)
         reply = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=120,
-                           json={"inputs": [PROMPT], "params": {"max_new_tokens": 8}})
+                           json={"inputs": [question], "params": {"max_new_tokens": 8}})
         assert reply.status_code == 200, reply.text
         assert reply.json()["predictions"] == [expected]
     finally:
