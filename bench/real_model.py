@@ -163,7 +163,7 @@ def pipeline(steps: int, n_eval: int, work: Path) -> dict:
     import yaml
 
     from infra import stack
-    from tasks.pipeline.config import deep_merge
+    from tasks.pipeline.config_files import deep_merge
     from tasks.services import tracking
 
     spec = deep_merge(yaml.safe_load((REPO / CONFIG).read_text()),

@@ -5,9 +5,10 @@
 
 The flow wires the steps (``tasks/pipeline/steps.py`` up to the candidate, ``tasks/pipeline/promote.py`` from it to
 production) inside one MLflow run (``tasks/pipeline/run.py``), and reports what the run reached, finished or failed
-(``tasks/pipeline/report.py``). An unchanged re-run finds its work done: prepare, train, merge and evaluate are
-skipped, the endpoint re-checked, nothing registered again (``cache_hit`` in MLflow); a changed ``evaluate``
-section is a new decision on the same candidate.
+(``tasks/pipeline/report.py``). With ``deploy.serve: adapter`` the version is the LoRA adapter, served on its
+base's shared endpoint (``tasks/pipeline/adapter.py``), not the merged model on an endpoint of its own. An unchanged
+re-run finds its work done: prepare, train, merge and evaluate are skipped, the endpoint re-checked, nothing
+registered again (``cache_hit`` in MLflow); a changed ``evaluate`` section is a new decision on the same candidate.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pydantic import BaseModel
 
 from tasks.data import PreparedDataset
 from tasks.evaluate import EvalReport
-from tasks.pipeline import promote, steps
+from tasks.pipeline import adapter, promote, steps
 from tasks.pipeline import report as report_page
-from tasks.pipeline.config import load_config, with_data_path
+from tasks.pipeline.config import load_config
+from tasks.pipeline.config_files import with_data_path
 from tasks.pipeline.plan import Plan
 from tasks.pipeline.plan import plan as make_plan
 from tasks.pipeline.plan import render as render_plan
@@ -73,8 +75,13 @@ def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict |
             report = promote.evaluate_models(config.evaluate, base, merged, trained, data, key, run_id, force)
             registration = None if force else promote.reuse_registered(config, key, run_id)
             if registration is None:
-                endpoint = promote.deploy(config.deploy, merged, config.registry.model_name, trained, data, run_id)
-                registration = promote.register_candidate(config, endpoint, merged, report, data, run_id,
+                name = config.registry.model_name
+                if config.deploy.serve == "adapter":  # the adapter on its base's shared endpoint
+                    served = adapter.keep_adapter(trained, base, key, run_id)
+                    endpoint = adapter.deploy_adapter(config.deploy, served, name, trained, data, run_id)
+                else:  # the merged model on an endpoint of its own
+                    served, endpoint = merged, promote.deploy(config.deploy, merged, name, trained, data, run_id)
+                registration = promote.register_candidate(config, endpoint, served, report, data, run_id,
                                                           run.flow_run_id, production_at_start, key)
         except BaseException as e:
             try:  # what the failed run reached, reported the same way

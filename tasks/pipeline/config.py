@@ -1,6 +1,7 @@
 """Pipeline configuration: the YAML files in ``deployments/``, validated in one place.
 
-An error names the file and the field (``deployments/x.yaml: finetune.llamafactory.params: ...``).
+An error names the file and the field (``deployments/x.yaml: finetune.llamafactory.params: ...``); reading the
+file (size, duplicate keys, overrides) is ``config_files.py``.
 ``finetune`` is a union keyed on ``framework`` and ``deploy`` one keyed on ``backend``, built from
 the backend tables, so each backend's parameters are checked by its own typed model. Validating
 a config imports no torch.
@@ -9,10 +10,9 @@ a config imports no torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from tasks.data.prepare import MAX_RECORD_CHARS
 from tasks.data.readers import confine
@@ -21,9 +21,10 @@ from tasks.evaluate import MEASURED, GateConfig
 from tasks.evaluate.answers import answer_of
 from tasks.finetune import FRAMEWORKS
 from tasks.formatter import make_formatter
+from tasks.inference.prompts import check_style
 from tasks.models.types import get_model_type
 from tasks.net import LOOPBACK
-from tasks.inference.prompts import check_style
+from tasks.pipeline.config_files import ConfigError, config_file, read_config
 from tasks.serving.platforms import ServingSection
 from tasks.settings import REPO_ROOT
 
@@ -110,6 +111,11 @@ class DeploySettings(Section):
     # Where the endpoint runs and how its stable URL is kept (tasks.serving.platforms): this machine, or a Ray
     # cluster; FINEFLOW_SERVING when the section gives none.
     serving: ServingSection = Field(default_factory=ServingSection.from_setting)
+    # What a version serves: the merged model on an endpoint of its own, or its LoRA adapter on the endpoint its
+    # base shares with the other adapters of that base (tasks.serving.adapters), of which at most max_adapters
+    # stay in memory (the least recently used is loaded again when asked for).
+    serve: Literal["merged", "adapter"] = "merged"
+    max_adapters: int = Field(8, ge=1, le=64)
 
     def engine(self, model_path: str, name: str, prompt_style: str) -> LazyLLMDeployBase:
         """The engine this section asks for, serving ``model_path`` as ``name`` in ``prompt_style``."""
@@ -123,6 +129,19 @@ class DeploySettings(Section):
     @model_validator(mode="after")
     def known_formatter(self) -> "DeploySettings":
         make_formatter(self.formatter, self.formatter_selector)  # FormatterError is a ValueError
+        return self
+
+    @model_validator(mode="after")
+    def adapters_served(self) -> "DeploySettings":
+        if self.serve == "merged":
+            return self
+        engine = ENGINES[getattr(self, "backend", "relay")]
+        if not engine.serves_adapters:
+            raise ValueError(f"serve: adapter needs an engine that serves LoRA adapters on a shared base ("
+                             f"{', '.join(n for n, e in ENGINES.items() if e.serves_adapters)}), not {engine.engine!r}")
+        if self.serving.platform != "local":
+            raise ValueError("serve: adapter runs on the local serving platform only for now: the Ray platform "
+                             "serves merged versions (serve: merged)")
         return self
 
     @model_validator(mode="after")
@@ -186,88 +205,8 @@ class PipelineConfig(Section):
         return data
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(ValueError):
-    pass
-
-
 # Framework parameters that name a file or folder the framework reads.
 PATH_PARAMS = ("data_path", "deepspeed", "config_path", "export_config_path")
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def with_data_path(overrides: dict | None, data_path: str | None) -> dict | None:
-    """``overrides`` with ``data.path`` replaced by ``data_path`` (what a data trigger passes), when given; overrides
-    that are not a mapping are left for ``load_config`` to refuse."""
-    if not data_path:
-        return overrides
-    data = {"data": {"path": data_path}}
-    return deep_merge(overrides, data) if isinstance(overrides, dict) else overrides or data
-
-
-def config_file(path: str | Path) -> Path:
-    path = Path(path)
-    return REPO_ROOT / path if not path.is_absolute() and not path.exists() else path
-
-
-MAX_CONFIG_BYTES = 1_000_000  # checked before parsing: a pipeline config is a page or two
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """YAML where a key given twice in one mapping is an error naming both lines (the plain loader keeps the last
-    silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            if not isinstance(key, (str, int, float, bool)):
-                continue  # an unhashable key is refused by the loader itself
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice, on lines "
-                                                                    f"{seen[key]} and {line}", key_node.start_mark)
-            seen[key] = line
-        return super().construct_mapping(node, deep)
-
-
-def read_config(path: str | Path, overrides: dict | None, schema: type[M]) -> M:
-    """Read a YAML config (relative to the repo root when not found here), merge ``overrides`` into it and
-    validate it as ``schema``; every problem is named with its field."""
-    path = config_file(path)
-    try:
-        if (size := path.stat().st_size) > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: {size:,} bytes; a pipeline config is at most {MAX_CONFIG_BYTES:,} bytes "
-                              "(data goes in data.path, not in the config)")
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: file not found") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (name, data, finetune, deploy, "
-                          f"registry, ...), not a {type(raw).__name__}")
-    if overrides is not None and not isinstance(overrides, dict):
-        raise ConfigError(f"{path}: overrides must be a mapping of sections to merge into the file, not a "
-                          f"{type(overrides).__name__}")
-    raw = deep_merge(raw, overrides or {})
-    try:
-        return schema.model_validate(raw)
-    except ValidationError as e:
-        problems = "; ".join(": ".join(filter(None, (".".join(map(str, err["loc"])),
-                                                     err["msg"].removeprefix("Value error, "))))
-                             for err in e.errors())
-        raise ConfigError(f"{path}: {problems}") from None
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:

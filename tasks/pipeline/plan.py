@@ -22,9 +22,11 @@ from tasks.data.readers import source_sha256
 from tasks.masking import redact
 from tasks.models import ModelManager, gguf
 from tasks.models.local import holds_weights, revision_of, revision_record
-from tasks.pipeline.config import PipelineConfig, load_config, with_data_path
+from tasks.pipeline.config import PipelineConfig, load_config
+from tasks.pipeline.config_files import with_data_path
 from tasks.pipeline.steps import make_trainer
 from tasks.services import keys
+from tasks.serving import adapter_endpoints
 
 
 class PlannedStep(BaseModel):
@@ -48,6 +50,22 @@ class Plan(BaseModel):
     n_duplicates: int
     n_too_long: int
     steps: list[PlannedStep]
+
+
+def deploy_plan(config: PipelineConfig, merged: str, base_path: str, prompt_style: str) -> PlannedStep:
+    """The deploy step: the merged model on an endpoint of its own, or (``serve: adapter``) the adapter loaded on
+    the base's shared endpoint, whose command is shown as it starts when none runs yet."""
+    cfg, key = config.deploy, (f"; requests need the API key ({keys.key_path()})" if config.deploy.api_key else "")
+    if cfg.serve == "merged":
+        engine = cfg.engine(merged, config.registry.model_name, prompt_style)
+        return PlannedStep(step="deploy", does=f"start {engine.engine} on {cfg.host}, smoke-test it{key}",
+                           params=cfg.model_dump(mode="json"), commands=[str(engine.cmd(merged))])
+    engine = cfg.engine(base_path, Path(config.model.base_model).name, prompt_style)
+    revision = revision_of(base_path) if holds_weights(base_path) else "<the base's revision>"
+    engine.with_adapters(cfg.max_adapters, revision, str(adapter_endpoints.root(create=False)))
+    return PlannedStep(step="deploy", does=f"load the adapter on the shared {engine.engine} endpoint of "
+                       f"{config.model.base_model} (started with this command when none runs), smoke-test it "
+                       f"there{key}", params=cfg.model_dump(mode="json"), commands=[str(engine.cmd(base_path))])
 
 
 def locate_base(name: str) -> tuple[str | None, str]:
@@ -89,8 +107,7 @@ def plan(config_path: str, overrides: dict | None = None, data_path: str | None 
         train = trainer.train_command(trainset, valset)
         export = trainer.export_command()
         merged = str(where / "merged-model")
-        engine = config.deploy.engine(merged, config.registry.model_name, trainer.prompt_style())
-        serve = engine.cmd(merged)
+        deploy_step = deploy_plan(config, merged, base_path or str(where / "base-model"), trainer.prompt_style())
         env = trainer.environment
         steps = [
             PlannedStep(step="download", does=base_does),
@@ -106,9 +123,7 @@ def plan(config_path: str, overrides: dict | None = None, data_path: str | None 
             PlannedStep(step="evaluate", does=f"base vs candidate on up to {config.evaluate.max_samples} validation "
                         f"records; gate on {config.evaluate.gate.metric}",
                         params=config.evaluate.model_dump(mode="json")),
-            PlannedStep(step="deploy", does=f"start {engine.engine} on {config.deploy.host}, smoke-test it"
-                        + (f"; requests need the API key ({keys.key_path()})" if config.deploy.api_key else ""),
-                        params=config.deploy.model_dump(mode="json"), commands=[str(serve)]),
+            deploy_step,
             PlannedStep(step="register", does=f"register a version of {config.registry.model_name}; move "
                         f"{config.registry.alias} to it if healthy and the gate passed"),
         ]

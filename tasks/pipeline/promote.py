@@ -14,9 +14,10 @@ from tasks.data import PreparedDataset, read_jsonl
 from tasks.evaluate import EvalReport, evaluate, metrics_of
 from tasks.formatter import make_formatter
 from tasks.models import ModelRef
+from tasks.pipeline.adapter import AdapterModel
 from tasks.pipeline.config import DeploySection, EvaluateSection, PipelineConfig
 from tasks.pipeline.registration import Registration, register, unless_superseded
-from tasks.pipeline.run import record_choice, timed
+from tasks.pipeline.run import record_choice, record_smoke, timed
 from tasks.pipeline.steps import MergedModel, TrainResult
 from tasks.services import cache, registry, tracking
 from tasks.serving import rollout
@@ -68,9 +69,7 @@ def deploy(cfg: DeploySection, merged: MergedModel, name: str, trained: TrainRes
                                relaunch=cfg.relaunch(trained.prompt_style), model_uri=merged.s3_uri,
                                smoke_records=read_jsonl(data.val_path)[:8],
                                formatter=make_formatter(cfg.formatter, cfg.formatter_selector), log=logger.warning)
-    tracking.set_tag(run_id, "smoke_answer", str(started.answer)[:250])
-    logger.info("endpoint %s serving at %s; smoke test: %s", started.endpoint.name, started.endpoint.url,
-                started.shown)
+    record_smoke(run_id, started, logger.info)
     return started.endpoint
 
 
@@ -100,19 +99,21 @@ def reuse_registered(config: PipelineConfig, key: str, run_id: str) -> Registrat
 
 
 @task
-def register_candidate(config: PipelineConfig, ep: Endpoint, merged: MergedModel, report: EvalReport,
+def register_candidate(config: PipelineConfig, ep: Endpoint, served: MergedModel | AdapterModel, report: EvalReport,
                        data: PreparedDataset, run_id: str, flow_run_id: str, production_at_start: str | None = None,
                        key: str = "") -> Registration:
-    """Register the endpoint as a model version; move the alias only if healthy, the gate passed and, when another
-    run promoted while this one ran, the candidate beats that version too (``unless_superseded``)."""
+    """Register the endpoint as a model version of what it serves (the merged model, or the adapter on its shared
+    base); move the alias only if healthy, the gate passed and, when another run promoted while this one ran, the
+    candidate beats that version too (``unless_superseded``)."""
     name, alias = config.registry.model_name, config.registry.alias
-    tags = {"model_files": merged.s3_uri, "framework": config.finetune.framework, "dataset_hash": data.hash,
+    tags = {"model_files": served.s3_uri, "framework": config.finetune.framework, "dataset_hash": data.hash,
             "dataset_file_hash": data.source_sha256 or "", "prefect_flow_run_id": flow_run_id, "gate": report.reason,
             "model_type": report.model_type, "candidate_hash": key,
             "evaluation_hash": evaluation_hash(config.evaluate, key),
             **{f"{who}_{k}": f"{v:.4f}" for who in ("base", "candidate")
-               for k, v in metrics_of(getattr(report, who)).items()}}
+               for k, v in metrics_of(getattr(report, who)).items()},
+            **(served.version_tags(ep) if isinstance(served, AdapterModel) else {})}
     guard = unless_superseded(name, production_at_start, report.gate, metrics_of(report.candidate))
-    return register(name, alias, ep, merged.model_uri or merged.s3_uri, tags, run_id,
+    return register(name, alias, ep, served.model_uri or served.s3_uri, tags, run_id,
                     why_not=None if report.passed else report.reason, promoted_as=report.reason,
                     log=get_run_logger().info, guard=guard)

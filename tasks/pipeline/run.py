@@ -73,3 +73,9 @@ def record_choice(run_id: str, component: ComponentBase, chooser: str, prefix: s
         tracking.log_params(run_id, {f"{prefix}.{k}": v for k, v in plan.items() if k != "reason"})
         tracking.set_tag(run_id, f"{prefix}_reason", plan["reason"][:5000])
         log(f"{chooser}: {plan['reason']}")
+
+
+def record_smoke(run_id: str, started, log: Callable[..., None]) -> None:
+    """A started endpoint's smoke test: its answer as the run's tag ``smoke_answer``, and in the log."""
+    tracking.set_tag(run_id, "smoke_answer", str(started.answer)[:250])
+    log("endpoint %s serving at %s; smoke test: %s", started.endpoint.name, started.endpoint.url, started.shown)

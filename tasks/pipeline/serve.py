@@ -24,9 +24,10 @@ from pydantic import BaseModel, Field, model_validator
 
 from tasks.deploy import ENGINES
 from tasks.models.local import revision_of
-from tasks.pipeline.config import NAME, DeploySection, RegisterSection, Section, read_config
+from tasks.pipeline.config import NAME, DeploySection, RegisterSection, Section
+from tasks.pipeline.config_files import read_config
 from tasks.pipeline.registration import Registration, register
-from tasks.pipeline.run import timed
+from tasks.pipeline.run import record_smoke, timed
 from tasks.services import storage, tracking
 from tasks.serving.endpoints import Endpoint
 from tasks.serving.start import start_engine
@@ -96,9 +97,7 @@ def serve(config: ServeConfig, files: ServedFiles, run_id: str) -> tuple[Endpoin
                                api_key=config.deploy.api_key,
                                relaunch=config.deploy.relaunch(""), model_uri=files.uri,
                                smoke_records=[], log=logger.warning)
-    tracking.set_tag(run_id, "smoke_answer", str(started.answer)[:250])
-    logger.info("endpoint %s serving at %s; smoke test: %s", started.endpoint.name, started.endpoint.url,
-                started.shown)
+    record_smoke(run_id, started, logger.info)
     return started.endpoint, started.shown
 
 

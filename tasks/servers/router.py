@@ -3,8 +3,9 @@
     python -m tasks.servers.router --state $FINEFLOW_HOME/routers/MODEL@ALIAS.json [--host 127.0.0.1]
 
 The state file says where to listen (``port``, chosen once and kept, so the URL survives restarts) and where to
-forward (``target``, the endpoint of the version that holds the alias, ``version``, and ``api_key``: whether that
-endpoint requires the key). ``switch()`` rewrites the target atomically; the router reads it again when the file
+forward (``target``, the endpoint of the version that holds the alias, ``version``, ``api_key``: whether that
+endpoint requires the key, and ``adapter``: for a LoRA adapter on a shared base endpoint, the model name each JSON
+request's ``model`` is set to). ``switch()`` rewrites the target atomically; the router reads it again when the file
 changes, so a promotion or a rollback moves new requests at once while those in flight finish on the endpoint they
 started on. ``GET /router/status`` counts them per target (``drain()`` waits on it before the old endpoint is
 stopped); ``GET /router/health`` is the router's own readiness. Everything else, ``/health`` included, is
@@ -47,6 +48,22 @@ def read_state(path: Path) -> dict:
 def write_state(path: Path, state: dict) -> None:
     """Atomically: a router never reads half a file."""
     write_atomic(path, json.dumps(state, indent=1))
+
+
+def target_key(state: dict) -> str | None:
+    """What the router forwards to: the target, and the adapter on it (a shared base serves many)."""
+    target, adapter = state.get("target"), state.get("adapter")
+    return f"{target}#{adapter}" if target and adapter else target
+
+
+def with_model(body: bytes, model: str) -> bytes:
+    """A JSON object body with its ``model`` set to ``model`` (the adapter the alias serves); another body as it
+    is (the endpoint refuses what it cannot read)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    return json.dumps({**data, "model": model}).encode() if isinstance(data, dict) else body
 
 
 def error(status: int, message: str):
@@ -96,6 +113,7 @@ def create_app(state_path: Path, api_key: str | None = None):
             return error(401, "a valid API key is required: Authorization: Bearer <key>")
         s = state()
         return JSONResponse({"target": s.get("target"), "version": s.get("version"), "model": s.get("model"),
+                             "adapter": s.get("adapter"),
                              "inflight": {k: v for k, v in inflight.items() if v}})
 
     async def health(request: Request):  # the router listens; whether a version is behind it is said too
@@ -103,23 +121,29 @@ def create_app(state_path: Path, api_key: str | None = None):
 
     async def forward(request: Request):
         s = state()
-        target = s.get("target")
+        target, key = s.get("target"), target_key(s)
         if not target:
             return error(503, "no version is being served")
         if s.get("api_key", True) and request.url.path not in OPEN_PATHS and not authorized(request):
             return error(401, "a valid API key is required: Authorization: Bearer <key>")
-        body = await read_body(request)
-        if body is None:
-            return error(413, f"request body over the limit of {MAX_BODY} bytes")
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
-        inflight[target] += 1
+        inflight[key] += 1  # from here: a drain waits for it while its body is still arriving
         try:
+            body = await read_body(request)
+            if body is None:
+                inflight[key] -= 1
+                return error(413, f"request body over the limit of {MAX_BODY} bytes")
+            if s.get("adapter") and request.method == "POST":
+                body = with_model(body, s["adapter"])
+            headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
             upstream = await client.send(client.build_request(
                 request.method, f"{target}{request.url.path}", params=request.query_params, headers=headers,
                 content=body), stream=True)
         except httpx.HTTPError as e:
-            inflight[target] -= 1
+            inflight[key] -= 1
             return error(502, f"the endpoint at {target} did not answer: {e}")
+        except BaseException:  # the client went away mid-body
+            inflight[key] -= 1
+            raise
 
         async def relay():
             try:
@@ -127,7 +151,7 @@ def create_app(state_path: Path, api_key: str | None = None):
                     yield chunk
             finally:
                 await upstream.aclose()
-                inflight[target] -= 1
+                inflight[key] -= 1
 
         return StreamingResponse(relay(), status_code=upstream.status_code,
                                  headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP})
@@ -137,17 +161,19 @@ def create_app(state_path: Path, api_key: str | None = None):
                              Route("/{path:path}", forward, methods=methods)])
 
 
-def switch(state_path: Path, target: str, version: str, api_key: bool = True) -> str | None:
-    """Point the router at ``target`` (which requires the API key when ``api_key``); returns the target it had."""
+def switch(state_path: Path, target: str, version: str, api_key: bool = True, adapter: str | None = None
+           ) -> str | None:
+    """Point the router at ``target`` (which requires the API key when ``api_key``), at its LoRA adapter
+    ``adapter`` when given; returns what it forwarded to before (``target_key``: what ``drain`` waits on)."""
     s = read_state(state_path)
-    old = s.get("target")
-    write_state(state_path, {**s, "target": target, "version": version, "api_key": api_key})
+    old = target_key(s)
+    write_state(state_path, {**s, "target": target, "version": version, "api_key": api_key, "adapter": adapter})
     return old
 
 
 def drain(url: str, target: str, headers: dict[str, str] | None = None, timeout_s: float = 120) -> bool:
-    """Wait until no request the router forwarded to ``target`` is still running; False after ``timeout_s``.
-    ``headers`` carry the key ``/router/status`` asks for."""
+    """Wait until no request the router forwarded to ``target`` (a ``target_key``) is still running; False after
+    ``timeout_s``. ``headers`` carry the key ``/router/status`` asks for."""
     import httpx
 
     deadline = time.monotonic() + timeout_s

@@ -14,6 +14,7 @@ were evaluated (and the tokenizer), so it is also a plain checkpoint that every 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import shutil
@@ -122,25 +123,48 @@ def _link(src: str, dst: str) -> None:
 
 def log_merged(run_id: str, model_dir: str | Path, model_type: str, workdir: Path, log=print,
                attempts: int = 2) -> LoggedModel:
-    """Log ``model_dir`` as the run's logged model ``merged_model``: saved in ``workdir/mlflow_model``, uploaded
-    through the tracking server, verified in the bucket (uploaded again once if not whole), then READY. A model
-    that never got whole is marked FAILED and the error raised, so nothing is registered on top of it."""
+    """Log ``model_dir`` as the run's logged model ``merged_model``: saved in ``workdir/mlflow_model`` with its
+    type's flavor, uploaded through the tracking server, verified (``log_folder``)."""
+    return log_folder(run_id, "merged_model", model_type, workdir,
+                      lambda dest, model: save(model_dir, model_type, dest, model).folder, log, attempts)
+
+
+def log_adapter(run_id: str, adapter_dir: str | Path, workdir: Path, log=print, attempts: int = 2) -> LoggedModel:
+    """Log a LoRA adapter folder (PEFT's files and ``fineflow_base.json``, which names its base model and base
+    revision) as the run's logged model ``adapter``, in its ``adapter/`` folder: a client with the tracking URI
+    downloads it (``mlflow.artifacts.download_artifacts("models:/NAME@ALIAS")``) and loads it on its base with
+    ``peft.PeftModel.from_pretrained(base, folder / "adapter")``."""
+    def write(dest: Path, model) -> str:
+        dest.mkdir(parents=True)
+        shutil.copytree(adapter_dir, dest / "adapter", copy_function=_link)
+        base = json.loads((Path(adapter_dir) / "fineflow_base.json").read_text())
+        model.metadata = {"fineflow.kind": "lora_adapter", **{f"fineflow.{k}": v for k, v in base.items()}}
+        model.save(str(dest / "MLmodel"))
+        return "adapter"
+    return log_folder(run_id, "adapter", "llm-adapter", workdir, write, log, attempts)
+
+
+def log_folder(run_id: str, name: str, model_type: str, workdir: Path, write, log=print,
+               attempts: int = 2) -> LoggedModel:
+    """Log what ``write(dest, mlflow_model)`` puts in ``workdir/mlflow_model`` (returning the folder in it that
+    holds the model's own files) as the run's logged model ``name``: uploaded through the tracking server,
+    verified in the bucket (uploaded again once if not whole), then READY. A model that never got whole is marked
+    FAILED and the error raised, so nothing is registered on top of it."""
     from mlflow.entities import LoggedModelOutput
     from mlflow.models import Model
 
-    for name, default in MULTIPART.items():  # what the environment sets wins
-        os.environ.setdefault(name, default)
+    for variable, default in MULTIPART.items():  # what the environment sets wins
+        os.environ.setdefault(variable, default)
     c = tracking.client()
     run = c.get_run(run_id)
-    logged = c.create_logged_model(run.info.experiment_id, name="merged_model", source_run_id=run_id,
+    logged = c.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
                                    model_type=model_type, tags={"fineflow.model_type": model_type})
     c.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     local = workdir / "mlflow_model"
     shutil.rmtree(local, ignore_errors=True)
     try:
-        flavor = save(model_dir, model_type, local, Model(artifact_path=logged.artifact_location,
-                                                          model_uuid=logged.model_id, run_id=run_id,
-                                                          model_id=logged.model_id))
+        folder = write(local, Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
+                                    run_id=run_id, model_id=logged.model_id))
         uri = tracking.s3_of(logged.artifact_location)
         for attempt in range(1, attempts + 1):
             c.log_model_artifacts(logged.model_id, str(local))
@@ -155,6 +179,5 @@ def log_merged(run_id: str, model_dir: str | Path, model_type: str, workdir: Pat
         c.finalize_logged_model(logged.model_id, "FAILED")
         raise
     c.finalize_logged_model(logged.model_id, "READY")
-    log(f"logged {model_dir} as MLflow model {logged.model_id} ({flavor.module} flavor) in {uri}: "
-        f"{size} bytes, every file checked")
-    return LoggedModel(model_id=logged.model_id, uri=f"models:/{logged.model_id}", files_uri=f"{uri}/{flavor.folder}")
+    log(f"logged {name} as MLflow model {logged.model_id} in {uri}: {size} bytes, every file checked")
+    return LoggedModel(model_id=logged.model_id, uri=f"models:/{logged.model_id}", files_uri=f"{uri}/{folder}")

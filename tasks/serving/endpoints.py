@@ -21,6 +21,7 @@ from tasks import files, launchers, net
 from tasks.core import Command
 from tasks.launchers import group_alive, stop_group
 from tasks.masking import redact_text, show_argv
+from tasks.services import keys
 from tasks.settings import state_dir
 
 
@@ -37,6 +38,9 @@ class Endpoint(BaseModel):
     restarts_file: str | None = None  # the supervisor's record of restarts after a crash
     relaunch: dict | None = None  # how to serve it again: the pipeline's deploy section and prompt style
     serving: dict | None = None  # the serving platform it runs on (tasks.serving.platforms); None: this machine
+    # A LoRA adapter on a shared base endpoint (tasks.serving.adapters): the model name it answers to there. Its
+    # url is the base endpoint's; it has no process of its own (pid 0).
+    adapter: str | None = None
 
     def restarts(self) -> int:
         path = Path(self.restarts_file) if self.restarts_file else None
@@ -46,7 +50,24 @@ class Endpoint(BaseModel):
         return group_alive(self.pid) if self.pid > 0 else self.healthy()  # a platform's endpoint has no process here
 
     def healthy(self) -> bool:
-        return net.http_ok(f"{self.url}/health")
+        """It answers its health check; an adapter, also listed by its base (which loses it when restarted)."""
+        if not net.http_ok(f"{self.url}/health"):
+            return False
+        return self.adapter is None or self.adapter in adapters_listed(self)
+
+
+def adapters_listed(ep: Endpoint) -> list[str]:
+    """The adapters the server at ``ep.url`` lists (``/v1/models``: the entries with a ``parent``); [] when it does
+    not answer."""
+    import httpx
+
+    headers = keys.auth_headers() if ep.api_key_file else {}
+    try:
+        reply = httpx.get(f"{ep.url}/v1/models", headers=headers, timeout=10)
+        reply.raise_for_status()
+        return [m["id"] for m in reply.json()["data"] if m.get("parent")]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _registry() -> Path:
@@ -110,7 +131,8 @@ def stop(name: str) -> bool:
     ep = get(name)
     if ep is None:
         return False
-    stop_group(ep.pid)
+    if ep.pid > 0:  # pid 0 would be this process's own group
+        stop_group(ep.pid)
     for suffix in (".json", ".restarts.json", ".armed"):
         (_registry() / f"{name}{suffix}").unlink(missing_ok=True)
     return True

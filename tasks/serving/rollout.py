@@ -18,7 +18,7 @@ prompt style), beside ``endpoint_name`` and ``endpoint_url``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from urllib.parse import urlparse
 
 from pydantic import BaseModel
@@ -27,7 +27,7 @@ from tasks import net
 from tasks.files import slug
 from tasks.models.local import holds_weights
 from tasks.services import coordination, registry, storage
-from tasks.serving import platforms
+from tasks.serving import adapters, platforms
 from tasks.serving.endpoints import Endpoint
 from tasks.serving.start import recorded_engine, start_engine
 from tasks.settings import state_dir
@@ -100,6 +100,8 @@ def serving_endpoint(model: str, version: str, log: Log = print) -> Endpoint:
         return current
     if config is None:
         raise RuntimeError(f"{model} version {version} records no deploy_config: it cannot be served again")
+    if config["deploy"].get("serve") == "adapter":  # its adapter, loaded again on its base's shared endpoint
+        return adapters.serve_again(model, version, tags, config, log)
     model_path = current.model_path if current and holds_weights(current.model_path) else \
         download_version(model, version, log)
     old_port = urlparse(tags.get("endpoint_url", "")).port
@@ -140,10 +142,12 @@ def rollback(model: str, alias: str = "production", log: Log = print) -> Promoti
     return done
 
 
-def restore(log: Log = print) -> list[Promotion]:
-    """Serve again every alias of every registered model whose endpoint or route is gone."""
+def restore(models: Collection[str] = (), log: Log = print) -> list[Promotion]:
+    """Serve again every alias of every registered model (or of ``models`` only) whose endpoint or route is gone."""
     done = []
     for rm in registry.client().search_registered_models():
+        if models and rm.name not in models:
+            continue
         for alias, version in (rm.aliases or {}).items():
             try:
                 ep = serving_endpoint(rm.name, str(version), log)

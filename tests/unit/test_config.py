@@ -1,7 +1,8 @@
 import pytest
 
 from tasks.models import ModelManager, validate_model_path
-from tasks.pipeline.config import ConfigError, deep_merge, load_config
+from tasks.pipeline.config import load_config
+from tasks.pipeline.config_files import ConfigError, deep_merge
 from tasks.services.tracking import flatten
 from tests.support.paths import REPO, TINY_MODEL
 
@@ -16,7 +17,8 @@ def test_every_shipped_config_has_a_prefect_deployment():
     import yaml
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
-    finetune = [d for d in spec if d["entrypoint"] == "flows/finetune.py:finetune"]
+    finetune = [d for d in spec if d["entrypoint"] == "flows/finetune.py:finetune"
+                and d["work_pool"]["name"] == "fineflow-local"]
     deployments = {d["name"]: d["parameters"]["config_path"] for d in finetune}
     shipped = {p.stem: f"deployments/{p.name}" for p in (REPO / "deployments").glob("*.yaml")}
     assert deployments == shipped
@@ -28,6 +30,17 @@ def test_every_shipped_config_has_a_prefect_deployment():
         assert trigger["expect"] == ["fineflow.dataset.updated"]
         assert trigger["parameters"] == {"config_path": d["parameters"]["config_path"],
                                          "data_path": "{{ event.payload.uri }}"}
+    # Each has a twin on the Kubernetes pool: the same config, schedule and trigger, the image's checkout.
+    twins = {d["name"]: d for d in spec if d["work_pool"]["name"] == "fineflow-k8s"}
+    assert sorted(twins) == sorted(f"{d['name']}-k8s" for d in finetune)
+    for d in finetune:
+        twin = twins[f"{d['name']}-k8s"]
+        assert (twin["entrypoint"], twin["parameters"], twin["schedules"], twin["triggers"]) == (
+            d["entrypoint"], d["parameters"], d["schedules"], d["triggers"])
+        assert twin["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/fineflow"}}]
+    assert {n for n, d in twins.items() if d["work_pool"].get("job_variables", {}).get("gpu_limit")} == {
+        f"{n}-k8s" for n in ("smollm2-arithmetic", "smollm2-arithmetic-llamafactory", "smollm2-gsm8k", "alpacalora",
+                             "llamafactory", "llamafactory-dpo", "auto", "collie")}
     (watch,) = [d for d in spec if d["entrypoint"] == "flows/watch.py:watch"]
     assert [(s["active"], s["interval"]) for s in watch["schedules"]] == [(True, 60)]
     assert watch["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}  # no pile of watchers

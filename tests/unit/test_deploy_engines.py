@@ -79,6 +79,12 @@ def test_vllm_serves_the_base_when_the_finetuned_folder_has_no_weights(tmp_path,
     argv = Vllm(port=1, name="m").cmd(str(adapter), base_model=TINY).argvs[-1]
     opts = argv_options(argv, 3)
     assert opts["--model"] == TINY and opts["--enable-lora"] is True and opts["--lora-modules"] == f"m-adapter={adapter}"
+    # Adapters loaded while it runs: vLLM allows its runtime LoRA routes only with this variable set.
+    runtime = Vllm(port=1, name="m", **{"max-loras": 4, "max-lora-rank": 32}).cmd(TINY)
+    opts = argv_options(runtime.argvs[-1], 3)
+    assert (opts["--enable-lora"], opts["--max-loras"], opts["--max-lora-rank"]) == (True, "4", "32")
+    assert "--lora-modules" not in opts and runtime.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in Vllm(port=1).cmd(TINY).env
     with pytest.raises(FileNotFoundError, match="vLLM has no model to serve"):
         Vllm(port=1).cmd(str(empty), base_model=str(tmp_path / "nothing"))
 
@@ -227,3 +233,37 @@ def test_deploy_sections_that_would_expose_an_endpoint_are_refused(tmp_path, dep
     assert load_config("deployments/quickstart-vllm.yaml").deploy.params.max_num_seqs == 16
 
 
+
+
+def test_adapter_serving_is_an_engine_seam_the_config_checks(tmp_path):
+    """``deploy.serve: adapter`` needs an engine that serves LoRA adapters at runtime (``serves_adapters``, with
+    its own ``with_adapters``); the others refuse it when the config loads, naming the ones that can."""
+    capable = sorted(n for n, e in ENGINES.items() if e.serves_adapters)
+    assert capable == ["relay", "vllm"]
+    for name, engine in ENGINES.items():  # the flag and the method go together
+        assert engine.serves_adapters == ("with_adapters" in vars(engine)), name
+    relay = RelayServer(port=1, name="tiny")
+    relay.with_adapters(3, "sha256:abc", "/srv/adapters")
+    opts = argv_options(relay.cmd(TINY).argvs[-1], 3)
+    assert (opts["--max-adapters"], opts["--base-revision"], opts["--adapter-root"]) == ("3", "sha256:abc",
+                                                                                      "/srv/adapters")
+    assert "--max-adapters" not in RelayServer(port=1).cmd(TINY).argvs[-1]
+    vllm = Vllm(port=1, name="m", openai_api=True)
+    vllm.with_adapters(5, "sha256:abc", "/srv/adapters")
+    served = vllm.cmd(TINY)
+    assert argv_options(served.argvs[-1], 3)["--max-loras"] == "5"
+    assert served.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    with pytest.raises(ValueError, match="deploy engine 'lmdeploy' serves no LoRA adapters"):
+        LMDeploy(port=1).with_adapters(2, "sha256:abc", "/srv")
+    head = "name: x\ndata: {path: infra/datasets/word_ops.json}\nregistry: {model_name: m}\n"
+    for deploy, message in (("{backend: lmdeploy, serve: adapter}", r"serve: adapter needs an engine that serves "
+                                                                     r"LoRA adapters on a shared base \(relay, vllm\)"),
+                            ("{backend: relay, serve: adapter, max_adapters: 0}", r"max_adapters"),
+                            ("{backend: relay, serve: whole}", r"deploy.relay.serve")):
+        path = tmp_path / "c.yaml"
+        path.write_text(head + f"deploy: {deploy}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+    path.write_text(head + "deploy: {backend: relay, serve: adapter, max_adapters: 4}\n")
+    deploy = load_config(path).deploy
+    assert (deploy.serve, deploy.max_adapters) == ("adapter", 4)

@@ -8,6 +8,7 @@ hop-by-hop ones, the body) and relayed back, and the requests in flight counted 
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 
 import pytest
@@ -64,7 +65,9 @@ def test_bodies_over_the_limit_are_refused_declared_or_streamed(client, monkeypa
 
 
 def test_status_is_behind_the_key_and_a_keyless_target_asks_for_none(client):
-    assert client.get("/router/status").status_code == 401
+    refused = client.get("/router/status")
+    assert refused.status_code == 401 and refused.json() == {"error": {
+        "message": "a valid API key is required: Authorization: Bearer <key>", "type": "authentication_error"}}
     status = client.get("/router/status", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert status["version"] == "3" and status["inflight"] == {}
     target = router.read_state(client.state_path)["target"]
@@ -123,6 +126,25 @@ def echo():
         yield url
 
 
+def test_an_adapter_version_gets_its_model_name_set_in_each_json_request(client, echo):
+    """A LoRA adapter on a shared base: the route names the adapter in ``model`` whatever the client sent; a body
+    that is not a JSON object goes as it is; the replaced target is told apart by its adapter (``drain``)."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    router.switch(client.state_path, echo, "1", adapter="m-run1")
+    sent = client.post("/v1/completions", headers=auth, json={"model": "anything", "prompt": "hi"}).json()
+    assert json.loads(sent["body"]) == {"model": "m-run1", "prompt": "hi"}
+    assert json.loads(client.post("/v1/completions", headers=auth, json={"prompt": "x"}).json()["body"]) == \
+        {"model": "m-run1", "prompt": "x"}
+    assert client.post("/v1/x", headers=auth, content=b"[1, 2]").json()["body"] == "[1, 2]"
+    assert client.post("/v1/x", headers=auth, content=b"not json").json()["body"] == "not json"
+    assert client.get("/v1/models", headers=auth).json()["method"] == "GET"
+    assert router.switch(client.state_path, echo, "2", adapter="m-run2") == f"{echo}#m-run1"
+    assert json.loads(client.post("/v1/c", headers=auth, json={}).json()["body"]) == {"model": "m-run2"}
+    assert router.switch(client.state_path, echo, "3") == f"{echo}#m-run2"  # a merged version: sent as it is
+    assert json.loads(client.post("/v1/c", headers=auth, json={"model": "z"}).json()["body"]) == {"model": "z"}
+    assert client.get("/router/status", headers=auth).json()["adapter"] is None
+
+
 def test_requests_are_forwarded_whole_and_answers_relayed(client, echo, monkeypatch):
     auth = {"Authorization": f"Bearer {KEY}"}
     router.switch(client.state_path, None, "0")
@@ -144,7 +166,7 @@ def test_requests_are_forwarded_whole_and_answers_relayed(client, echo, monkeypa
     assert refused.json() == {"error": {"message": "a valid API key is required: Authorization: Bearer <key>",
                                         "type": "authentication_error"}}
     status = client.get("/router/status", headers=auth).json()
-    assert status == {"target": echo, "version": "5", "model": "m@production", "inflight": {}}
+    assert status == {"target": echo, "version": "5", "model": "m@production", "adapter": None, "inflight": {}}
 
 
 def test_requests_in_flight_are_counted_per_target_until_their_answer_ends(client, echo):

@@ -1,0 +1,245 @@
+"""Many finetunes, one base (``deploy.serve: adapter``), on the real stack: three pipelines on different data
+register three adapter versions served by one shared endpoint of the tiny model; each answers as greedy decoding
+of the base with that adapter by hand (loaded from MLflow by a client that knows only the tracking URI); a new
+version of one is promoted while the other two keep answering, no request failing; an adapter trained on another
+base revision is refused with a message naming both.
+
+The pipelines run through the stack's worker (``finetune/quickstart`` with overrides), their data in the bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra.demo import follow, start_deployment
+from tasks.servers.adapters import BASE_RECORD
+from tasks.services import keys, registry, storage
+from tasks.serving import adapter_endpoints, adapters, endpoints, rollout
+from tasks.serving.platforms.local import router_name
+from tasks.settings import Settings
+from tests.e2e.test_records import client_env
+from tests.support.paths import REPO
+
+UPPER, LOWER = "Convert the word to upper case.", "Convert the word to lower case."
+MODELS = {"upper": "fineflow-adapter-upper", "lower": "fineflow-adapter-lower", "mixed": "fineflow-adapter-mixed"}
+WORDS = ("saw", "lamp", "door", "fish", "cat", "tree")
+DEPLOY = {"backend": "relay", "serve": "adapter", "max_adapters": 2}  # 3 adapters, 2 in memory: one reloads
+# Serving is what is tested: every candidate passes (the tiny model does not learn lower case in a few steps).
+GATE = {"metric": "val_loss", "min_improvement": -100.0, "allow_regression": True}
+
+
+def prompt(instruction: str, word: str) -> str:
+    return f"### Instruction:\n{instruction}\n{word}\n\n### Response:\n"
+
+
+def data_uri(name: str, records: list[dict]) -> str:
+    uri = f"s3://{Settings.load().s3_bucket}/test-data/adapters/{name}.json"
+    bucket, key = storage.split_uri(uri)
+    storage.s3_client().put_object(Bucket=bucket, Key=key, Body=json.dumps(records).encode())
+    return uri
+
+
+def run_pipeline(name: str, data: str, steps: int) -> dict:
+    overrides = {"name": f"adapters-{name}", "registry": {"model_name": MODELS[name]}, "deploy": DEPLOY,
+                 "data": {"val_set_size": 24},
+                 "finetune": {"params": {"max_steps": steps, "save_steps": steps}},
+                 "evaluate": {"max_samples": 24, "gate": GATE}}
+    flow_run_id = start_deployment("finetune/quickstart", {"overrides": overrides, "data_path": data})
+    logs: list[str] = []
+    state = follow(flow_run_id, timeout_s=1200, echo=logs.append)
+    assert state.is_completed(), "\n".join(logs[-60:])
+    version = registry.alias_version(MODELS[name], "production")
+    assert version, "\n".join(logs[-60:])
+    return {"version": version, "tags": registry.version_tags(MODELS[name], version)}
+
+
+def ask(url: str, text: str, model: str | None = None, client: httpx.Client | None = None) -> httpx.Response:
+    body = {"prompt": text, "max_tokens": 8, **({"model": model} if model else {})}
+    return (client or httpx).post(f"{url}/v1/completions", json=body, headers=keys.auth_headers(), timeout=120)
+
+
+def by_hand(models: list[str], questions: dict[str, list[str]], home: Path) -> dict[str, list[tuple[str, float]]]:
+    """For each model's production version, loaded from MLflow by a client with only the tracking URI (the
+    adapter folder, PEFT on the base its ``fineflow_base.json`` names): greedy decoding of each question written
+    out, with the smallest gap between the first two logits over the answer."""
+    script = """
+import json, sys, mlflow.artifacts, torch
+from pathlib import Path
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+asked, out = json.loads(sys.argv[1]), {}
+for name, questions in asked.items():
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@production")) / "adapter"
+    base = json.loads((folder / "fineflow_base.json").read_text())
+    tok = AutoTokenizer.from_pretrained(base["base_model_path"])
+    model = AutoModelForCausalLM.from_pretrained(base["base_model_path"], dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(folder)).eval()
+    out[name] = []
+    for q in questions:
+        ids, new, gaps = tok(tok.bos_token + q, add_special_tokens=False).input_ids, [], []
+        with torch.inference_mode():
+            for _ in range(8):
+                top = model(input_ids=torch.tensor([ids + new])).logits[0, -1].topk(2)
+                gaps.append(float(top.values[0] - top.values[1]))
+                if int(top.indices[0]) == tok.eos_token_id:
+                    break
+                new.append(int(top.indices[0]))
+        out[name].append([tok.decode(new, skip_special_tokens=True), min(gaps)])
+print("ANSWERS=" + json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", script, json.dumps({MODELS[m]: questions[m] for m in models})],
+                          env=client_env(home), cwd=home, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(done.stdout.split("ANSWERS=")[-1])
+    return {m: [tuple(x) for x in answers[MODELS[m]]] for m in models}
+
+
+@pytest.fixture(scope="module")
+def served(stack, tmp_path_factory):
+    records = json.loads((REPO / "infra/datasets/word_ops.json").read_text())  # upper case, and twice
+    upper = [r for r in records if r["instruction"] == UPPER]
+    lower = [{"instruction": LOWER, "input": r["output"], "output": r["input"]} for r in upper]
+    data = {"upper": data_uri("upper", upper), "lower": data_uri("lower", lower), "mixed": data_uri("mixed", records)}
+    versions = {name: run_pipeline(name, data[name], 160) for name in MODELS}
+    own = {"upper": [prompt(UPPER, w) for w in WORDS], "lower": [prompt(LOWER, w.upper()) for w in WORDS],
+           "mixed": [prompt(UPPER, w) for w in WORDS]}
+    questions = sorted({q for qs in own.values() for q in qs})
+    hand = by_hand(list(MODELS), {name: questions for name in MODELS}, tmp_path_factory.mktemp("client"))
+    # Each adapter's question is one of its own task it answers least ambiguously: no near tie that another
+    # summation order (a batch of other requests beside it) could flip.
+    expected = {}
+    for name in MODELS:
+        answer, gap, question = max(((*hand[name][questions.index(q)], q) for q in own[name]), key=lambda x: x[1])
+        assert gap > 1e-3, (name, answer, gap)
+        expected[name] = (question, answer)
+    # A question the adapters answer differently (the most different answers), none with a near tie: it shows whose
+    # weights served.
+    telling = max(((q, {n: hand[n][i][0] for n in MODELS}) for i, q in enumerate(questions)
+                   if min(hand[n][i][1] for n in MODELS) > 1e-3), key=lambda x: len(set(x[1].values())))
+    assert len(set(telling[1].values())) > 1, hand
+    yield {"data": data, "versions": versions, "expected": expected, "telling": telling}
+    # What the session's later tests (a restore after `down` and `up`) need not serve again: the three models,
+    # their routes, adapters and the shared endpoint.
+    shared = {v["tags"]["endpoint_url"] for v in versions.values()}
+    for name in MODELS.values():
+        endpoints.stop(router_name(name, "production"))
+        registry.client().delete_registered_model(name)
+    for record in (adapter_endpoints.root() / "served").glob("*.json"):
+        adapter_endpoints.unload(record.stem)
+    for ep in endpoints.list_endpoints():
+        if ep.url in shared:
+            endpoints.stop(ep.name)
+
+
+def routes(served) -> dict[str, str]:
+    return {name: registry.client().get_registered_model(MODELS[name]).tags["url_production"] for name in MODELS}
+
+
+def test_three_pipelines_serve_three_adapters_on_one_endpoint_each_as_by_hand(served):
+    tags = {name: v["tags"] for name, v in served["versions"].items()}
+    assert {t["serve"] for t in tags.values()} == {"adapter"}
+    shared = {t["endpoint_url"] for t in tags.values()}
+    assert len(shared) == 1, shared  # one endpoint serves all three
+    bases = [ep for ep in endpoints.list_endpoints() if ep.name.startswith("base-tiny-llama-")]
+    assert [ep.url for ep in bases] == list(shared)
+    names = {name: t["adapter_name"] for name, t in tags.items()}
+    listed = endpoints.adapters_listed(bases[0])
+    assert set(names.values()) <= set(listed), listed
+    # The version is the adapter: its MLflow model holds PEFT's files and names the base and its revision.
+    for t in tags.values():
+        assert t["base_model"] == "tiny-llama" and t["base_model_revision"].startswith("sha256:")
+        assert t["model_files"].endswith("/adapter")
+
+    url = routes(served)
+    for name, (question, answer) in served["expected"].items():
+        via_route = ask(url[name], question)
+        via_base = ask(next(iter(shared)), question, model=names[name])
+        assert via_route.status_code == 200 and via_base.status_code == 200, (via_route.text, via_base.text)
+        assert via_route.json()["choices"][0]["text"] == answer == via_base.json()["choices"][0]["text"], name
+    # Three adapters, three behaviours: one question, three answers, each from the adapter its route names.
+    question, answers = served["telling"]
+    assert {name: ask(url[name], question).json()["choices"][0]["text"] for name in MODELS} == answers
+
+
+def test_a_new_adapter_version_is_promoted_while_the_others_answer_without_a_failure(served):
+    url, names = routes(served), {n: v["tags"]["adapter_name"] for n, v in served["versions"].items()}
+    shared = served["versions"]["upper"]["tags"]["endpoint_url"]
+    results: dict[str, list[tuple[int, str]]] = {n: [] for n in MODELS}
+    stop = threading.Event()
+
+    def traffic(name: str) -> None:
+        question = served["expected"][name][0]
+        deadline = time.monotonic() + 900  # bounded: the promotion below takes a few minutes at most
+        with httpx.Client(timeout=120) as client:
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    r = ask(url[name], question, client=client)
+                    results[name].append((r.status_code, r.json()["choices"][0]["text"] if r.status_code == 200
+                                          else r.text))
+                except (httpx.HTTPError, ValueError, KeyError) as e:  # a failed request, counted as one
+                    results[name].append((0, f"{type(e).__name__}: {e}"))
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=traffic, args=(n,)) for n in MODELS]
+    for t in threads:
+        t.start()
+    try:
+        again = run_pipeline("upper", served["data"]["upper"], 200)  # new inputs: a new candidate, trained
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=180)
+    assert int(again["version"]) > int(served["versions"]["upper"]["version"])
+    for name in MODELS:
+        statuses = [s for s, _ in results[name]]
+        assert statuses and set(statuses) == {200}, (name, [r for r in results[name] if r[0] != 200][:3])
+    for name in ("lower", "mixed"):  # the others answered as before, throughout
+        assert {text for _, text in results[name]} == {served["expected"][name][1]}, name
+    new_adapter = again["tags"]["adapter_name"]
+    listed = endpoints.adapters_listed(endpoints.get(next(
+        ep.name for ep in endpoints.list_endpoints() if ep.url == shared)))
+    assert new_adapter in listed and names["upper"] not in listed, listed  # the replaced one unloaded
+    assert names["lower"] in listed and names["mixed"] in listed
+    assert again["tags"]["endpoint_url"] == shared
+
+
+def test_a_rollback_loads_the_replaced_adapter_again_from_the_registry(served):
+    """After the promotion above: the replaced adapter was unloaded; a rollback fetches it from the registry, loads it
+    on the shared endpoint and moves the route back."""
+    model, first = MODELS["upper"], served["versions"]["upper"]
+    fetched = adapter_endpoints.root() / "files" / model / first["version"]
+    assert not fetched.exists()
+    done = rollout.rollback(model)
+    assert done.version == first["version"]
+    assert (fetched / BASE_RECORD).is_file()  # fetched from the registry's source, not taken from the run's folder
+    question, answer = served["expected"]["upper"]
+    assert ask(routes(served)["upper"], question).json()["choices"][0]["text"] == answer
+    base = next(ep for ep in endpoints.list_endpoints() if ep.url == first["tags"]["endpoint_url"])
+    listed = endpoints.adapters_listed(base)
+    assert first["tags"]["adapter_name"] in listed and len(listed) == 3, listed  # the rolled-back one unloaded
+
+
+def test_an_adapter_of_another_base_revision_is_refused_naming_both(served, tmp_path):
+    tags = served["versions"]["lower"]["tags"]
+    folder = adapter_endpoints.root() / "files" / "stranger"
+    shutil.rmtree(folder, ignore_errors=True)
+    storage.fetch(tags["model_files"], folder)
+    record = json.loads((folder / BASE_RECORD).read_text())
+    (folder / BASE_RECORD).write_text(json.dumps({**record, "base_model_revision": "sha256:0123456789abcdef"}))
+    relaunch = json.loads(tags["deploy_config"])
+    with pytest.raises(adapters.BaseMismatch, match=r"sha256:0123456789abcdef.*is at revision sha256:"):
+        adapters.serve(relaunch, str(folder), "stranger")
+    # The endpoint refuses it too when asked directly, naming both revisions, and loads nothing.
+    base = next(ep for ep in endpoints.list_endpoints() if ep.url == tags["endpoint_url"])
+    with pytest.raises(adapter_endpoints.AdapterRefused, match=r"sha256:0123456789abcdef.*revision sha256:"):
+        adapter_endpoints.load(base, "stranger", str(folder), relaunch)
+    assert "stranger" not in endpoints.adapters_listed(base) and adapter_endpoints.get("stranger") is None
