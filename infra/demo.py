@@ -171,7 +171,7 @@ def follow(flow_run_id: UUID, timeout_s: float = 3600, echo=print):
 def summary(flow_run_id: UUID) -> dict:
     """Read what the run produced from MLflow (the system of record) and ask the endpoint once."""
     from tasks.data import load_dataset
-    from tasks.services import keys, registry, tracking
+    from tasks.services import registry, tracking
     from tasks.serving import endpoints
     from tasks.serving.start import recorded_engine
 
@@ -198,8 +198,7 @@ def summary(flow_run_id: UUID) -> dict:
     # the retrieval check takes the dataset's own triplets.
     records = [{**sample, "output": sample["expected"]}] if "expected" in sample else \
         load_dataset(config["data"]["path"]).records[:8]
-    headers = keys.auth_headers() if served.api_key_file else {}
-    _, shown = engine.smoke_test(url, records, headers, served.model_path, prompt_style=engine.prompt_style)
+    _, shown = engine.smoke_test(url, records, served.headers(), served.model_path, prompt_style=engine.prompt_style)
     return {
         "mlflow_run": tracking.run_url(run.info.run_id),
         "model": f"{model_name} version {version}" + ("" if version == production else " (not promoted)"),

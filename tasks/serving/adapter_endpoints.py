@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks import files
-from tasks.services import keys
 from tasks.serving.endpoints import Endpoint, adapters_listed
 from tasks.settings import state_dir
 
@@ -37,10 +36,6 @@ def _record(name: str) -> Path:
     return folder / f"{name}.json"
 
 
-def _headers(ep: Endpoint) -> dict[str, str]:
-    return keys.auth_headers() if ep.api_key_file else {}
-
-
 def _reason(reply) -> str:
     try:
         error = reply.json().get("error", reply.json())
@@ -56,7 +51,7 @@ def load(base: Endpoint, name: str, path: str, relaunch: dict | None) -> Endpoin
     import httpx
 
     reply = httpx.post(f"{base.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
-                       headers=_headers(base), timeout=TIMEOUT_S)
+                       headers=base.headers(), timeout=TIMEOUT_S)
     if reply.status_code != 200:
         raise AdapterRefused(f"endpoint {base.name} at {base.url} refused adapter {name} ({path}): "
                              f"{_reason(reply)}")
@@ -87,7 +82,7 @@ def unload(name: str) -> bool:
         return False
     ep = Endpoint.model_validate_json(path.read_text())
     try:
-        reply = httpx.post(f"{ep.url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=_headers(ep),
+        reply = httpx.post(f"{ep.url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=ep.headers(),
                            timeout=TIMEOUT_S)
         if reply.status_code not in (200, 404):  # 404: not loaded there (the base started again without it)
             return False

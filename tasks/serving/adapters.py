@@ -21,7 +21,7 @@ from typing import Any
 from tasks.files import slug
 from tasks.models.local import revision_of
 from tasks.servers.adapters import BASE_RECORD
-from tasks.services import coordination, keys, registry, storage
+from tasks.services import coordination, registry, storage
 from tasks.serving import adapter_endpoints, platforms
 from tasks.serving.endpoints import Endpoint
 from tasks.serving.start import Started, recorded_engine, start_engine
@@ -102,8 +102,8 @@ def serve(relaunch: dict, adapter_dir: str, name: str, smoke_records: list[dict]
             return Started(ep, None, "loaded; no smoke test")
         engine = recorded_engine(relaunch, base_path, name)  # a request for model ``name``: the adapter
         try:
-            answer, shown = engine.smoke_test(shared.url, smoke_records, keys.auth_headers() if ep.api_key_file
-                                              else {}, base_path, prompt_style=relaunch["prompt_style"],
+            answer, shown = engine.smoke_test(shared.url, smoke_records, ep.headers(), base_path,
+                                              prompt_style=relaunch["prompt_style"],
                                               formatter=formatter)
         except Exception:
             adapter_endpoints.unload(name)

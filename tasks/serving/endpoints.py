@@ -46,6 +46,10 @@ class Endpoint(BaseModel):
         path = Path(self.restarts_file) if self.restarts_file else None
         return len(json.loads(path.read_text())) if path and path.exists() else 0
 
+    def headers(self) -> dict[str, str]:
+        """What a request to it carries: the key, where it requires one."""
+        return keys.auth_headers() if self.api_key_file else {}
+
     def alive(self) -> bool:
         return group_alive(self.pid) if self.pid > 0 else self.healthy()  # a platform's endpoint has no process here
 
@@ -61,9 +65,8 @@ def adapters_listed(ep: Endpoint) -> list[str]:
     not answer."""
     import httpx
 
-    headers = keys.auth_headers() if ep.api_key_file else {}
     try:
-        reply = httpx.get(f"{ep.url}/v1/models", headers=headers, timeout=10)
+        reply = httpx.get(f"{ep.url}/v1/models", headers=ep.headers(), timeout=10)
         reply.raise_for_status()
         return [m["id"] for m in reply.json()["data"] if m.get("parent")]
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
