@@ -88,6 +88,7 @@ def deploy_adapter(cfg: DeploySection, adapter: AdapterModel, name: str, trained
     with timed(run_id, "deploy"):
         started = adapters.serve(cfg.relaunch(trained.prompt_style), adapter.path, f"{name}-{run_id[:8]}",
                                  smoke_records=read_jsonl(data.val_path)[:8],
-                                 formatter=make_formatter(cfg.formatter, cfg.formatter_selector), log=logger.info)
+                                 formatter=make_formatter(cfg.formatter, cfg.formatter_selector), log=logger.info,
+                                 adapter_uri=adapter.s3_uri)
     record_smoke(run_id, started, logger.info)
     return started.endpoint

@@ -139,9 +139,6 @@ class DeploySettings(Section):
         if not engine.serves_adapters:
             raise ValueError(f"serve: adapter needs an engine that serves LoRA adapters on a shared base ("
                              f"{', '.join(n for n, e in ENGINES.items() if e.serves_adapters)}), not {engine.engine!r}")
-        if self.serving.platform != "local":
-            raise ValueError("serve: adapter runs on the local serving platform only for now: the Ray platform "
-                             "serves merged versions (serve: merged)")
         return self
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ from tasks.pipeline.config import PipelineConfig, load_config
 from tasks.pipeline.config_files import with_data_path
 from tasks.pipeline.steps import make_trainer
 from tasks.services import keys
-from tasks.serving import adapter_endpoints
+from tasks.serving import platforms
 
 
 class PlannedStep(BaseModel):
@@ -62,7 +62,7 @@ def deploy_plan(config: PipelineConfig, merged: str, base_path: str, prompt_styl
                            params=cfg.model_dump(mode="json"), commands=[str(engine.cmd(merged))])
     engine = cfg.engine(base_path, Path(config.model.base_model).name, prompt_style)
     revision = revision_of(base_path) if holds_weights(base_path) else "<the base's revision>"
-    engine.with_adapters(cfg.max_adapters, revision, str(adapter_endpoints.root(create=False)))
+    engine.with_adapters(cfg.max_adapters, revision, platforms.platform(cfg.serving).adapter_root())
     return PlannedStep(step="deploy", does=f"load the adapter on the shared {engine.engine} endpoint of "
                        f"{config.model.base_model} (started with this command when none runs), smoke-test it "
                        f"there{key}", params=cfg.model_dump(mode="json"), commands=[str(engine.cmd(base_path))])

@@ -38,7 +38,7 @@ def endpoint_tags(ep: Endpoint) -> dict[str, str]:
     """What a version records of its endpoint: where it answers, which engine with which command, how to serve it
     again (``deploy_config``: the deploy section and the prompt style), where its API key is kept (never the key)."""
     platform = platforms.of_endpoint(ep)
-    where = {"ray_application": ep.name, "ray_address": str(platform.section.address)} if platform.name == "ray" \
+    where = {"ray_application": ep.base or ep.name, "ray_address": str(platform.section.address)} if platform.name == "ray" \
         else {}
     return {"endpoint_url": ep.url, "endpoint_name": ep.name, "backend": ep.backend,
             "api_key_file": ep.api_key_file or "none (open, loopback only)", "serving_platform": platform.name,

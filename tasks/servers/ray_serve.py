@@ -5,7 +5,7 @@
     python -m tasks.servers.ray_serve deploy --address HEAD:PORT --http HOST:PORT --app NAME --route /_v/NAME \\
         [--replicas N] [--autoscaling JSON] [--model-uri s3://... --model-path P] [--api-key-env VAR] -- ARGV
     python -m tasks.servers.ray_serve route --address HEAD:PORT --http HOST:PORT --app ALIAS_APP --route /m/alias \\
-        --target VERSION_APP --version V [--replicas N]
+        --target VERSION_APP --version V [--model-id NAME=URI] [--replicas N]
     python -m tasks.servers.ray_serve delete --address HEAD:PORT --app NAME   # its replicas drain, then stop
     python -m tasks.servers.ray_serve status --address HEAD:PORT              # JSON: each application
     python -m tasks.servers.ray_serve shutdown HEAD:PORT                      # every application
@@ -19,6 +19,9 @@ An *alias* is an application of one small ``AliasRoute`` at the model's stable r
 application its ``user_config`` names, so moving the alias is Serve's in-place reconfigure (no replica restarts,
 no request dropped) and the old version's replicas drain when its application is deleted. Replicas ask for one
 ``fineflow_replica`` resource each, at most one per node, so a version's replicas spread over the nodes.
+A version whose engine serves LoRA adapters on its base is shared by the adapter versions of that base: a request
+naming an adapter (Serve's multiplexed model id) is served with it, each replica loading it on its node as it is
+asked for (``ray_adapters``), and an alias of an adapter version routes with that id.
 Answers carry ``X-Fineflow-Node`` (the Ray node), ``X-Fineflow-Pid`` (the engine server's process) and, through
 an alias, ``X-Fineflow-Version``. Every driver command exits once Serve has done it; the applications keep
 serving until deleted or the cluster stops. An engine server that dies fails its replica's health check, and
@@ -28,7 +31,7 @@ Serve starts a new replica.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import asyncio
 import json
 import os
 import signal
@@ -37,38 +40,14 @@ import sys
 import time
 
 from tasks.net import free_port, http_ok
-from tasks.settings import api_key_file, env, environ, state_dir
+from tasks.servers import ray_adapters
+from tasks.servers.ray_node import die_with_parent, node_api_key, node_copy
+from tasks.servers.router import with_model
+from tasks.settings import env, environ, state_dir
 
 REPLICA_RESOURCE = "fineflow_replica"
 MAX_ONGOING = 64  # requests a replica takes at once
 FORWARDED = ("authorization", "content-type", "accept")
-
-
-def node_api_key(var: str) -> dict[str, str]:
-    """The API key as this node has it (``FINEFLOW_API_KEY``, else its key file), for the engine's ``var``."""
-    path = api_key_file()
-    key = env("FINEFLOW_API_KEY") or (path.read_text().strip() if path.exists() else "")
-    if not key:
-        raise RuntimeError(f"no API key on this node: set FINEFLOW_API_KEY in its environment or put the key in "
-                           f"{path}")
-    return {var: key}
-
-
-def node_copy(model_uri: str, fetch_python: str) -> str:
-    """The model's files on this node (fetched once from the bucket, whole, with the main environment's client)."""
-    target = state_dir() / "models" / "ray" / hashlib.sha256(model_uri.encode()).hexdigest()[:16]
-    if not target.is_dir():
-        subprocess.run([fetch_python, "-m", "tasks.services.storage", "fetch", model_uri, str(target)], check=True,
-                       env=environ(), stdin=subprocess.DEVNULL, timeout=3600)
-    return str(target)
-
-
-def die_with_parent() -> None:
-    """In the engine server's process, before it runs: the kernel sends it SIGTERM when the replica that started it
-    dies, however it dies (a replica killed with its node never runs ``__del__``)."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def deployments():
@@ -96,7 +75,13 @@ def deployments():
                 local = node_copy(model_uri, fetch_python)
                 argv = [a.replace(model_path, local) for a in argv]
             engine_env = {**engine_env, **(node_api_key(api_key_env) if api_key_env else {})}
-            argv = [a.replace("{port}", str(self.port)) for a in argv]
+            self.key = {"Authorization": f"Bearer {engine_env[api_key_env]}"} if api_key_env else {}
+            self.fetch_python = fetch_python
+            adapters = state_dir() / "adapters" / "ray"  # where this replica fetches the adapters it is asked for
+            if any(ray_adapters.ROOT_PLACEHOLDER in a for a in argv):
+                adapters.mkdir(parents=True, exist_ok=True)
+            argv = [a.replace("{port}", str(self.port)).replace(ray_adapters.ROOT_PLACEHOLDER, str(adapters))
+                    for a in argv]
             self.proc = subprocess.Popen(argv, env={**environ(), **engine_env}, start_new_session=True,
                                          stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
             self.base = f"http://127.0.0.1:{self.port}"
@@ -123,12 +108,26 @@ def deployments():
         def __del__(self):
             self._stop()
 
+        @serve.multiplexed(max_num_models_per_replica=ray_adapters.KNOWN_PER_REPLICA)
+        async def adapter(self, model_id: str) -> ray_adapters.LoadedAdapter:
+            """The adapter ``NAME=URI`` loaded in this replica's engine (fetched onto this node first)."""
+            name, uri = ray_adapters.split_model_id(model_id)
+            path = await asyncio.to_thread(node_copy, uri, self.fetch_python, "adapters")
+            return await ray_adapters.load(self.session, self.base, self.key, name, path)
+
         async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple:
-            """(status, content type, body, node, pid) of the engine server's answer."""
+            """(status, content type, body, node, pid) of the engine server's answer; for a request that names an
+            adapter (Serve's multiplexed model id), with the adapter loaded and named as the body's model."""
             import aiohttp
 
             if self.session is None:  # one connection pool per replica, made on its event loop
                 self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
+            if model_id := serve.get_multiplexed_model_id():
+                try:
+                    adapter = await self.adapter(model_id)  # loaded for any request: a listing shows it too
+                except ray_adapters.AdapterRefused as e:
+                    return e.status, "application/json", e.body, self.node, self.proc.pid
+                body = with_model(body, adapter.name) if body else body
             async with self.session.request(method, self.base + path, data=body, headers=headers) as r:
                 return r.status, r.headers.get("content-type"), await r.read(), self.node, self.proc.pid
 
@@ -144,15 +143,17 @@ def deployments():
         """The stable route of model@alias: forwards to the version application ``user_config`` names."""
 
         def __init__(self):
-            self.target, self.version = "", ""
+            self.target, self.version, self.model_id = "", "", ""
 
         def reconfigure(self, config: dict) -> None:
-            self.target, self.version = config["target"], config["version"]
+            self.target, self.version, self.model_id = config["target"], config["version"], config.get("model_id", "")
 
         async def __call__(self, request: Request) -> Response:
-            target, version = self.target, self.version  # a request finishes where it started
+            target, version, model_id = self.target, self.version, self.model_id  # it finishes where it started
             headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
             handle = serve.get_app_handle(target)
+            if model_id:  # an adapter version: its adapter on the shared base application
+                handle = handle.options(multiplexed_model_id=model_id)
             status, media, body, node, pid = await handle.forward.remote(request.method, stripped(request), headers,
                                                                          await request.body())
             return Response(body, status_code=status, media_type=media,
@@ -190,7 +191,7 @@ def deploy(opts: argparse.Namespace, engine: list[str]) -> dict:
 def route(opts: argparse.Namespace) -> dict:
     serve = connect(opts.address, opts.http)
     app = deployments()[1].options(num_replicas=opts.replicas, user_config={
-        "target": opts.target, "version": opts.version}).bind()
+        "target": opts.target, "version": opts.version, "model_id": opts.model_id}).bind()
     serve.run(app, name=opts.app, route_prefix=opts.route, blocking=False)  # in place: AliasRoute.reconfigure
     return {"app": opts.app, "url": f"http://{opts.http}{opts.route}"}
 
@@ -234,6 +235,7 @@ def parser() -> argparse.ArgumentParser:
     deploy_op.add_argument("--api-key-env", default="", help="the engine's API key variable (read on each node)")
     route_op.add_argument("--target", required=True, help="the version application to forward to")
     route_op.add_argument("--version", required=True)
+    route_op.add_argument("--model-id", default="", help="an adapter version's multiplexed model id, NAME=URI")
     return p
 
 

@@ -57,7 +57,7 @@ def load(base: Endpoint, name: str, path: str, relaunch: dict | None) -> Endpoin
                              f"{_reason(reply)}")
     ep = Endpoint(name=name, url=base.url, pid=0, backend=base.backend, argv=base.argv, model_path=path,
                   log_path=base.log_path, started_at=base.started_at, api_key_file=base.api_key_file,
-                  relaunch=relaunch, adapter=name)
+                  relaunch=relaunch, adapter=name, base=base.name)
     files.write_atomic(_record(name), ep.model_dump_json(indent=1))
     return ep
 

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from tasks.files import slug
+from tasks.models import mirror
 from tasks.models.local import revision_of
 from tasks.servers.adapters import BASE_RECORD
 from tasks.services import coordination, registry, storage
 from tasks.serving import adapter_endpoints, platforms
 from tasks.serving.endpoints import Endpoint
 from tasks.serving.start import Started, recorded_engine, start_engine
+from tasks.settings import Settings
 
 Log = Callable[[str], None]
 
@@ -72,18 +74,35 @@ def ensure_base(relaunch: dict, base_path: str, base_name: str, max_adapters: in
             return current
         platform.stop(name)  # a base that never answered again: its adapters are loaded on the new one
         engine = recorded_engine(relaunch, base_path, base_name)
-        engine.with_adapters(max_adapters, revision, str(adapter_endpoints.root()))
+        engine.with_adapters(max_adapters, revision, platform.adapter_root())
         log(f"starting the shared endpoint {name} of {base_name} ({engine.engine}, up to {max_adapters} adapters "
             "in memory) ...")
+        model_uri = base_in_bucket(base_path, revision, log) if platform.fetches_models else ""
         return start_engine(engine, base_path, name, api_key=relaunch["deploy"].get("api_key", True),
-                            relaunch=relaunch, log=log).endpoint
+                            relaunch=relaunch, model_uri=model_uri, log=log).endpoint
+
+
+def base_uri(revision: str) -> str:
+    """Where a base model's files at ``revision`` are mirrored in the bucket."""
+    return f"s3://{Settings.load().s3_bucket}/bases/{hashlib.sha256(revision.encode()).hexdigest()[:24]}"
+
+
+def base_in_bucket(base_path: str, revision: str, log: Log = print) -> str:
+    """The base model's files in the bucket (``base_uri``), mirrored once per revision, its manifest written last,
+    for a platform whose nodes fetch a model where they lack it."""
+    uri = base_uri(revision)
+    if not storage.exists(f"{uri}/{mirror.MANIFEST}"):
+        log(f"copying the base model {base_path} to {uri}, where the serving platform's nodes fetch it ...")
+        mirror.upload_model(base_path, uri)
+    return uri
 
 
 def serve(relaunch: dict, adapter_dir: str, name: str, smoke_records: list[dict] | None = None,
-          formatter: Callable[[Any], Any] | None = None, log: Log = print) -> Started:
-    """Serve the adapter in ``adapter_dir`` (under ``adapter_endpoints.root()``) as ``name`` on its base's shared
-    endpoint, and smoke-test it there on ``smoke_records`` (an adapter that fails is unloaded). An adapter whose
-    recorded base revision is not the base's is refused (``BaseMismatch``) before anything loads."""
+          formatter: Callable[[Any], Any] | None = None, log: Log = print, adapter_uri: str = "") -> Started:
+    """Serve the adapter in ``adapter_dir`` (under ``adapter_endpoints.root()``; the same files as ``adapter_uri``
+    in the bucket, where a cluster's nodes fetch them) as ``name`` on its base's shared endpoint, and smoke-test it
+    there on ``smoke_records`` (an adapter that fails is unloaded). An adapter whose recorded base revision is not
+    the base's is refused (``BaseMismatch``) before anything loads."""
     base = base_record(adapter_dir)
     base_path = base["base_model_path"]
     if not Path(base_path).is_dir():
@@ -93,11 +112,9 @@ def serve(relaunch: dict, adapter_dir: str, name: str, smoke_records: list[dict]
         raise BaseMismatch(f"adapter {name} was trained on {base['base_model']} at revision "
                            f"{base['base_model_revision']}; {base_path} is at revision {revision} now")
     shared = ensure_base(relaunch, base_path, base["base_model"], relaunch["deploy"].get("max_adapters", 8), log)
+    platform = platforms.of_relaunch(relaunch)
     with coordination.slot("serve", name, log=log):  # a rollback and a restore of one version: one load
-        ep = adapter_endpoints.get(name)
-        if ep is None or ep.url != shared.url:
-            adapter_endpoints.unload(name)  # a record left on a base that is gone
-            ep = adapter_endpoints.load(shared, name, adapter_dir, relaunch)
+        ep = platform.load_adapter(shared, name, adapter_dir, adapter_uri, relaunch)
         if smoke_records is None:
             return Started(ep, None, "loaded; no smoke test")
         engine = recorded_engine(relaunch, base_path, name)  # a request for model ``name``: the adapter
@@ -106,7 +123,7 @@ def serve(relaunch: dict, adapter_dir: str, name: str, smoke_records: list[dict]
                                               prompt_style=relaunch["prompt_style"],
                                               formatter=formatter)
         except Exception:
-            adapter_endpoints.unload(name)
+            platform.unload_adapter(name)
             raise
     log(f"adapter {name} loaded on {shared.name} at {shared.url}")
     return Started(ep, answer, shown)
@@ -116,8 +133,9 @@ def serve_again(model: str, version: str, tags: dict[str, str], relaunch: dict, 
     """Load registered ``version``'s adapter again on its base's endpoint (starting it if gone), its files fetched
     from the registry's source when this machine lacks them."""
     folder = adapter_endpoints.root() / "files" / slug(model) / version
+    source = registry.files_uri(model, version)
     if not (folder / BASE_RECORD).exists():
-        source = registry.files_uri(model, version)
         log(f"downloading {model} version {version}'s adapter from {source} ...")
         storage.fetch(source, folder)
-    return serve(relaunch, str(folder), tags.get("endpoint_name") or f"{slug(model)}-v{version}", log=log).endpoint
+    return serve(relaunch, str(folder), tags.get("endpoint_name") or f"{slug(model)}-v{version}", log=log,
+                 adapter_uri=source).endpoint

@@ -39,16 +39,19 @@ class Endpoint(BaseModel):
     relaunch: dict | None = None  # how to serve it again: the pipeline's deploy section and prompt style
     serving: dict | None = None  # the serving platform it runs on (tasks.serving.platforms); None: this machine
     # A LoRA adapter on a shared base endpoint (tasks.serving.adapters): the model name it answers to there. Its
-    # url is the base endpoint's; it has no process of its own (pid 0).
+    # url is the base endpoint's (``base``); it has no process of its own (pid 0).
     adapter: str | None = None
+    base: str | None = None
+    # What a request carries to reach it, beside the key: a platform's routing (Ray Serve's multiplexed model id)
+    route_headers: dict[str, str] = {}
 
     def restarts(self) -> int:
         path = Path(self.restarts_file) if self.restarts_file else None
         return len(json.loads(path.read_text())) if path and path.exists() else 0
 
     def headers(self) -> dict[str, str]:
-        """What a request to it carries: the key, where it requires one."""
-        return keys.auth_headers() if self.api_key_file else {}
+        """What a request to it carries: the key, where it requires one, and the platform's routing headers."""
+        return {**(keys.auth_headers() if self.api_key_file else {}), **self.route_headers}
 
     def alive(self) -> bool:
         return group_alive(self.pid) if self.pid > 0 else self.healthy()  # a platform's endpoint has no process here

@@ -5,7 +5,6 @@ the base, or read from outside the server's adapter folders, is refused."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 from pathlib import Path
@@ -16,6 +15,7 @@ from fastapi.testclient import TestClient
 from tasks.models.local import revision_of
 from tasks.servers.adapters import BASE_RECORD
 from tasks.servers.relay import create_app, server
+from tests.support.lora import random_adapter
 from tests.support.models import greedy_by_hand
 from tests.support.paths import TINY_MODEL
 
@@ -24,17 +24,7 @@ TOKENS = 8
 
 
 def make_adapter(folder: Path, seed: int, base_revision: str) -> Path:
-    """A LoRA adapter of the tiny model with random (not zero) weights: it changes the answers."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(str(TINY_MODEL), dtype=torch.float32)
-    peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
-    peft.save_pretrained(str(folder))
-    (folder / BASE_RECORD).write_text(json.dumps({"base_model_revision": base_revision}))
-    return folder
+    return random_adapter(folder, seed, {"base_model_revision": base_revision}, str(TINY_MODEL))
 
 
 def merged_answer(adapter: Path | None) -> str:
@@ -212,6 +202,60 @@ def test_an_adapter_of_another_base_or_from_elsewhere_is_refused(adapters, tmp_p
     with TestClient(create_app(str(TINY_MODEL), "tiny")) as client:
         r = client.post("/v1/load_lora_adapter", json={"lora_name": "a", "lora_path": str(made["a"])})
         assert r.status_code == 404 and "start it with --max-adapters N" in r.text
+
+
+def test_a_ray_replica_loads_an_adapter_into_its_engine_over_http_and_unloads_it_when_let_go(adapters,
+                                                                                            monkeypatch):
+    """What an ``EngineReplica`` of a shared base does when Serve asks it for an adapter (``ray_adapters``), against
+    the built-in server as the replica starts it: load through the runtime LoRA route with the node's key, the
+    engine's refusal passed on with its status, and an unload when Serve lets the adapter go (once)."""
+    import asyncio
+
+    import aiohttp
+    import httpx
+
+    from tasks.net import free_port, http_ok
+    from tasks.servers import ray_adapters
+
+    made, expected = adapters
+    monkeypatch.setenv("FINEFLOW_API_KEY", "k-replica")
+    port = free_port()
+    url, key = f"http://127.0.0.1:{port}", {"Authorization": "Bearer k-replica"}
+    engine = server(["--model", str(TINY_MODEL), "--name", "tiny", "--port", str(port), "--max-adapters", "2",
+                     "--base-revision", revision_of(TINY_MODEL), "--adapter-root", str(made["a"].parent)])
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(240):  # bounded: the tiny model loads in seconds
+            if http_ok(f"{url}/health"):
+                break
+            thread.join(timeout=0.5)
+        assert http_ok(f"{url}/health")
+
+        async def ask_replica():
+            async with aiohttp.ClientSession() as session:
+                loaded = await ray_adapters.load(session, url, key, "shop-v1", str(made["b"]))
+                with pytest.raises(ray_adapters.AdapterRefused) as refused:
+                    await ray_adapters.load(session, url, key, "shop-v2", str(made["other-base"]))
+                return loaded, refused.value
+
+        loaded, refused = asyncio.run(ask_replica())
+        assert refused.status == 400 and "trained on base revision hub:someone/another-model@0123abc" in str(refused)
+
+        def listed() -> list[str]:
+            return [m["id"] for m in httpx.get(f"{url}/v1/models", headers=key, timeout=30).json()["data"]]
+
+        assert listed() == ["tiny", "shop-v1"]
+        answer = httpx.post(f"{url}/v1/completions", headers=key, timeout=120,
+                            json={"model": "shop-v1", "prompt": PROMPT, "max_tokens": TOKENS})
+        assert answer.json()["choices"][0]["text"] == expected["b"], answer.text
+        loaded.__del__()  # what Serve's multiplexing calls when the adapter is its least recently used
+        assert listed() == ["tiny"]
+        loaded.__del__()  # and the garbage collector later: nothing more is asked of the engine
+        assert listed() == ["tiny"]
+    finally:
+        engine.should_exit = True
+        thread.join(timeout=60)
 
 
 def test_vllm_loads_adapters_at_runtime_and_answers_as_their_merged_models(adapters, fineflow_home):

@@ -5,12 +5,13 @@ Host A and host B are network namespaces on a private bridge (``tests/support/ho
 (head on A, a worker node on B) serves every version through Ray Serve, reached through the head's client server:
 B's worker sees none of the cluster's processes or files, as a Kubernetes Job's pod does not. The tests run in order
 on one set-up, each on what the one before left: v1 promoted from A, A lost, B re-runs, B promotes v2 under traffic,
-A and B race, a dead holder's slot comes back.
+A and B race, a dead holder's slot comes back; then adapter versions share one base application.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import os
 import secrets
 import shutil
@@ -23,10 +24,13 @@ import httpx
 import pytest
 
 from infra.demo import follow, start_deployment
-from tasks.services import keys, registry, tracking
-from tasks.serving import platforms
-from tasks.settings import environ
+from tasks.models.mirror import MANIFEST
+from tasks.servers.adapters import BASE_RECORD
+from tasks.services import keys, registry, storage, tracking
+from tasks.serving import adapters, platforms, rollout
+from tasks.settings import Settings, environ
 from tests.support.hosts import Hosts, answers
+from tests.support.lora import greedy, random_adapter
 
 pytestmark = pytest.mark.hosts
 MODEL = "fineflow-two-hosts"
@@ -232,3 +236,91 @@ def wait_for_line(host, label: str, line: str, proc, timeout_s: float = 300) -> 
     while line not in (log.read_text() if log.exists() else ""):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text() if log.exists() else ""
         time.sleep(0.5)
+
+
+ADAPTER_MODELS = ("fineflow-two-hosts-adapter-x", "fineflow-two-hosts-adapter-y")
+QUESTIONS = ["the", "a cat", "one two three", "she said", "red and", "we will"]
+
+
+def test_adapter_versions_share_one_base_application_and_promote_while_the_others_answer(hosts, tmp_path):
+    """``deploy.serve: adapter`` on the Ray platform: a pipeline on B registers an adapter version, served on its
+    base's application (replicas on A and B, each fetching the adapter from the bucket onto its node when asked
+    for it); another model's adapter joins the same base; a new version of the first is promoted while both
+    answer, no request failing, each answer as greedy decoding of the base with that adapter by hand."""
+    x, y = ADAPTER_MODELS
+    overrides = {**QUICK, "registry": {"model_name": x},
+                 "deploy": {"serving": hosts.serving(), "serve": "adapter", "max_adapters": 2}}
+    _, state, logs = run_on("b", {"overrides": overrides, "force": True})
+    assert state.is_completed(), logs[-4000:]
+    x1 = registry.alias_version(x, "production")
+    tags = registry.version_tags(x, x1)
+    assert tags["serve"] == "adapter" and tags["serving_platform"] == "ray", tags
+    relaunch, run_id = json.loads(tags["deploy_config"]), registry.client().get_model_version(x, x1).run_id
+    folders = {"x1": tmp_path / "x1"}
+    storage.fetch(registry.files_uri(x, x1), folders["x1"])
+    base = json.loads((folders["x1"] / BASE_RECORD).read_text())
+
+    def add(model: str, label: str, seed: int):
+        """Another adapter of the same base, made here, in the bucket, served as the pipeline's deploy step does."""
+        folders[label] = random_adapter(tmp_path / label, seed, base, base["base_model_path"])
+        uri = f"s3://{Settings.load().s3_bucket}/test-models/two-hosts-{label}"
+        storage.upload_dir(folders[label], uri)
+        ep = adapters.serve(relaunch, str(folders[label]), f"two-hosts-{label}", adapter_uri=uri).endpoint
+        version = registry.create_version(model, uri, run_id, {
+            "endpoint_name": ep.name, "endpoint_url": ep.url, "deploy_config": json.dumps(relaunch),
+            "serve": "adapter", "model_files": uri})
+        return version, ep
+
+    y1, y_ep = add(y, "y1", seed=1)
+    rollout.promote(y, "production", y1, y_ep)
+    x2, x2_ep = add(x, "x2", seed=2)
+    assert x2_ep.url == y_ep.url == tags["endpoint_url"] and x2_ep.base == y_ep.base  # one base application
+    hand = {label: greedy(base["base_model_path"], folder, QUESTIONS) for label, folder in folders.items()}
+    # Y's question: its least ambiguous answer; X's: one its two versions answer differently, without a near tie.
+    y_question = max(range(len(QUESTIONS)), key=lambda i: hand["y1"][i][1])
+    telling = [i for i in range(len(QUESTIONS)) if hand["x1"][i][0] != hand["x2"][i][0]
+               and min(hand["x1"][i][1], hand["x2"][i][1]) > 1e-3]
+    assert hand["y1"][y_question][1] > 1e-3 and telling, hand
+    url = {m: registry.client().get_registered_model(m).tags["url_production"] for m in (x, y)}
+    asked = {x: QUESTIONS[telling[0]], y: QUESTIONS[y_question]}
+    expected = {x: {x1: hand["x1"][telling[0]][0], x2: hand["x2"][telling[0]][0]}, y: {y1: hand["y1"][y_question][0]}}
+    results: dict[str, list[tuple]] = {x: [], y: []}
+    stop = {"at": time.monotonic() + 600}  # bounded; ended below
+
+    def ask(model: str) -> None:
+        with httpx.Client(timeout=60) as client:
+            while time.monotonic() < stop["at"]:
+                try:
+                    r = client.post(f"{url[model]}/v1/completions", headers=keys.auth_headers(),
+                                    json={"prompt": asked[model], "max_tokens": 8})
+                    results[model].append((r.status_code, r.headers.get("x-fineflow-version"),
+                                           r.json()["choices"][0]["text"] if r.status_code == 200 else r.text))
+                except (httpx.HTTPError, ValueError, KeyError) as e:
+                    results[model].append((0, None, f"{type(e).__name__}: {e}"))
+                time.sleep(0.1)
+
+    threads = [threading.Thread(target=ask, args=(m,), daemon=True) for m in (x, y)]
+    for t in threads:
+        t.start()
+    time.sleep(5)
+    promotion = rollout.promote(x, "production", x2, x2_ep)
+    promoted_at = len(results[x])
+    time.sleep(8)
+    stop["at"] = 0
+    for t in threads:
+        t.join(timeout=90)
+    assert promotion.version == x2 and promotion.url == url[x]
+    for model in (x, y):
+        assert results[model] and all(status == 200 for status, _, _ in results[model]), results[model][-5:]
+        assert all(text == expected[model][version] for _, version, text in results[model]), \
+            (expected[model], collections.Counter((v, t) for _, v, t in results[model]))
+    assert {v for _, v, _ in results[x][:promoted_at]} >= {x1} and {v for _, v, _ in results[x][promoted_at:]} == {x2}
+    assert len(results[x]) - promoted_at >= 10
+    # One base application serves the three adapters; each node's replica fetched what it was asked for.
+    apps = platforms.platform(hosts.serving()).applications()
+    assert [a for a in apps if a.startswith("base-")] == [x2_ep.base], sorted(apps)
+    fetched = [p for h in (hosts.a, hosts.b) for p in (h.home / "adapters" / "ray").glob("*")]
+    assert fetched and all((p / "adapter_config.json").is_file() for p in fetched), fetched
+    # The base is in the bucket too, for a node that lacks it at its path.
+    assert storage.exists(f"{adapters.base_uri(base['base_model_revision'])}/{MANIFEST}")
+

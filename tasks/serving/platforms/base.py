@@ -122,6 +122,9 @@ class ServingPlatform(ABC):
     flight on the replaced version finish before it stops."""
 
     name: ClassVar[str] = ""  # the row in PLATFORMS
+    # Its nodes fetch a version's files from the bucket (``model_uri``) where they lack them: what it serves must
+    # be there, a shared base model too.
+    fetches_models: ClassVar[bool] = False
 
     def __init__(self, section: ServingSection):
         self.section = section
@@ -154,3 +157,19 @@ class ServingPlatform(ABC):
     @abstractmethod
     def route_status(self, model: str, alias: str) -> str:
         """One line for people: the route's URL, whether it answers, where it points."""
+
+    # LoRA adapters served on a shared base endpoint (``deploy.serve: adapter``, ``tasks.serving.adapters``).
+
+    @abstractmethod
+    def adapter_root(self) -> str:
+        """The folder a base endpoint's engine reads adapters from, as its command line names it."""
+
+    @abstractmethod
+    def load_adapter(self, base: Endpoint, name: str, adapter_dir: str, adapter_uri: str,
+                     relaunch: dict | None) -> Endpoint:
+        """Serve the adapter in ``adapter_dir`` (the same files as ``adapter_uri`` in the bucket, where a platform's
+        nodes fetch them) on ``base`` as model ``name``: its endpoint, whose requests name ``name``."""
+
+    @abstractmethod
+    def unload_adapter(self, name: str) -> bool:
+        """Unload adapter ``name`` from its base; False when the platform has nothing to unload now."""

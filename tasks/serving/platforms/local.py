@@ -87,3 +87,19 @@ class LocalPlatform(ServingPlatform):
         up = "up" if router and router.alive() else "down"
         url = f"http://{state.get('host', '127.0.0.1')}:{state['port']}" if state.get("port") else "-"
         return f"{url}\trouter {up}\t-> {state.get('target', '-')}"
+
+    def adapter_root(self) -> str:
+        return str(adapter_endpoints.root(create=False))
+
+    def load_adapter(self, base: Endpoint, name: str, adapter_dir: str, adapter_uri: str,
+                     relaunch: dict | None) -> Endpoint:
+        """Loaded now through the base's runtime LoRA route, and recorded; one loaded on this base already is
+        kept."""
+        current = adapter_endpoints.get(name)
+        if current and current.url == base.url:
+            return current
+        adapter_endpoints.unload(name)  # a record left on a base that is gone
+        return adapter_endpoints.load(base, name, adapter_dir, relaunch)
+
+    def unload_adapter(self, name: str) -> bool:
+        return adapter_endpoints.unload(name)

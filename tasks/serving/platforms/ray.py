@@ -5,7 +5,11 @@
   the bucket when its node lacks them, each reading the API key on its own node;
 - ``model@alias`` is the application ``MODEL@ALIAS`` at ``/MODEL/ALIAS``: moving it to a new version is Serve's
   in-place reconfigure of its route, then the old version's application is deleted (its replicas finish the
-  requests they hold, then stop).
+  requests they hold, then stop);
+- an adapter version (``deploy.serve: adapter``) is its adapter on the application of its base, named by Serve's
+  multiplexed model id (``tasks.servers.ray_adapters``): each replica fetches and loads it on its node when first
+  asked for it, and unloads the least recently used; its alias routes to the base with that id. Nothing is loaded
+  or unloaded from here, so a replica Serve starts again serves every adapter it is asked for.
 
 Each operation is a short driver run in the ``ray`` environment (this process need not import Ray). Nothing of
 it lives on the worker that ran the deploy step: the cluster keeps serving when that worker, or its machine, is
@@ -24,6 +28,7 @@ from tasks.deploy.base import LazyLLMDeployBase
 from tasks.deploy.ray import replica_argv, serve_driver
 from tasks.files import slug
 from tasks.masking import redact_text
+from tasks.servers.ray_adapters import MODEL_ID_HEADER, ROOT_PLACEHOLDER, model_id
 from tasks.services import keys
 from tasks.serving.endpoints import Endpoint
 from tasks.serving.platforms.base import Log, ServingPlatform, head_silent, ray_node_here
@@ -36,6 +41,7 @@ class RayServeError(RuntimeError):
 
 class RayPlatform(ServingPlatform):
     name = "ray"
+    fetches_models = True
 
     def drive(self, args: list[str], engine_env: dict[str, str] | None = None, timeout_s: float = 900,
               log_name: str = "ray-serve") -> dict:
@@ -100,13 +106,34 @@ class RayPlatform(ServingPlatform):
 
     def switch(self, model: str, alias: str, ep: Endpoint, version: str) -> str | None:
         self.drive(["route", "--http", str(self.section.http), "--app", f"{model}@{alias}", "--route",
-                    f"/{slug(model)}/{slug(alias)}", "--target", ep.name, "--version", version,
-                    "--replicas", str(self.section.replicas)])
+                    f"/{slug(model)}/{slug(alias)}", "--target", ep.base or ep.name, "--version", version,
+                    "--model-id", ep.route_headers.get(MODEL_ID_HEADER, ""), "--replicas", str(self.section.replicas)])
         return None
 
     def retire(self, model: str, alias: str, old_name: str, old_target: str | None, log: Log) -> bool:
-        return self.stop(old_name)  # Serve drains the application's replicas before they stop
+        # Serve drains the application's replicas before they stop; an adapter version has no application: its
+        # base's replicas unload it when it is their least recently used.
+        return self.stop(old_name)
 
     def route_status(self, model: str, alias: str) -> str:
         app = self.applications().get(f"{model}@{alias}")
         return f"{self.route(model, alias, None)}\tray {app['status'] if app else 'no route'}"  # type: ignore[arg-type]
+
+    def adapter_root(self) -> str:
+        return ROOT_PLACEHOLDER  # each replica's own folder on its node
+
+    def load_adapter(self, base: Endpoint, name: str, adapter_dir: str, adapter_uri: str,
+                     relaunch: dict | None) -> Endpoint:
+        """The adapter's endpoint on the base's application: requests carry its multiplexed model id, and the
+        replica that gets one loads the adapter from ``adapter_uri`` first."""
+        if not adapter_uri:
+            raise RayServeError(f"adapter {name}: the Ray platform's nodes fetch adapters from the bucket, and no "
+                                "URI of its files was given")
+        key = ((relaunch or {}).get("deploy") or {}).get("api_key", True)  # the base's too: it names the base
+        return base.model_copy(update={"name": name, "model_path": adapter_dir, "relaunch": relaunch,
+                                       "adapter": name, "base": base.name,
+                                       "api_key_file": str(keys.key_path()) if key else None,
+                                       "route_headers": {MODEL_ID_HEADER: model_id(name, adapter_uri)}})
+
+    def unload_adapter(self, name: str) -> bool:
+        return False  # nothing to do from here: each replica unloads its least recently used adapters
