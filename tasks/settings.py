@@ -65,7 +65,7 @@ VARIABLES = _declare(
                                "Kubernetes work pool sets it); serving.platform local is refused there"),
     ("FINEFLOW_SERVE_PORT", "14300", "Ray platform: the port of Ray Serve's HTTP proxy on the head (when "
                                      "serving.http is not given)"),
-    ("FINEFLOW_RAY_PORT", "16379", "local stack with FINEFLOW_SERVING=ray: the Ray head's port"),
+    ("FINEFLOW_RAY_PORT", "26379", "local stack with FINEFLOW_SERVING=ray: the Ray head's port"),
     ("FINEFLOW_API_KEY", None, "the endpoints' API key, for a key shared by several machines (default: made once "
                                "in $FINEFLOW_HOME/api_key); servers read the key they require from it"),
     ("FINEFLOW_TEMP_DIR", None, "where media engines write files they receive and make (default: "

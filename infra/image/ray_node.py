@@ -1,7 +1,7 @@
 """Start a Ray node of the serving cluster inside fineflow's image, whose paths a host cannot build the command for.
 
-    python -m infra.image.ray_node --port 16379 --num-cpus 1 --replica-slots 4            # the head (client: 10001)
-    python -m infra.image.ray_node --address HEAD:16379 --num-cpus 1 --replica-slots 4    # a worker node
+    python -m infra.image.ray_node --port 26379 --num-cpus 1 --replica-slots 4            # the head (client: 10001)
+    python -m infra.image.ray_node --address HEAD:26379 --num-cpus 1 --replica-slots 4    # a worker node
 
 The node is ``tasks.deploy.ray.Distributed``'s ``ray start`` in the image's ``ray`` environment: replicas on it
 run engines from the image's checkout, as the flow that deploys them (in the same image) names them.

@@ -2,7 +2,7 @@
 
     python -m infra.image.run fineflow:TAG-ray -- prefect flow-run execute     # a flow run (a process pool's command)
     python -m infra.image.run --detach --name ff-ray fineflow:TAG-ray -- \
-        python -m infra.image.ray_node --port 16379 --ray-client-server-port 10001
+        python -m infra.image.ray_node --port 26379 --ray-client-server-port 10001
 
 A flow in a container serves on a Ray cluster through the head's client server (``FINEFLOW_SERVING=
 ray-client://HEAD:10001``), as a Kubernetes Job's pod does: a driver given the head's GCS port must run beside a

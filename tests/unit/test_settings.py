@@ -135,3 +135,10 @@ def test_telemetry_is_off_in_the_stack_and_what_fineflow_starts_unless_asked_for
     monkeypatch.setenv("FINEFLOW_TELEMETRY", "on")
     assert "MLFLOW_DISABLE_TELEMETRY" not in launchers.child_environment()
     assert "RAY_USAGE_STATS_ENABLED" not in stack.services(tmp_path, ports)[0].env
+
+
+def test_the_local_stacks_ray_head_port_is_outside_the_ports_ray_gives_its_workers():
+    """Ray refuses a head port inside its workers' port range (10002-19999 unless ``--min/max-worker-port`` say
+    otherwise): ``FINEFLOW_SERVING=ray make up`` with such a default failed at once."""
+    port = int(settings.VARIABLES["FINEFLOW_RAY_PORT"].default)
+    assert not 10002 <= port <= 19999, port
