@@ -10,8 +10,10 @@ are made on the base, and each is also merged into a copy of the base. Then, one
   one: on 2 cores, four threads in all);
 - **adapters**: one built-in server with the base and the four adapters (``--max-adapters 4``), ``--threads``.
 
-Each pair runs at each ``--batch-wait-ms``: at the servers' default (5 ms) the requests sent at once are split
-over batches as they arrive (a decoding batch takes no new rows), at 200 ms they reach one batch.
+The pair runs first as each is deployed (``as deployed``): the merged servers at the built-in server's default
+batch wait (5 ms), the shared base at a shared base's default (``ADAPTER_BATCH_WAIT_MS``, 50 ms: requests for
+different adapters arrive apart, and a decoding batch takes no new rows); then at each ``--batch-wait-ms`` for
+both (200 ms: every request sent at once reaches one batch).
 
 Both take the same requests: ``--requests`` prompts spread evenly over the four models (by URL, or by ``model``),
 all in flight at once, each generating exactly ``--tokens`` tokens (``ignore_eos``). Memory is the servers'
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 
 from bench.llm_serving import drive, prompts
+from tasks.deploy.relay import ADAPTER_BATCH_WAIT_MS, RelayParams
 from tasks.net import free_port, ready
 from tasks.settings import REPO_ROOT, environ
 
@@ -125,9 +128,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads in all")
-    parser.add_argument("--batch-wait-ms", type=float, nargs="+", default=[5, 200],
-                        help="each server's wait for a batch's rows: 5 is the default; 200 lets the requests sent "
-                             "at once reach one batch (a decoding batch takes no new rows)")
+    parser.add_argument("--batch-wait-ms", type=float, nargs="*", default=[200],
+                        help="waits to run both at, after the pair as deployed")
     args = parser.parse_args()
     from tasks.models.local import revision_of
 
@@ -143,24 +145,24 @@ def main() -> None:
     extra = ["--max-adapters", str(len(names)), "--base-revision", revision_of(base),
              *(a for n in names for a in ("--adapter", f"{n}={adapters[n]}"))]
     rows, ratios = [], {}
-    for wait_ms in args.batch_wait_ms:
+    deployed = ("as deployed", RelayParams().batch_wait_ms, ADAPTER_BATCH_WAIT_MS)
+    for label, merged_wait, adapters_wait in [deployed, *((f"{w:g} ms", w, w) for w in args.batch_wait_ms)]:
         m = run("merged", [(merged[n], n, per_server, []) for n in names], [(n, n) for n in spread], texts,
-                args.tokens, wait_ms)
+                args.tokens, merged_wait)
         a = run("adapters", [(base, "base", args.threads, extra)], [("base", n) for n in spread], texts,
-                args.tokens, wait_ms)
-        rows += [m, a]
-        ratios[wait_ms] = {"memory": a["rss_bytes"] / m["rss_bytes"],
-                           "throughput": a["tokens_per_s"] / m["tokens_per_s"]}
+                args.tokens, adapters_wait)
+        rows += [{**m, "pair": label}, {**a, "pair": label}]
+        ratios[label] = {"memory": a["rss_bytes"] / m["rss_bytes"], "throughput": a["tokens_per_s"] / m["tokens_per_s"]}
     lines = [f"# {len(names)} LoRA adapters on one base vs {len(names)} merged endpoints: {base.name}, "
              f"{args.requests} concurrent requests of {args.tokens} tokens, --threads {args.threads}", "",
-             "| batch wait | setup | servers | resident memory | output tok/s | adapters / merged |",
-             "| ---: | --- | ---: | ---: | ---: | --- |"]
+             "| pair | setup | batch wait | servers | resident memory | output tok/s | adapters / merged |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
-        ratio = ratios[r["batch_wait_ms"]]
+        ratio = ratios[r["pair"]]
         note = f"memory {ratio['memory']:.2f}, throughput {ratio['throughput']:.2f}" if r["setup"] == "adapters" \
             else ""
-        lines.append(f"| {r['batch_wait_ms']:g} ms | {r['setup']} | {r['servers']} | {r['rss_bytes'] / 2**20:.0f} MiB "
-                     f"| {r['tokens_per_s']:.1f} | {note} |")
+        lines.append(f"| {r['pair']} | {r['setup']} | {r['batch_wait_ms']:g} ms | {r['servers']} "
+                     f"| {r['rss_bytes'] / 2**20:.0f} MiB | {r['tokens_per_s']:.1f} | {note} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "multi_lora.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "multi_lora.json").write_text(json.dumps({"args": vars(args), "rows": rows, "ratios": ratios},

@@ -66,6 +66,8 @@ VARIABLES = _declare(
     ("FINEFLOW_SERVE_PORT", "14300", "Ray platform: the port of Ray Serve's HTTP proxy on the head (when "
                                      "serving.http is not given)"),
     ("FINEFLOW_RAY_PORT", "26379", "local stack with FINEFLOW_SERVING=ray: the Ray head's port"),
+    ("FINEFLOW_SERVER_RESTARTS", "0", "set by tasks.servers.supervise in a server it starts: how many times it "
+     "restarted it (a server may then take back state it kept)"),
     ("FINEFLOW_API_KEY", None, "the endpoints' API key, for a key shared by several machines (default: made once "
                                "in $FINEFLOW_HOME/api_key); servers read the key they require from it"),
     ("FINEFLOW_TEMP_DIR", None, "where media engines write files they receive and make (default: "

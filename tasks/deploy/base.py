@@ -151,10 +151,17 @@ class LazyLLMDeployBase(ComponentBase):
         join the Ray cluster there (only engines that span nodes take it)."""
         raise NotImplementedError
 
-    def with_adapters(self, max_adapters: int, base_revision: str, root: str) -> None:
+    @classmethod
+    def shared_base_params(cls, params: DeployParams) -> DeployParams:
+        """The deploy section's ``params`` for a base endpoint shared by adapters (``deploy.serve: adapter``): the
+        engine's defaults for that where the section set none; as given by default."""
+        return params
+
+    def with_adapters(self, max_adapters: int, base_revision: str, root: str, state: str = "") -> None:
         """Serve LoRA adapters of the model beside it, loaded and unloaded while it runs (vLLM's
         ``/v1/load_lora_adapter``), at most ``max_adapters`` in memory, each trained on ``base_revision`` of the
-        model and read from under ``root``. Only the engines with ``serves_adapters`` can."""
+        model and read from under ``root``; ``state``: a file the server keeps them in across a restart by its
+        supervisor, where the engine can. Only the engines with ``serves_adapters`` can."""
         raise ValueError(f"deploy engine {self.engine!r} serves no LoRA adapters (deploy.serve: adapter needs "
                          "one that does: relay or vllm)")
 

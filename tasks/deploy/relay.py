@@ -17,6 +17,9 @@ from tasks.deploy.base import (DeployParams, LazyLLMDeployBase, accelerators, mo
 from tasks.launchers import cuda_available
 
 
+ADAPTER_BATCH_WAIT_MS = 50.0  # a shared base's default batch wait (deploy.serve: adapter), unless the config sets one
+
+
 class RelayParams(DeployParams):
     max_tokens: int = Field(512, ge=1, le=8192)  # the largest max_tokens a request may ask for
     max_body_bytes: int = Field(1_000_000, ge=1024)
@@ -45,8 +48,17 @@ class RelayServer(LazyLLMDeployBase):
         self.params = RelayParams(**{k: v for k, v in kw.items() if k in RelayParams.model_fields})
         self.adapters: list[str] = []  # the server's adapter flags (with_adapters)
 
-    def with_adapters(self, max_adapters: int, base_revision: str, root: str) -> None:
-        self.adapters = ["--max-adapters", str(max_adapters), "--base-revision", base_revision, "--adapter-root", root]
+    def with_adapters(self, max_adapters: int, base_revision: str, root: str, state: str = "") -> None:
+        self.adapters = ["--max-adapters", str(max_adapters), "--base-revision", base_revision, "--adapter-root", root,
+                         *(["--adapter-state", state] if state else [])]
+
+    @classmethod
+    def shared_base_params(cls, params: DeployParams) -> DeployParams:
+        # Requests for different adapters arrive apart, and a decoding batch takes no new rows: a longer wait
+        # gathers them into one batch (bench/multi_lora.py measures it).
+        if "batch_wait_ms" in params.model_fields_set:
+            return params
+        return params.model_copy(update={"batch_wait_ms": ADAPTER_BATCH_WAIT_MS})
 
     @classmethod
     def auto_params(cls, ngpus: int, trust_remote_code: bool = True, log_path: str | None = None) -> dict[str, Any]:

@@ -102,8 +102,9 @@ class Vllm(LazyLLMDeployBase):
         self.log_path = log_path
         self.bos = ""
 
-    def with_adapters(self, max_adapters: int, base_revision: str, root: str) -> None:
-        """vLLM's runtime LoRA (``max-loras``); it records no base revision: the caller checks an adapter's first."""
+    def with_adapters(self, max_adapters: int, base_revision: str, root: str, state: str = "") -> None:
+        """vLLM's runtime LoRA (``max-loras``); it records no base revision (the caller checks an adapter's first)
+        nor its adapters across a restart (``state``: a restore loads them again)."""
         if not self.params.openai_api:
             raise ValueError("vLLM serves adapters on its OpenAI server only (openai_api: true)")
         self.params = self.params.model_copy(update={"max_loras": max_adapters})

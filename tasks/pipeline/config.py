@@ -139,6 +139,8 @@ class DeploySettings(Section):
         if not engine.serves_adapters:
             raise ValueError(f"serve: adapter needs an engine that serves LoRA adapters on a shared base ("
                              f"{', '.join(n for n, e in ENGINES.items() if e.serves_adapters)}), not {engine.engine!r}")
+        if hasattr(self, "params"):
+            self.params = engine.shared_base_params(self.params)
         return self
 
     @model_validator(mode="after")

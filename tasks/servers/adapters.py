@@ -19,6 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.files import write_atomic
+
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 BASE_RECORD = "fineflow_base.json"
 
@@ -61,6 +63,27 @@ class Adapters:
         self.known: dict[str, Adapter] = {}
         self.resident: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self.loads = self.evictions = 0  # what a test or the log can read
+        self.state: Path | None = None  # where the known adapters are kept (keep_in)
+
+    def keep_in(self, state: Path, restarted: bool) -> list[str]:
+        """Keep the known adapters (name and folder) in the file ``state``, written after each load and unload. A
+        server started again after a crash (``restarted``) first knows the adapters listed there, each checked
+        again and loaded when first asked for; one that no longer checks is left out. A fresh start begins with
+        the adapters it was given (its loads come from whoever starts it). Returns why any were left out."""
+        left_out = []
+        if restarted and state.exists():
+            for name, path in json.loads(state.read_text(encoding="utf-8")).items():
+                try:
+                    self.known[name] = self.check(name, path)
+                except AdapterError as e:
+                    left_out.append(e.message)
+        self.state = state
+        self._save()
+        return left_out
+
+    def _save(self) -> None:
+        if self.state:
+            write_atomic(self.state, json.dumps({a.name: a.path for a in self.known.values()}, indent=1))
 
     # -- checked on the HTTP side, and again where it loads ------------------------------------------------------
     def check(self, name: str, path: str, base_revision: str | None = None) -> Adapter:
@@ -115,6 +138,7 @@ class Adapters:
         if failed:
             del self.known[adapter.name]
             raise failed[adapter.name]
+        self._save()
 
     def remove(self, name: str) -> None:
         if name not in self.known:
@@ -122,6 +146,7 @@ class Adapters:
         if name in self.resident:
             self._delete(name)
         del self.known[name]
+        self._save()
 
     def prepare(self, names: set[str]) -> dict[str, Exception]:
         """Make ``names`` resident (at most ``max_resident``), evicting the least recently used others; what

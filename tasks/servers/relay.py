@@ -2,7 +2,7 @@
 
     FINEFLOW_API_KEY=... python -m tasks.servers.relay --model PATH --port 8000 [--host 127.0.0.1] [--name NAME]
         [--prompt-style S] [--max-tokens 512] [--max-body-bytes 1000000] [--max-batch 16] [--batch-wait-ms 5]
-        [--max-adapters 8 --base-revision R [--adapter NAME=PATH ...] [--adapter-root DIR ...]]
+        [--max-adapters 8 --base-revision R [--adapter NAME=PATH ...] [--adapter-root DIR ...] [--adapter-state F]]
 
 Routes: ``/health`` (open), ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` (both with
 ``stream: true`` as server-sent events, and ``usage``). Prompts are handled in ``--prompt-style``
@@ -15,7 +15,8 @@ serves LoRA adapters of its model (``tasks.servers.adapters``): ``model`` in a r
 ``--name``) or an adapter; ``POST /v1/load_lora_adapter`` (``lora_name``, ``lora_path``, optionally
 ``base_revision``) and ``POST /v1/unload_lora_adapter`` (``lora_name``) change them at runtime, vLLM's routes; at
 most N stay in memory, the least recently used evicted and loaded again when asked for; an adapter is read only from
-under ``--adapter-root`` (default ``$FINEFLOW_HOME``). With ``FINEFLOW_API_KEY`` in the environment every ``/v1``
+under ``--adapter-root`` (default ``$FINEFLOW_HOME``); with ``--adapter-state`` a restart by the supervisor comes back
+with the adapters it had. With ``FINEFLOW_API_KEY`` in the environment every ``/v1``
 route needs ``Authorization: Bearer <key>``; without it the server binds only a loopback address. Every request is
 bounded before any model work: the body's size, ``max_tokens``, and the prompt's length in tokens (with
 ``max_tokens``, within the model's context). Sampling parameters are honoured (``temperature``, ``top_p``, ``seed``,
@@ -29,6 +30,7 @@ import asyncio
 import time
 import uuid
 from collections import deque
+from pathlib import Path
 
 import torch
 import uvicorn
@@ -41,7 +43,8 @@ from tasks.servers.adapters import AdapterError, Adapters
 from tasks.servers.auth import required_key
 from tasks.servers.batching import Batcher, GenRequest
 from tasks.servers.openai_api import ApiError, ChatRequest, CompletionRequest, Sampling, guard, sse, uvicorn_server
-from tasks.settings import state_dir
+from tasks.servers.supervise import RESTARTS_ENV
+from tasks.settings import env, state_dir
 
 
 def longest_token_chars(tokenizer) -> int:
@@ -54,7 +57,7 @@ def create_app(model_path: str, name: str, prompt_style: str = "alpaca", *, api_
                max_tokens: int = 512, max_body_bytes: int = 1_000_000, max_batch: int = 16,
                batch_wait_ms: float = 5, device: str = "cpu", max_adapters: int = 0,
                adapters: dict[str, str] | None = None, base_revision: str | None = None,
-               adapter_roots: list[str] | None = None) -> FastAPI:
+               adapter_roots: list[str] | None = None, adapter_state: str | None = None) -> FastAPI:
     model, tokenizer = inference.load_model(model_path, device)
     context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
     token_chars = longest_token_chars(tokenizer)
@@ -66,6 +69,9 @@ def create_app(model_path: str, name: str, prompt_style: str = "alpaca", *, api_
         lora = Adapters(model, name, base_revision, max_adapters, adapter_roots or [str(state_dir())])
         for adapter_name, path in (adapters or {}).items():
             lora.add(lora.check(adapter_name, path))
+        if adapter_state:  # a restart by the supervisor (tasks.servers.supervise) comes back with its adapters
+            for why in lora.keep_in(Path(adapter_state), restarted=int(env(RESTARTS_ENV) or 0) > 0):
+                print(f"fineflow relay: an adapter of the restarted server was left out: {why}", flush=True)
     batcher = Batcher(model, tokenizer, max_batch=max_batch, wait_ms=batch_wait_ms, adapters=lora)
     # Events from the batcher's thread wait here and reach their requests' queues together, one wake-up of the
     # event loop per decoding step (sixteen streams would otherwise wake it sixteen times a token).
@@ -226,6 +232,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="an adapter to load at start (with --max-adapters)")
     parser.add_argument("--adapter-root", action="append", default=[],
                         help="a folder adapters may be loaded from (default: $FINEFLOW_HOME)")
+    parser.add_argument("--adapter-state", help="with --max-adapters: a file the server keeps its adapters in, so "
+                        "that a restart by its supervisor brings them back")
     parser.add_argument("--base-revision", help="with --max-adapters: the model's revision, which an adapter's "
                                                 "recorded base revision must equal")
     return parser.parse_args(argv)
@@ -252,7 +260,8 @@ def server(argv: list[str] | None = None) -> uvicorn.Server:
         app = create_app(args.model, args.name, args.prompt_style, api_key=key, max_tokens=args.max_tokens,
                          max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
                          batch_wait_ms=args.batch_wait_ms, device=device, max_adapters=args.max_adapters,
-                         adapters=adapters, base_revision=args.base_revision, adapter_roots=args.adapter_root)
+                         adapters=adapters, base_revision=args.base_revision, adapter_roots=args.adapter_root,
+                         adapter_state=args.adapter_state)
     except AdapterError as e:
         raise SystemExit(f"--adapter: {e.message}") from e
     print(f"fineflow relay: {args.name} on {args.host}:{args.port} ({device}), API key "

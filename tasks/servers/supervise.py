@@ -6,8 +6,9 @@
 stops both). Once the server has been ready (``endpoints.start`` creates the ``--armed`` file then; a server
 that fails before that fails its start, unrestarted), a server that exits on its own, crashed or killed, is
 started again after a short pause, up to ``--restarts`` times within ``--window-s`` seconds; each restart is
-appended to the record (time, exit code) and said in the log. A SIGTERM to the group is a stop, not a crash:
-the supervisor exits with the server.
+appended to the record (time, exit code) and said in the log, and the server started again is told so
+(``FINEFLOW_SERVER_RESTARTS``: how many times this supervisor restarted it; a server may take back state it kept).
+A SIGTERM to the group is a stop, not a crash: the supervisor exits with the server.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tasks.settings import environ
+
+RESTARTS_ENV = "FINEFLOW_SERVER_RESTARTS"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    restarted = 0
     while True:
-        child = subprocess.Popen(args.server)
+        child = subprocess.Popen(args.server, env={**environ(), RESTARTS_ENV: str(restarted)})
         code = child.wait()
         if stopping:
             return 0
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         history.append({"at": time.time(), "exit_code": code})
         args.record.parent.mkdir(parents=True, exist_ok=True)
         args.record.write_text(json.dumps(history))
+        restarted += 1
         print(f"fineflow supervisor: server exited with code {code}; restart {len(recent) + 1} of "
               f"{args.restarts}", flush=True)
         time.sleep(1)

@@ -74,7 +74,7 @@ def ensure_base(relaunch: dict, base_path: str, base_name: str, max_adapters: in
             return current
         platform.stop(name)  # a base that never answered again: its adapters are loaded on the new one
         engine = recorded_engine(relaunch, base_path, base_name)
-        engine.with_adapters(max_adapters, revision, platform.adapter_root())
+        engine.with_adapters(max_adapters, revision, platform.adapter_root(), platform.adapter_state(name))
         log(f"starting the shared endpoint {name} of {base_name} ({engine.engine}, up to {max_adapters} adapters "
             "in memory) ...")
         model_uri = base_in_bucket(base_path, revision, log) if platform.fetches_models else ""

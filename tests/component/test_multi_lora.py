@@ -5,6 +5,7 @@ the base, or read from outside the server's adapter folders, is refused."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -142,6 +143,45 @@ def test_the_batcher_keeps_rows_of_too_many_adapters_for_the_next_batch_and_chan
     assert [r.text for r in reqs] == [expected["a"], expected["b"], expected["a"]]
     assert isinstance(late.error, AdapterError) and late.error.status == 404 and "was unloaded" in late.error.message
     assert ("skipped call", "ran") not in log and log.count(("a", "done")) == 2 and ("a", "error") in log
+
+
+def test_a_restarted_server_comes_back_with_the_adapters_it_kept(adapters, tmp_path, monkeypatch):
+    """With ``--adapter-state`` the server writes its adapters after each load and unload; started again by its
+    supervisor (``FINEFLOW_SERVER_RESTARTS`` set) it knows them again, each answering as before; one whose folder
+    no longer checks is left out, the others kept. A fresh start begins with none of them."""
+    from tasks.servers.supervise import RESTARTS_ENV
+
+    made, expected = adapters
+    state = tmp_path / "base.json"
+    revision = revision_of(TINY_MODEL)
+    monkeypatch.setenv(RESTARTS_ENV, "0")
+    app = create_app(str(TINY_MODEL), "tiny", max_adapters=1, base_revision=revision, adapters={"a": str(made["a"])},
+                     adapter_state=str(state))
+    with TestClient(app) as client:
+        for name in ("b", "c"):
+            assert client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(made[name])}
+                               ).status_code == 200
+        assert client.post("/v1/unload_lora_adapter", json={"lora_name": "c"}).status_code == 200
+    assert json.loads(state.read_text()) == {"a": str(made["a"].resolve()), "b": str(made["b"].resolve())}
+
+    broken = tmp_path / "broken.json"  # one adapter's folder lost its base record since
+    gone = shutil.copytree(made["c"], Path(made["c"]).parent / "c-gone")
+    broken.write_text(json.dumps({"b": str(made["b"]), "c": str(gone)}))
+    (gone / BASE_RECORD).unlink()
+    monkeypatch.setenv(RESTARTS_ENV, "1")
+    for kept, names in ((state, ["a", "b"]), (broken, ["b"])):
+        with TestClient(create_app(str(TINY_MODEL), "tiny", max_adapters=1, base_revision=revision,
+                                   adapter_state=str(kept))) as client:
+            listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
+            assert listed == ["tiny", *names], listed
+            assert [ask(client, n)["choices"][0]["text"] for n in names] == [expected[n] for n in names]
+    assert json.loads(broken.read_text()) == {"b": str(made["b"].resolve())}  # written again, without it
+
+    monkeypatch.setenv(RESTARTS_ENV, "0")  # started anew: loads come from whoever started it
+    with TestClient(create_app(str(TINY_MODEL), "tiny", max_adapters=1, base_revision=revision,
+                               adapter_state=str(state))) as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["tiny"]
+    assert json.loads(state.read_text()) == {}
 
 
 def test_an_adapter_of_another_base_or_from_elsewhere_is_refused(adapters, tmp_path):

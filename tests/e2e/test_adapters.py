@@ -243,3 +243,27 @@ def test_an_adapter_of_another_base_revision_is_refused_naming_both(served, tmp_
     with pytest.raises(adapter_endpoints.AdapterRefused, match=r"sha256:0123456789abcdef.*revision sha256:"):
         adapter_endpoints.load(base, "stranger", str(folder), relaunch)
     assert "stranger" not in endpoints.adapters_listed(base) and adapter_endpoints.get("stranger") is None
+
+
+def test_a_shared_base_restarted_by_its_supervisor_serves_its_adapters_again(served):
+    """The base's server killed: its supervisor starts it again, and it comes back knowing the adapters it had
+    (its adapter state file), so every route answers as before with nothing loaded by hand."""
+    import os
+    import signal
+
+    import psutil
+
+    shared = served["versions"]["lower"]["tags"]["endpoint_url"]
+    base = next(ep for ep in endpoints.list_endpoints() if ep.url == shared)
+    listed, before = endpoints.adapters_listed(base), base.restarts()
+    server = psutil.Process(base.pid).children()[0]  # under the supervisor, which leads the group
+    os.kill(server.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 180
+    while (base.restarts() == before or not base.healthy()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert base.restarts() == before + 1 and base.healthy(), Path(base.log_path).read_text()[-3000:]
+    assert endpoints.adapters_listed(base) == listed
+    url = routes(served)
+    for name, (question, answer) in served["expected"].items():  # upper: rolled back to its first version above
+        reply = ask(url[name], question)
+        assert reply.status_code == 200 and reply.json()["choices"][0]["text"] == answer, (name, reply.text)

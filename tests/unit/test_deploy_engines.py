@@ -16,6 +16,7 @@ from tasks.core import UnknownKwargsError
 from tasks.deploy import (ENGINES, AutoDeploy, EngineUnavailableError, Lightllm, LMDeploy, Mindie, RelayServer, Vllm,
                           auto)
 from tasks.deploy.auto import gpus_needed
+from tasks.deploy.relay import ADAPTER_BATCH_WAIT_MS, RelayParams
 from tasks.pipeline.config import ConfigError, load_config
 from tests.support.commands import argv_options
 from tests.support.paths import TINY_MODEL
@@ -247,6 +248,9 @@ def test_adapter_serving_is_an_engine_seam_the_config_checks(tmp_path):
     opts = argv_options(relay.cmd(TINY).argvs[-1], 3)
     assert (opts["--max-adapters"], opts["--base-revision"], opts["--adapter-root"]) == ("3", "sha256:abc",
                                                                                       "/srv/adapters")
+    assert "--adapter-state" not in relay.cmd(TINY).argvs[-1]  # a platform that brings adapters back itself
+    relay.with_adapters(3, "sha256:abc", "/srv/adapters", "/srv/adapters/bases/b.json")
+    assert argv_options(relay.cmd(TINY).argvs[-1], 3)["--adapter-state"] == "/srv/adapters/bases/b.json"
     assert "--max-adapters" not in RelayServer(port=1).cmd(TINY).argvs[-1]
     vllm = Vllm(port=1, name="m", openai_api=True)
     vllm.with_adapters(5, "sha256:abc", "/srv/adapters")
@@ -267,3 +271,11 @@ def test_adapter_serving_is_an_engine_seam_the_config_checks(tmp_path):
     path.write_text(head + "deploy: {backend: relay, serve: adapter, max_adapters: 4}\n")
     deploy = load_config(path).deploy
     assert (deploy.serve, deploy.max_adapters) == ("adapter", 4)
+    # A shared base waits longer for a batch's rows by default (requests for its adapters arrive apart); a wait
+    # the config sets is kept, and a merged model's endpoint keeps the server's default.
+    assert deploy.params.batch_wait_ms == ADAPTER_BATCH_WAIT_MS > RelayParams().batch_wait_ms
+    path.write_text(head + "deploy: {backend: relay, serve: adapter, params: {batch_wait_ms: 7}}\n")
+    assert load_config(path).deploy.params.batch_wait_ms == 7
+    path.write_text(head + "deploy: {backend: relay}\n")
+    assert load_config(path).deploy.params.batch_wait_ms == RelayParams().batch_wait_ms
+    assert Vllm.shared_base_params(params := Vllm.Params()) is params  # engines without such defaults

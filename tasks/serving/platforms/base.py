@@ -164,6 +164,11 @@ class ServingPlatform(ABC):
     def adapter_root(self) -> str:
         """The folder a base endpoint's engine reads adapters from, as its command line names it."""
 
+    def adapter_state(self, base_name: str) -> str:
+        """A file the base endpoint ``base_name`` keeps its adapters in, so that its supervisor's restart brings
+        them back; "" where the platform brings them back itself (Ray loads an adapter where it is asked for)."""
+        return ""
+
     @abstractmethod
     def load_adapter(self, base: Endpoint, name: str, adapter_dir: str, adapter_uri: str,
                      relaunch: dict | None) -> Endpoint:

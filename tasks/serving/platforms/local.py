@@ -91,6 +91,9 @@ class LocalPlatform(ServingPlatform):
     def adapter_root(self) -> str:
         return str(adapter_endpoints.root(create=False))
 
+    def adapter_state(self, base_name: str) -> str:
+        return str(adapter_endpoints.root(create=False) / "bases" / f"{base_name}.json")
+
     def load_adapter(self, base: Endpoint, name: str, adapter_dir: str, adapter_uri: str,
                      relaunch: dict | None) -> Endpoint:
         """Loaded now through the base's runtime LoRA route, and recorded; one loaded on this base already is
