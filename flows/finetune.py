@@ -81,8 +81,9 @@ def finetune(config_path: str = "deployments/quickstart.yaml", overrides: dict |
                     endpoint = adapter.deploy_adapter(config.deploy, served, name, trained, data, run_id)
                 else:  # the merged model on an endpoint of its own
                     served, endpoint = merged, promote.deploy(config.deploy, merged, name, trained, data, run_id)
+                verdict = promote.shadow_canary(config, endpoint, report, run_id)
                 registration = promote.register_candidate(config, endpoint, served, report, data, run_id,
-                                                          run.flow_run_id, production_at_start, key)
+                                                          run.flow_run_id, production_at_start, key, verdict)
         except BaseException as e:
             try:  # what the failed run reached, reported the same way
                 report_page.log_report(run_id, report, usage, f"failed: {type(e).__name__}: {e}"[:2000], run.title)

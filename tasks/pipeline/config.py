@@ -25,7 +25,8 @@ from tasks.inference.prompts import check_style
 from tasks.models.types import get_model_type
 from tasks.net import LOOPBACK
 from tasks.pipeline.config_files import ConfigError, config_file, read_config
-from tasks.serving.platforms import ServingSection
+from tasks.serving.canary import CanaryConfig
+from tasks.serving.platforms import ServingSection, platform
 from tasks.settings import REPO_ROOT
 
 
@@ -167,6 +168,11 @@ class RegisterSection(Section):
     alias: str = Field("production", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
+class PromotionSection(Section):
+    # A shadow canary on live traffic before the alias moves (tasks.serving.canary); None: the offline gate alone.
+    canary: CanaryConfig | None = None
+
+
 class PipelineConfig(Section):
     name: str = Field(pattern=NAME)
     experiment: str = Field("fineflow", min_length=1, max_length=200)
@@ -176,6 +182,15 @@ class PipelineConfig(Section):
     evaluate: EvaluateSection = EvaluateSection()
     deploy: DeploySection
     registry: RegisterSection
+    promotion: PromotionSection = PromotionSection()
+
+    @model_validator(mode="after")
+    def canary_where_the_route_mirrors(self) -> "PipelineConfig":
+        where = platform(self.deploy.serving)
+        if self.promotion.canary is not None and not where.mirrors:
+            raise ValueError(f"promotion.canary: the {where.name} serving platform cannot copy live requests to a "
+                             "candidate yet; use serving.platform: local, or leave promotion.canary out")
+        return self
 
     @model_validator(mode="after")
     def engine_serves_the_model(self) -> "PipelineConfig":

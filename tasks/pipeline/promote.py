@@ -20,7 +20,8 @@ from tasks.pipeline.registration import Registration, register, unless_supersede
 from tasks.pipeline.run import record_choice, record_smoke, timed
 from tasks.pipeline.steps import MergedModel, TrainResult
 from tasks.services import cache, registry, tracking
-from tasks.serving import rollout
+from tasks.serving import canary, rollout
+from tasks.serving.canary import Verdict
 from tasks.serving.endpoints import Endpoint
 from tasks.serving.start import start_engine
 
@@ -99,12 +100,41 @@ def reuse_registered(config: PipelineConfig, key: str, run_id: str) -> Registrat
 
 
 @task
+def shadow_canary(config: PipelineConfig, ep: Endpoint, report: EvalReport, run_id: str) -> Verdict | None:
+    """With ``promotion.canary``, a candidate that passed the offline gate is judged on a share of production's
+    live requests copied to it (clients keep production's answers); its figures go to MLflow. None: no canary
+    (not configured, the gate failed, or nothing in production to compare with)."""
+    cfg, name, alias, log = config.promotion.canary, config.registry.model_name, config.registry.alias, \
+        get_run_logger().info
+    if cfg is None or not report.passed:
+        return None
+    if registry.alias_version(name, alias) is None:
+        log(f"canary: {name}@{alias} serves nothing yet; the offline gate decides")
+        return None
+    with timed(run_id, "canary"):
+        try:
+            verdict = canary.run(name, alias, ep, cfg, log=log)
+        except Exception as e:  # the candidate is not promoted; the run goes on to record it
+            verdict = Verdict(passed=False, reason=f"the canary could not run: {type(e).__name__}: {e}")
+    tracking.log_metrics(run_id, verdict.figures)
+    tracking.set_tags(run_id, verdict.tags())
+    return verdict
+
+
+def canary_refusal(verdict: Verdict | None, config: PipelineConfig) -> str | None:
+    """Why the canary keeps the candidate from the alias, or None."""
+    if verdict is None or verdict.passed or (verdict.passed is None and config.promotion.canary.on_too_few == "gate"):
+        return None
+    return f"canary: {verdict.reason}"
+
+
+@task
 def register_candidate(config: PipelineConfig, ep: Endpoint, served: MergedModel | AdapterModel, report: EvalReport,
                        data: PreparedDataset, run_id: str, flow_run_id: str, production_at_start: str | None = None,
-                       key: str = "") -> Registration:
+                       key: str = "", verdict: Verdict | None = None) -> Registration:
     """Register the endpoint as a model version of what it serves (the merged model, or the adapter on its shared
-    base); move the alias only if healthy, the gate passed and, when another run promoted while this one ran, the
-    candidate beats that version too (``unless_superseded``)."""
+    base); move the alias only if healthy, the gate and the canary (``verdict``) passed and, when another run
+    promoted while this one ran, the candidate beats that version too (``unless_superseded``)."""
     name, alias = config.registry.model_name, config.registry.alias
     tags = {"model_files": served.s3_uri, "framework": config.finetune.framework, "dataset_hash": data.hash,
             "dataset_file_hash": data.source_sha256 or "", "prefect_flow_run_id": flow_run_id, "gate": report.reason,
@@ -112,8 +142,10 @@ def register_candidate(config: PipelineConfig, ep: Endpoint, served: MergedModel
             "evaluation_hash": evaluation_hash(config.evaluate, key),
             **{f"{who}_{k}": f"{v:.4f}" for who in ("base", "candidate")
                for k, v in metrics_of(getattr(report, who)).items()},
-            **(served.version_tags(ep) if isinstance(served, AdapterModel) else {})}
+            **(served.version_tags(ep) if isinstance(served, AdapterModel) else {}),
+            **(verdict.tags() if verdict else {})}
     guard = unless_superseded(name, production_at_start, report.gate, metrics_of(report.candidate))
     return register(name, alias, ep, served.model_uri or served.s3_uri, tags, run_id,
-                    why_not=None if report.passed else report.reason, promoted_as=report.reason,
+                    why_not=report.reason if not report.passed else canary_refusal(verdict, config),
+                    promoted_as=report.reason + (f"; canary {verdict.tags()['canary']}" if verdict else ""),
                     log=get_run_logger().info, guard=guard)

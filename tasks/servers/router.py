@@ -5,7 +5,8 @@
 The state file says where to listen (``port``, chosen once and kept, so the URL survives restarts) and where to
 forward (``target``, the endpoint of the version that holds the alias, ``version``, ``api_key``: whether that
 endpoint requires the key, and ``adapter``: for a LoRA adapter on a shared base endpoint, the model name each JSON
-request's ``model`` is set to). ``switch()`` rewrites the target atomically; the router reads it again when the file
+request's ``model`` is set to; ``shadow``: a candidate a share of requests is copied to, ``tasks.servers.shadow``).
+``switch()`` rewrites the target atomically; the router reads it again when the file
 changes, so a promotion or a rollback moves new requests at once while those in flight finish on the endpoint they
 started on. ``GET /router/status`` counts them per target (``drain()`` waits on it before the old endpoint is
 stopped); ``GET /router/health`` is the router's own readiness. Everything else, ``/health`` included, is
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from tasks.files import write_atomic
 from tasks.servers.header_deadline import HeaderDeadline
+from tasks.servers.shadow import MAX_KEPT_BYTES, Shadow, kept
 from tasks.settings import env
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
@@ -83,6 +85,7 @@ def create_app(state_path: Path, api_key: str | None = None):
     cache = {"mtime": None, "state": {}}
     inflight: Counter[str] = Counter()
     client = httpx.AsyncClient(timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+    shadow = Shadow(client, api_key)
 
     def state() -> dict:
         mtime = state_path.stat().st_mtime_ns if state_path.exists() else None
@@ -113,7 +116,7 @@ def create_app(state_path: Path, api_key: str | None = None):
             return error(401, "a valid API key is required: Authorization: Bearer <key>")
         s = state()
         return JSONResponse({"target": s.get("target"), "version": s.get("version"), "model": s.get("model"),
-                             "adapter": s.get("adapter"),
+                             "adapter": s.get("adapter"), "shadow": shadow.status(),
                              "inflight": {k: v for k, v in inflight.items() if v}})
 
     async def health(request: Request):  # the router listens; whether a version is behind it is said too
@@ -127,17 +130,18 @@ def create_app(state_path: Path, api_key: str | None = None):
         if s.get("api_key", True) and request.url.path not in OPEN_PATHS and not authorized(request):
             return error(401, "a valid API key is required: Authorization: Bearer <key>")
         inflight[key] += 1  # from here: a drain waits for it while its body is still arriving
+        mirror = shadow.take(s.get("shadow"), request.method, request.url.path)
+        started = time.monotonic()
         try:
             body = await read_body(request)
             if body is None:
                 inflight[key] -= 1
                 return error(413, f"request body over the limit of {MAX_BODY} bytes")
-            if s.get("adapter") and request.method == "POST":
-                body = with_model(body, s["adapter"])
+            sent = with_model(body, s["adapter"]) if s.get("adapter") and request.method == "POST" else body
             headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
             upstream = await client.send(client.build_request(
                 request.method, f"{target}{request.url.path}", params=request.query_params, headers=headers,
-                content=body), stream=True)
+                content=sent), stream=True)
         except httpx.HTTPError as e:
             inflight[key] -= 1
             return error(502, f"the endpoint at {target} did not answer: {e}")
@@ -146,12 +150,20 @@ def create_app(state_path: Path, api_key: str | None = None):
             raise
 
         async def relay():
+            answer = bytearray()  # what production answered, kept for a mirrored request's pair
             try:
                 async for chunk in upstream.aiter_raw():
+                    if mirror and len(answer) < MAX_KEPT_BYTES:
+                        answer += chunk
                     yield chunk
             finally:
                 await upstream.aclose()
                 inflight[key] -= 1
+                if mirror:
+                    copy = with_model(body, s["shadow"]["adapter"]) if s["shadow"].get("adapter") else body
+                    shadow.after(s["shadow"], request.url.path, headers, body, copy, {
+                        "status": upstream.status_code, "latency_s": time.monotonic() - started,
+                        "body": kept(bytes(answer))})
 
         return StreamingResponse(relay(), status_code=upstream.status_code,
                                  headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP})
@@ -169,6 +181,13 @@ def switch(state_path: Path, target: str, version: str, api_key: bool = True, ad
     old = target_key(s)
     write_state(state_path, {**s, "target": target, "version": version, "api_key": api_key, "adapter": adapter})
     return old
+
+
+def mirror_to(state_path: Path, shadow: dict | None) -> None:
+    """Start mirroring a share of the router's live requests to a candidate (``tasks.servers.shadow``: the state's
+    ``shadow``), or stop (None)."""
+    s = read_state(state_path)
+    write_state(state_path, {**{k: v for k, v in s.items() if k != "shadow"}, **({"shadow": shadow} if shadow else {})})
 
 
 def drain(url: str, target: str, headers: dict[str, str] | None = None, timeout_s: float = 120) -> bool:

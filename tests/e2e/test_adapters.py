@@ -23,7 +23,7 @@ import pytest
 from infra.demo import follow, start_deployment
 from tasks.servers.adapters import BASE_RECORD
 from tasks.services import keys, registry, storage
-from tasks.serving import adapter_endpoints, adapters, endpoints, rollout
+from tasks.serving import adapter_endpoints, adapters, canary, endpoints, rollout
 from tasks.serving.platforms.local import router_name
 from tasks.settings import Settings
 from tests.e2e.test_records import client_env
@@ -48,11 +48,11 @@ def data_uri(name: str, records: list[dict]) -> str:
     return uri
 
 
-def run_pipeline(name: str, data: str, steps: int) -> dict:
+def run_pipeline(name: str, data: str, steps: int, promotion: dict | None = None) -> dict:
     overrides = {"name": f"adapters-{name}", "registry": {"model_name": MODELS[name]}, "deploy": DEPLOY,
                  "data": {"val_set_size": 24},
                  "finetune": {"params": {"max_steps": steps, "save_steps": steps}},
-                 "evaluate": {"max_samples": 24, "gate": GATE}}
+                 "evaluate": {"max_samples": 24, "gate": GATE}, **({"promotion": promotion} if promotion else {})}
     flow_run_id = start_deployment("finetune/quickstart", {"overrides": overrides, "data_path": data})
     logs: list[str] = []
     state = follow(flow_run_id, timeout_s=1200, echo=logs.append)
@@ -192,13 +192,23 @@ def test_a_new_adapter_version_is_promoted_while_the_others_answer_without_a_fai
     threads = [threading.Thread(target=traffic, args=(n,)) for n in MODELS]
     for t in threads:
         t.start()
+    # New inputs: a new candidate, trained, then judged on a share of the live requests to its route before it is
+    # promoted (a shadow canary: the clients keep production's answers meanwhile).
+    canary_cfg = {"share": 0.5, "min_requests": 8, "max_wait_s": 300, "max_p95_latency_ratio": 20}
     try:
-        again = run_pipeline("upper", served["data"]["upper"], 200)  # new inputs: a new candidate, trained
+        again = run_pipeline("upper", served["data"]["upper"], 200, {"canary": canary_cfg})
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=180)
     assert int(again["version"]) > int(served["versions"]["upper"]["version"])
+    assert again["tags"]["canary"].startswith("passed: 8 mirrored requests"), again["tags"]["canary"]
+    pairs = canary.read_pairs(canary.pairs_path(MODELS["upper"], again["tags"]["endpoint_name"]))
+    assert len(pairs) == 8 and {p["version"] for p in pairs} == {again["tags"]["endpoint_name"]}
+    old_answer = served["expected"]["upper"][1]  # what the clients got during the canary: production's
+    assert {canary.answer_text(p["production"]["body"]) for p in pairs} == {old_answer}
+    assert {text for _, text in results["upper"]} <= {old_answer} | {canary.answer_text(p["candidate"]["body"])
+                                                                     for p in pairs}
     for name in MODELS:
         statuses = [s for s, _ in results[name]]
         assert statuses and set(statuses) == {200}, (name, [r for r in results[name] if r[0] != 200][:3])

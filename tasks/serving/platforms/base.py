@@ -158,6 +158,15 @@ class ServingPlatform(ABC):
     def route_status(self, model: str, alias: str) -> str:
         """One line for people: the route's URL, whether it answers, where it points."""
 
+    # A shadow canary (``tasks.serving.canary``): the route copies a share of its live requests to a candidate.
+    mirrors: ClassVar[bool] = False
+
+    def mirror(self, model: str, alias: str, candidate: Endpoint, shadow: dict[str, Any] | None) -> None:
+        """Copy ``shadow["share"]`` of ``model@alias``'s live requests to ``candidate`` once production answered,
+        each pair appended to the file ``shadow["pairs"]`` (at most ``shadow["max_pairs"]``,
+        ``tasks.servers.shadow``); None: stop."""
+        raise NotImplementedError(f"the {self.name} serving platform has no shadow canary (promotion.canary)")
+
     # LoRA adapters served on a shared base endpoint (``deploy.serve: adapter``, ``tasks.serving.adapters``).
 
     @abstractmethod

@@ -14,7 +14,7 @@ from tasks import net
 from tasks.core import Command
 from tasks.deploy.base import LazyLLMDeployBase
 from tasks.files import slug
-from tasks.servers.router import drain, read_state, switch, write_state
+from tasks.servers.router import drain, mirror_to, read_state, switch, write_state
 from tasks.services import keys
 from tasks.serving import adapter_endpoints, endpoints
 from tasks.serving.endpoints import Endpoint
@@ -87,6 +87,13 @@ class LocalPlatform(ServingPlatform):
         up = "up" if router and router.alive() else "down"
         url = f"http://{state.get('host', '127.0.0.1')}:{state['port']}" if state.get("port") else "-"
         return f"{url}\trouter {up}\t-> {state.get('target', '-')}"
+
+    mirrors = True
+
+    def mirror(self, model: str, alias: str, candidate: Endpoint, shadow: dict | None) -> None:
+        target = {"target": candidate.url, "adapter": candidate.adapter, "api_key": bool(candidate.api_key_file),
+                  "version": candidate.name}
+        mirror_to(router_state_path(model, alias), {**target, **shadow} if shadow else None)
 
     def adapter_root(self) -> str:
         return str(adapter_endpoints.root(create=False))
