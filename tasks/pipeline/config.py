@@ -25,6 +25,7 @@ from tasks.inference.prompts import check_style
 from tasks.models.types import get_model_type
 from tasks.net import LOOPBACK
 from tasks.pipeline.config_files import ConfigError, config_file, read_config
+from tasks.servers.traffic import TrafficConfig
 from tasks.serving.canary import CanaryConfig
 from tasks.serving.platforms import ServingSection, platform
 from tasks.settings import REPO_ROOT
@@ -117,6 +118,9 @@ class DeploySettings(Section):
     # stay in memory (the least recently used is loaded again when asked for).
     serve: Literal["merged", "adapter"] = "merged"
     max_adapters: int = Field(8, ge=1, le=64)
+    # Record a share of the version's production requests and answers to the bucket, and take feedback on them
+    # (tasks.servers.traffic); None: nothing is recorded.
+    traffic: TrafficConfig | None = None
 
     def engine(self, model_path: str, name: str, prompt_style: str) -> LazyLLMDeployBase:
         """The engine this section asks for, serving ``model_path`` as ``name`` in ``prompt_style``."""

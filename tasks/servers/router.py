@@ -9,7 +9,9 @@ request's ``model`` is set to; ``shadow``: a candidate a share of requests is co
 ``switch()`` rewrites the target atomically; the router reads it again when the file
 changes, so a promotion or a rollback moves new requests at once while those in flight finish on the endpoint they
 started on. ``GET /router/status`` counts them per target (``drain()`` waits on it before the old endpoint is
-stopped); ``GET /router/health`` is the router's own readiness. Everything else, ``/health`` included, is
+stopped); ``GET /router/health`` is the router's own readiness. With ``traffic`` in the state (the version's
+``deploy.traffic``) the router records a share of requests and answers to the bucket and answers
+``POST /v1/feedback`` itself (``tasks.servers.traffic``). Everything else, ``/health`` included, is
 forwarded as it is, the Authorization header with it.
 
 The router is bounded before it reads: with the key in its environment (``FINEFLOW_API_KEY``), a request for an
@@ -28,9 +30,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from tasks.files import write_atomic
 from tasks.servers.header_deadline import HeaderDeadline
 from tasks.servers.shadow import MAX_KEPT_BYTES, Shadow, kept
+from tasks.servers.traffic import FEEDBACK_PER_S, HEADER, MAX_FEEDBACK_BYTES, Feedback, Recorder
 from tasks.settings import env
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
@@ -75,7 +80,23 @@ def error(status: int, message: str):
     return JSONResponse({"error": {"message": message, "type": kind}}, status)
 
 
-def create_app(state_path: Path, api_key: str | None = None):
+def bucket_put(key: str, data: bytes) -> None:
+    """One object written to the stack's bucket (what the traffic recorder writes with, from its own thread):
+    through ``tasks.services.storage put`` in a child process, so the router imports nothing of S3."""
+    import base64
+    import subprocess
+    import sys
+
+    from tasks.settings import Settings
+
+    line = f"{key}\t{base64.b64encode(data).decode()}\n"
+    done = subprocess.run([sys.executable, "-m", "tasks.services.storage", "put", f"s3://{Settings.load().s3_bucket}"],
+                          input=line, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise OSError(f"writing {key} to the bucket failed: {done.stderr.strip()[-500:]}")
+
+
+def create_app(state_path: Path, api_key: str | None = None, put=bucket_put):
     import httpx
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -86,6 +107,12 @@ def create_app(state_path: Path, api_key: str | None = None):
     inflight: Counter[str] = Counter()
     client = httpx.AsyncClient(timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
     shadow = Shadow(client, api_key)
+    recorders: list[Recorder] = []  # made when a route first records traffic
+
+    def recorder() -> Recorder:
+        if not recorders:
+            recorders.append(Recorder(str(state().get("model", "")).split("@")[0], put))
+        return recorders[0]
 
     def state() -> dict:
         mtime = state_path.stat().st_mtime_ns if state_path.exists() else None
@@ -99,15 +126,17 @@ def create_app(state_path: Path, api_key: str | None = None):
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), api_key.encode())
 
-    async def read_body(request: Request) -> bytes | None:
-        """The body, or None once it is over MAX_BODY (declared or streamed): never more than that in memory."""
+    async def read_body(request: Request, limit: int | None = None) -> bytes | None:
+        """The body, or None once it is over ``limit`` (MAX_BODY; declared or streamed): never more than that in
+        memory."""
+        limit = MAX_BODY if limit is None else limit
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        if length is not None and (not length.isdigit() or int(length) > limit):
             return None
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > MAX_BODY:
+            if len(body) > limit:
                 return None
         return bytes(body)
 
@@ -117,6 +146,7 @@ def create_app(state_path: Path, api_key: str | None = None):
         s = state()
         return JSONResponse({"target": s.get("target"), "version": s.get("version"), "model": s.get("model"),
                              "adapter": s.get("adapter"), "shadow": shadow.status(),
+                             "traffic": recorders[0].status() if recorders else {},
                              "inflight": {k: v for k, v in inflight.items() if v}})
 
     async def health(request: Request):  # the router listens; whether a version is behind it is said too
@@ -131,6 +161,7 @@ def create_app(state_path: Path, api_key: str | None = None):
             return error(401, "a valid API key is required: Authorization: Bearer <key>")
         inflight[key] += 1  # from here: a drain waits for it while its body is still arriving
         mirror = shadow.take(s.get("shadow"), request.method, request.url.path)
+        rid = recorder().take(s.get("traffic"), request.method, request.url.path) if s.get("traffic") else None
         started = time.monotonic()
         try:
             body = await read_body(request)
@@ -153,7 +184,7 @@ def create_app(state_path: Path, api_key: str | None = None):
             answer = bytearray()  # what production answered, kept for a mirrored request's pair
             try:
                 async for chunk in upstream.aiter_raw():
-                    if mirror and len(answer) < MAX_KEPT_BYTES:
+                    if (mirror or rid) and len(answer) < MAX_KEPT_BYTES:
                         answer += chunk
                     yield chunk
             finally:
@@ -164,22 +195,53 @@ def create_app(state_path: Path, api_key: str | None = None):
                     shadow.after(s["shadow"], request.url.path, headers, body, copy, {
                         "status": upstream.status_code, "latency_s": time.monotonic() - started,
                         "body": kept(bytes(answer))})
+                if rid:
+                    recorder().record(s["traffic"], rid, str(s.get("version")), request.url.path, body,
+                                      upstream.status_code, bytes(answer), time.monotonic() - started)
 
+        answer_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
         return StreamingResponse(relay(), status_code=upstream.status_code,
-                                 headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP})
+                                 headers={**answer_headers, **({HEADER: rid} if rid else {})})
+
+    async def feedback(request: Request):
+        s = state()
+        if not authorized(request):
+            return error(401, "a valid API key is required: Authorization: Bearer <key>")
+        if not s.get("traffic"):
+            return error(404, f"{s.get('model', 'this route')} records no traffic (deploy.traffic), so it takes no "
+                              "feedback")
+        if not recorder().allowed(request.headers.get("authorization", "") or str(request.client)):
+            return error(429, "too much feedback: at most "
+                              f"{FEEDBACK_PER_S:g} a second per key")
+        body = await read_body(request, MAX_FEEDBACK_BYTES)
+        if body is None:
+            return error(413, f"feedback over the limit of {MAX_FEEDBACK_BYTES} bytes")
+        try:
+            given = Feedback.model_validate_json(body)
+        except ValidationError as e:
+            first = e.errors()[0]
+            return error(400, f"feedback: {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}")
+        if given.rating is None and not given.correction:
+            return error(400, "feedback: give a rating (-1, 0 or 1), a correction, or both")
+        if recorder().feedback(given, s["traffic"].get("mask_patterns", [])) is None:
+            return error(404, f"request id {given.request_id} is not one this route recorded recently")
+        return JSONResponse({"status": "recorded", "request_id": given.request_id})
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
     return Starlette(routes=[Route("/router/status", status), Route("/router/health", health),
+                             Route("/v1/feedback", feedback, methods=["POST"]),
                              Route("/{path:path}", forward, methods=methods)])
 
 
-def switch(state_path: Path, target: str, version: str, api_key: bool = True, adapter: str | None = None
-           ) -> str | None:
+def switch(state_path: Path, target: str, version: str, api_key: bool = True, adapter: str | None = None,
+           traffic: dict | None = None) -> str | None:
     """Point the router at ``target`` (which requires the API key when ``api_key``), at its LoRA adapter
-    ``adapter`` when given; returns what it forwarded to before (``target_key``: what ``drain`` waits on)."""
+    ``adapter`` when given, recording its traffic as ``traffic`` says (``tasks.servers.traffic``; None: not);
+    returns what it forwarded to before (``target_key``: what ``drain`` waits on)."""
     s = read_state(state_path)
     old = target_key(s)
-    write_state(state_path, {**s, "target": target, "version": version, "api_key": api_key, "adapter": adapter})
+    write_state(state_path, {**s, "target": target, "version": version, "api_key": api_key, "adapter": adapter,
+                             "traffic": traffic})
     return old
 
 

@@ -1,6 +1,7 @@
 """S3-compatible object storage: one client, directory upload/download, listing.
 
     python -m tasks.services.storage fetch s3://BUCKET/PREFIX DIR   # the files under PREFIX in DIR, whole or not at all
+    python -m tasks.services.storage put s3://BUCKET < LINES           # KEY<TAB>BASE64 lines, one object each
 """
 
 from __future__ import annotations
@@ -142,11 +143,33 @@ def verify_upload(local: str | Path, uri: str, client=None) -> int:
     return total
 
 
+def put_objects(prefix: str, lines: list[str], client=None) -> list[str]:
+    """Each ``KEY<TAB>BASE64`` line written as the object ``KEY`` under the bucket URI ``prefix``; the keys."""
+    import base64
+
+    client = client or s3_client()
+    bucket, root = split_uri(prefix)
+    written = []
+    for line in lines:
+        key, _, data = line.rstrip("\n").partition("\t")
+        client.put_object(Bucket=bucket, Key=f"{root.rstrip('/')}/{key}" if root else key,
+                          Body=base64.b64decode(data))
+        written.append(key)
+    return written
+
+
+USAGE = ("usage: python -m tasks.services.storage fetch s3://BUCKET/PREFIX DIR\n"
+         "       python -m tasks.services.storage put s3://BUCKET[/PREFIX] < KEY<TAB>BASE64 lines")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[0] != "fetch":
-        sys.exit("usage: python -m tasks.services.storage fetch s3://BUCKET/PREFIX DIR")
-    print(fetch(args[1], Path(args[2])))
+    if len(args) == 3 and args[0] == "fetch":
+        print(fetch(args[1], Path(args[2])))
+    elif len(args) == 2 and args[0] == "put":  # for processes that keep S3 out of their imports (the router)
+        print("\n".join(put_objects(args[1], sys.stdin.readlines())))
+    else:
+        sys.exit(USAGE)
 
 
 if __name__ == "__main__":

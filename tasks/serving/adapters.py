@@ -46,7 +46,7 @@ def base_record(adapter_dir: str | Path) -> dict[str, str]:
 
 # What a pipeline's deploy section may change without changing the shared server: how answers are shaped (the
 # client side), and that its versions are adapters.
-PER_VERSION = ("formatter", "formatter_selector", "serve")
+PER_VERSION = ("formatter", "formatter_selector", "serve", "traffic")
 READY_WAIT_S = 120  # a base that runs but does not answer yet (restarting, or a busy machine) is waited for
 
 

@@ -32,7 +32,8 @@ from tests.support.paths import REPO
 UPPER, LOWER = "Convert the word to upper case.", "Convert the word to lower case."
 MODELS = {"upper": "fineflow-adapter-upper", "lower": "fineflow-adapter-lower", "mixed": "fineflow-adapter-mixed"}
 WORDS = ("saw", "lamp", "door", "fish", "cat", "tree")
-DEPLOY = {"backend": "relay", "serve": "adapter", "max_adapters": 2}  # 3 adapters, 2 in memory: one reloads
+# 3 adapters, 2 in memory: one reloads; every request through a route recorded to the bucket with its answer.
+DEPLOY = {"backend": "relay", "serve": "adapter", "max_adapters": 2, "traffic": {"share": 1.0}}
 # Serving is what is tested: every candidate passes (the tiny model does not learn lower case in a few steps).
 GATE = {"metric": "val_loss", "min_improvement": -100.0, "allow_regression": True}
 
@@ -277,3 +278,29 @@ def test_a_shared_base_restarted_by_its_supervisor_serves_its_adapters_again(ser
     for name, (question, answer) in served["expected"].items():  # upper: rolled back to its first version above
         reply = ask(url[name], question)
         assert reply.status_code == 200 and reply.json()["choices"][0]["text"] == answer, (name, reply.text)
+
+
+def test_production_traffic_and_feedback_reach_the_bucket(served):
+    """Each request through a route that records traffic gets an id; the request, its answer and the feedback on
+    it are written by the router to the bucket under traffic/<model>/<version>/<date>/."""
+    name = MODELS["lower"]
+    version = registry.alias_version(name, "production")
+    question, answer = served["expected"]["lower"]
+    reply = ask(routes(served)["lower"], question)
+    rid = reply.headers["x-fineflow-request-id"]
+    fed = httpx.post(f"{routes(served)['lower']}/v1/feedback", headers=keys.auth_headers(), timeout=30,
+                     json={"request_id": rid, "rating": 1, "correction": answer.upper()})
+    assert fed.status_code == 200, fed.text
+    bucket = Settings.load().s3_bucket
+    prefix = f"traffic/{name}/{version}/{time.strftime('%Y-%m-%d', time.gmtime())}/"
+    deadline, mine = time.monotonic() + 60, []
+    while len(mine) < 2 and time.monotonic() < deadline:  # the router writes its batches every few seconds
+        time.sleep(1)
+        listed = storage.s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        records = [json.loads(line) for o in listed for line in storage.s3_client().get_object(
+            Bucket=bucket, Key=o["Key"])["Body"].read().decode().splitlines()]
+        mine = [r for r in records if r["request_id"] == rid]
+    kinds = {r["kind"]: r for r in mine}
+    assert set(kinds) == {"request", "feedback"}, mine
+    assert json.loads(kinds["request"]["answer"])["choices"][0]["text"] == answer
+    assert (kinds["feedback"]["rating"], kinds["feedback"]["correction"]) == (1, answer.upper())

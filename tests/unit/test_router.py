@@ -167,7 +167,7 @@ def test_requests_are_forwarded_whole_and_answers_relayed(client, echo, monkeypa
                                         "type": "authentication_error"}}
     status = client.get("/router/status", headers=auth).json()
     assert status == {"target": echo, "version": "5", "model": "m@production", "adapter": None, "shadow": {},
-                      "inflight": {}}
+                      "traffic": {}, "inflight": {}}
 
 
 def test_requests_in_flight_are_counted_per_target_until_their_answer_ends(client, echo):

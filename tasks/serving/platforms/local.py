@@ -73,7 +73,7 @@ class LocalPlatform(ServingPlatform):
 
     def switch(self, model: str, alias: str, ep: Endpoint, version: str) -> str | None:
         return switch(router_state_path(model, alias), ep.url, version, api_key=bool(ep.api_key_file),
-                      adapter=ep.adapter)
+                      adapter=ep.adapter, traffic=((ep.relaunch or {}).get("deploy") or {}).get("traffic"))
 
     def retire(self, model: str, alias: str, old_name: str, old_target: str | None, log: Log) -> bool:
         url = f"http://{(s := read_state(router_state_path(model, alias))).get('host')}:{s.get('port')}"
