@@ -124,8 +124,14 @@ def plan(config_path: str, overrides: dict | None = None, data_path: str | None 
                         f"records; gate on {config.evaluate.gate.metric}",
                         params=config.evaluate.model_dump(mode="json")),
             deploy_step,
+            *([PlannedStep(step="canary", does=f"copy {c.share:.0%} of {config.registry.model_name}@"
+                           f"{config.registry.alias}'s live requests to the candidate until {c.min_requests} are "
+                           f"answered (at most {c.max_wait_s:g}s); judge errors, p95 latency"
+                           f"{', agreement' if c.min_agreement is not None else ''}",
+                           params=c.model_dump(mode="json"))] if (c := config.promotion.canary) else []),
             PlannedStep(step="register", does=f"register a version of {config.registry.model_name}; move "
-                        f"{config.registry.alias} to it if healthy and the gate passed"),
+                        f"{config.registry.alias} to it if healthy, the gate"
+                        f"{' and the canary' if config.promotion.canary else ''} passed"),
         ]
     # The temporary folder's paths stand for the run's own: say so rather than show paths that will not exist.
     for s in steps:

@@ -21,3 +21,15 @@ def test_the_deploy_step_of_a_plan_follows_what_the_version_serves():
     command = shared.commands[0]
     assert f"--model {TINY_MODEL}" in command and "--name tiny-llama" in command
     assert f"--max-adapters 3 --base-revision {revision_of(TINY_MODEL)} --adapter-root " in command
+
+
+def test_a_plan_shows_the_canary_between_deploy_and_register_when_configured():
+    steps = [s.step for s in plan("deployments/quickstart.yaml").steps]
+    assert steps[-2:] == ["deploy", "register"]
+    shown = plan("deployments/quickstart.yaml", {"promotion": {"canary": {"share": 0.1, "min_requests": 50,
+                                                                           "min_agreement": 0.9}}}).steps
+    assert [s.step for s in shown][-3:] == ["deploy", "canary", "register"]
+    canary = shown[-2]
+    assert canary.does == ("copy 10% of fineflow-quickstart@production's live requests to the candidate until 50 are "
+                           "answered (at most 600s); judge errors, p95 latency, agreement")
+    assert canary.params["min_requests"] == 50 and shown[-1].does.endswith("if healthy, the gate and the canary passed")
