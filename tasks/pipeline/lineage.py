@@ -51,6 +51,7 @@ class Lineage(BaseModel):
     dataset_source: str
     dataset_source_sha256: str
     dataset_format: str
+    dataset_feedback: str = ""  # "production feedback of version N: M records" when built from it
     n_train: int
     n_val: int
     base_model: str
@@ -132,7 +133,8 @@ def lineage(ref: str) -> Lineage:
         prefect_flow_run_id=flow_run_id, prefect_flow_run_name=flow_name, prefect_flow_run_state=flow_state,
         dataset_uri=params.get("dataset.uri", ""), dataset_hash=tags.get("dataset_hash", ""),
         dataset_source=params.get("dataset.source", ""), dataset_source_sha256=tags.get("dataset_file_hash", ""),
-        dataset_format=params.get("dataset.format", ""), n_train=int(params.get("dataset.n_train", 0)),
+        dataset_format=params.get("dataset.format", ""), dataset_feedback=rtags.get("dataset_feedback", ""),
+        n_train=int(params.get("dataset.n_train", 0)),
         n_val=int(params.get("dataset.n_val", 0)),
         base_model=rtags.get("base_model", ""), base_model_revision=rtags.get("base_model_revision", "unrecorded"),
         code_commit=rtags.get("code_commit", "unrecorded"), code_dirty=rtags.get("code_dirty", "unrecorded"),
@@ -151,6 +153,7 @@ def render(info: Lineage) -> str:
         ("dataset", f"{info.dataset_uri}  hash {info.dataset_hash}"),
         ("dataset rows", f"{info.n_train} train / {info.n_val} validation ({info.dataset_format})"),
         ("dataset source", f"{info.dataset_source}  sha256 {info.dataset_source_sha256}"),
+        *([("trained on", info.dataset_feedback)] if info.dataset_feedback else []),
         ("base model", f"{info.base_model}  revision {info.base_model_revision}"),
         ("code", f"commit {info.code_commit} (dirty: {info.code_dirty}), recipe code version {info.code_version}"),
         ("gate", f"{'promoted' if info.promoted else 'not promoted'}: {info.gate}"),

@@ -22,6 +22,7 @@ from tasks.finetune import LazyLLMFinetuneBase, get_framework
 from tasks.finetune.merge import check_weights_moved
 from tasks.models import ModelManager, ModelNotFoundError, ModelRef
 from tasks.models.local import revision_of
+from tasks.pipeline import feedback
 from tasks.pipeline.config import PipelineConfig
 from tasks.pipeline.run import record_choice, timed, workdir
 from tasks.services import cache, checkpoints, coordination, mlflow_model, storage, tracking
@@ -113,6 +114,8 @@ def prepare_dataset(config: PipelineConfig, base: ModelRef, run_id: str, force: 
                                  "dataset.n_val": prepared.n_val, "dataset.n_duplicates": prepared.n_duplicates,
                                  "dataset.n_too_long": prepared.n_too_long})
     log_dataset_inputs(run_id, prepared)
+    if card := feedback.card_of(str(d.path)):  # built from production feedback: lineage names it
+        tracking.set_tag(run_id, "dataset_feedback", feedback.described(card))
     logger.info("dataset %s: %d train / %d val %s records -> %s", prepared.hash[:12], prepared.n_train,
                 prepared.n_val, prepared.format, prepared.uri)
     return prepared

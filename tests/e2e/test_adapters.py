@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from infra.demo import follow, start_deployment
+from tasks.pipeline import feedback
 from tasks.servers.adapters import BASE_RECORD
 from tasks.services import keys, registry, storage
 from tasks.serving import adapter_endpoints, adapters, canary, endpoints, rollout
@@ -280,9 +281,10 @@ def test_a_shared_base_restarted_by_its_supervisor_serves_its_adapters_again(ser
         assert reply.status_code == 200 and reply.json()["choices"][0]["text"] == answer, (name, reply.text)
 
 
-def test_production_traffic_and_feedback_reach_the_bucket(served):
+def test_production_traffic_and_feedback_reach_the_bucket_and_the_next_dataset(served, tmp_path):
     """Each request through a route that records traffic gets an id; the request, its answer and the feedback on
-    it are written by the router to the bucket under traffic/<model>/<version>/<date>/."""
+    it are written by the router to the bucket under traffic/<model>/<version>/<date>/; the next dataset is the
+    pipeline's data plus the corrected pair, its card naming the version the feedback came from."""
     name = MODELS["lower"]
     version = registry.alias_version(name, "production")
     question, answer = served["expected"]["lower"]
@@ -304,3 +306,10 @@ def test_production_traffic_and_feedback_reach_the_bucket(served):
     assert set(kinds) == {"request", "feedback"}, mine
     assert json.loads(kinds["request"]["answer"])["choices"][0]["text"] == answer
     assert (kinds["feedback"]["rating"], kinds["feedback"]["correction"]) == (1, answer.upper())
+    path, card = feedback.build(name, served["data"]["lower"], out=tmp_path)
+    rows = json.loads(path.read_text())
+    instruction = question.split("### Instruction:\n")[1].split("\n\n### Response:")[0]
+    assert rows[-1] == {"instruction": instruction, "input": "", "output": answer.upper()}
+    assert card["feedback_records"] >= 1 and card["versions"].get(version, 0) >= 1
+    assert len(rows) == card["base_records"] + card["feedback_records"]
+    assert json.loads(Path(f"{path}.card").read_text()) == card
