@@ -130,8 +130,8 @@ def plan(config_path: str, overrides: dict | None = None, data_path: str | None 
                            f"{', agreement' if c.min_agreement is not None else ''}",
                            params=c.model_dump(mode="json"))] if (c := config.promotion.canary) else []),
             PlannedStep(step="register", does=f"register a version of {config.registry.model_name}; move "
-                        f"{config.registry.alias} to it if healthy, the gate"
-                        f"{' and the canary' if config.promotion.canary else ''} passed"),
+                        f"{config.registry.alias} to it if healthy"
+                        f"{', the gate and the canary' if config.promotion.canary else ' and the gate'} passed"),
         ]
     # The temporary folder's paths stand for the run's own: say so rather than show paths that will not exist.
     for s in steps:

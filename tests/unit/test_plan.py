@@ -24,8 +24,9 @@ def test_the_deploy_step_of_a_plan_follows_what_the_version_serves():
 
 
 def test_a_plan_shows_the_canary_between_deploy_and_register_when_configured():
-    steps = [s.step for s in plan("deployments/quickstart.yaml").steps]
-    assert steps[-2:] == ["deploy", "register"]
+    plain = plan("deployments/quickstart.yaml").steps
+    assert [s.step for s in plain][-2:] == ["deploy", "register"]
+    assert plain[-1].does.endswith("move production to it if healthy and the gate passed")
     shown = plan("deployments/quickstart.yaml", {"promotion": {"canary": {"share": 0.1, "min_requests": 50,
                                                                            "min_agreement": 0.9}}}).steps
     assert [s.step for s in shown][-3:] == ["deploy", "canary", "register"]
