@@ -190,14 +190,17 @@ def create_app(state_path: Path, api_key: str | None = None, put=bucket_put):
             finally:
                 await upstream.aclose()
                 inflight[key] -= 1
-                if mirror:
-                    copy = with_model(body, s["shadow"]["adapter"]) if s["shadow"].get("adapter") else body
-                    shadow.after(s["shadow"], request.url.path, headers, body, copy, {
-                        "status": upstream.status_code, "latency_s": time.monotonic() - started,
-                        "body": kept(bytes(answer))})
-                if rid:
-                    recorder().record(s["traffic"], rid, str(s.get("version")), request.url.path, body,
-                                      upstream.status_code, bytes(answer), time.monotonic() - started)
+                try:  # after the answer: what goes wrong here is counted, never the client's
+                    if mirror:
+                        copy = with_model(body, s["shadow"]["adapter"]) if s["shadow"].get("adapter") else body
+                        shadow.after(s["shadow"], request.url.path, headers, body, copy, {
+                            "status": upstream.status_code, "latency_s": time.monotonic() - started,
+                            "body": kept(bytes(answer))})
+                    if rid:
+                        recorder().record(s["traffic"], rid, str(s.get("version")), request.url.path, body,
+                                          upstream.status_code, bytes(answer), time.monotonic() - started)
+                except Exception:  # noqa: BLE001
+                    (recorder().counts if rid else shadow.counts)["unrecorded"] += 1
 
         answer_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
         return StreamingResponse(relay(), status_code=upstream.status_code,

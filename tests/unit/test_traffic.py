@@ -136,3 +136,13 @@ def test_traffic_settings_are_checked_when_the_config_loads(tmp_path):
         path.write_text(head + f"deploy: {{traffic: {bad}}}\n")
         with pytest.raises(ConfigError, match=rf"deploy\.relay\.traffic\.{field}"):
             load_config(path)
+
+
+def test_a_record_that_cannot_be_made_is_counted_and_the_answer_still_arrives(routed):
+    """A route state no config check wrote (a mask pattern that is no regular expression): the client's answer
+    arrives whole; the failure is counted, nothing recorded."""
+    router.switch(routed.state_path, routed.production, "9", traffic={"share": 1.0, "mask_patterns": ["("]})
+    reply = routed.post("/v1/completions", headers=AUTH, json={"prompt": "x"})
+    assert reply.status_code == 200 and reply.json()["who"] == "production"
+    status = routed.get("/router/status", headers=AUTH).json()
+    assert status["traffic"] == {"unrecorded": 1} and status["shadow"] == {}
