@@ -8,7 +8,8 @@ with the file the pipeline's ``production`` version was trained on; when they di
 ``fineflow.dataset.updated`` (resource ``fineflow.pipeline.<name>``, payload ``uri`` and ``sha256``), which the
 pipeline's deployment trigger in ``prefect.yaml`` turns into a run on that file. A file is announced once: the
 last hash announced per pipeline is kept in the Prefect variable ``fineflow-watch-<name>``. It also ends FAILED
-the MLflow runs of flow runs that crashed (their process died with their worker).
+the MLflow runs of flow runs that crashed (their process died with their worker), and decides the candidates a
+canary held for too few live requests (``status=pending``: ``tasks.pipeline.pending``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 from prefect.variables import Variable
 
-from tasks.pipeline import incoming
+from tasks.pipeline import incoming, pending
 from tasks.pipeline.config import ConfigError, load_config
 from tasks.services import tracking
 from tasks.settings import REPO_ROOT
@@ -67,10 +68,19 @@ def close_crashed_runs() -> list[str]:
     return closed
 
 
+@task
+def decide_held_candidates() -> list[str]:
+    """Candidates their canary held for too few live requests (``status=pending``), judged again on the copies kept
+    since: promoted, rejected, or left waiting."""
+    return [f"{r.model_name} version {r.version}: {r.reason}" for r in pending.decide_all(log=get_run_logger().info)]
+
+
 @flow(name="watch", log_prints=True)
 def watch(config_paths: list[str] | None = None) -> list[incoming.DataCheck]:
-    """Check every pipeline's data home (or those of ``config_paths``) once; tidy up after crashed runs."""
+    """Check every pipeline's data home (or those of ``config_paths``) once; tidy up after crashed runs; decide
+    held candidates."""
     close_crashed_runs()
+    decide_held_candidates()
     paths = config_paths or sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "deployments").glob("*.yaml"))
     return [found for found in map(check_pipeline, paths) if found is not None]
 

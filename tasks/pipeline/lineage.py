@@ -139,7 +139,8 @@ def lineage(ref: str) -> Lineage:
         base_model=rtags.get("base_model", ""), base_model_revision=rtags.get("base_model_revision", "unrecorded"),
         code_commit=rtags.get("code_commit", "unrecorded"), code_dirty=rtags.get("code_dirty", "unrecorded"),
         code_version=rtags.get("code_version", "unrecorded"), config=config, metrics=metrics,
-        gate=tags.get("gate", ""), promoted=tags.get("status") != "rejected", steps=step_records(mv.run_id, rtags))
+        gate=tags.get("gate", ""), promoted=tags.get("status") not in ("rejected", "pending"),
+        steps=step_records(mv.run_id, rtags))
 
 
 def render(info: Lineage) -> str:

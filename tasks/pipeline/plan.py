@@ -28,6 +28,10 @@ from tasks.pipeline.steps import make_trainer
 from tasks.services import keys
 from tasks.serving import platforms
 
+# What a canary with too few requests in its wait does, as a plan says it.
+TOO_FEW = {"gate": "the gate decides", "reject": "rejected",
+           "hold": "registered pending, decided at a later watch tick"}
+
 
 class PlannedStep(BaseModel):
     step: str
@@ -127,7 +131,7 @@ def plan(config_path: str, overrides: dict | None = None, data_path: str | None 
             *([PlannedStep(step="canary", does=f"copy {c.share:.0%} of {config.registry.model_name}@"
                            f"{config.registry.alias}'s live requests to the candidate until {c.min_requests} are "
                            f"answered (at most {c.max_wait_s:g}s); judge errors, p95 latency"
-                           f"{', agreement' if c.min_agreement is not None else ''}",
+                           f"{', agreement' if c.min_agreement is not None else ''}; too few: {TOO_FEW[c.on_too_few]}",
                            params=c.model_dump(mode="json"))] if (c := config.promotion.canary) else []),
             PlannedStep(step="register", does=f"register a version of {config.registry.model_name}; move "
                         f"{config.registry.alias} to it if healthy"

@@ -8,19 +8,22 @@ endpoint stopped, so production keeps serving (``registration.py``, shared with 
 
 from __future__ import annotations
 
+import time
+
 from prefect import get_run_logger, task
 
 from tasks.data import PreparedDataset, read_jsonl
 from tasks.evaluate import EvalReport, evaluate, metrics_of
 from tasks.formatter import make_formatter
 from tasks.models import ModelRef
+from tasks.pipeline import pending
 from tasks.pipeline.adapter import AdapterModel
 from tasks.pipeline.config import DeploySection, EvaluateSection, PipelineConfig
 from tasks.pipeline.registration import Registration, register, unless_superseded
 from tasks.pipeline.run import record_choice, record_smoke, timed
 from tasks.pipeline.steps import MergedModel, TrainResult
 from tasks.services import cache, registry, tracking
-from tasks.serving import canary, rollout
+from tasks.serving import canary, platforms, rollout
 from tasks.serving.canary import Verdict
 from tasks.serving.endpoints import Endpoint
 from tasks.serving.start import start_engine
@@ -122,10 +125,16 @@ def shadow_canary(config: PipelineConfig, ep: Endpoint, report: EvalReport, run_
 
 
 def canary_refusal(verdict: Verdict | None, config: PipelineConfig) -> str | None:
-    """Why the canary keeps the candidate from the alias, or None."""
-    if verdict is None or verdict.passed or (verdict.passed is None and config.promotion.canary.on_too_few == "gate"):
+    """Why the canary keeps the candidate from the alias, or None (``held`` says when the decision waits)."""
+    if verdict is None or verdict.passed or (verdict.passed is None and config.promotion.canary.on_too_few != "reject"):
         return None
     return f"canary: {verdict.reason}"
+
+
+def held(verdict: Verdict | None, config: PipelineConfig) -> bool:
+    """Too few live requests copied to the candidate, and ``on_too_few: hold``: registered pending, decided at a
+    later watch tick (``tasks.pipeline.pending``)."""
+    return verdict is not None and verdict.passed is None and config.promotion.canary.on_too_few == "hold"
 
 
 @task
@@ -144,8 +153,16 @@ def register_candidate(config: PipelineConfig, ep: Endpoint, served: MergedModel
                for k, v in metrics_of(getattr(report, who)).items()},
             **(served.version_tags(ep) if isinstance(served, AdapterModel) else {}),
             **(verdict.tags() if verdict else {})}
+    waits = report.passed and held(verdict, config)
+    if waits:  # what the watch tick needs to decide it: production now is what its canary compares it with
+        tags |= pending.held_tags(config.promotion.canary, alias, registry.alias_version(name, alias),
+                                  time.time())
     guard = unless_superseded(name, production_at_start, report.gate, metrics_of(report.candidate))
-    return register(name, alias, ep, served.model_uri or served.s3_uri, tags, run_id,
+    done = register(name, alias, ep, served.model_uri or served.s3_uri, tags, run_id,
                     why_not=report.reason if not report.passed else canary_refusal(verdict, config),
                     promoted_as=report.reason + (f"; canary {verdict.tags()['canary']}" if verdict else ""),
-                    log=get_run_logger().info, guard=guard)
+                    log=get_run_logger().info, guard=guard,
+                    pending=f"{verdict.reason}; decided at the next watch tick" if waits else None)
+    if waits and not done.pending:  # not kept after all (its endpoint failed its check): copies to it end
+        platforms.of_endpoint(ep).mirror(name, alias, ep, None)
+    return done

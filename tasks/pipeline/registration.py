@@ -5,6 +5,8 @@ policy for finetuned and deploy-only models alike.
   API key is kept) and what the pipeline adds (gate, metrics, lineage).
 - The alias moves only when the endpoint is healthy, the pipeline's own check passed (``why_not`` is None) and the
   promotion guard agrees (``rollout.promote``: a version promoted meanwhile must be beaten).
+- A version whose decision waits (a canary held for too few live requests) is tagged ``status=pending``, its
+  endpoint kept; ``decide`` settles it later, as it does every other version.
 - A version that is not promoted for a known reason (``rollout.NotPromoted``) is tagged ``status=rejected`` and
   its endpoint stopped, so production keeps serving. An unexpected error is raised, after the same clean-up when
   the alias is known not to hold the version (an error after the switch leaves the new production serving).
@@ -29,6 +31,7 @@ class Registration(BaseModel):
     version: str
     alias: str
     promoted: bool
+    pending: bool = False  # registered, the decision waiting (``status=pending``: tasks.pipeline.pending)
     previous_version: str | None
     reason: str
     endpoint_url: str = ""  # where the version answers ("" when it does not serve)
@@ -64,14 +67,28 @@ def unless_superseded(name: str, seen: str | None, gate: GateConfig,
 
 def register(name: str, alias: str, ep: Endpoint, source: str, tags: dict[str, str], run_id: str,
              why_not: str | None, promoted_as: str, log: Callable[[str], None],
-             guard: Callable[[str | None], str | None] | None = None) -> Registration:
+             guard: Callable[[str | None], str | None] | None = None, pending: str | None = None) -> Registration:
     """Register ``ep`` as a version of ``name`` (``source``: the logged model or the files in the bucket) and move
     ``alias`` to it unless ``why_not`` says the pipeline's own check failed; ``promoted_as`` says in words what
-    was promoted."""
+    was promoted. ``pending`` (why the decision waits): a healthy version is tagged ``status=pending``, its
+    endpoint kept and the alias left as it is, until ``decide`` is called on it (``tasks.pipeline.pending``)."""
     healthy = ep.healthy()
-    version = registry.create_version(name, source, run_id,
-                                      {**endpoint_tags(ep), "health": "ok" if healthy else "failed", **tags})
-    why_not = "health check failed" if not healthy else why_not
+    waits = bool(pending and healthy and why_not is None)
+    marks = {"health": "ok" if healthy else "failed", **({"status": "pending"} if waits else {})}
+    version = registry.create_version(name, source, run_id, {**endpoint_tags(ep), **tags, **marks})
+    if waits:
+        reason = f"pending: {pending}"
+        tracking.set_tag(run_id, "registered_version", version)
+        log(f"model {name} version {version}: {reason}")
+        return Registration(model_name=name, version=version, alias=alias, promoted=False, pending=True,
+                            previous_version=registry.alias_version(name, alias), reason=reason, endpoint_url=ep.url)
+    return decide(name, alias, version, ep, run_id, "health check failed" if not healthy else why_not, promoted_as,
+                  log, guard)
+
+
+def decide(name: str, alias: str, version: str, ep: Endpoint, run_id: str, why_not: str | None, promoted_as: str,
+           log: Callable[[str], None], guard: Callable[[str | None], str | None] | None = None) -> Registration:
+    """A registered version promoted (``rollout.promote``, past ``guard``) unless ``why_not``; else settled."""
     previous, url = None, ""
     try:
         if why_not is None:

@@ -3,7 +3,8 @@ share of its live requests to the candidate (``tasks.servers.shadow``: clients g
 the candidate is promoted only if, over at least ``min_requests`` copies, it fails no more often than production,
 its p95 latency is within ``max_p95_latency_ratio`` of production's, and (with ``min_agreement``) its answers
 agree with production's often enough. Too few copies within ``max_wait_s``: ``on_too_few`` decides (the offline
-gate, or reject).
+gate, reject, or hold: the version is registered ``status=pending``, the route keeps copying to it, and each watch
+tick judges it again, ``tasks.pipeline.pending``).
 
     promotion:
       canary: {share: 0.25, min_requests: 20, max_wait_s: 600, max_p95_latency_ratio: 1.5, min_agreement: 0.8}
@@ -40,7 +41,9 @@ class CanaryConfig(BaseModel):
     # The share of copies whose answer equals production's that the candidate must reach (None: not checked):
     # for a retrain that must keep production's behaviour on what users send.
     min_agreement: float | None = Field(None, ge=0, le=1)
-    on_too_few: Literal["gate", "reject"] = "gate"
+    on_too_few: Literal["gate", "reject", "hold"] = "gate"
+    # With ``hold``: how long after it was registered a held candidate may wait for its copies before it is rejected.
+    max_hold_s: float = Field(86_400, gt=0, le=30 * 86_400)
 
 
 class Verdict(BaseModel):
@@ -119,7 +122,7 @@ def read_pairs(path: Path) -> list[dict]:
 def run(model: str, alias: str, ep: Endpoint, cfg: CanaryConfig, log: Log = print) -> Verdict:
     """Mirror ``model@alias``'s live traffic (its route serves production) to the candidate ``ep`` until
     ``min_requests`` pairs are kept or ``max_wait_s`` passed, then judge it; the mirror is stopped whatever
-    happens."""
+    happens, except for a candidate held for too few copies (``on_too_few: hold``): it keeps copying."""
     from tasks.serving import platforms
 
     platform = platforms.of_endpoint(ep)
@@ -128,6 +131,7 @@ def run(model: str, alias: str, ep: Endpoint, cfg: CanaryConfig, log: Log = prin
     log(f"canary: copying {cfg.share:.0%} of {model}@{alias}'s requests to {ep.name} until {cfg.min_requests} are "
         f"answered by both (at most {cfg.max_wait_s:g}s); clients keep production's answers")
     platform.mirror(model, alias, ep, {"share": cfg.share, "pairs": str(path), "max_pairs": cfg.min_requests})
+    held = False
     try:
         deadline, shown = time.monotonic() + cfg.max_wait_s, -1
         while (n := len(read_pairs(path))) < cfg.min_requests and time.monotonic() < deadline:
@@ -135,8 +139,11 @@ def run(model: str, alias: str, ep: Endpoint, cfg: CanaryConfig, log: Log = prin
                 log(f"canary: {n} of {cfg.min_requests} mirrored requests")
                 shown = n
             time.sleep(POLL_S)
+        verdict = judge(read_pairs(path), cfg)
+        held = verdict.passed is None and cfg.on_too_few == "hold"
     finally:
-        platform.mirror(model, alias, ep, None)
-    verdict = judge(read_pairs(path), cfg)
-    log(f"canary {verdict.tags()['canary']}")
+        if not held:
+            platform.mirror(model, alias, ep, None)
+    log(f"canary {verdict.tags()['canary']}" + ("; held: still copying, decided at the next watch tick" if held
+                                                 else ""))
     return verdict

@@ -28,9 +28,11 @@ def test_a_plan_shows_the_canary_between_deploy_and_register_when_configured():
     assert [s.step for s in plain][-2:] == ["deploy", "register"]
     assert plain[-1].does.endswith("move production to it if healthy and the gate passed")
     shown = plan("deployments/quickstart.yaml", {"promotion": {"canary": {"share": 0.1, "min_requests": 50,
-                                                                           "min_agreement": 0.9}}}).steps
+                                                                           "min_agreement": 0.9,
+                                                                           "on_too_few": "hold"}}}).steps
     assert [s.step for s in shown][-3:] == ["deploy", "canary", "register"]
     canary = shown[-2]
     assert canary.does == ("copy 10% of fineflow-quickstart@production's live requests to the candidate until 50 are "
-                           "answered (at most 600s); judge errors, p95 latency, agreement")
+                           "answered (at most 600s); judge errors, p95 latency, agreement; too few: registered "
+                           "pending, decided at a later watch tick")
     assert canary.params["min_requests"] == 50 and shown[-1].does.endswith("if healthy, the gate and the canary passed")
