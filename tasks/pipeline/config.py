@@ -189,11 +189,14 @@ class PipelineConfig(Section):
     promotion: PromotionSection = PromotionSection()
 
     @model_validator(mode="after")
-    def canary_where_the_route_mirrors(self) -> "PipelineConfig":
+    def canary_and_traffic_where_the_route_does_them(self) -> "PipelineConfig":
         where = platform(self.deploy.serving)
         if self.promotion.canary is not None and not where.mirrors:
             raise ValueError(f"promotion.canary: the {where.name} serving platform cannot copy live requests to a "
                              "candidate yet; use serving.platform: local, or leave promotion.canary out")
+        if self.deploy.traffic is not None and not where.records:
+            raise ValueError(f"deploy.traffic: the {where.name} serving platform's route cannot record traffic yet; "
+                             "use serving.platform: local, or leave deploy.traffic out")
         return self
 
     @model_validator(mode="after")

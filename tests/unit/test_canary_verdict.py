@@ -82,3 +82,25 @@ def test_a_canary_needs_a_platform_whose_route_mirrors(tmp_path):
                     "promotion: {canary: {}}\n")
     with pytest.raises(ConfigError, match="the ray serving platform cannot copy live requests to a candidate yet"):
         load_config(path)
+    path.write_text(head + "deploy: {serving: {platform: ray, address: 'ray://10.0.0.1:10001'}, traffic: {}}\n")
+    with pytest.raises(ConfigError, match="deploy.traffic: the ray serving platform's route cannot record traffic"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("policy, refusal, waits", [("gate", None, False), ("reject", "canary: 2 of 3", False),
+                                                    ("hold", None, True)])
+def test_too_few_requests_are_decided_by_the_policy(tmp_path, policy, refusal, waits):
+    from tasks.pipeline.pending import held_tags
+    from tasks.pipeline.promote import canary_refusal, held
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ndata: {path: infra/datasets/word_ops.json}\nregistry: {model_name: m}\n"
+                    f"promotion: {{canary: {{min_requests: 3, on_too_few: {policy}, max_hold_s: 60}}}}\n")
+    config, too_few = load_config(path), judge(pairs(2), CanaryConfig(min_requests=3))
+    said = canary_refusal(too_few, config)
+    assert (said if said is None else said[:len(refusal)]) == refusal and held(too_few, config) is waits
+    assert not held(judge(pairs(3), config.promotion.canary), config) and not held(None, config)
+    # A held version carries what its later decision needs, read back the same.
+    tags = held_tags(config.promotion.canary, "production", None, 1_700_000_000.4)
+    assert CanaryConfig.model_validate_json(tags["canary_config"]) == config.promotion.canary
+    assert (tags["canary_alias"], tags["canary_production"], tags["canary_since"]) == ("production", "", "1700000000")

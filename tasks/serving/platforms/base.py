@@ -160,6 +160,8 @@ class ServingPlatform(ABC):
 
     # A shadow canary (``tasks.serving.canary``): the route copies a share of its live requests to a candidate.
     mirrors: ClassVar[bool] = False
+    # ``deploy.traffic`` (``tasks.servers.traffic``): the route records requests and answers and takes feedback.
+    records: ClassVar[bool] = False
 
     def mirror(self, model: str, alias: str, candidate: Endpoint, shadow: dict[str, Any] | None) -> None:
         """Copy ``shadow["share"]`` of ``model@alias``'s live requests to ``candidate`` once production answered,

@@ -88,7 +88,7 @@ class LocalPlatform(ServingPlatform):
         url = f"http://{state.get('host', '127.0.0.1')}:{state['port']}" if state.get("port") else "-"
         return f"{url}\trouter {up}\t-> {state.get('target', '-')}"
 
-    mirrors = True
+    mirrors = records = True
 
     def mirror(self, model: str, alias: str, candidate: Endpoint, shadow: dict | None) -> None:
         target = {"target": candidate.url, "adapter": candidate.adapter, "api_key": bool(candidate.api_key_file),
