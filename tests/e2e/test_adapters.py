@@ -1,8 +1,10 @@
 """Many finetunes, one base (``deploy.serve: adapter``), on the real stack: three pipelines on different data
 register three adapter versions served by one shared endpoint of the tiny model; each answers as greedy decoding
 of the base with that adapter by hand (loaded from MLflow by a client that knows only the tracking URI); a new
-version of one is promoted while the other two keep answering, no request failing; an adapter trained on another
-base revision is refused with a message naming both.
+version of one is promoted past a shadow canary while the other two keep answering, no request failing; one held
+by its canary for too few requests is decided at a later watch tick; an adapter trained on another base revision
+is refused with a message naming both; recorded traffic and feedback become the next dataset, and a stopped bucket
+fails no request.
 
 The pipelines run through the stack's worker (``finetune/quickstart`` with overrides), their data in the bucket.
 """
@@ -20,12 +22,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from infra import stack as local_stack
 from infra.demo import follow, start_deployment
-from tasks.pipeline import feedback
+from tasks.data.readers import SUFFIXES
+from tasks.pipeline import incoming, pending
+from tasks.pipeline.feedback import card_of
 from tasks.servers.adapters import BASE_RECORD
+from tasks.servers.router import read_state
 from tasks.services import keys, registry, storage
 from tasks.serving import adapter_endpoints, adapters, canary, endpoints, rollout
-from tasks.serving.platforms.local import router_name
+from tasks.serving.platforms.local import router_name, router_state_path
 from tasks.settings import Settings
 from tests.e2e.test_records import client_env
 from tests.support.paths import REPO
@@ -281,10 +287,11 @@ def test_a_shared_base_restarted_by_its_supervisor_serves_its_adapters_again(ser
         assert reply.status_code == 200 and reply.json()["choices"][0]["text"] == answer, (name, reply.text)
 
 
-def test_production_traffic_and_feedback_reach_the_bucket_and_the_next_dataset(served, tmp_path):
+def test_production_traffic_and_feedback_reach_the_bucket_and_the_next_dataset(served):
     """Each request through a route that records traffic gets an id; the request, its answer and the feedback on
-    it are written by the router to the bucket under traffic/<model>/<version>/<date>/; the next dataset is the
-    pipeline's data plus the corrected pair, its card naming the version the feedback came from."""
+    it are written by the router to the bucket under traffic/<model>/<version>/<date>/; the scheduled build's
+    next dataset is the pipeline's data plus the corrected pair, pushed to its data home with a card naming the
+    version the feedback came from."""
     name = MODELS["lower"]
     version = registry.alias_version(name, "production")
     question, answer = served["expected"]["lower"]
@@ -306,10 +313,78 @@ def test_production_traffic_and_feedback_reach_the_bucket_and_the_next_dataset(s
     assert set(kinds) == {"request", "feedback"}, mine
     assert json.loads(kinds["request"]["answer"])["choices"][0]["text"] == answer
     assert (kinds["feedback"]["rating"], kinds["feedback"]["correction"]) == (1, answer.upper())
-    path, card = feedback.build(name, served["data"]["lower"], out=tmp_path)
-    rows = json.loads(path.read_text())
+    # The scheduled build (feedback/build, run now on the stack's worker): the pipeline's data plus the corrected
+    # pair, pushed with its card to the pipeline's data home, where the data trigger starts retraining.
+    pipeline = "adapters-lower"
+    flow_run_id = start_deployment("feedback/build", {"overrides": {"name": pipeline, "registry": {"model_name": name}},
+                                                      "data_path": served["data"]["lower"]})
+    logs: list[str] = []
+    assert follow(flow_run_id, timeout_s=600, echo=logs.append).is_completed(), "\n".join(logs[-40:])
+    pushed = storage.newest_object(incoming.home(pipeline), SUFFIXES)
+    assert pushed and f"pushed {pushed}" in "\n".join(logs), logs[-20:]
+    bucket, key = storage.split_uri(pushed)
+    rows, card = json.loads(storage.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()), card_of(pushed)
     instruction = question.split("### Instruction:\n")[1].split("\n\n### Response:")[0]
     assert rows[-1] == {"instruction": instruction, "input": "", "output": answer.upper()}
     assert card["feedback_records"] >= 1 and card["versions"].get(version, 0) >= 1
     assert len(rows) == card["base_records"] + card["feedback_records"]
-    assert json.loads(Path(f"{path}.card").read_text()) == card
+
+
+def test_a_candidate_held_for_too_few_requests_is_decided_at_a_later_watch_tick(served):
+    """``on_too_few: hold``: no live request in the canary's wait, so the new version is registered pending, the
+    alias unmoved; a tick with still too few copies leaves it pending; requests through the route (clients get
+    production's answers) are copied to it meanwhile, and the next tick promotes it."""
+    name, (question, answer) = MODELS["mixed"], served["expected"]["mixed"]
+    before = registry.alias_version(name, "production")
+    hold = {"share": 1.0, "min_requests": 4, "max_wait_s": 2, "max_p95_latency_ratio": 20, "on_too_few": "hold"}
+    run_pipeline("mixed", served["data"]["mixed"], 161, {"canary": hold})
+    version = str(max(int(v.version) for v in registry.client().search_model_versions(f"name = '{name}'")))
+    tags = registry.version_tags(name, version)
+    assert (tags["status"], tags["canary"]) == ("pending", "too few requests: 0 of 4 mirrored requests"), tags
+    assert registry.alias_version(name, "production") == before and version != before
+    assert pending.decide_all() == [] and registry.version_tags(name, version)["status"] == "pending"
+
+    url, path = routes(served)["mixed"], canary.pairs_path(name, tags["endpoint_name"])
+    replies = [ask(url, question) for _ in range(6)]
+    assert [(r.status_code, r.json()["choices"][0]["text"]) for r in replies] == [(200, answer)] * 6
+    deadline = time.monotonic() + 60  # the copies are sent after each answer, in the background
+    while len(canary.read_pairs(path)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    decided = pending.decide_all()
+    assert [(d.version, d.promoted) for d in decided] == [(version, True)], decided
+    tags = registry.version_tags(name, version)
+    assert "status" not in tags and tags["canary"].startswith("passed: 4 mirrored requests"), tags
+    assert registry.alias_version(name, "production") == version
+    assert "shadow" not in read_state(router_state_path(name, "production"))  # copying ended with the decision
+    copied = {canary.answer_text(p["candidate"]["body"]) for p in canary.read_pairs(path)}
+    assert ask(url, question).json()["choices"][0]["text"] in copied  # the route serves the candidate now
+
+
+def test_with_the_bucket_stopped_every_request_is_answered_and_the_lost_records_counted(served):
+    """SeaweedFS stopped while clients send requests through a route that records its traffic: every request is
+    answered (200, production's answer); the records the bucket could not take are counted, not raised; with the
+    bucket back, recording goes on."""
+    url, (question, answer) = routes(served)["lower"], served["expected"]["lower"]
+
+    def counts() -> dict[str, int]:
+        return httpx.get(f"{url}/router/status", headers=keys.auth_headers(), timeout=30).json()["traffic"]
+
+    def wait_for(kind: str, at_least: int) -> dict[str, int]:
+        deadline = time.monotonic() + 240  # a batch every 5 s; a write to a stopped bucket retries, then fails
+        while (now := counts()).get(kind, 0) < at_least and time.monotonic() < deadline:
+            time.sleep(1)
+        return now
+
+    before = wait_for("recorded", 0)
+    local_stack.stop("s3")
+    try:
+        replies = [ask(url, question) for _ in range(5)]
+        assert [(r.status_code, r.json()["choices"][0]["text"]) for r in replies] == [(200, answer)] * 5
+        assert all(r.headers.get("x-fineflow-request-id") for r in replies)
+        lost = wait_for("failed", before.get("failed", 0) + 5)
+        assert lost.get("failed", 0) == before.get("failed", 0) + 5, (before, lost)
+    finally:
+        local_stack.up("free")
+    assert ask(url, question).status_code == 200
+    after = wait_for("recorded", lost.get("recorded", 0) + 1)
+    assert after["recorded"] == lost.get("recorded", 0) + 1 and after["failed"] == lost["failed"], (lost, after)
