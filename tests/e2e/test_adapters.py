@@ -33,8 +33,8 @@ from tasks.services import keys, registry, storage
 from tasks.serving import adapter_endpoints, adapters, canary, endpoints, rollout
 from tasks.serving.platforms.local import router_name, router_state_path
 from tasks.settings import Settings
-from tests.e2e.test_records import client_env
 from tests.support.paths import REPO
+from tests.support.stack import client_env
 
 UPPER, LOWER = "Convert the word to upper case.", "Convert the word to lower case."
 MODELS = {"upper": "fineflow-adapter-upper", "lower": "fineflow-adapter-lower", "mixed": "fineflow-adapter-mixed"}

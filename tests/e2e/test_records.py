@@ -25,6 +25,7 @@ from tasks.pipeline.config import load_config
 from tasks.pipeline.lineage import lineage
 from tasks.services import cache, registry, storage, tracking
 from tests.support.paths import REPO
+from tests.support.stack import client_env
 
 MODEL = "fineflow-records"
 WORDS = ("saw", "cat", "tree", "lamp", "door", "fish")  # the prompt is the one the model answers least ambiguously
@@ -44,17 +45,6 @@ def produced(stack):
     version = registry.alias_version(MODEL, "production")
     assert version == run.data.tags["registered_version"]
     return {"flow_run_id": str(flow_run_id), "run": run, "version": version}
-
-
-def client_env(home: Path) -> dict[str, str]:
-    """A client that knows only the tracking server and its login: no S3 endpoint or credentials, no fineflow
-    state."""
-    from tasks.settings import Settings
-
-    home.mkdir(parents=True, exist_ok=True)
-    tracking = {k: v for k, v in Settings.load().client_env().items() if k.startswith("MLFLOW_TRACKING_")}
-    return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(home), "HF_HUB_OFFLINE": "1",
-            **tracking}
 
 
 def greedy_from_files(files_uri: str, dest: Path) -> tuple[str, str, float]:

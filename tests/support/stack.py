@@ -4,6 +4,7 @@ a run logged, the schedules a test turns off."""
 from __future__ import annotations
 
 import secrets
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,3 +43,14 @@ def pause_schedules(deployment: str) -> list[dict]:
         for s in schedules:
             client.update_deployment_schedule(dep.id, s.id, active=False)
     return [{"interval": getattr(s.schedule, "interval", None), "active": s.active} for s in schedules]
+
+
+def client_env(home: Path) -> dict[str, str]:
+    """A client that knows only the tracking server and its login: no S3 endpoint or credentials, no fineflow
+    state."""
+    from tasks.settings import Settings
+
+    home.mkdir(parents=True, exist_ok=True)
+    tracking = {k: v for k, v in Settings.load().client_env().items() if k.startswith("MLFLOW_TRACKING_")}
+    return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(home), "HF_HUB_OFFLINE": "1",
+            **tracking}

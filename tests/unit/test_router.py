@@ -9,14 +9,13 @@ hop-by-hop ones, the body) and relayed back, and the requests in flight counted 
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 
 import pytest
 
 from tasks import net
 from tasks.servers import router
+from tests.support.asgi import KEY, running, served
 
-KEY = "ff-router-test-key"
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
 
@@ -73,36 +72,6 @@ def test_status_is_behind_the_key_and_a_keyless_target_asks_for_none(client):
     target = router.read_state(client.state_path)["target"]
     router.switch(client.state_path, target, "4", api_key=False)  # an endpoint served with api_key: false
     assert client.post("/v1/completions", json={"prompt": "hi"}).status_code == 502
-
-
-@contextmanager
-def served(app):
-    """``app`` served by uvicorn on a free port in a thread, for the block; yields its URL."""
-
-    import uvicorn
-
-    port = net.free_port()
-    with running(uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))):
-        yield f"http://127.0.0.1:{port}"
-
-
-@contextmanager
-def running(server):
-    """A uvicorn server run in a thread for the block, once it has started."""
-    import threading
-    import time
-
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    try:
-        yield server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ import pytest
 
 from tasks import masking
 from tasks.servers import router, shadow
-from tests.unit.test_router import KEY, served
+from tests.support.asgi import KEY, app_answering, served
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -24,20 +24,6 @@ def test_exactly_the_share_is_sampled_evenly():
     assert sum(shadow.sampled(n, 0.1) for n in range(1000)) == 100
     assert all(shadow.sampled(n, 1.0) for n in range(10))
     assert not any(shadow.sampled(n, 0.0) for n in range(10))
-
-
-def app_answering(who: str, seen: list[dict] | None = None, status: int = 200):
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    async def answer(request):
-        body = json.loads(await request.body() or b"{}")
-        if seen is not None:
-            seen.append(body)
-        return JSONResponse({"who": who, "prompt": body.get("prompt")}, status)
-
-    return Starlette(routes=[Route("/{path:path}", answer, methods=["GET", "POST"])])
 
 
 @pytest.fixture()

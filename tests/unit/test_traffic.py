@@ -15,8 +15,7 @@ from tasks import masking
 from tasks.pipeline.config import load_config
 from tasks.pipeline.config_files import ConfigError
 from tasks.servers import router, traffic
-from tests.unit.test_router import KEY, served
-from tests.unit.test_shadow import app_answering
+from tests.support.asgi import KEY, app_answering, served
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 PHONE = r"\b\d{3}-\d{4}\b"
