@@ -68,7 +68,7 @@ def close_crashed_runs() -> list[str]:
     return closed
 
 
-@task
+@task(retries=2, retry_delay_seconds=5)
 def decide_held_candidates() -> list[str]:
     """Candidates their canary held for too few live requests (``status=pending``), judged again on the copies kept
     since: promoted, rejected, or left waiting."""

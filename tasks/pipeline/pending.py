@@ -42,13 +42,14 @@ def decide_held(model: str, version: str, log: Log = print,
     cfg, alias = CanaryConfig.model_validate_json(tags["canary_config"]), tags["canary_alias"]
     run_id = registry.client().get_model_version(model, version).run_id
     ep = rollout.serving_endpoint(model, version, log)  # started again if it is gone (a machine restart)
-    verdict = canary.judge(canary.read_pairs(canary.pairs_path(model, ep.name)), cfg)
+    platform = platforms.of_endpoint(ep)
+    verdict = canary.judge(platform.mirrored(model, alias, str(canary.pairs_path(model, ep.name))), cfg)
     waited = now() - float(tags["canary_since"])
     if verdict.passed is None and waited < cfg.max_hold_s:
         log(f"{model} version {version} stays pending: {verdict.reason} after {waited:.0f}s "
             f"(rejected after {cfg.max_hold_s:g}s)")
         return None
-    platforms.of_endpoint(ep).mirror(model, alias, ep, None)
+    platform.mirror(model, alias, ep, None)
     if verdict.passed is None:
         verdict = Verdict(passed=False, reason=f"{verdict.reason} after {waited:.0f}s held", figures=verdict.figures)
     tracking.log_metrics(run_id, verdict.figures)

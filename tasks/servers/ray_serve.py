@@ -6,6 +6,7 @@
         [--replicas N] [--autoscaling JSON] [--model-uri s3://... --model-path P] [--api-key-env VAR] -- ARGV
     python -m tasks.servers.ray_serve route --address HEAD:PORT --http HOST:PORT --app ALIAS_APP --route /m/alias \\
         --target VERSION_APP --version V [--model-id NAME=URI] [--replicas N]
+    python -m tasks.servers.ray_serve mirror|pairs --address HEAD:PORT --app ALIAS_APP ...  # a canary: ray_shadow
     python -m tasks.servers.ray_serve delete --address HEAD:PORT --app NAME   # its replicas drain, then stop
     python -m tasks.servers.ray_serve status --address HEAD:PORT              # JSON: each application
     python -m tasks.servers.ray_serve shutdown HEAD:PORT                      # every application
@@ -40,9 +41,11 @@ import sys
 import time
 
 from tasks.net import free_port, http_ok
-from tasks.servers import ray_adapters
+from tasks.servers import ray_adapters, ray_shadow
 from tasks.servers.ray_node import die_with_parent, node_api_key, node_copy
+from tasks.servers.ray_shadow import RayShadow
 from tasks.servers.router import with_model
+from tasks.servers.shadow import kept
 from tasks.settings import env, environ, state_dir
 
 REPLICA_RESOURCE = "fineflow_replica"
@@ -143,20 +146,30 @@ def deployments():
         """The stable route of model@alias: forwards to the version application ``user_config`` names."""
 
         def __init__(self):
-            self.target, self.version, self.model_id = "", "", ""
+            self.target, self.version, self.model_id, self.shadow = "", "", "", None
+            self.mirror = RayShadow()  # a candidate a share of requests is copied to (``ray_shadow``)
 
         def reconfigure(self, config: dict) -> None:
             self.target, self.version, self.model_id = config["target"], config["version"], config.get("model_id", "")
+            self.shadow = config.get("shadow")
+
+        def current(self) -> dict:
+            return {"target": self.target, "version": self.version, "model_id": self.model_id}
 
         async def __call__(self, request: Request) -> Response:
-            target, version, model_id = self.target, self.version, self.model_id  # it finishes where it started
+            # It finishes where it started, and is copied where the mirror pointed then.
+            target, version, model_id, shadow = self.target, self.version, self.model_id, self.shadow
             headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
             handle = serve.get_app_handle(target)
             if model_id:  # an adapter version: its adapter on the shared base application
                 handle = handle.options(multiplexed_model_id=model_id)
-            status, media, body, node, pid = await handle.forward.remote(request.method, stripped(request), headers,
-                                                                         await request.body())
-            return Response(body, status_code=status, media_type=media,
+            path, body, started = stripped(request), await request.body(), time.monotonic()
+            copied = self.mirror.take(shadow, request.method, path)
+            status, media, answer, node, pid = await handle.forward.remote(request.method, path, headers, body)
+            if copied:  # production answered: the copy goes to the candidate off the client's path
+                self.mirror.after(shadow, path, headers, body, body, {
+                    "status": status, "latency_s": time.monotonic() - started, "body": kept(answer)})
+            return Response(answer, status_code=status, media_type=media,
                             headers={"X-Fineflow-Node": node, "X-Fineflow-Pid": str(pid),
                                      "X-Fineflow-Version": version})
 
@@ -216,11 +229,12 @@ def delete(address: str, app: str) -> dict:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tasks.servers.ray_serve")
     sub = p.add_subparsers(dest="op", required=True)
-    for name in ("deploy", "route", "delete", "status"):
+    for name in ("deploy", "route", "delete", "status", "mirror", "pairs"):
         op = sub.add_parser(name)
         op.add_argument("--address", required=True, help="the Ray head, host:port")
         if name in ("deploy", "route"):
             op.add_argument("--http", required=True, help="where Serve's proxy listens, host:port")
+        if name in ("deploy", "route", "mirror"):
             op.add_argument("--route", required=True, help="the application's route prefix")
             op.add_argument("--replicas", type=int, default=1)
         if name != "status":
@@ -236,6 +250,7 @@ def parser() -> argparse.ArgumentParser:
     route_op.add_argument("--target", required=True, help="the version application to forward to")
     route_op.add_argument("--version", required=True)
     route_op.add_argument("--model-id", default="", help="an adapter version's multiplexed model id, NAME=URI")
+    sub.choices["mirror"].add_argument("--shadow", default="", help="what to copy where, JSON (ray_shadow); '' stops")
     return p
 
 
@@ -276,6 +291,11 @@ def main(argv: list[str] | None = None) -> None:
         done = route(opts)
     elif opts.op == "delete":
         done = delete(opts.address, opts.app)
+    elif opts.op == "mirror":
+        done = ray_shadow.mirror(connect(opts.address), deployments()[1], opts)
+    elif opts.op == "pairs":
+        connect(opts.address)
+        done = ray_shadow.pairs(opts)
     else:
         done = applications(opts.address)
     print(json.dumps(done), flush=True)

@@ -36,6 +36,10 @@ def kept(data: bytes) -> str:
     return redact_text(data[:MAX_KEPT_BYTES].decode("utf-8", errors="replace"))
 
 
+def read_pairs(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
 def append_pair(path: Path, pair: dict[str, Any]) -> None:
     """One line, appended in one write (O_APPEND: lines of concurrent copies never interleave), owner-only."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -46,7 +50,9 @@ def append_pair(path: Path, pair: dict[str, Any]) -> None:
 
 
 class Shadow:
-    """The router's mirror: ``take`` decides per request, ``after`` sends the copy once production answered."""
+    """The router's mirror: ``take`` decides per request, ``after`` sends the copy once production answered.
+    ``send`` and ``keep`` are its transport (HTTP to the candidate's URL, the pairs file); the Ray platform's route
+    has its own (``tasks.servers.ray_shadow``)."""
 
     def __init__(self, client, api_key: str | None = None):
         self.client, self.api_key = client, api_key  # the router's httpx.AsyncClient and key
@@ -66,7 +72,7 @@ class Shadow:
         self.counts[f"taken:{pairs}"] += 1
         return True
 
-    def after(self, shadow: dict, path: str, headers: list[tuple[str, str]], body: bytes, copy: bytes,
+    def after(self, shadow: dict, path: str, headers: Any, body: bytes, copy: bytes,
               production: dict[str, Any]) -> None:
         """Send ``copy`` of the request ``body`` (its ``model`` set to the candidate's adapter, if any) to the
         candidate in the background; production's answer has gone to the client."""
@@ -78,19 +84,13 @@ class Shadow:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _mirror(self, shadow: dict, path: str, headers: list[tuple[str, str]], body: bytes, copy: bytes,
+    async def _mirror(self, shadow: dict, path: str, headers: Any, body: bytes, copy: bytes,
                       production: dict[str, Any]) -> None:
-        import httpx
-
         started = time.monotonic()
         try:
-            if shadow.get("api_key") and self.api_key:  # the candidate's key, whatever production asks for
-                headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
-                headers.append(("authorization", f"Bearer {self.api_key}"))
-            reply = await self.client.post(f"{shadow['target']}{path}", headers=headers, content=copy)
-            candidate = {"status": reply.status_code, "latency_s": time.monotonic() - started,
-                         "body": kept(reply.content)}
-        except httpx.HTTPError as e:
+            status, answer = await self.send(shadow, path, headers, copy)
+            candidate = {"status": status, "latency_s": time.monotonic() - started, "body": kept(answer)}
+        except Exception as e:  # noqa: BLE001 (the candidate failed: that is its answer)
             candidate = {"status": 0, "latency_s": time.monotonic() - started, "body": "",
                          "error": f"{type(e).__name__}: {e}"}
         finally:
@@ -98,10 +98,21 @@ class Shadow:
         pair = {"at": time.time(), "path": path, "version": shadow.get("version"), "request": kept(body),
                 "production": production, "candidate": candidate}
         try:
-            append_pair(Path(shadow["pairs"]), pair)
+            await self.keep(shadow, pair)
             self.counts["mirrored"] += 1
-        except OSError:
+        except Exception:  # noqa: BLE001 (a pair that cannot be kept is counted; serving goes on)
             self.counts["unrecorded"] += 1
+
+    async def send(self, shadow: dict, path: str, headers: list[tuple[str, str]], copy: bytes) -> tuple[int, bytes]:
+        """The copy sent to the candidate's URL: its status and answer."""
+        if shadow.get("api_key") and self.api_key:  # the candidate's key, whatever production asks for
+            headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
+            headers.append(("authorization", f"Bearer {self.api_key}"))
+        reply = await self.client.post(f"{shadow['target']}{path}", headers=headers, content=copy)
+        return reply.status_code, reply.content
+
+    async def keep(self, shadow: dict, pair: dict[str, Any]) -> None:
+        append_pair(Path(shadow["pairs"]), pair)
 
     def status(self) -> dict[str, int]:
         return {k: v for k, v in self.counts.items() if ":" not in k}

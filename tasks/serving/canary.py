@@ -115,10 +115,6 @@ def pairs_path(model: str, candidate: str) -> Path:
     return folder / f"{slug(candidate)}.jsonl"
 
 
-def read_pairs(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-
-
 def run(model: str, alias: str, ep: Endpoint, cfg: CanaryConfig, log: Log = print) -> Verdict:
     """Mirror ``model@alias``'s live traffic (its route serves production) to the candidate ``ep`` until
     ``min_requests`` pairs are kept or ``max_wait_s`` passed, then judge it; the mirror is stopped whatever
@@ -134,12 +130,13 @@ def run(model: str, alias: str, ep: Endpoint, cfg: CanaryConfig, log: Log = prin
     held = False
     try:
         deadline, shown = time.monotonic() + cfg.max_wait_s, -1
-        while (n := len(read_pairs(path))) < cfg.min_requests and time.monotonic() < deadline:
+        while (n := len(pairs := platform.mirrored(model, alias, str(path)))) < cfg.min_requests \
+                and time.monotonic() < deadline:
             if n != shown and n % max(1, cfg.min_requests // 4) == 0:
                 log(f"canary: {n} of {cfg.min_requests} mirrored requests")
                 shown = n
             time.sleep(POLL_S)
-        verdict = judge(read_pairs(path), cfg)
+        verdict = judge(pairs, cfg)
         held = verdict.passed is None and cfg.on_too_few == "hold"
     finally:
         if not held:

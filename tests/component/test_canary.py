@@ -15,6 +15,7 @@ import pytest
 from tasks.deploy import RelayServer
 from tasks.models.local import revision_of
 from tasks.servers.router import read_state
+from tasks.servers.shadow import read_pairs
 from tasks.services import keys
 from tasks.serving import adapter_endpoints, canary, endpoints, platforms
 from tasks.serving.platforms.local import router_state_path
@@ -87,7 +88,7 @@ def test_a_candidate_that_answers_live_requests_differently_is_held_back(served)
     assert verdict.passed is False and "agreement with production under 90%" in verdict.reason, verdict
     assert verdict.figures["canary_requests"] == 6 and verdict.figures["canary_agreement"] < 0.9
     assert got and all(answer == served["direct"][prompt] for prompt, answer in got)  # production's, every one
-    pairs = canary.read_pairs(canary.pairs_path(MODEL, served["bad"].name))
+    pairs = read_pairs(canary.pairs_path(MODEL, served["bad"].name))
     assert len(pairs) == 6 and {p["version"] for p in pairs} == {"bad"}
     assert "shadow" not in read_state(router_state_path(MODEL, ALIAS))  # the mirror is off again
 

@@ -4,8 +4,9 @@ Host A and host B are network namespaces on a private bridge (``tests/support/ho
 ``FINEFLOW_HOME`` and Prefect worker; they share one Prefect server, MLflow and S3 on the bridge, and a Ray cluster
 (head on A, a worker node on B) serves every version through Ray Serve, reached through the head's client server:
 B's worker sees none of the cluster's processes or files, as a Kubernetes Job's pod does not. The tests run in order
-on one set-up, each on what the one before left: v1 promoted from A, A lost, B re-runs, B promotes v2 under traffic,
-A and B race, a dead holder's slot comes back; then adapter versions share one base application.
+on one set-up, each on what the one before left: v1 promoted from A, A lost, B re-runs, B promotes v2 under traffic
+past a shadow canary on the cluster's route, A and B race, a dead holder's slot comes back; then adapter versions
+share one base application.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import httpx
 import pytest
 
 from infra.demo import follow, start_deployment
+from tasks.files import slug
 from tasks.models.mirror import MANIFEST
 from tasks.servers.adapters import BASE_RECORD
+from tasks.servers.shadow import read_pairs
 from tasks.services import keys, registry, storage, tracking
 from tasks.serving import adapters, platforms, rollout
 from tasks.settings import Settings, environ
@@ -163,11 +166,16 @@ def test_another_host_rerunning_the_unchanged_pipeline_trains_and_registers_noth
 
 
 def test_promotion_from_the_other_host_under_traffic_drops_no_request(hosts):
+    """B's new version is judged by a shadow canary on the cluster's route (half the live requests copied to it,
+    the clients keep v1's answers), then promoted under traffic: no request fails."""
     v1 = registry.alias_version(MODEL, "production")
     v1_app = registry.version_tags(MODEL, v1)["endpoint_name"]
     url = production_url()
     out, threads, stop = traffic(url, clients=3)
-    _, state, logs = run_on("b", params(hosts, force=True))
+    judged = params(hosts, force=True)
+    judged["overrides"]["promotion"] = {"canary": {"share": 0.5, "min_requests": 6, "max_wait_s": 300,
+                                                   "max_p95_latency_ratio": 50}}
+    _, state, logs = run_on("b", judged)
     assert state.is_completed(), logs[-4000:]
     promoted_at = len(out)
     time.sleep(5)
@@ -180,7 +188,13 @@ def test_promotion_from_the_other_host_under_traffic_drops_no_request(hosts):
     assert {v for _, v in out[:promoted_at]} >= {v1, v2}, collections.Counter(out)
     assert {v for _, v in out[promoted_at:]} == {v2} and len(out) - promoted_at >= 10
     apps = platforms.platform(hosts.serving()).applications()
-    assert v1_app not in apps and registry.version_tags(MODEL, v2)["endpoint_name"] in apps, apps
+    tags = registry.version_tags(MODEL, v2)
+    assert v1_app not in apps and tags["endpoint_name"] in apps, apps
+    # The canary's pairs, copied on the cluster and read back by B's worker: both answered every copy.
+    assert tags["canary"].startswith("passed: 6 mirrored requests"), tags["canary"]
+    pairs = read_pairs(hosts.b.home / "canary" / slug(MODEL) / f"{slug(tags['endpoint_name'])}.jsonl")
+    assert len(pairs) == 6 and {p["version"] for p in pairs} == {tags["endpoint_name"]}, pairs
+    assert {(p["production"]["status"], p["candidate"]["status"]) for p in pairs} == {(200, 200)}, pairs
 
 
 def test_two_hosts_racing_to_promote_one_model_promote_exactly_one(hosts):

@@ -1,6 +1,6 @@
 """The canary's verdict (``tasks.serving.canary.judge``) over mirrored pairs: each check fails on its own, with the
 reason; answers are read from completions, chat messages and their streams; the config refuses values that
-defeat the canary, and a platform that cannot mirror."""
+defeat the canary, and traffic recording on a platform whose route cannot record it."""
 
 from __future__ import annotations
 
@@ -73,16 +73,15 @@ def test_canary_settings_that_defeat_it_are_refused_naming_the_field(tmp_path, c
         load_config(path)
 
 
-def test_a_canary_needs_a_platform_whose_route_mirrors(tmp_path):
+def test_a_canary_runs_on_both_platforms_and_traffic_recording_only_where_the_route_records(tmp_path):
     path = tmp_path / "c.yaml"
     head = "name: x\ndata: {path: infra/datasets/word_ops.json}\nregistry: {model_name: m}\n"
     path.write_text(head + "promotion: {canary: {share: 0.5}}\n")
     assert load_config(path).promotion.canary.share == 0.5
-    path.write_text(head + "deploy: {serving: {platform: ray, address: 'ray://10.0.0.1:10001'}}\n"
-                    "promotion: {canary: {}}\n")
-    with pytest.raises(ConfigError, match="the ray serving platform cannot copy live requests to a candidate yet"):
-        load_config(path)
-    path.write_text(head + "deploy: {serving: {platform: ray, address: 'ray://10.0.0.1:10001'}, traffic: {}}\n")
+    ray = "deploy: {serving: {platform: ray, address: 'ray://10.0.0.1:10001'}"
+    path.write_text(head + ray + "}\npromotion: {canary: {share: 0.3}}\n")
+    assert load_config(path).promotion.canary.share == 0.3
+    path.write_text(head + ray + ", traffic: {}}\n")
     with pytest.raises(ConfigError, match="deploy.traffic: the ray serving platform's route cannot record traffic"):
         load_config(path)
 

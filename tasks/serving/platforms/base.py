@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.core import Command
 from tasks.deploy.base import LazyLLMDeployBase
+from tasks.servers.shadow import read_pairs
 from tasks.serving.endpoints import Endpoint
 from tasks.settings import env, state_dir
 
@@ -168,6 +169,10 @@ class ServingPlatform(ABC):
         each pair appended to the file ``shadow["pairs"]`` (at most ``shadow["max_pairs"]``,
         ``tasks.servers.shadow``); None: stop."""
         raise NotImplementedError(f"the {self.name} serving platform has no shadow canary (promotion.canary)")
+
+    def mirrored(self, model: str, alias: str, pairs: str) -> list[dict[str, Any]]:
+        """The pairs ``model@alias``'s mirror kept so far, as the file ``pairs`` on this machine holds them."""
+        return read_pairs(Path(pairs))
 
     # LoRA adapters served on a shared base endpoint (``deploy.serve: adapter``, ``tasks.serving.adapters``).
 

@@ -9,7 +9,9 @@
 - an adapter version (``deploy.serve: adapter``) is its adapter on the application of its base, named by Serve's
   multiplexed model id (``tasks.servers.ray_adapters``): each replica fetches and loads it on its node when first
   asked for it, and unloads the least recently used; its alias routes to the base with that id. Nothing is loaded
-  or unloaded from here, so a replica Serve starts again serves every adapter it is asked for.
+  or unloaded from here, so a replica Serve starts again serves every adapter it is asked for;
+- a shadow canary (``promotion.canary``): the alias route copies a share of its requests to the candidate's
+  application through Serve and keeps each pair in an actor on the cluster (``tasks.servers.ray_shadow``).
 
 Each operation is a short driver run in the ``ray`` environment (this process need not import Ray). Nothing of
 it lives on the worker that ran the deploy step: the cluster keeps serving when that worker, or its machine, is
@@ -22,6 +24,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tasks.core import Command
 from tasks.deploy.base import LazyLLMDeployBase
@@ -118,6 +121,24 @@ class RayPlatform(ServingPlatform):
     def route_status(self, model: str, alias: str) -> str:
         app = self.applications().get(f"{model}@{alias}")
         return f"{self.route(model, alias, None)}\tray {app['status'] if app else 'no route'}"  # type: ignore[arg-type]
+
+    mirrors = True
+
+    def mirror(self, model: str, alias: str, candidate: Endpoint, shadow: dict | None) -> None:
+        """The alias route copies to the candidate's application through Serve (``tasks.servers.ray_shadow``), the
+        pairs kept on the cluster until ``mirrored`` reads them."""
+        spec = {"target": candidate.base or candidate.name, "version": candidate.name,
+                "model_id": candidate.route_headers.get(MODEL_ID_HEADER, ""), "share": shadow["share"],
+                "pairs": shadow["pairs"], "max_pairs": shadow["max_pairs"]} if shadow else None
+        self.drive(["mirror", "--app", f"{model}@{alias}", "--route", f"/{slug(model)}/{slug(alias)}",
+                    "--replicas", str(self.section.replicas), "--shadow", json.dumps(spec) if spec else ""])
+
+    def mirrored(self, model: str, alias: str, pairs: str) -> list[dict]:
+        """Read from the cluster, and written to the file ``pairs`` here too (what the canary and its tests read)."""
+        kept = self.drive(["pairs", "--app", f"{model}@{alias}"], timeout_s=180)["pairs"]
+        Path(pairs).touch(mode=0o600)  # owner-only, as the local router writes them
+        Path(pairs).write_text("".join(json.dumps(pair) + "\n" for pair in kept))
+        return kept
 
     def adapter_root(self) -> str:
         return ROOT_PLACEHOLDER  # each replica's own folder on its node
