@@ -1,10 +1,10 @@
 """Many finetunes, one base (``deploy.serve: adapter``), on the real stack: three pipelines on different data
 register three adapter versions served by one shared endpoint of the tiny model; each answers as greedy decoding
 of the base with that adapter by hand (loaded from MLflow by a client that knows only the tracking URI); a new
-version of one is promoted past a shadow canary while the other two keep answering, no request failing; one held
-by its canary for too few requests is decided at a later watch tick; an adapter trained on another base revision
-is refused with a message naming both; recorded traffic and feedback become the next dataset, and a stopped bucket
-fails no request.
+version of one is promoted past a shadow canary while the other two keep answering, no request failing; an adapter
+trained on another base revision is refused with a message naming both; recorded traffic and feedback become the
+next dataset, which trains a version that its canary holds for too few requests and a later watch tick promotes,
+its lineage naming the feedback; a stopped bucket fails no request.
 
 The pipelines run through the stack's worker (``finetune/quickstart`` with overrides), their data in the bucket.
 """
@@ -25,10 +25,11 @@ import pytest
 from infra import stack as local_stack
 from infra.demo import follow, start_deployment
 from tasks.data.readers import SUFFIXES
-from tasks.pipeline import incoming, pending
-from tasks.pipeline.feedback import card_of
+from tasks.pipeline import incoming, lineage, pending
+from tasks.pipeline.feedback import card_of, described
 from tasks.servers.adapters import BASE_RECORD
 from tasks.servers.router import read_state
+from tasks.servers.shadow import read_pairs
 from tasks.services import keys, registry, storage
 from tasks.serving import adapter_endpoints, adapters, canary, endpoints, rollout
 from tasks.serving.platforms.local import router_name, router_state_path
@@ -211,7 +212,7 @@ def test_a_new_adapter_version_is_promoted_while_the_others_answer_without_a_fai
             t.join(timeout=180)
     assert int(again["version"]) > int(served["versions"]["upper"]["version"])
     assert again["tags"]["canary"].startswith("passed: 8 mirrored requests"), again["tags"]["canary"]
-    pairs = canary.read_pairs(canary.pairs_path(MODELS["upper"], again["tags"]["endpoint_name"]))
+    pairs = read_pairs(canary.pairs_path(MODELS["upper"], again["tags"]["endpoint_name"]))
     assert len(pairs) == 8 and {p["version"] for p in pairs} == {again["tags"]["endpoint_name"]}
     old_answer = served["expected"]["upper"][1]  # what the clients got during the canary: production's
     assert {canary.answer_text(p["production"]["body"]) for p in pairs} == {old_answer}
@@ -330,25 +331,30 @@ def test_production_traffic_and_feedback_reach_the_bucket_and_the_next_dataset(s
     assert len(rows) == card["base_records"] + card["feedback_records"]
 
 
-def test_a_candidate_held_for_too_few_requests_is_decided_at_a_later_watch_tick(served):
-    """``on_too_few: hold``: no live request in the canary's wait, so the new version is registered pending, the
-    alias unmoved; a tick with still too few copies leaves it pending; requests through the route (clients get
-    production's answers) are copied to it meanwhile, and the next tick promotes it."""
-    name, (question, answer) = MODELS["mixed"], served["expected"]["mixed"]
+def test_a_run_on_the_feedback_dataset_held_by_its_canary_is_decided_at_a_later_watch_tick(served):
+    """The loop closed: the dataset the scheduled build pushed (above) trains the next version, as the data trigger
+    passes it; its canary (``on_too_few: hold``) sees no live request in its wait, so the version is registered
+    pending, the alias unmoved; a tick with still too few copies leaves it pending; requests through the route
+    (clients get production's answers) are copied to it meanwhile, and the next tick promotes it; its lineage
+    names the production feedback it was trained on."""
+    name, (question, answer) = MODELS["lower"], served["expected"]["lower"]
     before = registry.alias_version(name, "production")
+    pushed = storage.newest_object(incoming.home("adapters-lower"), SUFFIXES)
+    card = card_of(pushed)
+    assert card and card["feedback_records"] >= 1, pushed
     hold = {"share": 1.0, "min_requests": 4, "max_wait_s": 2, "max_p95_latency_ratio": 20, "on_too_few": "hold"}
-    run_pipeline("mixed", served["data"]["mixed"], 161, {"canary": hold})
+    run_pipeline("lower", pushed, 160, {"canary": hold})
     version = str(max(int(v.version) for v in registry.client().search_model_versions(f"name = '{name}'")))
     tags = registry.version_tags(name, version)
     assert (tags["status"], tags["canary"]) == ("pending", "too few requests: 0 of 4 mirrored requests"), tags
     assert registry.alias_version(name, "production") == before and version != before
     assert pending.decide_all() == [] and registry.version_tags(name, version)["status"] == "pending"
 
-    url, path = routes(served)["mixed"], canary.pairs_path(name, tags["endpoint_name"])
+    url, path = routes(served)["lower"], canary.pairs_path(name, tags["endpoint_name"])
     replies = [ask(url, question) for _ in range(6)]
     assert [(r.status_code, r.json()["choices"][0]["text"]) for r in replies] == [(200, answer)] * 6
     deadline = time.monotonic() + 60  # the copies are sent after each answer, in the background
-    while len(canary.read_pairs(path)) < 4 and time.monotonic() < deadline:
+    while len(read_pairs(path)) < 4 and time.monotonic() < deadline:
         time.sleep(0.5)
     decided = pending.decide_all()
     assert [(d.version, d.promoted) for d in decided] == [(version, True)], decided
@@ -356,15 +362,19 @@ def test_a_candidate_held_for_too_few_requests_is_decided_at_a_later_watch_tick(
     assert "status" not in tags and tags["canary"].startswith("passed: 4 mirrored requests"), tags
     assert registry.alias_version(name, "production") == version
     assert "shadow" not in read_state(router_state_path(name, "production"))  # copying ended with the decision
-    copied = {canary.answer_text(p["candidate"]["body"]) for p in canary.read_pairs(path)}
+    copied = {canary.answer_text(p["candidate"]["body"]) for p in read_pairs(path)}
     assert ask(url, question).json()["choices"][0]["text"] in copied  # the route serves the candidate now
+    info = lineage.lineage(f"{name}/{version}")
+    assert info.dataset_feedback == described(card) and before in card["versions"], (info.dataset_feedback, card)
+    assert any(line.startswith("trained on ") and line.endswith(described(card))
+               for line in lineage.render(info).splitlines())
 
 
 def test_with_the_bucket_stopped_every_request_is_answered_and_the_lost_records_counted(served):
     """SeaweedFS stopped while clients send requests through a route that records its traffic: every request is
     answered (200, production's answer); the records the bucket could not take are counted, not raised; with the
     bucket back, recording goes on."""
-    url, (question, answer) = routes(served)["lower"], served["expected"]["lower"]
+    url, question = routes(served)["upper"], served["expected"]["upper"][0]
 
     def counts() -> dict[str, int]:
         return httpx.get(f"{url}/router/status", headers=keys.auth_headers(), timeout=30).json()["traffic"]
@@ -375,7 +385,9 @@ def test_with_the_bucket_stopped_every_request_is_answered_and_the_lost_records_
             time.sleep(1)
         return now
 
-    before = wait_for("recorded", 0)
+    recorded = counts().get("recorded", 0)
+    answer = ask(url, question).json()["choices"][0]["text"]  # what this route answers now
+    before = wait_for("recorded", recorded + 1)  # its record written while the bucket is up
     local_stack.stop("s3")
     try:
         replies = [ask(url, question) for _ in range(5)]
