@@ -61,9 +61,10 @@ def test_vllm_command_is_exact_and_reads_back(fineflow_home):
     path, body = engine.smoke_request("hello", TINY)
     assert (path, body) == ("/v1/completions", {"model": "tiny", "prompt": "<s>hello", "max_tokens": 16,
                                                 "temperature": 0})
-    plain = Vllm(port=8124, max_model_len=128)
+    plain = Vllm(port=8124, max_model_len=128, **{"enforce-eager": True})
     argv = plain.cmd(TINY).argvs[-1]
     assert argv[2] == "vllm.entrypoints.api_server" and "--served-model-name" not in argv
+    assert argv_options(argv, 3)["--enforce-eager"] is True and "--enforce-eager" not in engine.cmd(TINY).argvs[-1]
     assert "--chat-template" not in argv and argv_options(argv, 3)["--max-model-len"] == "128"
     assert plain.geturl() == "http://127.0.0.1:8124/generate" and plain.smoke_request("x")[0] == "/generate"
 
