@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -47,7 +48,7 @@ from tasks.servers.ray_serve_args import legacy, parser
 from tasks.servers.ray_shadow import RayShadow
 from tasks.servers.router import with_model
 from tasks.servers.shadow import kept
-from tasks.settings import env, environ, state_dir
+from tasks.settings import REPO_ROOT, env, environ, state_dir
 
 REPLICA_RESOURCE = "fineflow_replica"
 MAX_ONGOING = 64  # requests a replica takes at once
@@ -149,6 +150,7 @@ def deployments():
         def __init__(self):
             self.target, self.version, self.model_id, self.shadow = "", "", "", None
             self.mirror = RayShadow()  # a candidate a share of requests is copied to (``ray_shadow``)
+            self.replica = serve.get_replica_context().replica_id.unique_id
 
         def reconfigure(self, config: dict) -> None:
             self.target, self.version, self.model_id = config["target"], config["version"], config.get("model_id", "")
@@ -172,9 +174,28 @@ def deployments():
                     "status": status, "latency_s": time.monotonic() - started, "body": kept(answer)})
             return Response(answer, status_code=status, media_type=media,
                             headers={"X-Fineflow-Node": node, "X-Fineflow-Pid": str(pid),
-                                     "X-Fineflow-Version": version})
+                                     "X-Fineflow-Version": version, "X-Fineflow-Route": self.replica})
 
     return EngineReplica, AliasRoute
+
+
+def route_code_version() -> str:
+    """The route's code, as Serve compares it: the servers' sources. ``serve.run`` gives every deployment a new
+    random code version unless one is set, and a new code version replaces each replica (a rolling restart of the
+    route, and a failed start fails the switch); with this one, a changed ``user_config`` only reconfigures the
+    running replicas, and new fineflow code still starts new ones."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "tasks" / "servers").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def alias_route(replicas: int, config: dict):
+    """The model@alias route application: ``replicas`` AliasRoutes, forwarding as ``config`` says."""
+    # Setting the version is internal in Serve's API since it manages versions itself; an imperative deploy has
+    # no other way to an in-place reconfigure (tests/e2e/test_two_hosts.py checks the route's replica survives).
+    return deployments()[1].options(num_replicas=replicas, user_config=config, version=route_code_version(),
+                                    _internal=True).bind()
 
 
 def connect(address: str, http: str | None = None):
@@ -204,8 +225,7 @@ def deploy(opts: argparse.Namespace, engine: list[str]) -> dict:
 
 def route(opts: argparse.Namespace) -> dict:
     serve = connect(opts.address, opts.http)
-    app = deployments()[1].options(num_replicas=opts.replicas, user_config={
-        "target": opts.target, "version": opts.version, "model_id": opts.model_id}).bind()
+    app = alias_route(opts.replicas, {"target": opts.target, "version": opts.version, "model_id": opts.model_id})
     serve.run(app, name=opts.app, route_prefix=opts.route, blocking=False)  # in place: AliasRoute.reconfigure
     return {"app": opts.app, "url": f"http://{opts.http}{opts.route}"}
 
@@ -248,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     elif opts.op == "delete":
         done = delete(opts.address, opts.app)
     elif opts.op == "mirror":
-        done = ray_shadow.mirror(connect(opts.address), deployments()[1], opts)
+        done = ray_shadow.mirror(connect(opts.address), alias_route, opts)
     elif opts.op == "pairs":
         connect(opts.address)
         done = ray_shadow.pairs(opts)

@@ -65,7 +65,7 @@ class RayShadow(Shadow):
         await ray.get_actor(shadow["sink"], namespace=NAMESPACE).add.remote(pair)
 
 
-def mirror(serve, route_deployment, opts: argparse.Namespace) -> dict:
+def mirror(serve, alias_route, opts: argparse.Namespace) -> dict:
     """Start copying (``opts.shadow``: JSON) or stop (''): a fresh sink, then the route reconfigured in place with
     the target it has; stopping drops the sink and its pairs (read them first)."""
     import ray
@@ -82,7 +82,7 @@ def mirror(serve, route_deployment, opts: argparse.Namespace) -> dict:
             int(shadow["max_pairs"]))
         ray.get(sink.all.remote(), timeout=120)  # up before the route sends it anything
         shadow = {**shadow, "sink": name}
-    app = route_deployment.options(num_replicas=opts.replicas, user_config={**current, "shadow": shadow}).bind()
+    app = alias_route(opts.replicas, {**current, "shadow": shadow})
     serve.run(app, name=opts.app, route_prefix=opts.route, blocking=False)  # in place: AliasRoute.reconfigure
     return {"app": opts.app, "mirroring": shadow is not None}
 

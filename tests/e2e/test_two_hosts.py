@@ -79,7 +79,7 @@ def run_on(host: str, parameters: dict, out: dict | None = None):
     lines: list[str] = []
     if out is not None:
         out["lines"] = lines
-    state = follow(flow_run_id, timeout_s=1500, echo=lines.append)
+    state = follow(flow_run_id, timeout_s=600, echo=lines.append)  # a run takes 1-3 min here
     result = (flow_run_id, state, "\n".join(lines))
     if out is not None:
         out["result"] = result
@@ -99,6 +99,12 @@ def traffic(url: str, clients: int, seconds: float | None = None) -> tuple[list,
     for t in threads:
         t.start()
     return out, threads, stop
+
+
+def route_replicas(url: str, n: int) -> set[str]:
+    """The alias route's Serve replicas that answered ``n`` requests through ``url``."""
+    return {httpx.post(f"{url}/v1/completions", json=PROMPT, headers=keys.auth_headers(),
+                       timeout=60).headers["x-fineflow-route"] for _ in range(n)}
 
 
 def replicas(url: str, n: int = 16) -> set[tuple[str, int]]:
@@ -171,6 +177,7 @@ def test_promotion_from_the_other_host_under_traffic_drops_no_request(hosts):
     v1 = registry.alias_version(MODEL, "production")
     v1_app = registry.version_tags(MODEL, v1)["endpoint_name"]
     url = production_url()
+    route_replica = route_replicas(url, 16)
     out, threads, stop = traffic(url, clients=3)
     judged = params(hosts, force=True)
     judged["overrides"]["promotion"] = {"canary": {"share": 0.5, "min_requests": 6, "max_wait_s": 300,
@@ -187,6 +194,9 @@ def test_promotion_from_the_other_host_under_traffic_drops_no_request(hosts):
     assert [a for a in out if a[0] != 200] == [], collections.Counter(out)
     assert {v for _, v in out[:promoted_at]} >= {v1, v2}, collections.Counter(out)
     assert {v for _, v in out[promoted_at:]} == {v2} and len(out) - promoted_at >= 10
+    # The mirror switched on and off and the alias moved, each in place: the route's replicas are those before
+    # (a restarted replica has a new id).
+    assert route_replicas(url, 4) <= route_replica, route_replica
     apps = platforms.platform(hosts.serving()).applications()
     tags = registry.version_tags(MODEL, v2)
     assert v1_app not in apps and tags["endpoint_name"] in apps, apps
@@ -204,7 +214,7 @@ def test_two_hosts_racing_to_promote_one_model_promote_exactly_one(hosts):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=1800)
+        t.join(timeout=900)
     versions = {}
     for h, r in runs.items():
         flow_run_id, state, logs = r["result"]
