@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from infra.ports import PORT_VARIABLES
+from infra.ports import PORT_VARIABLES, TWIN_OFFSET
 from tasks import launchers, net
 from tasks.core import Command
 from tasks.net import ready as http_ready
@@ -180,7 +180,8 @@ def test_settings_from_the_environment_override_stack_json(tmp_path, monkeypatch
 
 def test_up_status_env_down_up_reset(tmp_path, monkeypatch):
     home = tmp_path / "home"
-    ports = {name: net.free_port() for name in PORT_VARIABLES}
+    # Distinct, with SeaweedFS's gRPC twins (+10000) free too, as a free-port stack picks them.
+    ports = dict(zip(PORT_VARIABLES, net.free_ports(len(PORT_VARIABLES), twin_offset=TWIN_OFFSET)))
     port_env = {f"FINEFLOW_{name.upper()}_PORT": str(port) for name, port in ports.items()}
     cli(home, "up", env=port_env)
     stack = json.loads((home / "stack.json").read_text())

@@ -228,7 +228,8 @@ class Hosts:
         for host in (self.b, self.a):
             for label in list(host.procs):
                 if group_alive(host.procs[label].pid):
-                    host.kill(label, signal.SIGTERM if label == "worker" else signal.SIGKILL)
+                    # A Prefect worker stops on SIGINT only (SIGTERM waited 20 s for the SIGKILL, per worker).
+                    host.kill(label, signal.SIGINT if label == "worker" else signal.SIGKILL)
         self.stop_services()
         self.drop_network()
         for folder in self.ray_dirs():
