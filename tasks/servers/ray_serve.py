@@ -40,6 +40,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tasks.net import free_port, http_ok
 from tasks.servers import ray_adapters, ray_shadow
@@ -48,7 +49,7 @@ from tasks.servers.ray_serve_args import legacy, parser
 from tasks.servers.ray_shadow import RayShadow
 from tasks.servers.router import with_model
 from tasks.servers.shadow import kept
-from tasks.settings import REPO_ROOT, env, environ, state_dir
+from tasks.settings import env, environ, state_dir
 
 REPLICA_RESOURCE = "fineflow_replica"
 MAX_ONGOING = 64  # requests a replica takes at once
@@ -185,7 +186,7 @@ def route_code_version() -> str:
     route, and a failed start fails the switch); with this one, a changed ``user_config`` only reconfigures the
     running replicas, and new fineflow code still starts new ones."""
     digest = hashlib.sha256()
-    for path in sorted((REPO_ROOT / "tasks" / "servers").glob("*.py")):
+    for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
