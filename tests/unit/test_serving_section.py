@@ -135,3 +135,38 @@ def test_a_version_recorded_with_a_gcs_address_is_refused_at_once_where_no_ray_n
         with pytest.raises(platforms.ray.RayServeError, match=rf"Ray Serve status on {address}: a head's GCS port "
                                                               r"serves a driver only on a node of the cluster"):
             recorded.applications()
+
+
+def test_a_driver_whose_client_server_failed_to_start_is_run_again_and_any_other_failure_is_not(
+        monkeypatch, tmp_path, fineflow_home):
+    """Ray's client proxy failing to start the connection's server is retried (the driver did nothing yet); a
+    failure of the operation itself fails at once."""
+    import sys
+
+    from tasks.core import Command
+
+    tries = tmp_path / "tries"
+    script = ("import pathlib, sys\n"
+              f"p = pathlib.Path({str(tries)!r}); n = int(p.read_text()) if p.exists() else 0\n"
+              "p.write_text(str(n + 1))\n"
+              "if n < int(sys.argv[1]):\n"
+              "    sys.exit('RuntimeError: ' + sys.argv[2])\n"
+              "print('{\"done\": ' + str(n + 1) + '}')\n")
+    monkeypatch.setattr(platforms.ray, "head_silent", lambda address: None)
+    recorded = platforms.platform({"platform": "ray", "address": "ray://127.0.0.1:1", "http": "127.0.0.1:2"})
+
+    def failing(times: int, message: str):
+        tries.unlink(missing_ok=True)
+        monkeypatch.setattr(platforms.ray, "serve_driver", lambda args, env=None: Command(
+            [sys.executable, "-c", script, str(times), message]))
+
+    failing(2, platforms.ray.CLIENT_SERVER_FAILED + ". See ray_client_server_23023.err")
+    assert recorded.drive(["status"]) == {"done": 3}
+    failing(3, platforms.ray.CLIENT_SERVER_FAILED)
+    with pytest.raises(platforms.ray.RayServeError, match="Starting Ray client server failed"):
+        recorded.drive(["status"])
+    assert tries.read_text() == "3"
+    failing(1, "Deploying application m@production failed")
+    with pytest.raises(platforms.ray.RayServeError, match="Deploying application"):
+        recorded.drive(["status"])
+    assert tries.read_text() == "1"

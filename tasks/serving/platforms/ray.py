@@ -42,6 +42,12 @@ class RayServeError(RuntimeError):
     pass
 
 
+# Ray's client proxy starts one server process per driver connection; on a loaded machine that start can fail
+# (seen once in a two-host run), before the driver did anything on the cluster.
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"
+CONNECT_RETRIES = 2
+
+
 class RayPlatform(ServingPlatform):
     name = "ray"
     fetches_models = True
@@ -60,10 +66,14 @@ class RayPlatform(ServingPlatform):
         command = serve_driver([args[0], "--address", str(self.section.address), *args[1:]], engine_env)
         log_path = state_dir() / "logs" / f"{log_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(command.argvs[-1], env={**environ(), **command.env}, cwd=REPO_ROOT, text=True,
-                              capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
-        with open(log_path, "a") as log:
-            log.write(redact_text(proc.stdout + proc.stderr))
+        for attempt in range(1 + CONNECT_RETRIES):
+            proc = subprocess.run(command.argvs[-1], env={**environ(), **command.env}, cwd=REPO_ROOT, text=True,
+                                  capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+            with open(log_path, "a") as log:
+                log.write(redact_text(proc.stdout + proc.stderr))
+            if proc.returncode == 0 or CLIENT_SERVER_FAILED not in proc.stderr or attempt == CONNECT_RETRIES:
+                break
+            time.sleep(2 * (attempt + 1))  # the driver never connected, so nothing was done: run it again
         if proc.returncode != 0:
             raise RayServeError(f"Ray Serve {args[0]} on {self.section.address} failed (exit {proc.returncode}); "
                                 f"log {log_path}:\n{redact_text(proc.stderr[-2000:])}")
