@@ -9,7 +9,7 @@
 - ``rollback``: the alias goes back to the version it replaced (the version's tag ``previous_version``), its
   endpoint started again from the registered model if it is gone.
 - ``restore``: every alias of every registered model served again, endpoint and router, from the registry
-  (what ``make up`` runs after a machine restart).
+  (what ``make up`` runs after a machine restart), independent ones side by side.
 
 A version records how to serve it again: tag ``deploy_config`` (the pipeline's deploy section, JSON, with the
 prompt style), beside ``endpoint_name`` and ``endpoint_url``.
@@ -18,7 +18,9 @@ prompt style), beside ``endpoint_name`` and ``endpoint_url``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
 from pydantic import BaseModel
@@ -142,21 +144,50 @@ def rollback(model: str, alias: str = "production", log: Log = print) -> Promoti
     return done
 
 
+RESTORE_WORKERS = min(4, os.cpu_count() or 1)  # starts are mostly imports and weight loading: CPU-bound
+
+
 def restore(models: Collection[str] = (), log: Log = print) -> list[Promotion]:
-    """Serve again every alias of every registered model (or of ``models`` only) whose endpoint or route is gone."""
-    done = []
-    for rm in registry.client().search_registered_models():
-        if models and rm.name not in models:
-            continue
-        for alias, version in (rm.aliases or {}).items():
-            try:
-                ep = serving_endpoint(rm.name, str(version), log)
-                platform = platforms.of_endpoint(ep)
-                url = platform.route(rm.name, alias, ep)
-                platform.switch(rm.name, alias, ep, str(version))
-                done.append(Promotion(model=rm.name, alias=alias, version=str(version), previous_version=None,
-                                      url=url))
-                log(f"{rm.name}@{alias}: version {version} serving at {url}")
-            except Exception as e:  # one model that cannot come back does not keep the others down
-                log(f"{rm.name}@{alias}: version {version} could not be served again: {e}")
-    return done
+    """Serve again every alias of every registered model (or of ``models`` only) whose endpoint or route is gone.
+
+    Independent starts run side by side (``RESTORE_WORKERS``); what shares something is started in order: a
+    model's aliases (two may name one version, one endpoint), every adapter version (adapters share base
+    endpoints), every version on a platform without ``concurrent_starts``."""
+    aliases = [(rm.name, alias, str(version)) for rm in registry.client().search_registered_models()
+               if not models or rm.name in models for alias, version in (rm.aliases or {}).items()]
+    groups: dict[tuple[str, str], list[tuple[int, str, str, str]]] = {}
+    for i, (model, alias, version) in enumerate(aliases):
+        groups.setdefault(restore_group(model, version), []).append((i, model, alias, version))
+    with ThreadPoolExecutor(RESTORE_WORKERS, thread_name_prefix="restore") as pool:
+        finished = pool.map(lambda group: [(i, restore_alias(*rest, log)) for i, *rest in group], groups.values())
+        done = sorted((pair for group in finished for pair in group), key=lambda pair: pair[0])
+    return [promotion for _, promotion in done if promotion]
+
+
+def restore_group(model: str, version: str) -> tuple[str, str]:
+    """What a version's start shares with others' (see ``restore``): versions of one group start in order."""
+    tags = registry.version_tags(model, version)
+    try:
+        config = json.loads(tags["deploy_config"]) if "deploy_config" in tags else None
+        adapter = bool(config) and config["deploy"].get("serve") == "adapter"
+        platform = platforms.of_relaunch(config)
+    except (KeyError, TypeError, ValueError):  # a record that cannot be read: restore_alias says why
+        return ("model", model)
+    if adapter:
+        return ("adapters", "")
+    return ("model", model) if platform.concurrent_starts else ("platform", platform.name)
+
+
+def restore_alias(model: str, alias: str, version: str, log: Log = print) -> Promotion | None:
+    """``model@alias`` served again by ``version``; None (said in the log) when it cannot be, so that one model
+    that cannot come back does not keep the others down."""
+    try:
+        ep = serving_endpoint(model, version, log)
+        platform = platforms.of_endpoint(ep)
+        url = platform.route(model, alias, ep)
+        platform.switch(model, alias, ep, version)
+    except Exception as e:
+        log(f"{model}@{alias}: version {version} could not be served again: {e}")
+        return None
+    log(f"{model}@{alias}: version {version} serving at {url}")
+    return Promotion(model=model, alias=alias, version=version, previous_version=None, url=url)

@@ -53,14 +53,22 @@ def test_restore_of_some_models_serves_them_at_the_same_url_and_skips_what_canno
     bare, ep = serve_version(BARE, "edges-bare", TINY_MODEL, "alpaca", production["run"], deploy_config=False)
     rollout.promote(BARE, "production", bare, ep, log=print)
     current = registry.alias_version(MODEL, "production")
+    registry.move_alias(MODEL, "staging", current)  # two aliases, one version: restored in order, one endpoint
     for name in ("edges-v1", "edges-v2", "edges-bare", router_name(MODEL, "production"),
                  router_name(BARE, "production")):
         endpoints.stop(name)  # a machine restarted: nothing of either model runs
     lines: list[str] = []
-    done = rollout.restore([MODEL, BARE], log=lines.append)
-    assert [(p.model, p.alias, p.version, p.url) for p in done] == [(MODEL, "production", current,
-                                                                      production["url"])]
-    assert answer(production["url"]).json()["choices"][0]["text"] == production["text"]
+    try:
+        done = rollout.restore([MODEL, BARE], log=lines.append)
+        assert [(p.model, p.alias, p.version) for p in done] == [(MODEL, "production", current),
+                                                                 (MODEL, "staging", current)]
+        assert done[0].url == production["url"] and done[1].url != production["url"]
+        assert answer(production["url"]).json()["choices"][0]["text"] == production["text"]
+        assert answer(done[1].url).json()["choices"][0]["text"] == production["text"]
+        assert sum(line.startswith(f"starting {MODEL} version {current} ") for line in lines) == 1, lines
+    finally:
+        registry.client().delete_registered_model_alias(MODEL, "staging")
+        endpoints.stop(router_name(MODEL, "staging"))
     assert f"{BARE}@production: version {bare} could not be served again: {BARE} version {bare} records no " \
            "deploy_config: it cannot be served again" in lines
     assert f"{MODEL}@production: version {current} serving at {production['url']}" in lines

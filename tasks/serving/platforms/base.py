@@ -126,6 +126,9 @@ class ServingPlatform(ABC):
     # Its nodes fetch a version's files from the bucket (``model_uri``) where they lack them: what it serves must
     # be there, a shared base model too.
     fetches_models: ClassVar[bool] = False
+    # Versions may be started at the same time from one process (``rollout.restore``): False where each start is
+    # a change to one shared deployment that the platform applies one at a time anyway.
+    concurrent_starts: ClassVar[bool] = False
 
     def __init__(self, section: ServingSection):
         self.section = section

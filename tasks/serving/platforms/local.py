@@ -53,6 +53,7 @@ def ensure_router(model: str, alias: str, host: str = "127.0.0.1") -> str:
 
 class LocalPlatform(ServingPlatform):
     name = "local"
+    concurrent_starts = True  # each version its own process group, each route its own router and state file
 
     def start(self, name: str, command: Command, engine: LazyLLMDeployBase, model_path: str, model_uri: str,
               api_key: bool, relaunch: dict | None) -> Endpoint:
