@@ -126,7 +126,10 @@ def test_rollback_restores_the_previous_answers_from_the_registry(promoted, roll
 def test_down_and_up_bring_back_the_same_url(promoted):
     url, production = promoted["url"], registry.alias_version(MODEL, "production")
     before = answer(url).json()["choices"][0]["text"]
-    local_stack.down()
+    running = endpoints.list_endpoints()
+    local_stack.down()  # every endpoint and router stopped (side by side), none left behind
+    assert len(running) > 1 and endpoints.list_endpoints() == []
+    assert not [ep.name for ep in running if ep.pid > 0 and launchers.group_alive(ep.pid)]
     with pytest.raises(httpx.HTTPError):
         answer(url)
     local_stack.up("free")
