@@ -47,8 +47,10 @@ from tasks.servers import ray_adapters, ray_shadow
 from tasks.servers.ray_node import die_with_parent, node_api_key, node_copy
 from tasks.servers.ray_serve_args import legacy, parser
 from tasks.servers.ray_shadow import RayShadow
+from tasks.servers.ray_traffic import RayTraffic
 from tasks.servers.router import with_model
 from tasks.servers.shadow import kept
+from tasks.servers.traffic import HEADER
 from tasks.settings import env, environ, state_dir
 
 REPLICA_RESOURCE = "fineflow_replica"
@@ -149,33 +151,45 @@ def deployments():
         """The stable route of model@alias: forwards to the version application ``user_config`` names."""
 
         def __init__(self):
-            self.target, self.version, self.model_id, self.shadow = "", "", "", None
+            self.config: dict = {"target": "", "version": "", "model_id": ""}
             self.mirror = RayShadow()  # a candidate a share of requests is copied to (``ray_shadow``)
-            self.replica = serve.get_replica_context().replica_id.unique_id
+            context = serve.get_replica_context()
+            self.replica, self.traffic = context.replica_id.unique_id, RayTraffic(context.app_name)
 
         def reconfigure(self, config: dict) -> None:
-            self.target, self.version, self.model_id = config["target"], config["version"], config.get("model_id", "")
-            self.shadow = config.get("shadow")
+            self.config = config  # target, version, model_id; shadow, traffic (with model, fetch_python, api_key)
 
         def current(self) -> dict:
-            return {"target": self.target, "version": self.version, "model_id": self.model_id}
+            return {k: v for k, v in self.config.items() if k != "shadow"}
+
+        def __del__(self):
+            self.traffic.close()  # what it recorded and has not written yet is written
 
         async def __call__(self, request: Request) -> Response:
             # It finishes where it started, and is copied where the mirror pointed then.
-            target, version, model_id, shadow = self.target, self.version, self.model_id, self.shadow
+            config = self.config
+            target, version, model_id, shadow = config["target"], config["version"], config["model_id"], \
+                config.get("shadow")
+            path, body, started = stripped(request), await request.body(), time.monotonic()
+            if path == "/v1/feedback" and request.method == "POST":
+                return await self.traffic.feedback(config, request.headers.get("authorization", ""), body)
             headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
             handle = serve.get_app_handle(target)
             if model_id:  # an adapter version: its adapter on the shared base application
                 handle = handle.options(multiplexed_model_id=model_id)
-            path, body, started = stripped(request), await request.body(), time.monotonic()
             copied = self.mirror.take(shadow, request.method, path)
+            request_id = self.traffic.take(config, request.method, path)
             status, media, answer, node, pid = await handle.forward.remote(request.method, path, headers, body)
             if copied:  # production answered: the copy goes to the candidate off the client's path
                 self.mirror.after(shadow, path, headers, body, body, {
                     "status": status, "latency_s": time.monotonic() - started, "body": kept(answer)})
+            if request_id:  # recorded off the client's path too
+                self.traffic.after(config, request_id, version, path, body, status, answer,
+                                   time.monotonic() - started)
             return Response(answer, status_code=status, media_type=media,
                             headers={"X-Fineflow-Node": node, "X-Fineflow-Pid": str(pid),
-                                     "X-Fineflow-Version": version, "X-Fineflow-Route": self.replica})
+                                     "X-Fineflow-Version": version, "X-Fineflow-Route": self.replica,
+                                     **({HEADER: request_id} if request_id else {})})
 
     return EngineReplica, AliasRoute
 
@@ -226,7 +240,10 @@ def deploy(opts: argparse.Namespace, engine: list[str]) -> dict:
 
 def route(opts: argparse.Namespace) -> dict:
     serve = connect(opts.address, opts.http)
-    app = alias_route(opts.replicas, {"target": opts.target, "version": opts.version, "model_id": opts.model_id})
+    config = {"target": opts.target, "version": opts.version, "model_id": opts.model_id,  # no shadow: a switch ends it
+              "traffic": json.loads(opts.traffic) if opts.traffic else None, "model": opts.model,
+              "fetch_python": opts.fetch_python, "api_key": opts.api_key}
+    app = alias_route(opts.replicas, config)
     serve.run(app, name=opts.app, route_prefix=opts.route, blocking=False)  # in place: AliasRoute.reconfigure
     return {"app": opts.app, "url": f"http://{opts.http}{opts.route}"}
 

@@ -25,11 +25,15 @@ def parser() -> argparse.ArgumentParser:
     deploy_op.add_argument("--ready-timeout-s", type=float, default=300)
     deploy_op.add_argument("--model-uri", default="", help="the model's files in the bucket")
     deploy_op.add_argument("--model-path", default="", help="where the argv names the model's folder")
-    deploy_op.add_argument("--fetch-python", default="", help="the Python whose tasks.services.storage fetches them")
     deploy_op.add_argument("--api-key-env", default="", help="the engine's API key variable (read on each node)")
     route_op.add_argument("--target", required=True, help="the version application to forward to")
     route_op.add_argument("--version", required=True)
     route_op.add_argument("--model-id", default="", help="an adapter version's multiplexed model id, NAME=URI")
+    route_op.add_argument("--traffic", default="", help="deploy.traffic, JSON: record requests, take feedback")
+    route_op.add_argument("--model", default="", help="the registered model (the traffic folder's name)")
+    route_op.add_argument("--no-api-key", dest="api_key", action="store_false", help="feedback without the key")
+    for op in (deploy_op, route_op):
+        op.add_argument("--fetch-python", default="", help="the Python whose tasks.services.storage reaches the bucket")
     sub.choices["mirror"].add_argument("--shadow", default="", help="what to copy where, JSON (ray_shadow); '' stops")
     return p
 

@@ -30,12 +30,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from tasks.files import write_atomic
 from tasks.servers.header_deadline import HeaderDeadline
 from tasks.servers.shadow import MAX_KEPT_BYTES, Shadow, kept
-from tasks.servers.traffic import FEEDBACK_PER_S, HEADER, MAX_FEEDBACK_BYTES, Feedback, Recorder
+from tasks.servers.traffic import FEEDBACK_PER_S, HEADER, MAX_FEEDBACK_BYTES, Recorder, given_feedback
 from tasks.settings import env
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
@@ -80,9 +78,10 @@ def error(status: int, message: str):
     return JSONResponse({"error": {"message": message, "type": kind}}, status)
 
 
-def bucket_put(key: str, data: bytes) -> None:
+def bucket_put(key: str, data: bytes, python: str = "") -> None:
     """One object written to the stack's bucket (what the traffic recorder writes with, from its own thread):
-    through ``tasks.services.storage put`` in a child process, so the router imports nothing of S3."""
+    through ``tasks.services.storage put`` in a child process run by ``python`` (default: this one's), so the
+    router imports nothing of S3."""
     import base64
     import subprocess
     import sys
@@ -90,8 +89,9 @@ def bucket_put(key: str, data: bytes) -> None:
     from tasks.settings import Settings
 
     line = f"{key}\t{base64.b64encode(data).decode()}\n"
-    done = subprocess.run([sys.executable, "-m", "tasks.services.storage", "put", f"s3://{Settings.load().s3_bucket}"],
-                          input=line, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([python or sys.executable, "-m", "tasks.services.storage", "put",
+                           f"s3://{Settings.load().s3_bucket}"], input=line, capture_output=True, text=True,
+                          timeout=120)
     if done.returncode != 0:
         raise OSError(f"writing {key} to the bucket failed: {done.stderr.strip()[-500:]}")
 
@@ -216,16 +216,9 @@ def create_app(state_path: Path, api_key: str | None = None, put=bucket_put):
         if not recorder().allowed(request.headers.get("authorization", "") or str(request.client)):
             return error(429, "too much feedback: at most "
                               f"{FEEDBACK_PER_S:g} a second per key")
-        body = await read_body(request, MAX_FEEDBACK_BYTES)
-        if body is None:
-            return error(413, f"feedback over the limit of {MAX_FEEDBACK_BYTES} bytes")
-        try:
-            given = Feedback.model_validate_json(body)
-        except ValidationError as e:
-            first = e.errors()[0]
-            return error(400, f"feedback: {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}")
-        if given.rating is None and not given.correction:
-            return error(400, "feedback: give a rating (-1, 0 or 1), a correction, or both")
+        given = given_feedback(await read_body(request, MAX_FEEDBACK_BYTES))
+        if isinstance(given, tuple):
+            return error(*given)
         if recorder().feedback(given, s["traffic"].get("mask_patterns", [])) is None:
             return error(404, f"request id {given.request_id} is not one this route recorded recently")
         return JSONResponse({"status": "recorded", "request_id": given.request_id})

@@ -23,7 +23,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasks.masking import MASK, redact_text
 from tasks.servers.shadow import sampled
@@ -64,6 +64,20 @@ class Feedback(BaseModel):
     request_id: str = Field(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")
     rating: int | None = Field(None, ge=-1, le=1)
     correction: str | None = Field(None, max_length=8_000)
+
+
+def given_feedback(body: bytes | None) -> Feedback | tuple[int, str]:
+    """The feedback ``body`` gives (None: over ``MAX_FEEDBACK_BYTES``), or (status, why) for a refusal."""
+    if body is None:
+        return 413, f"feedback over the limit of {MAX_FEEDBACK_BYTES} bytes"
+    try:
+        given = Feedback.model_validate_json(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        return 400, f"feedback: {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}"
+    if given.rating is None and not given.correction:
+        return 400, "feedback: give a rating (-1, 0 or 1), a correction, or both"
+    return given
 
 
 def masked(text: str, patterns: list[str]) -> str:
@@ -123,9 +137,10 @@ class Recorder:
         self.buckets[key] = (tokens - 1, now)
         return True
 
-    def feedback(self, given: Feedback, patterns: list[str]) -> str | None:
-        """Queue ``given`` beside its request's record; None when the id is not one recorded recently."""
-        folder = self.known.get(given.request_id)
+    def feedback(self, given: Feedback, patterns: list[str], folder: str | None = None) -> str | None:
+        """Queue ``given`` beside its request's record (in ``folder`` where another recorder knows it); None when
+        the id is not one recorded recently."""
+        folder = folder or self.known.get(given.request_id)
         if folder is None:
             return None
         self._queue(folder, {"kind": "feedback", "request_id": given.request_id, "at": self.clock(),

@@ -36,6 +36,7 @@ from tasks.serving.platforms.local import router_name, router_state_path
 from tasks.settings import Settings
 from tests.support.paths import REPO
 from tests.support.stack import client_env
+from tests.support.traffic import recorded
 
 UPPER, LOWER = "Convert the word to upper case.", "Convert the word to lower case."
 MODELS = {"upper": "fineflow-adapter-upper", "lower": "fineflow-adapter-lower", "mixed": "fineflow-adapter-mixed"}
@@ -301,15 +302,7 @@ def test_production_traffic_and_feedback_reach_the_bucket_and_the_next_dataset(s
     fed = httpx.post(f"{routes(served)['lower']}/v1/feedback", headers=keys.auth_headers(), timeout=30,
                      json={"request_id": rid, "rating": 1, "correction": answer.upper()})
     assert fed.status_code == 200, fed.text
-    bucket = Settings.load().s3_bucket
-    prefix = f"traffic/{name}/{version}/{time.strftime('%Y-%m-%d', time.gmtime())}/"
-    deadline, mine = time.monotonic() + 60, []
-    while len(mine) < 2 and time.monotonic() < deadline:  # the router writes its batches every few seconds
-        time.sleep(1)
-        listed = storage.s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-        records = [json.loads(line) for o in listed for line in storage.s3_client().get_object(
-            Bucket=bucket, Key=o["Key"])["Body"].read().decode().splitlines()]
-        mine = [r for r in records if r["request_id"] == rid]
+    mine = recorded(name, version, [rid])
     kinds = {r["kind"]: r for r in mine}
     assert set(kinds) == {"request", "feedback"}, mine
     assert json.loads(kinds["request"]["answer"])["choices"][0]["text"] == answer

@@ -34,6 +34,7 @@ from tasks.serving import adapters, platforms, rollout
 from tasks.settings import Settings, environ
 from tests.support.hosts import Hosts, answers
 from tests.support.lora import greedy, random_adapter
+from tests.support.traffic import recorded
 
 pytestmark = pytest.mark.hosts
 MODEL = "fineflow-two-hosts"
@@ -182,6 +183,7 @@ def test_promotion_from_the_other_host_under_traffic_drops_no_request(hosts):
     judged = params(hosts, force=True)
     judged["overrides"]["promotion"] = {"canary": {"share": 0.5, "min_requests": 6, "max_wait_s": 300,
                                                    "max_p95_latency_ratio": 50}}
+    judged["overrides"]["deploy"]["traffic"] = {"share": 1.0}  # v2 records its traffic on the cluster's route
     _, state, logs = run_on("b", judged)
     assert state.is_completed(), logs[-4000:]
     promoted_at = len(out)
@@ -205,6 +207,22 @@ def test_promotion_from_the_other_host_under_traffic_drops_no_request(hosts):
     pairs = read_pairs(hosts.b.home / "canary" / slug(MODEL) / f"{slug(tags['endpoint_name'])}.jsonl")
     assert len(pairs) == 6 and {p["version"] for p in pairs} == {tags["endpoint_name"]}, pairs
     assert {(p["production"]["status"], p["candidate"]["status"]) for p in pairs} == {(200, 200)}, pairs
+    # v2's traffic: each answer names its request id; feedback on it is taken by whichever route replica Serve
+    # sends it to, and both reach the bucket from the route's nodes.
+    asked = [httpx.post(f"{url}/v1/completions", json=PROMPT, headers=keys.auth_headers(), timeout=60)
+             for _ in range(6)]
+    ids = [r.headers["x-fineflow-request-id"] for r in asked]
+    fed = [httpx.post(f"{url}/v1/feedback", json={"request_id": rid, "rating": 1}, headers=keys.auth_headers(),
+                      timeout=60) for rid in ids]
+    assert [f.status_code for f in fed] == [200] * len(ids), [f.text for f in fed]
+    refused = [httpx.post(f"{url}/v1/feedback", json=body, headers=headers, timeout=60) for body, headers in (
+        ({"request_id": "0" * 32, "rating": 1}, keys.auth_headers()), ({"request_id": ids[0], "rating": 1}, {}),
+        ({"request_id": ids[0]}, keys.auth_headers()))]
+    assert [r.status_code for r in refused] == [404, 401, 400], [r.text for r in refused]
+    mine = recorded(MODEL, v2, ids)
+    assert sorted((r["request_id"], r["kind"]) for r in mine) == sorted((i, k) for i in ids
+                                                                       for k in ("request", "feedback")), mine
+    assert {r["status"] for r in mine if r["kind"] == "request"} == {200}
 
 
 def test_two_hosts_racing_to_promote_one_model_promote_exactly_one(hosts):

@@ -73,7 +73,10 @@ def test_canary_settings_that_defeat_it_are_refused_naming_the_field(tmp_path, c
         load_config(path)
 
 
-def test_a_canary_runs_on_both_platforms_and_traffic_recording_only_where_the_route_records(tmp_path):
+def test_a_canary_and_traffic_recording_run_on_both_platforms_and_only_where_the_route_does_them(tmp_path,
+                                                                                                   monkeypatch):
+    from tasks.serving.platforms.ray import RayPlatform
+
     path = tmp_path / "c.yaml"
     head = "name: x\ndata: {path: infra/datasets/word_ops.json}\nregistry: {model_name: m}\n"
     path.write_text(head + "promotion: {canary: {share: 0.5}}\n")
@@ -81,7 +84,9 @@ def test_a_canary_runs_on_both_platforms_and_traffic_recording_only_where_the_ro
     ray = "deploy: {serving: {platform: ray, address: 'ray://10.0.0.1:10001'}"
     path.write_text(head + ray + "}\npromotion: {canary: {share: 0.3}}\n")
     assert load_config(path).promotion.canary.share == 0.3
-    path.write_text(head + ray + ", traffic: {}}\n")
+    path.write_text(head + ray + ", traffic: {share: 0.2}}\n")
+    assert load_config(path).deploy.traffic.share == 0.2
+    monkeypatch.setattr(RayPlatform, "records", False)  # a platform whose route cannot record
     with pytest.raises(ConfigError, match="deploy.traffic: the ray serving platform's route cannot record traffic"):
         load_config(path)
 

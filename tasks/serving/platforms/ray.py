@@ -11,7 +11,9 @@
   asked for it, and unloads the least recently used; its alias routes to the base with that id. Nothing is loaded
   or unloaded from here, so a replica Serve starts again serves every adapter it is asked for;
 - a shadow canary (``promotion.canary``): the alias route copies a share of its requests to the candidate's
-  application through Serve and keeps each pair in an actor on the cluster (``tasks.servers.ray_shadow``).
+  application through Serve and keeps each pair in an actor on the cluster (``tasks.servers.ray_shadow``);
+- ``deploy.traffic``: the alias route records requests and answers to the bucket from its nodes and takes
+  ``POST /v1/feedback`` (``tasks.servers.ray_traffic``).
 
 Each operation is a short driver run in the ``ray`` environment (this process need not import Ray). Nothing of
 it lives on the worker that ran the deploy step: the cluster keeps serving when that worker, or its machine, is
@@ -118,9 +120,12 @@ class RayPlatform(ServingPlatform):
         return self._url(f"/{slug(model)}/{slug(alias)}")
 
     def switch(self, model: str, alias: str, ep: Endpoint, version: str) -> str | None:
+        traffic = ((ep.relaunch or {}).get("deploy") or {}).get("traffic")
         self.drive(["route", "--http", str(self.section.http), "--app", f"{model}@{alias}", "--route",
                     f"/{slug(model)}/{slug(alias)}", "--target", ep.base or ep.name, "--version", version,
-                    "--model-id", ep.route_headers.get(MODEL_ID_HEADER, ""), "--replicas", str(self.section.replicas)])
+                    "--model-id", ep.route_headers.get(MODEL_ID_HEADER, ""), "--replicas", str(self.section.replicas),
+                    "--model", model, "--fetch-python", sys.executable, "--traffic", json.dumps(traffic) if traffic
+                    else "", *([] if ep.api_key_file else ["--no-api-key"])])
         return None
 
     def retire(self, model: str, alias: str, old_name: str, old_target: str | None, log: Log) -> bool:
@@ -132,7 +137,8 @@ class RayPlatform(ServingPlatform):
         app = self.applications().get(f"{model}@{alias}")
         return f"{self.route(model, alias, None)}\tray {app['status'] if app else 'no route'}"  # type: ignore[arg-type]
 
-    mirrors = True
+    # The alias route copies to a canary (``ray_shadow``) and records traffic and feedback (``ray_traffic``).
+    mirrors = records = True
 
     def mirror(self, model: str, alias: str, candidate: Endpoint, shadow: dict | None) -> None:
         """The alias route copies to the candidate's application through Serve (``tasks.servers.ray_shadow``), the

@@ -1,0 +1,124 @@
+"""Production traffic and feedback on the Ray platform: the model@alias route (``ray_serve.AliasRoute``) records a
+share of its requests and answers, and answers ``POST /v1/feedback``, as the local router does
+(``tasks.servers.traffic``: sampling, masking, bounds, batches to ``s3://BUCKET/traffic/...``).
+
+Each route replica has its own recorder, writing from its node through the main environment's
+``tasks.services.storage`` (``fetch_python``). The request ids it gave live in a detached actor named after the
+route (``RequestIds``), so feedback is taken by whichever replica Serve sends it to, after a switch too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections import OrderedDict
+from functools import partial
+
+from tasks.servers.ray_node import node_api_key
+from tasks.servers.ray_shadow import NAMESPACE
+from tasks.servers.router import bucket_put, error
+from tasks.servers.traffic import FEEDBACK_PER_S, KNOWN_IDS, MAX_FEEDBACK_BYTES, Recorder, given_feedback
+
+RECALL_S = 2.0
+
+
+def ids_name(app: str) -> str:
+    return f"fineflow-request-ids-{app}"
+
+
+def request_ids(app: str):
+    """The route's actor of recorded request ids (the most recent ``KNOWN_IDS``), made by the first replica that
+    records."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class RequestIds:
+        def __init__(self):
+            self.known: OrderedDict[str, str] = OrderedDict()
+
+        def remember(self, request_id: str, folder: str) -> None:
+            self.known[request_id] = folder
+            while len(self.known) > KNOWN_IDS:
+                self.known.popitem(last=False)
+
+        def folder(self, request_id: str) -> str | None:
+            return self.known.get(request_id)
+
+    return RequestIds.options(name=ids_name(app), namespace=NAMESPACE, lifetime="detached",
+                              get_if_exists=True).remote()
+
+
+class RayTraffic:
+    """One route replica's recording: ``take`` per request, ``after`` once it is answered, ``feedback``."""
+
+    def __init__(self, app: str):
+        self.app, self.recorder, self.ids, self.key = app, None, None, None
+        self.tasks: set[asyncio.Task] = set()
+
+    def _ready(self, config: dict) -> Recorder:
+        if self.recorder is None:
+            put = partial(bucket_put, python=config.get("fetch_python", ""))
+            self.recorder = Recorder(str(config.get("model") or self.app.split("@")[0]), put)
+            self.ids = request_ids(self.app)
+        return self.recorder
+
+    def take(self, config: dict, method: str, path: str) -> str | None:
+        return self._ready(config).take(config.get("traffic"), method, path) if config.get("traffic") else None
+
+    def after(self, config: dict, request_id: str, version: str, path: str, body: bytes, status: int, answer: bytes,
+              latency_s: float) -> None:
+        """Recorded off the client's path (the answer is on its way); what fails here is counted, never raised."""
+        task = asyncio.get_running_loop().create_task(
+            self._record(config, request_id, version, path, body, status, answer, latency_s))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _record(self, config: dict, request_id: str, version: str, path: str, body: bytes, status: int,
+                      answer: bytes, latency_s: float) -> None:
+        recorder = self._ready(config)
+        try:
+            recorder.record(config["traffic"], request_id, version, path, body, status, answer, latency_s)
+            await self.ids.remember.remote(request_id, recorder.known[request_id])
+        except Exception:  # noqa: BLE001
+            recorder.counts["unrecorded"] += 1
+
+    def authorized(self, config: dict, authorization: str) -> bool:
+        if not config.get("api_key", True):
+            return True
+        if self.key is None:
+            self.key = node_api_key("key")["key"]  # this node's, as its engine servers read it
+        scheme, _, given = authorization.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), self.key.encode())
+
+    async def feedback(self, config: dict, authorization: str, body: bytes):
+        """The answer to ``POST /v1/feedback``, by the router's rules (``tasks.servers.router``)."""
+        from starlette.responses import JSONResponse
+
+        if not self.authorized(config, authorization):
+            return error(401, "a valid API key is required: Authorization: Bearer <key>")
+        if not config.get("traffic"):
+            return error(404, f"{self.app} records no traffic (deploy.traffic), so it takes no feedback")
+        recorder = self._ready(config)
+        if not recorder.allowed(authorization or "anonymous"):
+            return error(429, f"too much feedback: at most {FEEDBACK_PER_S:g} a second per key")
+        given = given_feedback(body if len(body) <= MAX_FEEDBACK_BYTES else None)
+        if isinstance(given, tuple):
+            return error(*given)
+        folder = recorder.known.get(given.request_id) or await self.recalled(given.request_id)
+        if folder is None or recorder.feedback(given, config["traffic"].get("mask_patterns", []), folder) is None:
+            return error(404, f"request id {given.request_id} is not one this route recorded recently")
+        return JSONResponse({"status": "recorded", "request_id": given.request_id})
+
+    async def recalled(self, request_id: str) -> str | None:
+        """Where another replica recorded ``request_id``: its record may still be on its way to the actor (it is
+        made after the answer went out), so an unknown id is asked for again for ``RECALL_S``."""
+        deadline = time.monotonic() + RECALL_S
+        while (folder := await self.ids.folder.remote(request_id)) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        return folder
+
+    def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close(timeout_s=10)
+
