@@ -175,4 +175,7 @@ def stop_group(pgid: int, sig: int = signal.SIGTERM, timeout_s: float = 15) -> N
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return
+    deadline = time.monotonic() + 5  # gone, as the caller reads it, before it goes on
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -163,7 +163,8 @@ def deployments():
             return {k: v for k, v in self.config.items() if k != "shadow"}
 
         def __del__(self):
-            self.traffic.close()  # what it recorded and has not written yet is written
+            if hasattr(self, "traffic"):
+                self.traffic.close()  # what it recorded and has not written yet is written
 
         async def __call__(self, request: Request) -> Response:
             # It finishes where it started, and is copied where the mirror pointed then.
@@ -171,7 +172,7 @@ def deployments():
             target, version, model_id, shadow = config["target"], config["version"], config["model_id"], \
                 config.get("shadow")
             path, body, started = stripped(request), await request.body(), time.monotonic()
-            if path == "/v1/feedback" and request.method == "POST":
+            if path.partition("?")[0] == "/v1/feedback" and request.method == "POST":
                 return await self.traffic.feedback(config, request.headers.get("authorization", ""), body)
             headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
             handle = serve.get_app_handle(target)
@@ -242,7 +243,7 @@ def route(opts: argparse.Namespace) -> dict:
     serve = connect(opts.address, opts.http)
     config = {"target": opts.target, "version": opts.version, "model_id": opts.model_id,  # no shadow: a switch ends it
               "traffic": json.loads(opts.traffic) if opts.traffic else None, "model": opts.model,
-              "fetch_python": opts.fetch_python, "api_key": opts.api_key}
+              "fetch_python": opts.fetch_python, "bucket": opts.bucket, "api_key": opts.api_key}
     app = alias_route(opts.replicas, config)
     serve.run(app, name=opts.app, route_prefix=opts.route, blocking=False)  # in place: AliasRoute.reconfigure
     return {"app": opts.app, "url": f"http://{opts.http}{opts.route}"}

@@ -31,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     route_op.add_argument("--model-id", default="", help="an adapter version's multiplexed model id, NAME=URI")
     route_op.add_argument("--traffic", default="", help="deploy.traffic, JSON: record requests, take feedback")
     route_op.add_argument("--model", default="", help="the registered model (the traffic folder's name)")
+    route_op.add_argument("--bucket", default="", help="the bucket traffic is written to (default: the node's)")
     route_op.add_argument("--no-api-key", dest="api_key", action="store_false", help="feedback without the key")
     for op in (deploy_op, route_op):
         op.add_argument("--fetch-python", default="", help="the Python whose tasks.services.storage reaches the bucket")

@@ -45,8 +45,9 @@ def request_ids(app: str):
         def folder(self, request_id: str) -> str | None:
             return self.known.get(request_id)
 
-    return RequestIds.options(name=ids_name(app), namespace=NAMESPACE, lifetime="detached",
-                              get_if_exists=True).remote()
+    # Started again where its node dies (the ids it held are lost: feedback on them is refused, nothing else).
+    return RequestIds.options(name=ids_name(app), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                              max_restarts=-1, max_task_retries=-1).remote()
 
 
 class RayTraffic:
@@ -58,7 +59,7 @@ class RayTraffic:
 
     def _ready(self, config: dict) -> Recorder:
         if self.recorder is None:
-            put = partial(bucket_put, python=config.get("fetch_python", ""))
+            put = partial(bucket_put, python=config.get("fetch_python", ""), bucket=config.get("bucket", ""))
             self.recorder = Recorder(str(config.get("model") or self.app.split("@")[0]), put)
             self.ids = request_ids(self.app)
         return self.recorder
@@ -114,8 +115,11 @@ class RayTraffic:
         """Where another replica recorded ``request_id``: its record may still be on its way to the actor (it is
         made after the answer went out), so an unknown id is asked for again for ``RECALL_S``."""
         deadline = time.monotonic() + RECALL_S
-        while (folder := await self.ids.folder.remote(request_id)) is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        try:
+            while (folder := await self.ids.folder.remote(request_id)) is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+        except Exception:  # noqa: BLE001 (the actor is gone: the id is not known, said as a 404)
+            return None
         return folder
 
     def close(self) -> None:

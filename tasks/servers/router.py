@@ -78,10 +78,10 @@ def error(status: int, message: str):
     return JSONResponse({"error": {"message": message, "type": kind}}, status)
 
 
-def bucket_put(key: str, data: bytes, python: str = "") -> None:
-    """One object written to the stack's bucket (what the traffic recorder writes with, from its own thread):
-    through ``tasks.services.storage put`` in a child process run by ``python`` (default: this one's), so the
-    router imports nothing of S3."""
+def bucket_put(key: str, data: bytes, python: str = "", bucket: str = "") -> None:
+    """One object written to ``bucket`` (default: the stack's; what the traffic recorder writes with, from its own
+    thread): through ``tasks.services.storage put`` in a child process run by ``python`` (default: this one's),
+    so the router imports nothing of S3."""
     import base64
     import subprocess
     import sys
@@ -90,7 +90,7 @@ def bucket_put(key: str, data: bytes, python: str = "") -> None:
 
     line = f"{key}\t{base64.b64encode(data).decode()}\n"
     done = subprocess.run([python or sys.executable, "-m", "tasks.services.storage", "put",
-                           f"s3://{Settings.load().s3_bucket}"], input=line, capture_output=True, text=True,
+                           f"s3://{bucket or Settings.load().s3_bucket}"], input=line, capture_output=True, text=True,
                           timeout=120)
     if done.returncode != 0:
         raise OSError(f"writing {key} to the bucket failed: {done.stderr.strip()[-500:]}")

@@ -183,7 +183,10 @@ class Recorder:
                 self.counts["failed"] += len(records)
 
     def close(self, timeout_s: float = 30) -> None:
-        self.queue.put(None)
+        try:
+            self.queue.put(None, timeout=timeout_s)  # a full queue behind a stuck writer: give up, do not hang
+        except queue.Full:
+            return
         self.thread.join(timeout=timeout_s)
 
     def status(self) -> dict[str, int]:

@@ -18,7 +18,8 @@ from tasks.settings import Settings
 
 def s3_client(settings: Settings | None = None):
     settings = settings or Settings.load()
-    return boto3.client(
+    # A session of its own: boto3's default session is not safe to make clients from in several threads at once.
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=settings.s3_endpoint,
         aws_access_key_id=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,

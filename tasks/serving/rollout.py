@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
@@ -158,24 +159,30 @@ def restore(models: Collection[str] = (), log: Log = print) -> list[Promotion]:
     groups: dict[tuple[str, str], list[tuple[int, str, str, str]]] = {}
     for i, (model, alias, version) in enumerate(aliases):
         groups.setdefault(restore_group(model, version), []).append((i, model, alias, version))
+    lock = threading.Lock()
+
+    def said(line: str) -> None:  # one line at a time: print writes a line and its end apart
+        with lock:
+            log(line)
+
     with ThreadPoolExecutor(RESTORE_WORKERS, thread_name_prefix="restore") as pool:
-        finished = pool.map(lambda group: [(i, restore_alias(*rest, log)) for i, *rest in group], groups.values())
+        finished = pool.map(lambda group: [(i, restore_alias(*rest, said)) for i, *rest in group], groups.values())
         done = sorted((pair for group in finished for pair in group), key=lambda pair: pair[0])
     return [promotion for _, promotion in done if promotion]
 
 
 def restore_group(model: str, version: str) -> tuple[str, str]:
     """What a version's start shares with others' (see ``restore``): versions of one group start in order."""
-    tags = registry.version_tags(model, version)
     try:
+        tags = registry.version_tags(model, version)
         config = json.loads(tags["deploy_config"]) if "deploy_config" in tags else None
         adapter = bool(config) and config["deploy"].get("serve") == "adapter"
         platform = platforms.of_relaunch(config)
-    except (KeyError, TypeError, ValueError):  # a record that cannot be read: restore_alias says why
+    except Exception:  # noqa: BLE001 (a record that cannot be read or reached: restore_alias says why)
         return ("model", model)
-    if adapter:
-        return ("adapters", "")
-    return ("model", model) if platform.concurrent_starts else ("platform", platform.name)
+    if not platform.concurrent_starts:
+        return ("platform", platform.name)
+    return ("adapters", "") if adapter else ("model", model)
 
 
 def restore_alias(model: str, alias: str, version: str, log: Log = print) -> Promotion | None:

@@ -18,14 +18,17 @@ RAY = json.dumps({"deploy": {"backend": "builtin", "serving": {"platform": "ray"
 TAGS = {("a", "1"): {"deploy_config": LOCAL}, ("b", "1"): {"deploy_config": LOCAL},
         ("c", "1"): {"deploy_config": ADAPTER}, ("d", "1"): {"deploy_config": ADAPTER},
         ("e", "1"): {"deploy_config": RAY}, ("f", "1"): {"deploy_config": RAY},
-        ("g", "1"): {}, ("h", "1"): {"deploy_config": "{not json"}}
+        ("g", "1"): {}, ("h", "1"): {"deploy_config": "{not json"},
+        ("i", "1"): {"deploy_config": RAY.replace('"builtin"', '"builtin", "serve": "adapter"')}}
 
 
 def test_versions_are_grouped_by_what_their_starts_share(monkeypatch):
     monkeypatch.setattr(rollout.registry, "version_tags", lambda model, version: TAGS[(model, version)])
     groups = {model: rollout.restore_group(model, "1") for model, _ in TAGS}
+    assert rollout.restore_group("unreachable", "1") == ("model", "unreachable")  # the lookup failed (KeyError)
     assert groups == {"a": ("model", "a"), "b": ("model", "b"), "c": ("adapters", ""), "d": ("adapters", ""),
-                      "e": ("platform", "ray"), "f": ("platform", "ray"), "g": ("model", "g"), "h": ("model", "h")}
+                      "e": ("platform", "ray"), "f": ("platform", "ray"), "g": ("model", "g"), "h": ("model", "h"),
+                      "i": ("platform", "ray")}  # a Ray adapter version: on Ray, in order with the other Ray starts
 
 
 def test_groups_start_side_by_side_and_a_group_in_order(monkeypatch):

@@ -37,7 +37,7 @@ from tasks.servers.ray_adapters import MODEL_ID_HEADER, ROOT_PLACEHOLDER, model_
 from tasks.services import keys
 from tasks.serving.endpoints import Endpoint
 from tasks.serving.platforms.base import Log, ServingPlatform, head_silent, ray_node_here
-from tasks.settings import REPO_ROOT, environ, state_dir
+from tasks.settings import REPO_ROOT, Settings, environ, state_dir
 
 
 class RayServeError(RuntimeError):
@@ -120,12 +120,16 @@ class RayPlatform(ServingPlatform):
         return self._url(f"/{slug(model)}/{slug(alias)}")
 
     def switch(self, model: str, alias: str, ep: Endpoint, version: str) -> str | None:
-        traffic = ((ep.relaunch or {}).get("deploy") or {}).get("traffic")
+        deploy = (ep.relaunch or {}).get("deploy") or {}
+        traffic = deploy.get("traffic")
+        # The key guards feedback unless the version was deployed without one (an endpoint found running on the
+        # cluster, as a restore or a rollback finds it, records no key file).
+        keyed = bool(ep.api_key_file) or bool(deploy.get("api_key", True))
         self.drive(["route", "--http", str(self.section.http), "--app", f"{model}@{alias}", "--route",
                     f"/{slug(model)}/{slug(alias)}", "--target", ep.base or ep.name, "--version", version,
                     "--model-id", ep.route_headers.get(MODEL_ID_HEADER, ""), "--replicas", str(self.section.replicas),
-                    "--model", model, "--fetch-python", sys.executable, "--traffic", json.dumps(traffic) if traffic
-                    else "", *([] if ep.api_key_file else ["--no-api-key"])])
+                    "--model", model, "--fetch-python", sys.executable, "--bucket", Settings.load().s3_bucket,
+                    "--traffic", json.dumps(traffic) if traffic else "", *([] if keyed else ["--no-api-key"])])
         return None
 
     def retire(self, model: str, alias: str, old_name: str, old_target: str | None, log: Log) -> bool:
