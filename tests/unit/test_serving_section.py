@@ -170,3 +170,27 @@ def test_a_driver_whose_client_server_failed_to_start_is_run_again_and_any_other
     with pytest.raises(platforms.ray.RayServeError, match="Deploying application"):
         recorded.drive(["status"])
     assert tries.read_text() == "1"
+
+
+@pytest.mark.parametrize("key_file, deploy, keyed", [("/k", {}, True), (None, {}, True),
+                                                     (None, {"api_key": False}, False)])
+def test_the_ray_route_takes_feedback_behind_the_key_unless_the_version_was_deployed_without_it(
+        monkeypatch, key_file, deploy, keyed):
+    """An endpoint found running on the cluster (a restore, a rollback) records no key file: its route keeps the
+    key all the same, unless the version's deploy section turned it off; the route records what deploy.traffic
+    says, into the bucket this machine names."""
+    from tasks.serving.endpoints import Endpoint
+
+    sent: list[list[str]] = []
+    monkeypatch.setattr(platforms.ray.RayPlatform, "drive", lambda self, args, **kw: sent.append(args) or {})
+    monkeypatch.setenv("FINEFLOW_S3_BUCKET", "team-bucket")
+    ray = platforms.platform({"platform": "ray", "address": "10.0.0.1:6379", "http": "10.0.0.1:8000"})
+    traffic = {"share": 0.5}
+    ep = Endpoint(name="m-v2", url="http://10.0.0.1:8000/_v/m-v2", pid=0, backend="builtin", argv=[], model_path="",
+                  log_path="", started_at=0, api_key_file=key_file,
+                  relaunch={"deploy": {**deploy, "traffic": traffic}, "prompt_style": "alpaca"})
+    ray.switch("m", "production", ep, "2")
+    args = sent[0]
+    assert ("--no-api-key" not in args) is keyed
+    assert args[args.index("--traffic") + 1] == '{"share": 0.5}' and args[args.index("--bucket") + 1] == "team-bucket"
+    assert args[args.index("--model") + 1] == "m" and args[args.index("--target") + 1] == "m-v2"
