@@ -156,9 +156,9 @@ def restore(models: Collection[str] = (), log: Log = print) -> list[Promotion]:
     endpoints), every version on a platform without ``concurrent_starts``."""
     aliases = [(rm.name, alias, str(version)) for rm in registry.client().search_registered_models()
                if not models or rm.name in models for alias, version in (rm.aliases or {}).items()]
-    groups: dict[tuple[str, str], list[tuple[int, str, str, str]]] = {}
-    for i, (model, alias, version) in enumerate(aliases):
-        groups.setdefault(restore_group(model, version), []).append((i, model, alias, version))
+    groups: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+    for model, alias, version in aliases:
+        groups.setdefault(restore_group(model, version), []).append((model, alias, version))
     lock = threading.Lock()
 
     def said(line: str) -> None:  # one line at a time: print writes a line and its end apart
@@ -166,9 +166,9 @@ def restore(models: Collection[str] = (), log: Log = print) -> list[Promotion]:
             log(line)
 
     with ThreadPoolExecutor(RESTORE_WORKERS, thread_name_prefix="restore") as pool:
-        finished = pool.map(lambda group: [(i, restore_alias(*rest, said)) for i, *rest in group], groups.values())
-        done = sorted((pair for group in finished for pair in group), key=lambda pair: pair[0])
-    return [promotion for _, promotion in done if promotion]
+        done = dict(pair for group in pool.map(
+            lambda group: [(entry, restore_alias(*entry, said)) for entry in group], groups.values()) for pair in group)
+    return [p for entry in aliases if (p := done[entry])]  # in the registry's order
 
 
 def restore_group(model: str, version: str) -> tuple[str, str]:

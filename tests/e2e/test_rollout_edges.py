@@ -1,8 +1,14 @@
 """The promotion rules test_rollout.py does not reach, on the real stack and real endpoints: a guard that refuses
 moves nothing, a restore limited to some models serves them again at the same URL and skips a version that
-cannot be served again, a registered model is downloaded once, and a rollback with nothing to go back to says so."""
+cannot be served again, a restore starts independent versions side by side and what shares something in order,
+a registered model is downloaded once, and a rollback with nothing to go back to says so."""
 
 from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
 
 import pytest
 
@@ -88,3 +94,59 @@ def test_a_rollback_with_nothing_to_go_back_to_says_why(production):
         rollout.rollback(BARE)
     with pytest.raises(ValueError, match=f"^{MODEL} has no staging version to roll back$"):
         rollout.rollback(MODEL, "staging")
+
+
+LOCAL = {"deploy": {"backend": "builtin"}, "prompt_style": "alpaca"}
+ADAPTER = {"deploy": {"backend": "builtin", "serve": "adapter"}, "prompt_style": "alpaca"}
+RAY = {"deploy": {"backend": "builtin", "serving": {"platform": "ray", "address": "10.0.0.1:6379"}},
+       "prompt_style": "alpaca"}
+RAY_ADAPTER = {"deploy": {**RAY["deploy"], "serve": "adapter"}, "prompt_style": "alpaca"}
+
+
+def test_restore_starts_groups_side_by_side_and_what_shares_something_in_order(production, monkeypatch):
+    """Versions registered in the real registry, each recording how it is served: a model's aliases, adapter
+    versions, and every version on Ray (one Serve deployment at a time) are groups started in order; the groups
+    run at once. The starts themselves are observed here (the test above serves real versions again)."""
+    made = {name: f"fineflow-restore-order-{name}" for name in "abcdefgh"}
+    records = {"a": LOCAL, "b": LOCAL, "c": ADAPTER, "d": ADAPTER, "e": RAY, "f": RAY_ADAPTER, "g": None,
+               "h": "{not json"}
+    try:
+        for name, record in records.items():
+            tags = {} if record is None else {"deploy_config": record if isinstance(record, str) else
+                                              json.dumps(record)}
+            version = registry.create_version(made[name], "s3://fineflow/tests/restore-order", production["run"],
+                                              tags)
+            for alias in ("production", "staging") if name == "a" else ("production",):
+                registry.move_alias(made[name], alias, version)
+        groups = {name: rollout.restore_group(made[name], "1") for name in records}
+        assert groups == {"a": ("model", made["a"]), "b": ("model", made["b"]), "c": ("adapters", ""),
+                          "d": ("adapters", ""), "e": ("platform", "ray"), "f": ("platform", "ray"),
+                          "g": ("model", made["g"]), "h": ("model", made["h"])}
+        assert rollout.restore_group("fineflow-no-such-model", "1") == ("model", "fineflow-no-such-model")
+
+        firsts = {(made["a"], "production"), (made["b"], "production"), (made["c"], "production")}
+        together, spans = threading.Barrier(len(firsts), timeout=60), {}
+
+        def restore_alias(model, alias, version, log=print):
+            spans[(model, alias)] = [time.monotonic()]
+            if (model, alias) in firsts:
+                together.wait()  # broken (an error) unless these three groups run at once
+            time.sleep(0.05)
+            spans[(model, alias)].append(time.monotonic())
+            return None if model == made["b"] else rollout.Promotion(model=model, alias=alias, version=version,
+                                                                        previous_version=None, url=f"http://{model}")
+
+        monkeypatch.setattr(rollout, "RESTORE_WORKERS", 4)
+        monkeypatch.setattr(rollout, "restore_alias", restore_alias)
+        done = rollout.restore([made[n] for n in "abcd"], log=print)
+        # in the registry's order, without the one that could not be served again
+        order = [(rm.name, alias) for rm in registry.client().search_registered_models()
+                 if rm.name in (made["a"], made["c"], made["d"]) for alias in rm.aliases]
+        assert [(p.model, p.alias) for p in done] == order and len(order) == 4
+        for group in ((made["a"],), (made["c"], made["d"])):
+            first, second = [entry for entry in order if entry[0] in group]
+            assert spans[first][1] <= spans[second][0]  # one after the other
+    finally:
+        for name in made.values():
+            with contextlib.suppress(Exception):  # one not made: nothing to delete
+                registry.client().delete_registered_model(name)
