@@ -39,6 +39,7 @@ from tasks.settings import REPO_ROOT, env
 
 SPEC_DIR = REPO_ROOT / "infra" / "envs"
 MAIN = None  # the environment this process runs in
+RAY = "ray"  # Ray and Ray Serve: the cluster's processes, and the drivers that use it (serving, training)
 STUB = '''"""A stub written by fineflow (tasks/envs.py): {name} cannot be installed in this environment."""
 
 

@@ -34,6 +34,8 @@ class LaunchError(RuntimeError):
 
 
 class LocalLauncher:
+    nnodes = 1  # machines a command spans (tasks.finetune.nodes.NodesLauncher: more)
+
     def __init__(self, *, ngpus: int = 0, sync: bool = True, log_path: str | Path | None = None,
                  on_line: Callable[[str], None] | None = None, env: dict[str, str] | None = None):
         self.ngpus = ngpus
@@ -48,6 +50,11 @@ class LocalLauncher:
         if command.checker is not None and not command.checker():
             raise LaunchError(f"{name}: readiness check failed after `{command}`")
         return command.return_value
+
+    def following(self, path: str | Path | None, on_line: Callable[[str], None]):
+        """A context in which ``on_line`` gets each line a command of this launcher appends to ``path`` (a
+        framework's metrics file: ``follow``)."""
+        return follow(path, on_line)
 
     def run(self, argv: list[str], name: str = "job", extra_env: dict[str, str] | None = None) -> None:
         """Run one argv, stream each output line to the log file and ``on_line``; raise on non-zero exit."""

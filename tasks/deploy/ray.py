@@ -23,7 +23,7 @@ from tasks.deploy.base import LazyLLMDeployBase
 from tasks.servers.ray_serve import REPLICA_RESOURCE  # one replica per node that offers one
 from tasks.settings import REPO_ROOT, environ
 
-RAY_ENV = "ray"
+RAY_ENV = envs.RAY
 
 
 class Distributed(LazyLLMDeployBase):

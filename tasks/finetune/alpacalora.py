@@ -61,6 +61,7 @@ class AlpacaloraFinetune(MergedLoraFinetune):
     framework: ClassVar[str] = "alpacalora"
     auto_types: ClassVar[tuple[str, ...]] = ("llm",)
     auto_rank: ClassVar[int] = 20
+    multinode: ClassVar[bool] = True
     Params: ClassVar[type[FinetuneParams]] = AlpacaloraParams
 
     @classmethod

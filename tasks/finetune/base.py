@@ -80,12 +80,20 @@ class LazyLLMFinetuneBase(ComponentBase):
     model_type: str = "llm"  # what the trained model is (tasks.models.types): how the pipeline evaluates it
     auto_types: ClassVar[tuple[str, ...]] = ()  # the model types AutoFinetune may choose it for
     auto_rank: ClassVar[int] = 100  # its place among the frameworks of a type: the first available one wins
+    # Its training command may run across nodes (tasks.finetune.nodes): every path it reads or writes is in its
+    # argv, where the launcher stages it, and it runs under torchrun.
+    multinode: ClassVar[bool] = False
 
     def __init__(self, base_model: str, target_path: str, *, launcher: Any = None):
         super().__init__(launcher=launcher or launchers.remote(ngpus=1))
         self.base_model = base_model
         self.target_path = target_path
         self.merge_path: str | None = None
+
+    @property
+    def nnodes(self) -> int:
+        """The machines its training spans (``tasks.finetune.nodes``); 1 on one machine."""
+        return getattr(self.launcher, "nnodes", 1)
 
     # The backend interface; a framework overrides what differs.
     def preflight(self) -> None:

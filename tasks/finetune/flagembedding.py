@@ -102,6 +102,7 @@ class FlagembeddingFinetune(LazyLLMFinetuneBase):
     framework: ClassVar[str] = "flagembedding"
     auto_types: ClassVar[tuple[str, ...]] = ("embed", "rerank")
     auto_rank: ClassVar[int] = 10
+    multinode: ClassVar[bool] = True
     Params: ClassVar[type[FinetuneParams]] = FlagembeddingParams
     environment: ClassVar[str | None] = "flagembedding"
 
@@ -156,7 +157,7 @@ class FlagembeddingFinetune(LazyLLMFinetuneBase):
         if not cuda_available() and kw.get("fp16"):
             log.warning("no CUDA device: fp16 turned off, training in float32")
             kw["fp16"] = False
-        if self.nproc == 1 and kw.get("negatives_cross_device"):
+        if self.nproc * self.nnodes == 1 and kw.get("negatives_cross_device"):
             kw["negatives_cross_device"] = False  # one process: no other device to share negatives with
         if self.model_type == "embed" and not kw["query_instruction_for_retrieval"]:
             kw.pop("query_instruction_for_retrieval")  # empty: no instruction (FlagEmbedding's None)

@@ -119,6 +119,8 @@ class LlamafactoryParams(FinetuneParams):
     seed: int = 42
 
 
+# The arguments that name files or folders on this machine.
+PATHS = ("model_name_or_path", "dataset_dir", "output_dir", "resume_from_checkpoint", "deepspeed")
 # Params that are fineflow's handles on the YAML, not LLaMA-Factory arguments of the same name.
 NOT_YAML = {"config_path", "export_config_path", "lora_r", "modules_to_save", "lora_target_modules", "dataset_dir"}
 
@@ -136,6 +138,7 @@ class LlamafactoryFinetune(LazyLLMFinetuneBase):
     framework: ClassVar[str] = "llamafactory"
     auto_types: ClassVar[tuple[str, ...]] = ("llm", "vlm")
     auto_rank: ClassVar[int] = 10
+    multinode: ClassVar[bool] = True
     Params: ClassVar[type[FinetuneParams]] = LlamafactoryParams
     environment: ClassVar[str | None] = "llamafactory"
 
@@ -261,13 +264,17 @@ class LlamafactoryFinetune(LazyLLMFinetuneBase):
     def command_env(self) -> dict[str, str]:
         env = {**super().command_env(), "DISABLE_VERSION_CHECK": "1"}
         nproc = getattr(self.launcher, "ngpus", 1) or 1
-        if nproc > 1:
+        if nproc > 1 or self.nnodes > 1:  # across nodes its CLI reads NNODES, NODE_RANK, MASTER_* (the launcher's)
             env.update(FORCE_TORCHRUN="1", NPROC_PER_NODE=str(nproc))
         return env
 
     def train_command(self, trainset: str, valset: str | None = None) -> Command:
-        config = self._write("train.yaml", self.train_args(self._dataset_dir(trainset, valset)))
-        return Command([envs.bin_path(self.environment, "llamafactory-cli"), "train", config],
+        args = self.train_args(self._dataset_dir(trainset, valset))
+        config = self._write("train.yaml", args)
+        # Across nodes, the paths are also given as the CLI's overrides of the YAML (``key=value``), where the
+        # launcher finds them and gives each node its own copies.
+        paths = [f"{k}={args[k]}" for k in PATHS if k in args] if self.nnodes > 1 else []
+        return Command([envs.bin_path(self.environment, "llamafactory-cli"), "train", config, *paths],
                        return_value=self.target_path, env=self.command_env())
 
     def export_command(self) -> Command | None:

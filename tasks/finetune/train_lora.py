@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         report_to=[], seed=args.seed, deepspeed=args.deepspeed, disable_tqdm=True, dataloader_num_workers=0,
         include_num_input_tokens_seen=True,
     )
+    print(f"world size {training_args.world_size}: the processes training together, on every node", flush=True)
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds,
                       eval_dataset=val_ds if len(val_ds) else None,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),

@@ -20,6 +20,7 @@ from tasks.deploy import ENGINES, LazyLLMDeployBase, engine_for
 from tasks.evaluate import MEASURED, GateConfig
 from tasks.evaluate.answers import answer_of
 from tasks.finetune import FRAMEWORKS
+from tasks.finetune.nodes import ClusterSection
 from tasks.formatter import make_formatter
 from tasks.inference.prompts import check_style
 from tasks.models.types import get_model_type
@@ -81,10 +82,28 @@ def _sections(table: dict[str, type], key: str, fields: dict[str, Any], base: ty
 # pragma: no mutate end
 
 
-FinetuneSection = _sections(FRAMEWORKS, "framework", {
-    # Processes for one training run: > 1 runs it under torchrun (the launcher's ngpus).
-    "nproc": (int, Field(1, ge=1, le=1024)),
-}, Section)
+class FinetuneBase(Section):
+    # Processes for one training run on each node: > 1 runs it under torchrun (the launcher's ngpus).
+    nproc: int = Field(1, ge=1, le=1024)
+    # Machines it spans: > 1 runs it on that many nodes of the Ray cluster in ``cluster`` (tasks.finetune.nodes).
+    nodes: int = Field(1, ge=1, le=256)
+    cluster: ClusterSection | None = None
+
+    @model_validator(mode="after")
+    def _nodes_have_a_cluster(self) -> "FinetuneBase":
+        if self.nodes > 1:
+            name = getattr(self, "framework", "")
+            able = sorted(n for n, cls in FRAMEWORKS.items() if cls.multinode)
+            if not FRAMEWORKS[name].multinode:
+                raise ValueError(f"nodes: {self.nodes}: {name} cannot train across nodes yet (those that can: "
+                                 f"{', '.join(able)})")
+            if self.cluster is None:
+                raise ValueError(f"nodes: {self.nodes} needs cluster.address: the Ray cluster to train on "
+                                 "(ray://HEAD:10001)")
+        return self
+
+
+FinetuneSection = _sections(FRAMEWORKS, "framework", {}, FinetuneBase)
 
 
 class EvaluateSection(Section):

@@ -119,7 +119,8 @@ def plan(config_path: str, overrides: dict | None = None, data_path: str | None 
                         "the bucket under its hash", params=d.model_dump(mode="json")),
             PlannedStep(step="finetune", does=f"{config.finetune.framework} ({type(trainer).__name__}) in "
                         f"{'this interpreter' if env is None else f'environment {env}'}"
-                        f"{'' if envs.is_built(env) else ' (built first)'}, {config.finetune.nproc} process(es)",
+                        f"{'' if envs.is_built(env) else ' (built first)'}, {config.finetune.nproc} process(es)"
+                        f"{across_nodes(config.finetune)}",
                         params=config.finetune.params.model_dump(mode="json", exclude_unset=True),
                         commands=[str(train)]),
             PlannedStep(step="merge", does="export the trained model, check its weights moved, log it as an MLflow "
@@ -160,3 +161,10 @@ def render(p: Plan) -> str:
         lines += [f"     {k}.{kk} = {vv}" for k, v in s.params.items() if isinstance(v, dict) for kk, vv in v.items()]
         lines += [f"     $ {c}" for c in s.commands]
     return "\n".join(lines)
+
+
+def across_nodes(section) -> str:
+    if section.nodes == 1:
+        return ""
+    return (f" on each of {section.nodes} nodes of the Ray cluster at {section.cluster.address} "
+            "(tasks.finetune.nodes)")

@@ -15,10 +15,10 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from tasks import envs, launchers
+from tasks import envs
 from tasks.data import DatasetError, PreparedDataset, prepare
 from tasks.data.readers import source_sha256
-from tasks.finetune import LazyLLMFinetuneBase, get_framework
+from tasks.finetune import LazyLLMFinetuneBase, get_framework, nodes
 from tasks.finetune.merge import check_weights_moved
 from tasks.models import ModelManager, ModelNotFoundError, ModelRef
 from tasks.models.local import revision_of
@@ -65,15 +65,18 @@ def download(base_model: str, run_id: str) -> ModelRef:
     return ref
 
 
-def make_trainer(config: PipelineConfig, base_path: str, where: Path, **launcher_kw) -> LazyLLMFinetuneBase:
+def make_trainer(config: PipelineConfig, base_path: str, where: Path, across_nodes: bool = False,
+                 **launcher_kw) -> LazyLLMFinetuneBase:
     """The configured framework's component, training into ``where/finetune``. The data section's split size
-    and prompt template reach a framework that takes them."""
+    and prompt template reach a framework that takes them. ``across_nodes``: its launcher runs the training on
+    the section's ``nodes`` (one machine when that is 1); every other command runs here."""
     section = config.finetune
     cls = get_framework(section.framework)
     from_data = {"val_set_size": config.data.val_set_size, "prompt_template_name": config.data.prompt_template_name}
     params = {**{k: v for k, v in from_data.items() if k in cls.Params.model_fields},
               **section.params.model_dump(exclude_unset=True)}
-    launcher = launchers.remote(ngpus=section.nproc, **launcher_kw)
+    launcher = nodes.launcher_for(section.nodes if across_nodes else 1, section.cluster, str(where / "finetune"),
+                                  ngpus=section.nproc, **launcher_kw)
     return cls(base_path, str(where / "finetune"), launcher=launcher, **params)
 
 
@@ -142,7 +145,7 @@ def candidate_hash(config: PipelineConfig, base: ModelRef, data: PreparedDataset
     section = config.finetune
     key = cache.key(base=cache.fingerprint(base.path), data=data.hash, framework=section.framework,
                     params=section.params.model_dump(mode="json", exclude_unset=True), nproc=section.nproc,
-                    code=cache.code_version())
+                    code=cache.code_version(), **({"nodes": section.nodes} if section.nodes > 1 else {}))
     tracking.set_tag(run_id, "candidate_hash", key)
     return key
 
@@ -203,7 +206,8 @@ def train(config: PipelineConfig, base: ModelRef, data: PreparedDataset, where: 
         tracking.log_metrics(run_id, {names[k]: v for k, v in values.items()}, step=metric["step"])
         logger.info("step %s %s", metric["step"], json.dumps(values))
 
-    trainer = make_trainer(config, base.path, where, log_path=log_path, on_line=on_line)
+    trainer = make_trainer(config, base.path, where, across_nodes=True, log_path=log_path, on_line=on_line,
+                           log=logger.info)
     tracking.set_tag(run_id, "prompt_style", trainer.prompt_style())
     record_choice(run_id, trainer, "AutoFinetune", "auto", logger.info)
     envs.ensure(trainer.environment, log=logger.info)
@@ -215,7 +219,7 @@ def train(config: PipelineConfig, base: ModelRef, data: PreparedDataset, where: 
     command = trainer.train_command(trainset, valset)
     logger.info("running %s", command)
     try:
-        with timed(run_id, "finetune"), launchers.follow(trainer.metrics_file(), on_line), \
+        with timed(run_id, "finetune"), trainer.launcher.following(trainer.metrics_file(), on_line), \
                 checkpoints.mirror(target, mirror_uri, logger.info) if mirror_uri else nullcontext():
             trainer.launcher.launch(command, name="finetune")
     finally:

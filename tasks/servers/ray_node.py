@@ -9,6 +9,11 @@ import subprocess
 
 from tasks.settings import api_key_file, env, environ, state_dir
 
+# Ray's client proxy starts one server process per driver connection; on a loaded machine that start can fail
+# (seen in two-host runs), before the driver did anything on the cluster: a driver connects again.
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"
+CONNECT_RETRIES = 2
+
 
 def node_api_key(var: str) -> dict[str, str]:
     """The API key as this node has it (``FINEFLOW_API_KEY``, else its key file), for the engine's ``var``."""

@@ -84,6 +84,16 @@ def list_keys(uri: str, client=None) -> list[str]:
     return keys
 
 
+def delete_prefix(uri: str, client=None) -> int:
+    """Delete every object under ``uri``; how many."""
+    client = client or s3_client()
+    bucket, _ = split_uri(uri)
+    keys = list_keys(uri, client)
+    for i in range(0, len(keys), 1000):  # S3's most per request
+        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+    return len(keys)
+
+
 def exists(uri: str, client=None) -> bool:
     return bool(list_keys(uri, client))
 
@@ -160,6 +170,7 @@ def put_objects(prefix: str, lines: list[str], client=None) -> list[str]:
 
 
 USAGE = ("usage: python -m tasks.services.storage fetch s3://BUCKET/PREFIX DIR\n"
+         "       python -m tasks.services.storage upload DIR s3://BUCKET/PREFIX\n"
          "       python -m tasks.services.storage put s3://BUCKET[/PREFIX] < KEY<TAB>BASE64 lines")
 
 
@@ -167,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) == 3 and args[0] == "fetch":
         print(fetch(args[1], Path(args[2])))
+    elif len(args) == 3 and args[0] == "upload":  # a training node's output (tasks.servers.ray_nodes)
+        upload_dir(Path(args[1]), args[2])
+        print(verify_upload(args[1], args[2]), "bytes uploaded and verified")
     elif len(args) == 2 and args[0] == "put":  # for processes that keep S3 out of their imports (the router)
         print("\n".join(put_objects(args[1], sys.stdin.readlines())))
     else:

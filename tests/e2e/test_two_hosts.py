@@ -31,7 +31,7 @@ from tasks.servers.adapters import BASE_RECORD
 from tasks.servers.shadow import read_pairs
 from tasks.services import keys, registry, storage, tracking
 from tasks.serving import adapters, platforms, rollout
-from tasks.settings import Settings, environ
+from tasks.settings import REPO_ROOT, Settings, environ
 from tests.support.hosts import Hosts, answers
 from tests.support.lora import greedy, random_adapter
 from tests.support.traffic import recorded
@@ -366,3 +366,116 @@ def test_adapter_versions_share_one_base_application_and_promote_while_the_other
     # The base is in the bucket too, for a node that lacks it at its path.
     assert storage.exists(f"{adapters.base_uri(base['base_model_revision'])}/{MANIFEST}")
 
+
+
+NODES_MODEL = "fineflow-two-nodes"
+# In the command lines of each framework's training processes (and not of the versions serving what they trained).
+TRAINERS = "tasks.finetune.train_lora", "llamafactory/launcher.py", "llamafactory-cli train", "FlagEmbedding.finetune"
+PASSES = {"metric": "val_loss", "min_improvement": -100.0, "allow_regression": True}  # not what is tested here
+# framework -> (config, finetune params, a request to production)
+ACROSS = {
+    "alpacalora": ("deployments/quickstart.yaml", {"max_steps": 30}, ("/v1/completions", PROMPT)),
+    "llamafactory": ("deployments/llamafactory.yaml", {"max_steps": 20, "logging_steps": 5,
+                                                       "deepspeed": str(REPO_ROOT / "infra/deepspeed/zero2.json")},
+                     ("/v1/completions", PROMPT)),
+    "flagembedding": ("deployments/flagembedding.yaml", {"max_steps": 8, "negatives_cross_device": True},
+                      ("/v1/embeddings", {"input": ["a fact"]})),
+}
+
+
+def across_both(hosts: Hosts, framework: str = "alpacalora", max_steps: int | None = None) -> dict:
+    """The pipeline with its finetune on both hosts' Ray nodes, one process on each (run from B, which sees no
+    node's processes or files: it reaches the cluster through the client server)."""
+    config, params, _ = ACROSS[framework]
+    gate = {**PASSES, "metric": "ndcg_at_10"} if framework == "flagembedding" else PASSES
+    return {"config_path": config, "force": True, "overrides": {
+        "finetune": {"framework": framework, "nodes": 2, "params": {**params, **({"max_steps": max_steps}
+                                                                                   if max_steps else {})},
+                     "cluster": {"address": hosts.ray_client, "place_timeout_s": 120}},
+        "evaluate": {"max_samples": 20, "gate": gate},
+        "registry": {"model_name": f"{NODES_MODEL}-{framework}"}, "deploy": {"serving": hosts.serving(replicas=1)}}}
+
+
+def trainers(host) -> set[int]:
+    return set().union(*(host.processes(marker) for marker in TRAINERS))
+
+
+def watch_trainers(hosts: Hosts, seen: dict, stop: threading.Event) -> None:
+    """Each host's training processes, every half second, until ``stop`` (bounded: 15 min)."""
+    deadline = time.monotonic() + 900
+    while not stop.wait(0.5) and time.monotonic() < deadline:
+        for host in (hosts.a, hosts.b):
+            seen[host.name] |= trainers(host)
+
+
+def no_trainer_left(hosts: Hosts, timeout_s: float = 30) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while (left := {h.name: trainers(h) for h in (hosts.a, hosts.b)}) and any(left.values()) and \
+            time.monotonic() < deadline:
+        time.sleep(1)
+    return left
+
+
+@pytest.mark.parametrize("framework", list(ACROSS))
+def test_a_finetune_across_both_hosts_trains_one_rank_on_each_and_registers_the_merged_model(hosts, tmp_path,
+                                                                                            framework):
+    """``finetune.nodes: 2``: the step places one share on each host's node (STRICT_SPREAD), each fetches the
+    base model and the data from the bucket and joins torchrun's rendezvous at node 0; node 0's log is the step's,
+    its loss curve reaches MLflow, and the model comes back through the bucket to be merged, registered and served.
+    AlpacaLoRA (DDP) ends with the same weights on both nodes; LLaMA-Factory (ZeRO-2) and FlagEmbedding
+    (negatives shared across the nodes' processes) save them on node 0 only."""
+    _, _, (path, body) = ACROSS[framework]
+    model = f"{NODES_MODEL}-{framework}"
+    seen, stop = {"a": set(), "b": set()}, threading.Event()
+    watcher = threading.Thread(target=watch_trainers, args=(hosts, seen, stop), daemon=True)
+    watcher.start()
+    try:
+        flow_run_id, state, logs = run_on("b", across_both(hosts, framework))
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+    assert state.is_completed(), logs[-4000:]
+    if hosts.isolated:
+        assert seen["a"] and seen["b"], seen  # a rank's processes in each host's process list while it ran
+    run_id = tracking.run_for_flow_run(str(flow_run_id)).info.run_id
+    text = open(tracking.client().download_artifacts(run_id, "logs/train.log", str(tmp_path))).read()
+    assert "global_world_sizes=[2]" in text, text[-3000:]  # node 0's torchrun: the rendezvous made one world of 2
+    summary = json.loads([line for line in text.splitlines() if line.startswith('{"nodes"')][-1])
+    assert {n["ip"] for n in summary["nodes"]} == {hosts.a.ip, hosts.b.ip}, summary
+    weights = [n["weights_sha256"] for n in summary["nodes"]]
+    assert weights[0] and weights[1] == (weights[0] if framework == "alpacalora" else ""), summary
+    losses = sorted((m.step, m.value) for m in tracking.client().get_metric_history(run_id, "train_loss"))
+    assert len(losses) >= 2 and len({step for step, _ in losses}) == len(losses), losses  # node 0's loss curve
+    version = registry.alias_version(model, "production")
+    assert version and registry.client().get_model_version(model, version).run_id == run_id
+    reply = httpx.post(f"{registry.client().get_registered_model(model).tags['url_production']}{path}", json=body,
+                       headers=keys.auth_headers(), timeout=60)
+    assert reply.status_code == 200 and reply.headers["x-fineflow-version"] == version, reply.text
+    left = no_trainer_left(hosts)
+    assert not any(left.values()), left
+
+
+def test_a_node_lost_mid_run_fails_the_step_naming_it_and_leaves_no_process_on_either_host(hosts):
+    """B's Ray node is killed while both ranks train: the step fails within a bounded time naming B's node, the
+    rank on A is stopped, nothing is registered. (Last in the module: the cluster has one node after it.)"""
+    model = f"{NODES_MODEL}-alpacalora"
+    versions = {v.version for v in registry.client().search_model_versions(f"name = '{model}'")}
+    out: dict = {}
+    runner = threading.Thread(target=run_on, args=("b", across_both(hosts, max_steps=100_000), out), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 600
+    while not (trainers(hosts.a) and trainers(hosts.b)):
+        assert runner.is_alive() and time.monotonic() < deadline, "\n".join(out.get("lines", []))[-4000:]
+        time.sleep(0.5)
+    time.sleep(3)
+    hosts.b.kill("ray-worker")  # the machine's Ray node, and every process it started, killed at once
+    killed_at = time.monotonic()
+    runner.join(timeout=600)
+    failed_after = time.monotonic() - killed_at
+    _, state, logs = out["result"]
+    assert state.is_failed(), logs[-4000:]
+    assert f"({hosts.b.ip}) was lost" in logs, logs[-4000:]
+    assert failed_after < 240, f"the step failed {failed_after:.0f} s after the node was lost"
+    assert {v.version for v in registry.client().search_model_versions(f"name = '{model}'")} == versions
+    left = no_trainer_left(hosts)
+    assert not any(left.values()), left

@@ -67,6 +67,18 @@ class Host:
         self.procs[label] = proc
         return proc
 
+    def processes(self, marker: str) -> set[int]:
+        """The pids of this host's processes whose command line holds ``marker`` (on loopback: every process's)."""
+        pids = ip("netns", "pids", self.ns).stdout.split() if self.ns else [p.name for p in Path("/proc").iterdir()]
+        found = set()
+        for pid in filter(str.isdigit, pids):
+            try:
+                if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.add(int(pid))
+            except OSError:  # gone meanwhile
+                pass
+        return found
+
     def kill(self, label: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(label)
         stop_group(proc.pid, sig, timeout_s=20)

@@ -34,6 +34,7 @@ from tasks.deploy.ray import replica_argv, serve_driver
 from tasks.files import slug
 from tasks.masking import redact_text
 from tasks.servers.ray_adapters import MODEL_ID_HEADER, ROOT_PLACEHOLDER, model_id
+from tasks.servers.ray_node import CLIENT_SERVER_FAILED, CONNECT_RETRIES
 from tasks.services import keys
 from tasks.serving.endpoints import Endpoint
 from tasks.serving.platforms.base import Log, ServingPlatform, head_silent, ray_node_here
@@ -42,12 +43,6 @@ from tasks.settings import REPO_ROOT, Settings, environ, state_dir
 
 class RayServeError(RuntimeError):
     pass
-
-
-# Ray's client proxy starts one server process per driver connection; on a loaded machine that start can fail
-# (seen once in a two-host run), before the driver did anything on the cluster.
-CLIENT_SERVER_FAILED = "Starting Ray client server failed"
-CONNECT_RETRIES = 2
 
 
 class RayPlatform(ServingPlatform):

@@ -1,0 +1,137 @@
+"""Training across nodes, the parts that need no cluster: the command each node runs, the files staged for it, the
+placeholders a node fills in, and the config that asks for it (the two-host run is ``tests/e2e/test_two_hosts.py``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks import envs
+from tasks.finetune import alpacalora
+from tasks.finetune.nodes import (ClusterSection, NodesLauncher, across_nodes, launcher_for, node_env, placeholder,
+                                  staged_argvs)
+from tasks.launchers import LocalLauncher
+from tasks.pipeline.config import load_config
+from tasks.pipeline.config_files import ConfigError
+from tasks.servers.ray_nodes import filled, interface_of
+from tests.support.paths import REPO, TINY_MODEL
+
+NODE_FLAGS = ["--nnodes=2", "--node_rank={ff:node_rank}", "--master_addr={ff:master_addr}",
+              "--master_port={ff:master_port}"]
+
+
+def test_a_python_command_becomes_torchrun_of_its_environment_joining_the_nodes():
+    python = envs.bin_path("flagembedding", "python")
+    assert across_nodes([python, "-m", "mod", "--x", "1"], 2) == \
+        [envs.bin_path("flagembedding", "torchrun"), *NODE_FLAGS, "--nproc_per_node=1", "-m", "mod", "--x", "1"]
+
+
+def test_torchrun_keeps_its_own_options_and_loses_those_of_one_machine():
+    torchrun = envs.bin_path(None, "torchrun")
+    argv = [torchrun, "--nproc_per_node", "2", "--master_port", "29500", "--standalone", "--rdzv_id=x", "-m", "mod",
+            "--master_port", "7"]  # the script's own flag of the same name is left alone
+    assert across_nodes(argv, 2) == [torchrun, *NODE_FLAGS, "--nproc_per_node", "2", "-m", "mod", "--master_port",
+                                     "7"]
+    script = [torchrun, "--nproc_per_node=4", "--node_rank=3", "train.py"]
+    assert across_nodes(script, 3)[1:] == ["--nnodes=3", *NODE_FLAGS[1:], "--nproc_per_node=4", "train.py"]
+
+
+def test_another_program_is_left_to_read_the_node_environment():
+    assert across_nodes(["llamafactory-cli", "train", "c.yaml"], 2) == ["llamafactory-cli", "train", "c.yaml"]
+    env = node_env(2)
+    assert env["NNODES"] == "2" and env["NODE_RANK"] == placeholder("node_rank")
+    assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == placeholder("ifname")
+
+
+def test_paths_outside_the_image_are_staged_and_the_output_folder_is_the_nodes_own(tmp_path):
+    data, model, out = tmp_path / "train.jsonl", tmp_path / "base", tmp_path / "out"
+    data.write_text("{}\n")
+    model.mkdir()
+    script = str(REPO / "tasks" / "finetune" / "train_lora.py")  # the checkout: at the same path on every node
+    argvs = [["py", script, "--base_model", str(model), f"--data_path={data}", "--output_dir", f"{out}/lora",
+              "--missing", str(tmp_path / "nothing"), "relative.json"],
+             ["py", "merge", str(model), str(out)]]
+    staged, inputs = staged_argvs(argvs, str(out))
+    assert staged == [["py", script, "--base_model", "{ff:in0}", "--data_path={ff:in1}", "--output_dir",
+                       "{ff:out}/lora", "--missing", str(tmp_path / "nothing"), "relative.json"],
+                      ["py", "merge", "{ff:in0}", "{ff:out}"]]
+    assert inputs == {"in0": str(model), "in1": str(data)}
+    assert staged_argvs([[str(TINY_MODEL)]], str(out)) == ([[str(TINY_MODEL)]], {})  # in the checkout: not staged
+
+
+def test_a_node_fills_in_its_own_values():
+    values = {"node_rank": "1", "master_addr": "10.0.0.2", "master_port": "29500", "in0": "/n/stage/x"}
+    assert filled("--node_rank={ff:node_rank}", values) == "--node_rank=1"
+    assert filled("{ff:master_addr}:{ff:master_port}", values) == "10.0.0.2:29500"
+    assert filled("{ff:in0}/train.jsonl", values) == "/n/stage/x/train.jsonl"
+    assert filled("{ff:unknown}", values) == "{ff:unknown}"
+    assert interface_of("127.0.0.1") == "lo" and interface_of("203.0.113.77") == ""
+
+
+def test_the_launcher_is_the_cluster_only_for_more_than_one_node(tmp_path):
+    cluster = ClusterSection(address="ray://10.0.0.1:10001")
+    assert type(launcher_for(1, cluster, str(tmp_path), ngpus=2)) is LocalLauncher
+    many = launcher_for(2, cluster, str(tmp_path), ngpus=2)
+    assert isinstance(many, NodesLauncher) and (many.nnodes, many.ngpus) == (2, 2)
+    trainer = alpacalora(str(TINY_MODEL), str(tmp_path / "t"), launcher=many)
+    assert trainer.train_command("d.jsonl").argvs[0][0].endswith("torchrun")  # 2 per node: torchrun already
+    with pytest.raises(ValueError, match="finetune.cluster.address"):
+        launcher_for(2, None, str(tmp_path))
+
+
+def test_llamafactory_across_nodes_names_its_paths_as_overrides_and_starts_torchrun_itself(tmp_path):
+    from tasks.finetune import llamafactory
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_text('{"train": {"file_name": "train.json"}}')
+    launcher = launcher_for(2, ClusterSection(address="ray://h:10001"), str(tmp_path / "finetune"), ngpus=1)
+    trainer = llamafactory(str(TINY_MODEL), str(tmp_path / "finetune"), launcher=launcher, template="default")
+    command = trainer.train_command(str(data))
+    argv = command.argvs[0]
+    assert argv[1] == "train" and argv[3:] == [f"model_name_or_path={TINY_MODEL}", f"dataset_dir={data}",
+                                                f"output_dir={tmp_path}/finetune/lazyllm_lora"]
+    assert command.env["FORCE_TORCHRUN"] == "1" and command.env["NPROC_PER_NODE"] == "1"
+    staged, inputs = staged_argvs(command.argvs, str(tmp_path / "finetune"))
+    assert staged[0][2:] == ["{ff:out}/llamafactory/train.yaml", f"model_name_or_path={TINY_MODEL}",
+                             "dataset_dir={ff:in0}", "output_dir={ff:out}/lazyllm_lora"]
+    one = llamafactory(str(TINY_MODEL), str(tmp_path / "one"), template="default")
+    assert one.train_command(str(data)).argvs[0][3:] == [] and "FORCE_TORCHRUN" not in one.command_env()
+
+
+def test_flagembedding_shares_negatives_across_the_nodes_processes(tmp_path):
+    from tasks.finetune import flagembedding
+
+    model = str(REPO / "infra" / "models" / "all-minilm-l6-v2")
+    across = launcher_for(2, ClusterSection(address="ray://h:10001"), str(tmp_path), ngpus=1)
+    assert "--negatives_cross_device" in flagembedding(model, str(tmp_path), launcher=across).train_args("t.jsonl")
+    alone = flagembedding(model, str(tmp_path), launcher=launcher_for(1, None, str(tmp_path), ngpus=1))
+    assert "--negatives_cross_device" not in alone.train_args("t.jsonl")
+
+
+HEAD = "name: x\nregistry: {model_name: m}\ndata: {path: infra/datasets/d.json}\n"
+
+
+@pytest.mark.parametrize("finetune, error", [
+    ("{nodes: 2}", r"bad.yaml: finetune.alpacalora: nodes: 2 needs cluster.address: the Ray cluster to train on"),
+    ("{framework: collie, nodes: 2, cluster: {address: 'ray://h:10001'}}",
+     r"nodes: 2: collie cannot train across nodes yet \(those that can: alpacalora, flagembedding, llamafactory\)"),
+    ("{nodes: 2, cluster: {address: 'ray://h:10001', cpus_per_node: 0}}", r"cpus_per_node: Input should be greater"),
+    ("{nodes: 0}", r"finetune.alpacalora.nodes: Input should be greater than or equal to 1"),
+])
+def test_a_config_across_nodes_is_checked_when_it_loads(tmp_path, finetune, error):
+    path = tmp_path / "bad.yaml"
+    path.write_text(HEAD + f"finetune: {finetune}\n")
+    with pytest.raises(ConfigError, match=error):
+        load_config(path)
+
+
+def test_a_config_across_nodes_loads_and_its_plan_says_where(tmp_path):
+    from tasks.pipeline.plan import across_nodes as described
+
+    path = tmp_path / "p.yaml"
+    path.write_text(HEAD + "finetune: {nproc: 2, nodes: 3, cluster: {address: 'ray://10.0.0.1:10001', "
+                           "gpus_per_node: 2}}\n")
+    section = load_config(path).finetune
+    assert (section.nodes, section.nproc, section.cluster.gpus_per_node) == (3, 2, 2)
+    assert described(section) == " on each of 3 nodes of the Ray cluster at ray://10.0.0.1:10001 (tasks.finetune.nodes)"
