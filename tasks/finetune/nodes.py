@@ -36,7 +36,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks import envs
-from tasks.files import open_private
+from tasks.files import open_private, slug
 from tasks.launchers import LaunchError, LocalLauncher
 from tasks.masking import is_secret_name
 from tasks.servers.ray_nodes import METRICS, STAGED
@@ -166,7 +166,8 @@ class NodesLauncher(LocalLauncher):
     def launch(self, command, name: str = "job"):
         say = self.log
         bucket = Settings.load().s3_bucket
-        job = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        # In every node's paths: no spaces (LLaMA-Factory's CLI splits its torchrun command on them).
+        job = f"{slug(name)}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         argvs, inputs = staged_argvs([across_nodes(a, self.nnodes) for a in command.argvs], self.output)
         follow = staged_argvs([[self.metrics]], self.output)[0][0][0] if self.metrics else ""
         out = Path(self.output)
