@@ -24,7 +24,6 @@ Every node must hold the checkout and the framework environments at the same pat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -36,10 +35,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks import envs
-from tasks.files import open_private, slug
+from tasks.files import open_private, sha256_file, slug
 from tasks.launchers import LaunchError, LocalLauncher
 from tasks.masking import is_secret_name
-from tasks.servers.ray_nodes import METRICS, STAGED
+from tasks.servers.ray_nodes import METRICS, placeholder
+from tasks.servers.train_node import STAGED
 from tasks.services import cache, storage
 from tasks.settings import REPO_ROOT, Settings, state_dir
 
@@ -58,11 +58,6 @@ class ClusterSection(BaseModel):
     cpus_per_node: float = Field(1, gt=0, le=1024)
     gpus_per_node: float = Field(0, ge=0, le=64)  # the node's GPUs torchrun's processes use (CUDA_VISIBLE_DEVICES)
     place_timeout_s: float = Field(300, gt=0, le=86_400)  # waiting for N nodes with that much free each
-
-
-def placeholder(name: str) -> str:
-    """What ``tasks.servers.ray_nodes`` fills in on each node (its rank, node 0's address, a local path)."""
-    return "{ff:" + name + "}"
 
 
 def across_nodes(argv: list[str], nnodes: int) -> list[str]:
@@ -126,7 +121,7 @@ def stage(path: str, bucket: str, log=print) -> str:
     """``path`` (a folder or a file) in the bucket under its content hash, uploaded once, verified, then marked
     whole; its URI (``URI#NAME`` for a file: the folder holding it, and its name)."""
     p = Path(path)
-    digest = cache.fingerprint(p) if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    digest = cache.fingerprint(p) if p.is_dir() else sha256_file(p)
     uri = f"s3://{bucket}/nodes/inputs/{digest[:40]}"
     if not storage.exists(f"{uri}/{STAGED}"):
         log(f"staging {path} in {uri} for the nodes")
@@ -148,7 +143,7 @@ class NodesLauncher(LocalLauncher):
         self.cluster, self.nnodes, self.output, self.log = cluster, nodes, output, log
         self.metrics: str | None = None
         self.on_metrics = None
-        self.given_on_line, self.on_line = self.on_line, self._line
+        self.given_on_line, self.on_line = self.on_line, self._line  # the driver's lines pass through _line
 
     def following(self, path: str | Path | None, on_line):
         """``on_line`` gets the lines node 0 appends to its copy of ``path`` (in the output folder), which the

@@ -7,7 +7,7 @@ The worker's launcher (``tasks.finetune.nodes``) writes the spec: the command's 
 (``{ff:NAME}``), the bucket URIs of the files it needs (``stage``), and where the result goes (``out``). Each node
 fetches those files with the main environment's storage client and its own credentials (no shared filesystem and
 no secret in Ray's control store), fills in its rank, node 0's address and port, its interface for gloo/NCCL, and
-its local paths, then runs the command in its own process group, tied to the actor's life. Node 0's output is
+its local paths, then runs the command (``tasks.servers.train_node``: one node's share). Node 0's output is
 printed here line by line (the step parses its metrics); a node that fails, or is lost, stops the others and ends
 this program with that node's name and log tail. On success node 0 uploads its output folder; the last line
 printed is a JSON summary.
@@ -16,34 +16,23 @@ printed is a JSON summary.
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
 import json
-import os
-import shutil
 import signal
-import socket
-import struct
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from tasks.files import open_private
-from tasks.launchers import child_environment, stop_group
-from tasks.servers.ray_node import CLIENT_SERVER_FAILED, CONNECT_RETRIES, node_copy
-from tasks.settings import environ, state_dir
+from tasks.servers.ray_node import CLIENT_SERVER_FAILED, CONNECT_RETRIES
+from tasks.servers.train_node import NodeRun
 
 POLL_S = 0.5
 ANSWER_TIMEOUT_S = 60  # a node whose actor does not answer this long is taken as lost
 SAY = "[nodes]"
 METRICS = "[node 0 metrics] "  # a line of node 0's metrics file, as printed here
-STAGED = ".fineflow-staged"  # the marker a staged folder in the bucket ends with (tasks.finetune.nodes)
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def placeholder(name: str) -> str:
+    """What each node fills in (its rank, node 0's address, a local path): ``filled``."""
     return "{ff:" + name + "}"
 
 
@@ -51,119 +40,6 @@ def filled(value: str, values: dict[str, str]) -> str:
     for name, v in values.items():
         value = value.replace(placeholder(name), v)
     return value
-
-
-def interface_of(ip: str) -> str:
-    """The network interface that holds ``ip`` on this machine (gloo and NCCL bind to it), "" if none does."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _, name in socket.if_nameindex():
-            try:
-                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
-            except OSError:
-                continue
-            if socket.inet_ntoa(raw[20:24]) == ip:
-                return name
-    return ""
-
-
-class NodeRun:
-    """One node's share of the job (a Ray actor): fetch the inputs, run the command, report, stop, upload."""
-
-    def __init__(self, job: str, fetch_python: str):
-        self.dir = state_dir() / "nodes" / job
-        (self.dir / "out").mkdir(parents=True, exist_ok=True)
-        self.log = self.dir / "train.log"
-        open_private(self.log).close()
-        self.fetch_python, self.proc, self.code, self.stopped = fetch_python, None, None, False
-
-    def where(self) -> dict:
-        import ray
-
-        node_id = ray.get_runtime_context().get_node_id()
-        ip = next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)  # as the cluster knows it
-        with socket.socket() as s:  # a free port on this node, for node 0's rendezvous
-            s.bind((ip, 0))
-            port = s.getsockname()[1]
-        return {"ip": ip, "ifname": interface_of(ip), "port": port, "host": socket.gethostname(), "pid": os.getpid()}
-
-    def fetch(self, stage: dict[str, str], out_from: str) -> dict[str, str]:
-        """Each staged URI on this node (placeholder name -> local path); ``out_from``: the output folder's
-        earlier contents (checkpoints to resume from) copied into ``out`` first."""
-        paths = {name: node_copy(uri.rsplit("#", 1)[0], self.fetch_python, "stage") for name, uri in stage.items()}
-        paths = {name: str(Path(p) / stage[name].rsplit("#", 1)[1]) if "#" in stage[name] else p
-                 for name, p in paths.items()}
-        if out_from:
-            self._storage("fetch", out_from, str(self.dir / "out-from"))
-            for item in (self.dir / "out-from").iterdir():
-                if item.name != STAGED:
-                    item.rename(self.dir / "out" / item.name)
-        return {**paths, "out": str(self.dir / "out")}
-
-    def _storage(self, *args: str) -> None:
-        subprocess.run([self.fetch_python, "-m", "tasks.services.storage", *args], check=True, env=environ(),
-                       stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
-
-    def start(self, argvs: list[list[str]], env: dict[str, str]) -> None:
-        def run() -> None:
-            code = 0
-            with open_private(self.log, "ab") as log:
-                for argv in argvs:
-                    if self.stopped:
-                        code = -signal.SIGTERM
-                        break
-                    log.write(("$ " + " ".join(argv) + "\n").encode())
-                    log.flush()
-                    guarded = [sys.executable, str(Path(__file__).with_name("tree_guard.py")), "--", *argv]
-                    self.proc = subprocess.Popen(guarded, env={**child_environment(), **env, "PYTHONUNBUFFERED": "1"},
-                                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                 cwd=str(self.dir), start_new_session=True)
-                    code = self.proc.wait()
-                    if code != 0:
-                        break
-            self.code = code
-
-        threading.Thread(target=run, daemon=True).start()
-
-    def poll(self) -> int | None:
-        return self.code
-
-    def read(self, offset: int, path: str = "") -> bytes:
-        """What the command's output (or ``path``: a file it writes) holds from ``offset`` on, up to 1 MiB."""
-        try:
-            with open(path or self.log, "rb") as f:
-                f.seek(offset)
-                return f.read(1 << 20)
-        except FileNotFoundError:  # not written yet
-            return b""
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self.proc and self.proc.poll() is None:  # the guard stops the command's whole tree
-            stop_group(self.proc.pid, signal.SIGTERM, timeout_s=20)
-
-    def upload(self, uri: str) -> None:
-        """The output folder into the bucket, verified."""
-        self._storage("upload", str(self.dir / "out"), uri)
-
-    def weights_sha256(self) -> str:
-        """One hash of the output's weight files outside ``checkpoint-*`` folders (which only rank 0 writes; the
-        configs beside them name the node's own paths): equal on every node when the method keeps a full copy of
-        the weights on each (DDP)."""
-        out = self.dir / "out"
-        digest, found = hashlib.sha256(), False
-        for path in sorted(p for p in out.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
-            name = path.relative_to(out).as_posix()
-            if not any(part.startswith("checkpoint-") for part in name.split("/")):
-                digest.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-                found = True
-        return digest.hexdigest() if found else ""  # "": this node saved no weights (ZeRO: rank 0 saves them)
-
-    def clean(self) -> None:
-        """The output off this node once it is in the bucket (the log stays)."""
-        shutil.rmtree(self.dir / "out", ignore_errors=True)
 
 
 def say(message: str) -> None:

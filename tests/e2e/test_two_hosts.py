@@ -6,7 +6,8 @@ Host A and host B are network namespaces on a private bridge (``tests/support/ho
 B's worker sees none of the cluster's processes or files, as a Kubernetes Job's pod does not. The tests run in order
 on one set-up, each on what the one before left: v1 promoted from A, A lost, B re-runs, B promotes v2 under traffic
 past a shadow canary on the cluster's route, A and B race, a dead holder's slot comes back; then adapter versions
-share one base application.
+share one base application; then each framework finetunes across both hosts' Ray nodes, and last a node is lost
+mid-run.
 """
 
 from __future__ import annotations
@@ -365,7 +366,6 @@ def test_adapter_versions_share_one_base_application_and_promote_while_the_other
     assert fetched and all((p / "adapter_config.json").is_file() for p in fetched), fetched
     # The base is in the bucket too, for a node that lacks it at its path.
     assert storage.exists(f"{adapters.base_uri(base['base_model_revision'])}/{MANIFEST}")
-
 
 
 NODES_MODEL = "fineflow-two-nodes"

@@ -13,7 +13,8 @@ from tasks.finetune.nodes import (ClusterSection, NodesLauncher, across_nodes, l
 from tasks.launchers import LocalLauncher
 from tasks.pipeline.config import load_config
 from tasks.pipeline.config_files import ConfigError
-from tasks.servers.ray_nodes import filled, interface_of
+from tasks.servers.ray_nodes import filled
+from tasks.servers.train_node import interface_of
 from tests.support.paths import REPO, TINY_MODEL
 
 NODE_FLAGS = ["--nnodes=2", "--node_rank={ff:node_rank}", "--master_addr={ff:master_addr}",
