@@ -88,8 +88,16 @@ def bin_path(name: str | None, program: str) -> str:
 
 
 def path_env(name: str | None) -> dict[str, str]:
-    """PATH with the environment's bin first, so tools a framework spawns (torchrun) come from it."""
-    return {"PATH": os.pathsep.join([str(Path(bin_path(name, "python")).parent), env("PATH")])}
+    """PATH with the environment's bin first, so tools a framework spawns (torchrun) come from it; the torch
+    extensions it compiles on first use (DeepSpeed's ops, ~200 s on 2 cores) kept with the environment."""
+    return {"PATH": os.pathsep.join([str(Path(bin_path(name, "python")).parent), env("PATH")]),
+            "TORCH_EXTENSIONS_DIR": str(torch_extensions(name))}
+
+
+def torch_extensions(name: str | None) -> Path:
+    """Where environment ``name``'s JIT-compiled torch extensions live: in its folder of this machine's environment
+    cache, so each machine compiles them once per build of the environment (and never for another torch)."""
+    return (Path(sys.prefix) if name is MAIN else env_dir(name)) / "torch-extensions"
 
 
 def is_built(name: str | None) -> bool:

@@ -56,6 +56,12 @@ class LocalLauncher:
         framework's metrics file: ``follow``)."""
         return follow(path, on_line)
 
+    def mirrors_checkpoints(self, target: str | Path, uri: str) -> bool:
+        """Whether this launcher mirrors the checkpoints its command writes under ``target`` to ``uri`` where they
+        are written (``NodesLauncher``: on node 0). False: they are written on this machine, where the caller
+        mirrors them (``checkpoints.mirror``)."""
+        return False
+
     def run(self, argv: list[str], name: str = "job", extra_env: dict[str, str] | None = None) -> None:
         """Run one argv, stream each output line to the log file and ``on_line``; raise on non-zero exit."""
         env = {**child_environment(), **self.env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}

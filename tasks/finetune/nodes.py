@@ -17,6 +17,8 @@
 - ``tasks.servers.ray_nodes`` runs in the ``ray`` environment: one share per node, placed ``STRICT_SPREAD``; each
   node fetches the files with its own credentials, node 0's output streams back here (the step's log and
   metrics, as on one machine), and a node that fails stops the others and fails the step naming it;
+- node 0 mirrors the checkpoints it writes to the step's checkpoint URI (``mirrors_checkpoints``), from where a
+  run after a crash resumes as on one machine;
 - node 0's output folder comes back through the bucket into ``target_path``, where the merge step finds it.
 
 Every node must hold the checkout and the framework environments at the same paths as this worker (one image).
@@ -143,6 +145,7 @@ class NodesLauncher(LocalLauncher):
         self.cluster, self.nnodes, self.output, self.log = cluster, nodes, output, log
         self.metrics: str | None = None
         self.on_metrics = None
+        self.mirror: dict[str, str] = {}
         self.given_on_line, self.on_line = self.on_line, self._line  # the driver's lines pass through _line
 
     def following(self, path: str | Path | None, on_line):
@@ -150,6 +153,15 @@ class NodesLauncher(LocalLauncher):
         driver prints marked among node 0's output."""
         self.metrics, self.on_metrics = (str(path), on_line) if path else (None, None)
         return nullcontext()
+
+    def mirrors_checkpoints(self, target: str | Path, uri: str) -> bool:
+        """Node 0 writes the checkpoints: it mirrors them to ``uri`` (its copy of ``target``, in the output
+        folder), so a run whose node is lost resumes from the last one."""
+        staged = staged_argvs([[str(target)]], self.output)[0][0][0]
+        if not staged.startswith(placeholder("out")):
+            return False
+        self.mirror = {"target": staged, "uri": uri}
+        return True
 
     def _line(self, line: str) -> None:
         if line.startswith(METRICS):
@@ -170,7 +182,7 @@ class NodesLauncher(LocalLauncher):
         spec = {"argvs": argvs, "env": {**env, **node_env(self.nnodes)},
                 "stage": {n: stage(p, bucket, say) for n, p in inputs.items()},
                 "out_from": stage(self.output, bucket, say) if out.is_dir() and any(out.iterdir()) else "",
-                "out_to": f"s3://{bucket}/nodes/jobs/{job}/out", "follow": follow}
+                "out_to": f"s3://{bucket}/nodes/jobs/{job}/out", "follow": follow, "mirror": self.mirror}
         spec_path = state_dir() / "nodes" / f"{job}.json"
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         with open_private(spec_path, "w") as f:

@@ -218,9 +218,10 @@ def train(config: PipelineConfig, base: ModelRef, data: PreparedDataset, where: 
         checkpoints.restore(target, mirror_uri, logger.info)
     command = trainer.train_command(trainset, valset)
     logger.info("running %s", command)
+    mirror_here = mirror_uri and not trainer.launcher.mirrors_checkpoints(target, mirror_uri)
     try:
         with timed(run_id, "finetune"), trainer.launcher.following(trainer.metrics_file(), on_line), \
-                checkpoints.mirror(target, mirror_uri, logger.info) if mirror_uri else nullcontext():
+                checkpoints.mirror(target, mirror_uri, logger.info) if mirror_here else nullcontext():
             trainer.launcher.launch(command, name="finetune")
     finally:
         if log_path.exists():

@@ -8,8 +8,9 @@ The worker's launcher (``tasks.finetune.nodes``) writes the spec: the command's 
 fetches those files with the main environment's storage client and its own credentials (no shared filesystem and
 no secret in Ray's control store), fills in its rank, node 0's address and port, its interface for gloo/NCCL, and
 its local paths, then runs the command (``tasks.servers.train_node``: one node's share). Node 0's output is
-printed here line by line (the step parses its metrics); a node that fails, or is lost, stops the others and ends
-this program with that node's name and log tail. On success node 0 uploads its output folder; the last line
+printed here line by line (the step parses its metrics), and it mirrors its checkpoints to the bucket
+(``mirror``); a node that fails, or is lost, stops the others and ends this program with that node's name and
+log tail. On success node 0 uploads its output folder; the last line
 printed is a JSON summary.
 """
 
@@ -54,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpus", type=float, default=0, help="GPUs each node's share holds")
     parser.add_argument("--job", required=True, help="the job's name (its folder on each node)")
     parser.add_argument("--fetch-python", required=True, help="the main environment's python on every node")
-    parser.add_argument("--spec", type=Path, required=True, help="JSON: argvs, env, stage, out_from, out_to")
+    parser.add_argument("--spec", type=Path, required=True,
+                        help="JSON: argvs, env, stage, out_from, out_to, follow, mirror")
     parser.add_argument("--place-timeout-s", type=float, default=300)
     return parser.parse_args(argv)
 
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         keep = {"env_vars": {"RAY_kill_child_processes_on_worker_exit": "false"}}
         actors = [remote.options(num_cpus=args.cpus, num_gpus=args.gpus, max_restarts=0, runtime_env=keep,
                                  scheduling_strategy=PlacementGroupSchedulingStrategy(group, i)
-                                 ).remote(args.job, args.fetch_python) for i in range(args.nodes)]
+                                 ).remote(args.job, args.fetch_python, i) for i in range(args.nodes)]
         places = ray.get([a.where.remote() for a in actors], timeout=args.place_timeout_s)
         for rank, place in enumerate(places):
             say(f"node {rank}: {place['ip']} ({place['ifname'] or 'no interface found'})")
@@ -114,11 +116,13 @@ def main(argv: list[str] | None = None) -> None:
                     "master_port": str(master["port"]), "ifname": place["ifname"], "node_ip": place["ip"],
                     **paths[rank]}
 
+        mirror = spec.get("mirror") or {}
         for rank, actor in enumerate(actors):
             values = values_of(rank)
             env = {k: filled(v, values) for k, v in spec["env"].items()}
             actor.start.remote([[filled(a, values) for a in argv] for argv in spec["argvs"]],
-                               {k: v for k, v in env.items() if v})  # no interface found: gloo picks one
+                               {k: v for k, v in env.items() if v},  # no interface found: gloo picks one
+                               {k: filled(v, values) for k, v in mirror.items()} if mirror and rank == 0 else None)
         say(f"started on {args.nodes} nodes; node 0's output follows")
         metrics = filled(spec.get("follow", ""), values_of(0))
         follow(actors, places, metrics)
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for actor in actors:
             try:
-                ray.get(actor.stop.remote(), timeout=30)
+                ray.get(actor.stop.remote(), timeout=60)
             except Exception:  # a lost node's actor: its tree guard takes the command down
                 pass
             ray.kill(actor)

@@ -1,6 +1,6 @@
 """One node's share of a training run across nodes (``tasks.servers.ray_nodes`` places one per node, as a Ray actor):
-fetch the staged inputs onto the node, run the command under ``tree_guard``, report its output and exit, stop it,
-upload the output folder.
+fetch the staged inputs onto the node, run the command under ``tree_guard`` (node 0: with its checkpoints mirrored to
+the bucket), report its output and exit, stop it, upload the output folder.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tasks.settings import environ, state_dir
 
 STAGED = ".fineflow-staged"  # the marker a staged folder in the bucket ends with (tasks.finetune.nodes)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+MIRROR_LAST_S = 60  # for the checkpoint mirror's last sweep once the command ended
 
 
 def interface_of(ip: str) -> str:
@@ -42,12 +43,14 @@ def interface_of(ip: str) -> str:
 class NodeRun:
     """One node's share of the job (a Ray actor): fetch the inputs, run the command, report, stop, upload."""
 
-    def __init__(self, job: str, fetch_python: str):
-        self.dir = state_dir() / "nodes" / job
+    def __init__(self, job: str, fetch_python: str, rank: int = 0):
+        # Per rank: two Ray nodes on one machine (a local cluster) may share its FINEFLOW_HOME.
+        self.dir = state_dir() / "nodes" / job / f"node-{rank}"
         (self.dir / "out").mkdir(parents=True, exist_ok=True)
         self.log = self.dir / "train.log"
         open_private(self.log).close()
         self.fetch_python, self.proc, self.code, self.stopped = fetch_python, None, None, False
+        self.runner: threading.Thread | None = None
 
     def where(self) -> dict:
         import ray
@@ -76,26 +79,40 @@ class NodeRun:
         subprocess.run([self.fetch_python, "-m", "tasks.services.storage", *args], check=True, env=environ(),
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
 
-    def start(self, argvs: list[list[str]], env: dict[str, str]) -> None:
+    def _guarded(self, argv: list[str], env: dict[str, str], log, grace_s: float = 10) -> subprocess.Popen:
+        """``argv`` under ``tree_guard``, its output in the node's log: it and all it starts end with this actor
+        (given ``grace_s`` after SIGTERM)."""
+        guarded = [sys.executable, str(Path(__file__).with_name("tree_guard.py")), "--grace-s", str(grace_s), "--",
+                   *argv]
+        return subprocess.Popen(guarded, env={**child_environment(), **env, "PYTHONUNBUFFERED": "1"}, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(self.dir),
+                                start_new_session=True)
+
+    def start(self, argvs: list[list[str]], env: dict[str, str], mirror: dict[str, str] | None = None) -> None:
+        """Run ``argvs`` one after another; with ``mirror`` ({"target", "uri"}), the complete checkpoints the
+        command writes under ``target`` go to ``uri`` while it runs (the main environment's
+        ``tasks.services.checkpoints mirror``), and once more after it ends, however it ends."""
         def run() -> None:
             code = 0
             with open_private(self.log, "ab") as log:
+                mirroring = mirror and self._guarded([self.fetch_python, "-m", "tasks.services.checkpoints", "mirror",
+                                                      mirror["target"], mirror["uri"]], environ(), log, MIRROR_LAST_S)
                 for argv in argvs:
                     if self.stopped:
                         code = -signal.SIGTERM
                         break
                     log.write(("$ " + " ".join(argv) + "\n").encode())
                     log.flush()
-                    guarded = [sys.executable, str(Path(__file__).with_name("tree_guard.py")), "--", *argv]
-                    self.proc = subprocess.Popen(guarded, env={**child_environment(), **env, "PYTHONUNBUFFERED": "1"},
-                                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                 cwd=str(self.dir), start_new_session=True)
+                    self.proc = self._guarded(argv, env, log)
                     code = self.proc.wait()
                     if code != 0:
                         break
+                if mirroring:  # its last sweep uploads what was saved at the end (or just before a crash)
+                    stop_group(mirroring.pid, signal.SIGTERM, timeout_s=MIRROR_LAST_S)
             self.code = code
 
-        threading.Thread(target=run, daemon=True).start()
+        self.runner = threading.Thread(target=run, daemon=True)
+        self.runner.start()
 
     def poll(self) -> int | None:
         return self.code
@@ -116,6 +133,8 @@ class NodeRun:
         self.stopped = True
         if self.proc and self.proc.poll() is None:  # the guard stops the command's whole tree
             stop_group(self.proc.pid, signal.SIGTERM, timeout_s=20)
+        if self.runner:  # the checkpoint mirror's last sweep (if it takes longer, its guard lets it finish)
+            self.runner.join(timeout=30)
 
     def upload(self, uri: str) -> None:
         """The output folder into the bucket, verified."""

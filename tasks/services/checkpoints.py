@@ -7,12 +7,18 @@ writes into a checkpoint, is whole and names the folder's step. ``mirror`` uploa
 training runs, its marker last, so the bucket never holds a checkpoint that looks complete and is not;
 ``restore`` fetches the newest complete one when the working directory has none (a run on another worker,
 or after the disk was lost), so training resumes there instead of starting over.
+
+On a node of a run across machines (``tasks.servers.train_node``), where the checkpoints are written:
+
+    python -m tasks.services.checkpoints mirror TARGET URI    # until SIGTERM, then one last sweep
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -77,8 +83,9 @@ def upload(checkpoint: Path, uri: str) -> None:
 
 @contextmanager
 def mirror(target: Path, uri: str, log: Callable[[str], None], interval_s: float = 2.0) -> Iterator[None]:
-    """While the block runs (training), upload every checkpoint under ``target`` once it is complete."""
-    done: set[str] = set()
+    """While the block runs (training), upload every checkpoint under ``target`` once it is complete (one restored
+    from ``uri`` is there already)."""
+    done = set(mirrored(uri))
     stop = threading.Event()
 
     def sweep() -> None:
@@ -106,6 +113,14 @@ def mirror(target: Path, uri: str, log: Callable[[str], None], interval_s: float
         sweep()  # what was saved at the end, or just before a crash
 
 
+def mirrored(uri: str) -> list[str]:
+    """The names of the complete checkpoints under ``uri``, oldest first."""
+    from tasks.services import storage
+
+    keys = storage.list_keys(uri.rstrip("/") + "/")
+    return sorted({k.rsplit("/", 2)[-2] for k in keys if k.endswith(f"/{COMPLETE}")}, key=lambda n: _step(Path(n)))
+
+
 def restore(target: Path, uri: str, log: Callable[[str], None]) -> Path | None:
     """The newest complete checkpoint from ``uri`` into ``target`` when ``target`` holds none complete; returns
     it (None when there is nothing to restore)."""
@@ -113,9 +128,7 @@ def restore(target: Path, uri: str, log: Callable[[str], None]) -> Path | None:
 
     if complete_local(target):
         return None
-    keys = storage.list_keys(uri.rstrip("/") + "/")
-    marked = sorted({k.rsplit("/", 2)[-2] for k in keys if k.endswith(f"/{COMPLETE}")},
-                    key=lambda name: _step(Path(name)))
+    marked = mirrored(uri)
     if not marked:
         return None
     newest = target / marked[-1]
@@ -123,3 +136,23 @@ def restore(target: Path, uri: str, log: Callable[[str], None]) -> Path | None:
         storage.download_dir(f"{uri.rstrip('/')}/{marked[-1]}/", partial)
     log(f"restored {newest.name} from {uri}: training resumes from it")
     return newest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Mirror a training's complete checkpoints to the bucket.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    mirroring = sub.add_parser("mirror", help="upload each complete checkpoint under TARGET to URI until SIGTERM")
+    mirroring.add_argument("target", type=Path)
+    mirroring.add_argument("uri")
+    mirroring.add_argument("--interval-s", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with mirror(args.target, args.uri, lambda line: print(line, flush=True), args.interval_s):
+        while not stop.wait(1.0):  # woken by the signal handler within a second
+            pass
+
+
+if __name__ == "__main__":
+    main()

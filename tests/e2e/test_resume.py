@@ -147,3 +147,46 @@ def test_force_trains_again_from_scratch(resumed, forced):
     assert mlrun.data.tags["cache_hit"] == "false" and "cache_hit.evaluate" not in mlrun.data.tags
     assert mlrun.data.tags["registered_version"] != resumed["run"].data.tags["registered_version"]
     assert len(registry.client().search_model_versions(f"name = '{MODEL}'")) == forced["versions_before"] + 1
+
+
+def test_the_checkpoint_mirror_of_a_node_uploads_while_training_runs_and_once_more_when_stopped(stack, tmp_path):
+    """``python -m tasks.services.checkpoints mirror`` (what node 0 of a run across machines runs beside its
+    training): a complete checkpoint reaches the bucket while it runs, a half-written one never does, and the one
+    completed just before SIGTERM goes in its last sweep."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tasks.services.checkpoints import COMPLETE, TRAINER_STATE
+    from tasks.settings import Settings, environ
+
+    uri = f"s3://{Settings.load().s3_bucket}/checkpoints/mirror-cli-{time.time_ns()}"
+
+    def saved(step: int, whole: bool = True) -> None:
+        path = tmp_path / f"checkpoint-{step}"
+        path.mkdir()
+        (path / "adapter_model.safetensors").write_bytes(b"w" * 1000)
+        (path / TRAINER_STATE).write_text(json.dumps({"global_step": step}) if whole else '{"global_st')
+
+    def marked(step: int) -> bool:
+        return any(k.endswith(f"checkpoint-{step}/{COMPLETE}") for k in storage.list_keys(uri + "/"))
+
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.services.checkpoints", "mirror", str(tmp_path), uri,
+                             "--interval-s", "0.5"], env=environ(), stdout=subprocess.PIPE, text=True)
+    try:
+        saved(5)
+        saved(7, whole=False)  # its trainer was killed writing it
+        deadline = time.monotonic() + 60
+        while not marked(5):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
+            time.sleep(0.5)
+        saved(10)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert marked(10) and not marked(7), storage.list_keys(uri + "/")
+    assert f"mirrored checkpoint-10 to {uri}" in out
+    storage.delete_prefix(uri + "/")

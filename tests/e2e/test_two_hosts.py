@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from infra.demo import follow, start_deployment
+from tasks import envs
 from tasks.files import slug
 from tasks.models.mirror import MANIFEST
 from tasks.servers.adapters import BASE_RECORD
@@ -383,14 +384,13 @@ ACROSS = {
 }
 
 
-def across_both(hosts: Hosts, framework: str = "alpacalora", max_steps: int | None = None) -> dict:
+def across_both(hosts: Hosts, framework: str = "alpacalora", force: bool = True, **finetune_params) -> dict:
     """The pipeline with its finetune on both hosts' Ray nodes, one process on each (run from B, which sees no
     node's processes or files: it reaches the cluster through the client server)."""
     config, params, _ = ACROSS[framework]
     gate = {**PASSES, "metric": "ndcg_at_10"} if framework == "flagembedding" else PASSES
-    return {"config_path": config, "force": True, "overrides": {
-        "finetune": {"framework": framework, "nodes": 2, "params": {**params, **({"max_steps": max_steps}
-                                                                                   if max_steps else {})},
+    return {"config_path": config, "force": force, "overrides": {
+        "finetune": {"framework": framework, "nodes": 2, "params": {**params, **finetune_params},
                      "cluster": {"address": hosts.ray_client, "place_timeout_s": 120}},
         "evaluate": {"max_samples": 20, "gate": gate},
         "registry": {"model_name": f"{NODES_MODEL}-{framework}"}, "deploy": {"serving": hosts.serving(replicas=1)}}}
@@ -400,12 +400,23 @@ def trainers(host) -> set[int]:
     return set().union(*(host.processes(marker) for marker in TRAINERS))
 
 
-def watch_trainers(hosts: Hosts, seen: dict, stop: threading.Event) -> None:
-    """Each host's training processes, every half second, until ``stop`` (bounded: 15 min)."""
-    deadline = time.monotonic() + 900
-    while not stop.wait(0.5) and time.monotonic() < deadline:
-        for host in (hosts.a, hosts.b):
-            seen[host.name] |= trainers(host)
+def watched(hosts: Hosts, parameters: dict, out: dict | None = None) -> tuple:
+    """``run_on("b", parameters)``, with each host's training processes seen while it ran (every half second)."""
+    seen, stop = {"a": set(), "b": set()}, threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + 900
+        while not stop.wait(0.5) and time.monotonic() < deadline:
+            for host in (hosts.a, hosts.b):
+                seen[host.name] |= trainers(host)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        return (*run_on("b", parameters, out), seen)
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
 
 
 def no_trainer_left(hosts: Hosts, timeout_s: float = 30) -> dict:
@@ -416,24 +427,13 @@ def no_trainer_left(hosts: Hosts, timeout_s: float = 30) -> dict:
     return left
 
 
-@pytest.mark.parametrize("framework", list(ACROSS))
-def test_a_finetune_across_both_hosts_trains_one_rank_on_each_and_registers_the_merged_model(hosts, tmp_path,
-                                                                                            framework):
-    """``finetune.nodes: 2``: the step places one share on each host's node (STRICT_SPREAD), each fetches the
-    base model and the data from the bucket and joins torchrun's rendezvous at node 0; node 0's log is the step's,
-    its loss curve reaches MLflow, and the model comes back through the bucket to be merged, registered and served.
-    AlpacaLoRA (DDP) ends with the same weights on both nodes; LLaMA-Factory (ZeRO-2) and FlagEmbedding
-    (negatives shared across the nodes' processes) save them on node 0 only."""
+def trained_on_both(hosts: Hosts, framework: str, flow_run_id, state, logs: str, seen: dict, tmp_path) -> str:
+    """What every run across the two hosts shows: a rank's processes on each host while it ran, one world of 2,
+    node 0's loss curve in MLflow, the weights each node ended with (AlpacaLoRA's DDP: the same on both;
+    LLaMA-Factory's ZeRO-2 and FlagEmbedding: saved on node 0 only), the version registered and serving, no
+    training process left. Returns node 0's log."""
     _, _, (path, body) = ACROSS[framework]
     model = f"{NODES_MODEL}-{framework}"
-    seen, stop = {"a": set(), "b": set()}, threading.Event()
-    watcher = threading.Thread(target=watch_trainers, args=(hosts, seen, stop), daemon=True)
-    watcher.start()
-    try:
-        flow_run_id, state, logs = run_on("b", across_both(hosts, framework))
-    finally:
-        stop.set()
-        watcher.join(timeout=30)
     assert state.is_completed(), logs[-4000:]
     if hosts.isolated:
         assert seen["a"] and seen["b"], seen  # a rank's processes in each host's process list while it ran
@@ -453,21 +453,41 @@ def test_a_finetune_across_both_hosts_trains_one_rank_on_each_and_registers_the_
     assert reply.status_code == 200 and reply.headers["x-fineflow-version"] == version, reply.text
     left = no_trainer_left(hosts)
     assert not any(left.values()), left
+    return text
 
 
-def test_a_node_lost_mid_run_fails_the_step_naming_it_and_leaves_no_process_on_either_host(hosts):
-    """B's Ray node is killed while both ranks train: the step fails within a bounded time naming B's node, the
-    rank on A is stopped, nothing is registered. (Last in the module: the cluster has one node after it.)"""
-    model = f"{NODES_MODEL}-alpacalora"
+@pytest.mark.parametrize("framework", ["llamafactory", "flagembedding"])  # AlpacaLoRA: the crash test below
+def test_a_finetune_across_both_hosts_trains_one_rank_on_each_and_registers_the_merged_model(hosts, tmp_path,
+                                                                                            framework):
+    """``finetune.nodes: 2``: the step places one share on each host's node (STRICT_SPREAD), each fetches the
+    base model and the data from the bucket and joins torchrun's rendezvous at node 0; node 0's log is the step's,
+    its loss curve reaches MLflow, and the model comes back through the bucket to be merged, registered and served.
+    LLaMA-Factory runs DeepSpeed ZeRO-2, whose ops each machine compiles once, into the environment's cache;
+    FlagEmbedding shares its negatives across the nodes' processes."""
+    trained_on_both(hosts, framework, *watched(hosts, across_both(hosts, framework)), tmp_path)
+    if framework == "llamafactory":  # the op the nodes' DeepSpeed compiled (gloo's shared-memory all-reduce)
+        assert list((envs.torch_extensions("llamafactory") / "deepspeed_shm_comm").glob("*.so"))
+
+
+def test_a_node_lost_mid_run_fails_the_step_naming_it_and_the_next_run_resumes_from_node_0s_checkpoint(hosts,
+                                                                                                      tmp_path):
+    """AlpacaLoRA (DDP) across both hosts, not forced: once node 0 has mirrored a checkpoint to the bucket, B's Ray
+    node is killed. The step fails within a bounded time naming B's node, the rank on A is stopped, nothing is
+    registered. With B's node back, the same pipeline runs again: both nodes get the checkpoint through the bucket
+    and training resumes from it, to a model registered and served like any run across the two hosts."""
+    model, bucket = f"{NODES_MODEL}-alpacalora", Settings.load().s3_bucket
     versions = {v.version for v in registry.client().search_model_versions(f"name = '{model}'")}
+    parameters = across_both(hosts, force=False, max_steps=60, save_steps=10, logging_steps=5)
+    marks = {k for k in storage.list_keys(f"s3://{bucket}/checkpoints/") if k.endswith("/fineflow_complete")}
     out: dict = {}
-    runner = threading.Thread(target=run_on, args=("b", across_both(hosts, max_steps=100_000), out), daemon=True)
+    runner = threading.Thread(target=run_on, args=("b", parameters, out), daemon=True)
     runner.start()
     deadline = time.monotonic() + 600
-    while not (trainers(hosts.a) and trainers(hosts.b)):
+    while not (new := {k for k in storage.list_keys(f"s3://{bucket}/checkpoints/")
+                       if k.endswith("/fineflow_complete")} - marks):
         assert runner.is_alive() and time.monotonic() < deadline, "\n".join(out.get("lines", []))[-4000:]
         time.sleep(0.5)
-    time.sleep(3)
+    assert trainers(hosts.a) and trainers(hosts.b)  # both ranks still train, node 0 past its first checkpoint
     hosts.b.kill("ray-worker")  # the machine's Ray node, and every process it started, killed at once
     killed_at = time.monotonic()
     runner.join(timeout=600)
@@ -479,3 +499,17 @@ def test_a_node_lost_mid_run_fails_the_step_naming_it_and_leaves_no_process_on_e
     assert {v.version for v in registry.client().search_model_versions(f"name = '{model}'")} == versions
     left = no_trainer_left(hosts)
     assert not any(left.values()), left
+    checkpoint_uri = f"s3://{bucket}/{next(iter(new)).rsplit('/', 2)[0]}"  # s3://BUCKET/checkpoints/KEY
+    saved = sorted(int(k.rsplit("/", 2)[-2].rsplit("-", 1)[1]) for k in storage.list_keys(checkpoint_uri + "/")
+                   if k.endswith("/fineflow_complete"))
+    assert saved and saved[-1] < 60, saved
+
+    hosts.start_ray_worker()
+    hosts.wait_for_nodes(2)
+    flow_run_id, state, logs, seen = watched(hosts, parameters)
+    text = trained_on_both(hosts, "alpacalora", flow_run_id, state, logs, seen, tmp_path)
+    assert f"restored checkpoint-{saved[-1]} from {checkpoint_uri}" in logs, logs[-4000:]
+    assert "resuming from " in text and f"checkpoint-{saved[-1]}" in text.split("resuming from ", 1)[1][:300]
+    run_id = tracking.run_for_flow_run(str(flow_run_id)).info.run_id
+    steps_logged = sorted(m.step for m in tracking.client().get_metric_history(run_id, "train_loss"))
+    assert steps_logged[0] > saved[-1] and steps_logged[-1] == 60, steps_logged

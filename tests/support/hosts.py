@@ -218,10 +218,15 @@ class Hosts:
         self.a.start("ray-head", head.argvs[-1], head.env)
         self.ray_procs.append((self.a, "ray-head"))
         self.wait_for_nodes(1)
-        self.b.start("ray-worker", worker.argvs[-1], worker.env)
+        self.ray_worker = worker
+        self.start_ray_worker()
         self.ray_procs.append((self.b, "ray-worker"))
         self.wait_for_nodes(2)
         self.serve_http = f"{self.a.ip}:{free_port()}"
+
+    def start_ray_worker(self) -> None:
+        """B's Ray node (again, after a test killed it: ``wait_for_nodes(2)`` then sees it join)."""
+        self.b.start("ray-worker", self.ray_worker.argvs[-1], self.ray_worker.env)
 
     def wait_for_nodes(self, n: int) -> None:
         wait_for_nodes(self.ray_address, n, [host.procs[label] for host, label in self.ray_procs])

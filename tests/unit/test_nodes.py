@@ -80,6 +80,20 @@ def test_the_launcher_is_the_cluster_only_for_more_than_one_node(tmp_path):
         launcher_for(2, None, str(tmp_path))
 
 
+def test_across_nodes_node_0_mirrors_the_checkpoints_and_on_one_machine_the_step_does(tmp_path):
+    cluster, uri = ClusterSection(address="ray://10.0.0.1:10001"), "s3://b/checkpoints/key"
+    assert not launcher_for(1, cluster, str(tmp_path)).mirrors_checkpoints(tmp_path / "lora", uri)
+    many = launcher_for(2, cluster, str(tmp_path))
+    assert many.mirrors_checkpoints(tmp_path / "lora", uri)
+    assert many.mirror == {"target": "{ff:out}/lora", "uri": uri}  # node 0's copy of the folder
+    assert not launcher_for(2, cluster, str(tmp_path)).mirrors_checkpoints(tmp_path.parent / "elsewhere", uri)
+
+
+def test_a_frameworks_torch_extensions_are_kept_with_its_environment():
+    dirs = envs.path_env("llamafactory")["TORCH_EXTENSIONS_DIR"], envs.path_env(envs.MAIN)["TORCH_EXTENSIONS_DIR"]
+    assert dirs[0] == str(envs.env_dir("llamafactory") / "torch-extensions") and dirs[1] != dirs[0]
+
+
 def test_llamafactory_across_nodes_names_its_paths_as_overrides_and_starts_torchrun_itself(tmp_path):
     from tasks.finetune import llamafactory
 
@@ -136,3 +150,13 @@ def test_a_config_across_nodes_loads_and_its_plan_says_where(tmp_path):
     section = load_config(path).finetune
     assert (section.nodes, section.nproc, section.cluster.gpus_per_node) == (3, 2, 2)
     assert described(section) == " on each of 3 nodes of the Ray cluster at ray://10.0.0.1:10001 (tasks.finetune.nodes)"
+
+
+def test_two_nodes_of_one_job_on_one_machine_keep_apart():
+    """Two Ray nodes on one machine (a local cluster) share its FINEFLOW_HOME: each share has its own folder."""
+    import sys
+
+    from tasks.servers.train_node import NodeRun
+
+    first, second = NodeRun("job-x", sys.executable, 0), NodeRun("job-x", sys.executable, 1)
+    assert first.dir != second.dir and (first.dir / "out").is_dir() and (second.dir / "out").is_dir()
