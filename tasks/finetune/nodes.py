@@ -17,8 +17,8 @@
 - ``tasks.servers.ray_nodes`` runs in the ``ray`` environment: one share per node, placed ``STRICT_SPREAD``; each
   node fetches the files with its own credentials, node 0's output streams back here (the step's log and
   metrics, as on one machine), and a node that fails stops the others and fails the step naming it;
-- node 0 mirrors the checkpoints it writes to the step's checkpoint URI (``mirrors_checkpoints``), from where a
-  run after a crash resumes as on one machine;
+- each checkpoint goes to the step's checkpoint URI as it is saved, every node's part of it
+  (``mirrors_checkpoints``), from where a run after a crash resumes as on one machine;
 - node 0's output folder comes back through the bucket into ``target_path``, where the merge step finds it.
 
 Every node must hold the checkout and the framework environments at the same paths as this worker (one image).
@@ -155,8 +155,9 @@ class NodesLauncher(LocalLauncher):
         return nullcontext()
 
     def mirrors_checkpoints(self, target: str | Path, uri: str) -> bool:
-        """Node 0 writes the checkpoints: it mirrors them to ``uri`` (its copy of ``target``, in the output
-        folder), so a run whose node is lost resumes from the last one."""
+        """The checkpoints are written on the nodes (each rank its part): the driver mirrors them from there to
+        ``uri`` (each node's copy of ``target``, in its output folder), so a run whose node is lost resumes from
+        the last one."""
         staged = staged_argvs([[str(target)]], self.output)[0][0][0]
         if not staged.startswith(placeholder("out")):
             return False

@@ -1,12 +1,13 @@
 """One node's share of a training run across nodes (``tasks.servers.ray_nodes`` places one per node, as a Ray actor):
-fetch the staged inputs onto the node, run the command under ``tree_guard`` (node 0: with its checkpoints mirrored to
-the bucket), report its output and exit, stop it, upload the output folder.
+fetch the staged inputs onto the node, run the command under ``tree_guard``, report its output and exit, upload its
+part of each checkpoint, stop it, upload the output folder.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -24,7 +25,6 @@ from tasks.settings import environ, state_dir
 
 STAGED = ".fineflow-staged"  # the marker a staged folder in the bucket ends with (tasks.finetune.nodes)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-MIRROR_LAST_S = 60  # for the checkpoint mirror's last sweep once the command ended
 
 
 def interface_of(ip: str) -> str:
@@ -50,7 +50,7 @@ class NodeRun:
         self.log = self.dir / "train.log"
         open_private(self.log).close()
         self.fetch_python, self.proc, self.code, self.stopped = fetch_python, None, None, False
-        self.runner: threading.Thread | None = None
+        self.checkpoint_folders: list[tuple[str, int]] = []  # what pending_checkpoints last looked at
 
     def where(self) -> dict:
         import ray
@@ -69,50 +69,75 @@ class NodeRun:
         paths = {name: str(Path(p) / stage[name].rsplit("#", 1)[1]) if "#" in stage[name] else p
                  for name, p in paths.items()}
         if out_from:
-            self._storage("fetch", out_from, str(self.dir / "out-from"))
+            self._main_env("tasks.services.storage", "fetch", out_from, str(self.dir / "out-from"))
             for item in (self.dir / "out-from").iterdir():
                 if item.name != STAGED:
                     item.rename(self.dir / "out" / item.name)
         return {**paths, "out": str(self.dir / "out")}
 
-    def _storage(self, *args: str) -> None:
-        subprocess.run([self.fetch_python, "-m", "tasks.services.storage", *args], check=True, env=environ(),
-                       stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
+    def _main_env(self, module: str, *args: str) -> str:
+        """``python -m module ARGS`` of the main environment (the bucket's client, this node's credentials)."""
+        return subprocess.run([self.fetch_python, "-m", module, *args], check=True, env=environ(), text=True,
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=3600).stdout
 
-    def _guarded(self, argv: list[str], env: dict[str, str], log, grace_s: float = 10) -> subprocess.Popen:
-        """``argv`` under ``tree_guard``, its output in the node's log: it and all it starts end with this actor
-        (given ``grace_s`` after SIGTERM)."""
-        guarded = [sys.executable, str(Path(__file__).with_name("tree_guard.py")), "--grace-s", str(grace_s), "--",
-                   *argv]
-        return subprocess.Popen(guarded, env={**child_environment(), **env, "PYTHONUNBUFFERED": "1"}, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(self.dir),
-                                start_new_session=True)
-
-    def start(self, argvs: list[list[str]], env: dict[str, str], mirror: dict[str, str] | None = None) -> None:
-        """Run ``argvs`` one after another; with ``mirror`` ({"target", "uri"}), the complete checkpoints the
-        command writes under ``target`` go to ``uri`` while it runs (the main environment's
-        ``tasks.services.checkpoints mirror``), and once more after it ends, however it ends."""
+    def start(self, argvs: list[list[str]], env: dict[str, str]) -> None:
         def run() -> None:
             code = 0
             with open_private(self.log, "ab") as log:
-                mirroring = mirror and self._guarded([self.fetch_python, "-m", "tasks.services.checkpoints", "mirror",
-                                                      mirror["target"], mirror["uri"]], environ(), log, MIRROR_LAST_S)
                 for argv in argvs:
                     if self.stopped:
                         code = -signal.SIGTERM
                         break
                     log.write(("$ " + " ".join(argv) + "\n").encode())
                     log.flush()
-                    self.proc = self._guarded(argv, env, log)
+                    guarded = [sys.executable, str(Path(__file__).with_name("tree_guard.py")), "--", *argv]
+                    self.proc = subprocess.Popen(guarded, env={**child_environment(), **env, "PYTHONUNBUFFERED": "1"},
+                                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                 cwd=str(self.dir), start_new_session=True)
                     code = self.proc.wait()
                     if code != 0:
                         break
-                if mirroring:  # its last sweep uploads what was saved at the end (or just before a crash)
-                    stop_group(mirroring.pid, signal.SIGTERM, timeout_s=MIRROR_LAST_S)
             self.code = code
 
-        self.runner = threading.Thread(target=run, daemon=True)
-        self.runner.start()
+        threading.Thread(target=run, daemon=True).start()
+
+    def pending_checkpoints(self, target: str, uri: str, force: bool = False) -> list[str]:
+        """Node 0: the checkpoints under ``target`` its trainer finished (every rank saved its part) that ``uri``
+        lacks. Asked only when a checkpoint folder or a file in one appeared since the last time (or ``force``):
+        the answer starts a process and lists the bucket, every few seconds beside the training otherwise."""
+        folders = []
+        for path in Path(target).glob("checkpoint-*"):
+            try:
+                folders.append((path.name, path.stat().st_mtime_ns))
+            except FileNotFoundError:  # rotated away meanwhile
+                pass
+        if sorted(folders) == self.checkpoint_folders and not force:
+            return []
+        self.checkpoint_folders = sorted(folders)
+        return json.loads(self._main_env("tasks.services.checkpoints", "pending", target, uri))
+
+    def snapshot_checkpoint(self, target: str, name: str) -> bool:
+        """This node's files of checkpoint ``name`` hard-linked aside, at once: the trainer rotates old checkpoints
+        away (``save_total_limit``), maybe while one uploads. False: this node holds no such folder."""
+        source, snapshot = Path(target) / name, self.dir / "mirror" / name
+        shutil.rmtree(snapshot, ignore_errors=True)
+        if not source.is_dir():
+            return False
+        try:
+            shutil.copytree(source, snapshot, copy_function=os.link)
+        except (OSError, shutil.Error):  # rotated away while it was linked
+            shutil.rmtree(snapshot, ignore_errors=True)
+            return False
+        return True
+
+    def upload_checkpoint(self, name: str, uri: str, part: bool) -> None:
+        """This node's snapshot of checkpoint ``name`` into ``uri`` (``part``: without the marker, which node 0's
+        upload writes last), then the snapshot removed."""
+        snapshot = self.dir / "mirror" / name
+        try:
+            self._main_env("tasks.services.checkpoints", "upload", str(snapshot), uri, *(["--part"] if part else []))
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
 
     def poll(self) -> int | None:
         return self.code
@@ -133,12 +158,10 @@ class NodeRun:
         self.stopped = True
         if self.proc and self.proc.poll() is None:  # the guard stops the command's whole tree
             stop_group(self.proc.pid, signal.SIGTERM, timeout_s=20)
-        if self.runner:  # the checkpoint mirror's last sweep (if it takes longer, its guard lets it finish)
-            self.runner.join(timeout=30)
 
     def upload(self, uri: str) -> None:
         """The output folder into the bucket, verified."""
-        self._storage("upload", str(self.dir / "out"), uri)
+        self._main_env("tasks.services.storage", "upload", str(self.dir / "out"), uri)
 
     def weights_sha256(self) -> str:
         """One hash of the output's weight files outside ``checkpoint-*`` folders (which only rank 0 writes; the

@@ -8,9 +8,12 @@ training runs, its marker last, so the bucket never holds a checkpoint that look
 ``restore`` fetches the newest complete one when the working directory has none (a run on another worker,
 or after the disk was lost), so training resumes there instead of starting over.
 
-On a node of a run across machines (``tasks.servers.train_node``), where the checkpoints are written:
+A run across machines (``tasks.servers.ray_nodes``) mirrors from the nodes, where the checkpoints are written: each
+rank saves its own part (its RNG state, its ZeRO optimizer partition), so every node uploads its part and node 0,
+whose ``trainer_state.json`` means all ranks saved, its own with the marker last:
 
-    python -m tasks.services.checkpoints mirror TARGET URI    # until SIGTERM, then one last sweep
+    python -m tasks.services.checkpoints pending TARGET URI          # on node 0: what to mirror, JSON
+    python -m tasks.services.checkpoints upload TARGET/NAME URI [--part]
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,13 +73,15 @@ def last_complete(target: str | Path) -> str | None:
     return str(complete[-1]) if complete else None
 
 
-def upload(checkpoint: Path, uri: str) -> None:
+def upload(checkpoint: Path, uri: str, mark: bool = True) -> None:
+    """The checkpoint's files into ``uri/NAME``; with ``mark``, its marker last (without: one node's part of a
+    checkpoint written across nodes, which node 0 marks once every part is there)."""
     from tasks.services import storage
 
     client = storage.s3_client()
     bucket, prefix = storage.split_uri(f"{uri.rstrip('/')}/{checkpoint.name}")
     saved = sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != COMPLETE)
-    for path in [*saved, checkpoint / COMPLETE]:  # the marker last
+    for path in [*saved, *([checkpoint / COMPLETE] if mark else [])]:  # the marker last
         client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(checkpoint).as_posix()}")
 
 
@@ -139,19 +143,21 @@ def restore(target: Path, uri: str, log: Callable[[str], None]) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Mirror a training's complete checkpoints to the bucket.")
+    parser = argparse.ArgumentParser(description="Checkpoints of a training across nodes, and the bucket.")
     sub = parser.add_subparsers(dest="command", required=True)
-    mirroring = sub.add_parser("mirror", help="upload each complete checkpoint under TARGET to URI until SIGTERM")
-    mirroring.add_argument("target", type=Path)
-    mirroring.add_argument("uri")
-    mirroring.add_argument("--interval-s", type=float, default=2.0)
+    pending = sub.add_parser("pending", help="print the complete checkpoints under TARGET that URI lacks (JSON)")
+    pending.add_argument("target", type=Path)
+    pending.add_argument("uri")
+    up = sub.add_parser("upload", help="upload one checkpoint folder to URI/NAME (the marker last)")
+    up.add_argument("checkpoint", type=Path)
+    up.add_argument("uri")
+    up.add_argument("--part", action="store_true", help="one node's part: no marker; a missing folder is no part")
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    with mirror(args.target, args.uri, lambda line: print(line, flush=True), args.interval_s):
-        while not stop.wait(1.0):  # woken by the signal handler within a second
-            pass
+    if args.command == "pending":
+        there = set(mirrored(args.uri))
+        print(json.dumps([p.name for p in complete_local(args.target) if p.name not in there]))
+    elif args.checkpoint.is_dir() or not args.part:  # node 0's checkpoint rotated away meanwhile: an error
+        upload(args.checkpoint, args.uri, mark=not args.part)
 
 
 if __name__ == "__main__":

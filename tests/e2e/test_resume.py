@@ -149,44 +149,39 @@ def test_force_trains_again_from_scratch(resumed, forced):
     assert len(registry.client().search_model_versions(f"name = '{MODEL}'")) == forced["versions_before"] + 1
 
 
-def test_the_checkpoint_mirror_of_a_node_uploads_while_training_runs_and_once_more_when_stopped(stack, tmp_path):
-    """``python -m tasks.services.checkpoints mirror`` (what node 0 of a run across machines runs beside its
-    training): a complete checkpoint reaches the bucket while it runs, a half-written one never does, and the one
-    completed just before SIGTERM goes in its last sweep."""
+
+def test_a_checkpoint_saved_across_nodes_counts_once_every_nodes_part_and_node_0s_marker_are_in(stack, tmp_path):
+    """What the driver of a run across machines runs on its nodes (``python -m tasks.services.checkpoints``): node
+    0 lists the checkpoints its trainer finished that the bucket lacks; node 1 uploads its part (no marker), node 0
+    its own with the marker last; restoring then brings back both nodes' files."""
     import json
-    import signal
     import subprocess
     import sys
 
-    from tasks.services.checkpoints import COMPLETE, TRAINER_STATE
+    from tasks.services import checkpoints
+    from tasks.services.checkpoints import TRAINER_STATE
     from tasks.settings import Settings, environ
 
-    uri = f"s3://{Settings.load().s3_bucket}/checkpoints/mirror-cli-{time.time_ns()}"
+    uri = f"s3://{Settings.load().s3_bucket}/checkpoints/nodes-{time.time_ns()}"
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    for step, whole in ((5, True), (7, False)):  # checkpoint-7: its trainer was killed writing it
+        (node0 / f"checkpoint-{step}").mkdir(parents=True)
+        (node0 / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"w" * 1000)
+        (node0 / f"checkpoint-{step}" / TRAINER_STATE).write_text(json.dumps({"global_step": step}) if whole else "{")
+    (node1 / "checkpoint-5").mkdir(parents=True)
+    (node1 / "checkpoint-5" / "rng_state_1.pth").write_bytes(b"r" * 10)
 
-    def saved(step: int, whole: bool = True) -> None:
-        path = tmp_path / f"checkpoint-{step}"
-        path.mkdir()
-        (path / "adapter_model.safetensors").write_bytes(b"w" * 1000)
-        (path / TRAINER_STATE).write_text(json.dumps({"global_step": step}) if whole else '{"global_st')
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "tasks.services.checkpoints", *args], env=environ(), check=True,
+                              capture_output=True, text=True, timeout=120).stdout
 
-    def marked(step: int) -> bool:
-        return any(k.endswith(f"checkpoint-{step}/{COMPLETE}") for k in storage.list_keys(uri + "/"))
-
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.services.checkpoints", "mirror", str(tmp_path), uri,
-                             "--interval-s", "0.5"], env=environ(), stdout=subprocess.PIPE, text=True)
-    try:
-        saved(5)
-        saved(7, whole=False)  # its trainer was killed writing it
-        deadline = time.monotonic() + 60
-        while not marked(5):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
-            time.sleep(0.5)
-        saved(10)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, out
-    assert marked(10) and not marked(7), storage.list_keys(uri + "/")
-    assert f"mirrored checkpoint-10 to {uri}" in out
+    assert json.loads(cli("pending", str(node0), uri)) == ["checkpoint-5"]
+    cli("upload", str(node1 / "checkpoint-5"), uri, "--part")
+    cli("upload", str(node1 / "checkpoint-9"), uri, "--part")  # no part of it on this node: nothing to upload
+    assert json.loads(cli("pending", str(node0), uri)) == ["checkpoint-5"]  # not marked by a part
+    cli("upload", str(node0 / "checkpoint-5"), uri)
+    assert json.loads(cli("pending", str(node0), uri)) == [] and checkpoints.mirrored(uri) == ["checkpoint-5"]
+    restored = checkpoints.restore(tmp_path / "worker", uri, print)
+    assert sorted(p.name for p in restored.iterdir()) == ["adapter_model.safetensors", "fineflow_complete",
+                                                          "rng_state_1.pth", TRAINER_STATE]
     storage.delete_prefix(uri + "/")

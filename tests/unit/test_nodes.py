@@ -80,7 +80,7 @@ def test_the_launcher_is_the_cluster_only_for_more_than_one_node(tmp_path):
         launcher_for(2, None, str(tmp_path))
 
 
-def test_across_nodes_node_0_mirrors_the_checkpoints_and_on_one_machine_the_step_does(tmp_path):
+def test_across_nodes_the_nodes_mirror_the_checkpoints_and_on_one_machine_the_step_does(tmp_path):
     cluster, uri = ClusterSection(address="ray://10.0.0.1:10001"), "s3://b/checkpoints/key"
     assert not launcher_for(1, cluster, str(tmp_path)).mirrors_checkpoints(tmp_path / "lora", uri)
     many = launcher_for(2, cluster, str(tmp_path))
@@ -160,3 +160,41 @@ def test_two_nodes_of_one_job_on_one_machine_keep_apart():
 
     first, second = NodeRun("job-x", sys.executable, 0), NodeRun("job-x", sys.executable, 1)
     assert first.dir != second.dir and (first.dir / "out").is_dir() and (second.dir / "out").is_dir()
+
+
+def test_node_0_asks_for_pending_checkpoints_only_when_a_checkpoint_folder_changed(tmp_path, monkeypatch):
+    """The question starts a process and lists the bucket (``tasks.services.checkpoints pending``, run against the
+    real bucket in tests/e2e/test_resume.py): beside the training it is asked again only after a checkpoint folder,
+    or a file in one, appeared; the last sweep always asks."""
+    import os
+    import sys
+
+    from tasks.servers.train_node import NodeRun
+
+    node, asked = NodeRun("job-pending", sys.executable, 0), []
+    monkeypatch.setattr(node, "_main_env", lambda *args: asked.append(args) or '["checkpoint-5"]')
+    target = tmp_path / "out"
+    assert node.pending_checkpoints(str(target), "s3://b/c") == [] and asked == []  # nothing saved yet
+    (target / "checkpoint-5").mkdir(parents=True)
+    assert node.pending_checkpoints(str(target), "s3://b/c") == ["checkpoint-5"] and len(asked) == 1
+    assert node.pending_checkpoints(str(target), "s3://b/c") == [] and len(asked) == 1  # unchanged
+    (target / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    os.utime(target / "checkpoint-5", ns=(1, 1))  # as the file's creation moves it (same-tick safe here)
+    assert node.pending_checkpoints(str(target), "s3://b/c") == ["checkpoint-5"] and len(asked) == 2
+    assert node.pending_checkpoints(str(target), "s3://b/c", force=True) == ["checkpoint-5"] and len(asked) == 3
+
+
+def test_a_checkpoint_snapshot_outlives_the_trainer_rotating_the_folder_away(tmp_path):
+    import shutil
+    import sys
+
+    from tasks.servers.train_node import NodeRun
+
+    node, target = NodeRun("job-snapshot", sys.executable, 1), tmp_path / "out"
+    (target / "checkpoint-5" / "global_step5").mkdir(parents=True)
+    (target / "checkpoint-5" / "global_step5" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"part")
+    assert node.snapshot_checkpoint(str(target), "checkpoint-5")
+    shutil.rmtree(target / "checkpoint-5")  # save_total_limit: the trainer removes it while it would upload
+    snapshot = node.dir / "mirror" / "checkpoint-5" / "global_step5" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    assert snapshot.read_bytes() == b"part"
+    assert not node.snapshot_checkpoint(str(target), "checkpoint-9")  # no part of it on this node
