@@ -58,7 +58,7 @@ class LocalLauncher:
 
     def mirrors_checkpoints(self, target: str | Path, uri: str) -> bool:
         """Whether this launcher mirrors the checkpoints its command writes under ``target`` to ``uri`` where they
-        are written (``NodesLauncher``: on node 0). False: they are written on this machine, where the caller
+        are written (``NodesLauncher``: on the nodes). False: they are written on this machine, where the caller
         mirrors them (``checkpoints.mirror``)."""
         return False
 
