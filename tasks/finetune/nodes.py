@@ -158,11 +158,15 @@ class NodesLauncher(LocalLauncher):
         """The checkpoints are written on the nodes (each rank its part): the driver mirrors them from there to
         ``uri`` (each node's copy of ``target``, in its output folder), so a run whose node is lost resumes from
         the last one."""
-        staged = staged_argvs([[str(target)]], self.output)[0][0][0]
+        staged = self.on_node(target)
         if not staged.startswith(placeholder("out")):
             return False
         self.mirror = {"target": staged, "uri": uri}
         return True
+
+    def on_node(self, path: str | Path) -> str:
+        """``path`` as each node names its copy: under the output folder, ``{ff:out}/...``."""
+        return staged_argvs([[str(path)]], self.output)[0][0][0]
 
     def _line(self, line: str) -> None:
         if line.startswith(METRICS):
@@ -177,7 +181,7 @@ class NodesLauncher(LocalLauncher):
         # In every node's paths: no spaces (LLaMA-Factory's CLI splits its torchrun command on them).
         job = f"{slug(name)}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         argvs, inputs = staged_argvs([across_nodes(a, self.nnodes) for a in command.argvs], self.output)
-        follow = staged_argvs([[self.metrics]], self.output)[0][0][0] if self.metrics else ""
+        follow = self.on_node(self.metrics) if self.metrics else ""
         out = Path(self.output)
         env = {k: v for k, v in {**self.env, **command.env}.items() if not is_secret_name(k)}  # Ray keeps it
         spec = {"argvs": argvs, "env": {**env, **node_env(self.nnodes)},
