@@ -2,15 +2,20 @@
 
 The tests share the stack and the runs they need, as module fixtures (each run once, whichever test asks first):
 the quickstart run promotes a first version (``quickstart``), a second run replaces it (``replaced``); a run on bad
-data, a rejected candidate and a failed LLaMA-Factory run each change nothing. No test depends on another's order.
+data, a rejected candidate, a candidate its canary holds back and a failed LLaMA-Factory run each change nothing.
+No test depends on another's order, but one: the canary's production is the quickstart's version, so that test
+comes before the first to ask for ``replaced``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -23,12 +28,14 @@ from tasks import launchers
 from tasks.data import PreparedDataset
 from tasks.deploy import RelayServer
 from tasks.evaluate import EvalReport, GateConfig, ModelScores
+from tasks.inference.prompts import render_prompt
 from tasks.masking import REDACTED
 from tasks.pipeline import promote, steps
 from tasks.pipeline.config import load_config
 from tasks.services import keys as api_keys
 from tasks.services import registry, storage, tracking
-from tasks.serving import endpoints
+from tasks.servers.shadow import read_pairs
+from tasks.serving import canary, endpoints
 from tasks.settings import Settings
 from tests.support.paths import DATASET, REPO, TINY_MODEL
 from tests.support.stack import RUN_SECRET, run_deployment
@@ -204,6 +211,89 @@ def test_a_run_started_here_uses_the_stacks_prefect_server(quickstart):
 
         with get_client(sync_client=True) as client:
             assert client.read_flow_run(flow_run_id).state.is_completed()
+
+
+TWICE, UPPER = "Write the word twice.", "Convert the word to upper case."
+WORDS = tuple("lamp door fish tree map cat sun cup ink saw dog boat moon key hat ring bed egg owl pen".split())
+# Every live request copied, judged on 16 pairs: the candidate must agree with production on 80% of them.
+CANARY = {"share": 1.0, "min_requests": 16, "max_wait_s": 300, "max_p95_latency_ratio": 20, "min_agreement": 0.8,
+          "on_too_few": "reject"}
+
+
+def completion(url: str, question: str, client: httpx.Client) -> tuple[int, str]:
+    r = client.post(f"{url}/v1/completions", json={"prompt": question, "max_tokens": 8},
+                    headers=api_keys.auth_headers())
+    return r.status_code, r.json()["choices"][0]["text"] if r.status_code == 200 else r.text
+
+
+def test_a_candidate_that_answers_a_class_of_live_requests_worse_is_held_back_by_its_canary(quickstart):
+    """The blind spot the shadow canary closes: a candidate trained on data where one instruction class is
+    mislabelled (upper case answered with the word as given) passes the offline gate, as its validation split is
+    drawn from the same file, but answers that class of live requests worse than production. Its canary, on copies
+    of live traffic of both classes, holds it back with the reason; production keeps its alias and the clients get
+    production's answers only. Production is the quickstart's version (this test runs before ``replaced``)."""
+    production = registry.alias_version(MODEL, "production")
+    assert production == quickstart["version"], "run before the tests that replace the quickstart's version"
+    url = registry.client().get_registered_model(MODEL).tags["url_production"]
+    records = json.loads(DATASET.read_text())
+    mislabelled = [{**r, "output": r["input"]} if r["instruction"] == UPPER else r for r in records]
+    data = f"s3://{Settings.load().s3_bucket}/test-data/canary/mislabelled.json"
+    bucket, key = storage.split_uri(data)
+    storage.s3_client().put_object(Bucket=bucket, Key=key, Body=json.dumps(mislabelled).encode())
+    # The live traffic: both classes; of the upper-case class, the words production answers right.
+    with httpx.Client(timeout=120) as client:
+        asked = {(i, w): completion(url, render_prompt("alpaca", {"instruction": i, "input": w}), client)
+                 for i in (TWICE, UPPER) for w in WORDS}
+    upper_right = [w for w in WORDS if asked[UPPER, w] == (200, w.upper())][:8]
+    assert len(upper_right) >= 4, asked
+    questions = {render_prompt("alpaca", {"instruction": i, "input": w}): asked[i, w][1]
+                 for i, words in ((UPPER, upper_right), (TWICE, WORDS[:len(upper_right)])) for w in words}
+    seen: list[tuple[str, int, str]] = []
+    stop = threading.Event()
+
+    def traffic(offset: int) -> None:
+        order, n = sorted(questions), offset
+        deadline = time.monotonic() + 1200  # bounded: the run below takes a few minutes
+        with httpx.Client(timeout=120) as client:
+            while not stop.is_set() and time.monotonic() < deadline:
+                question = order[n % len(order)]
+                try:
+                    seen.append((question, *completion(url, question, client)))
+                except (httpx.HTTPError, ValueError, KeyError) as e:  # a failed request, counted as one
+                    seen.append((question, 0, f"{type(e).__name__}: {e}"))
+                n += 1
+                time.sleep(0.5)
+
+    threads = [threading.Thread(target=traffic, args=(k,)) for k in (0, len(questions) // 2)]
+    for t in threads:
+        t.start()
+    try:
+        flow_run_id, state, logs = run({"data_path": data, "overrides": {
+            "finetune": {"params": {"max_steps": 200}}, "promotion": {"canary": CANARY}}})
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=180)
+    assert state.is_completed(), logs[-4000:]
+    candidate = tracking.run_for_flow_run(str(flow_run_id)).data.tags["registered_version"]
+    tags = registry.version_tags(MODEL, candidate)
+    # It passed the offline gate; the canary alone held it back, saying why; production kept its alias.
+    gate = re.fullmatch(r"exact_match: candidate ([\d.]+) vs base ([\d.]+)", tags["gate"])
+    assert gate and float(gate[1]) > float(gate[2]) + 0.05, tags["gate"]
+    assert tags["status"] == "rejected" and "canary failed: 16 mirrored requests" in logs, tags
+    assert tags["canary"].startswith("failed: 16 mirrored requests") and \
+        "agreement with production under 80%" in tags["canary"], tags["canary"]
+    assert registry.alias_version(MODEL, "production") == production
+    # The disagreement is the mislabelled class: the candidate answers it wrong where production answers right.
+    pairs = read_pairs(canary.pairs_path(MODEL, tags["endpoint_name"]))
+    upper = [(questions[q], canary.answer_text(p["production"]["body"]), canary.answer_text(p["candidate"]["body"]))
+             for p in pairs if UPPER in (q := json.loads(p["request"])["prompt"])]
+    assert len(pairs) == 16 and upper, pairs
+    assert all(prod == right for right, prod, _ in upper), upper
+    assert sum(cand != right for right, _, cand in upper) >= 0.75 * len(upper), upper
+    # The clients got production's answers only, throughout, and no request failed.
+    assert seen and all((status, text) == (200, questions[q]) for q, status, text in seen), \
+        [s for s in seen if (s[1], s[2]) != (200, questions[s[0]])][:5]
 
 
 def test_second_run_replaces_production_and_stops_the_old_endpoint(replaced):
