@@ -4,7 +4,9 @@ share of its requests and answers, and answers ``POST /v1/feedback``, as the loc
 
 Each route replica has its own recorder, writing from its node through the main environment's
 ``tasks.services.storage`` (``fetch_python``). The request ids it gave live in a detached actor named after the
-route (``RequestIds``), so feedback is taken by whichever replica Serve sends it to, after a switch too.
+route (``RequestIds``), so feedback is taken by whichever replica Serve sends it to, after a switch too. Each
+replica reports its counts (recorded, failed, dropped, ...) to that actor every ``REPORT_S`` while they change, and
+the route's ``GET /router/status`` sums them, as the local router's status counts its one recorder's.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from functools import partial
 
 from tasks.servers.ray_node import node_api_key
@@ -21,6 +23,7 @@ from tasks.servers.router import bucket_put, error
 from tasks.servers.traffic import FEEDBACK_PER_S, KNOWN_IDS, MAX_FEEDBACK_BYTES, Recorder, given_feedback
 
 RECALL_S = 2.0
+REPORT_S = 2.0
 
 
 def ids_name(app: str) -> str:
@@ -36,6 +39,13 @@ def request_ids(app: str):
     class RequestIds:
         def __init__(self):
             self.known: OrderedDict[str, str] = OrderedDict()
+            self.counts: dict[str, dict[str, int]] = {}  # per route replica, as it last reported them
+
+        def report(self, replica: str, counts: dict[str, int]) -> None:
+            self.counts[replica] = counts
+
+        def totals(self) -> dict[str, int]:
+            return dict(sum((Counter(c) for c in self.counts.values()), Counter()))
 
         def remember(self, request_id: str, folder: str) -> None:
             self.known[request_id] = folder
@@ -53,8 +63,8 @@ def request_ids(app: str):
 class RayTraffic:
     """One route replica's recording: ``take`` per request, ``after`` once it is answered, ``feedback``."""
 
-    def __init__(self, app: str):
-        self.app, self.recorder, self.ids, self.key = app, None, None, None
+    def __init__(self, app: str, replica: str):
+        self.app, self.replica, self.recorder, self.ids, self.key = app, replica, None, None, None
         self.tasks: set[asyncio.Task] = set()
 
     def _ready(self, config: dict) -> Recorder:
@@ -62,7 +72,35 @@ class RayTraffic:
             put = partial(bucket_put, python=config.get("fetch_python", ""), bucket=config.get("bucket", ""))
             self.recorder = Recorder(str(config.get("model") or self.app.split("@")[0]), put)
             self.ids = request_ids(self.app)
+            self._background(self._report())
         return self.recorder
+
+    def _background(self, work) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _report(self) -> None:
+        """This replica's counts to the route's actor, every ``REPORT_S`` while they change (the batches are written
+        by the recorder's own thread, after the requests)."""
+        reported: dict[str, int] | None = None
+        while True:
+            await asyncio.sleep(REPORT_S)
+            if (counts := self.recorder.status()) != reported:
+                try:
+                    await self.ids.report.remote(self.replica, counts)
+                    reported = counts
+                except Exception:  # noqa: BLE001 (the actor is being started again: told at the next round)
+                    pass
+
+    async def totals(self) -> dict[str, int]:
+        """Every replica's counts summed, as last reported (empty: nothing recorded yet)."""
+        import ray
+
+        try:  # looked up, not made: a route that records nothing has no actor
+            return await ray.get_actor(ids_name(self.app), namespace=NAMESPACE).totals.remote()
+        except Exception:  # noqa: BLE001 (none yet, or gone with its node and not started again yet)
+            return {}
 
     def take(self, config: dict, method: str, path: str) -> str | None:
         return self._ready(config).take(config.get("traffic"), method, path) if config.get("traffic") else None
@@ -70,10 +108,7 @@ class RayTraffic:
     def after(self, config: dict, request_id: str, version: str, path: str, body: bytes, status: int, answer: bytes,
               latency_s: float) -> None:
         """Recorded off the client's path (the answer is on its way); what fails here is counted, never raised."""
-        task = asyncio.get_running_loop().create_task(
-            self._record(config, request_id, version, path, body, status, answer, latency_s))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._background(self._record(config, request_id, version, path, body, status, answer, latency_s))
 
     async def _record(self, config: dict, request_id: str, version: str, path: str, body: bytes, status: int,
                       answer: bytes, latency_s: float) -> None:

@@ -226,6 +226,18 @@ def test_promotion_from_the_other_host_under_traffic_drops_no_request(hosts):
     assert sorted((r["request_id"], r["kind"]) for r in mine) == sorted((i, k) for i in ids
                                                                        for k in ("request", "feedback")), mine
     assert {r["status"] for r in mine if r["kind"] == "request"} == {200}
+    # The route's status, behind the key, sums the counts every replica reports: these requests and their feedback
+    # among them, none failed.
+    assert httpx.get(f"{url}/router/status", timeout=60).status_code == 401
+    deadline = time.monotonic() + 30
+    while True:
+        status = httpx.get(f"{url}/router/status", headers=keys.auth_headers(), timeout=60).json()
+        counts = status["traffic"]
+        if min(counts.get("recorded", 0), counts.get("feedback", 0)) >= len(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert status["version"] == v2 and min(counts["recorded"], counts["feedback"]) >= len(ids), status
+    assert not counts.get("failed") and not counts.get("dropped"), status
 
 
 def test_two_hosts_racing_to_promote_one_model_promote_exactly_one(hosts):
