@@ -1,6 +1,7 @@
 """The built-in OpenAI-compatible server: its routes checked on the server started detached as the deploy step
 does, and on the same app in this process (where a test can see which code ran)."""
 
+import re
 import time
 
 import httpx
@@ -251,3 +252,35 @@ def test_a_server_whose_chosen_port_was_taken_starts_on_another(fineflow_home, m
     finally:
         endpoints.stop("port-race")
         squatter.close()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--adapter", "lora"], "--adapter 'lora': expected NAME=PATH, each NAME once"),
+    (["--adapter", "=/a"], "--adapter '=/a': expected NAME=PATH, each NAME once"),
+    (["--adapter", "a="], "--adapter 'a=': expected NAME=PATH, each NAME once"),
+    (["--max-adapters", "2", "--base-revision", "r", "--adapter", "a=/x", "--adapter", "a=/y"],
+     "--adapter 'a=/y': expected NAME=PATH, each NAME once"),
+    (["--adapter", "a=/x"], "--adapter needs --max-adapters N"),
+    (["--max-adapters", "2"], "--max-adapters needs --base-revision"),
+])
+def test_the_command_line_refuses_adapters_it_cannot_serve_saying_why(argv, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        server(["--model", str(TINY_MODEL), "--port", "1", *argv])
+
+
+def test_the_command_lines_limits_reach_the_server(capsys, monkeypatch):
+    """What the deploy step passes on the command line is what the server enforces: the name it serves under, the
+    largest max_tokens and body, the batch size and wait."""
+    monkeypatch.delenv("FINEFLOW_API_KEY", raising=False)
+    srv = server(["--model", str(TINY_MODEL), "--port", "1", "--name", "limited", "--max-tokens", "7",
+                  "--max-body-bytes", "3000", "--max-batch", "3", "--batch-wait-ms", "9"])
+    assert capsys.readouterr().out == ("fineflow relay: limited on 127.0.0.1:1 (cpu), API key OFF (loopback only), "
+                                       "batches of up to 3\n")
+    batcher = srv.config.app.state.batcher
+    assert (batcher.max_batch, batcher.wait_s) == (3, 0.009) and batcher.adapters is None
+    with TestClient(srv.config.app) as c:
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["limited"]
+        assert c.post("/v1/completions", json={"prompt": "the", "max_tokens": 7}).status_code == 200
+        over = c.post("/v1/completions", json={"prompt": "the", "max_tokens": 8})
+        assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens", over.text
+        assert c.post("/v1/completions", json={"prompt": "x" * 3000, "max_tokens": 1}).status_code == 413
