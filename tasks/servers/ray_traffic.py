@@ -86,12 +86,12 @@ class RayTraffic:
         reported: dict[str, int] | None = None
         while True:
             await asyncio.sleep(REPORT_S)
-            if (counts := self.recorder.status()) != reported:
-                try:
+            try:
+                if (counts := self.recorder.status()) != reported:
                     await self.ids.report.remote(self.replica, counts)
                     reported = counts
-                except Exception:  # noqa: BLE001 (the actor is being started again: told at the next round)
-                    pass
+            except Exception:  # noqa: BLE001 (the actor being started again, or a count added as it was read)
+                pass  # told at the next round
 
     async def totals(self) -> dict[str, int]:
         """Every replica's counts summed, as last reported (empty: nothing recorded yet)."""
