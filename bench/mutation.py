@@ -57,7 +57,8 @@ MODULES = {
     "tasks/inference/generation.py": ("greedy generation, the response loss", LLM_TESTS),
     "tasks/servers/relay.py": ("the built-in server's routes", SERVER_TESTS),
     "tasks/servers/openai_api.py": ("the built-in server's requests and errors", SERVER_TESTS),
-    "tasks/servers/batching.py": ("batched, streamed decoding", SERVER_TESTS),
+    # The adapter paths of the batcher (rows of several adapters, work on the model between batches) run there.
+    "tasks/servers/batching.py": ("batched, streamed decoding", SERVER_TESTS + ["tests/component/test_multi_lora.py"]),
     "tasks/pipeline/config.py": ("pipeline config validation", LLM_TESTS),
     "tasks/masking.py": ("secret masking", LLM_TESTS),
     "tasks/prompter/base.py": ("prompters", LLM_TESTS),
