@@ -48,7 +48,7 @@ from tasks.servers.ray_node import die_with_parent, node_api_key, node_copy
 from tasks.servers.ray_serve_args import legacy, parser
 from tasks.servers.ray_shadow import RayShadow
 from tasks.servers.ray_traffic import RayTraffic
-from tasks.servers.router import error, with_model
+from tasks.servers.router import with_model
 from tasks.servers.shadow import kept
 from tasks.servers.traffic import HEADER
 from tasks.settings import env, environ, state_dir
@@ -61,7 +61,7 @@ FORWARDED = ("authorization", "content-type", "accept")
 def deployments():
     from ray import serve
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import Response
 
     def stripped(request: Request) -> str:
         """The path below the application's route prefix, with its query."""
@@ -154,8 +154,7 @@ def deployments():
             self.config: dict = {"target": "", "version": "", "model_id": ""}
             self.mirror = RayShadow()  # a candidate a share of requests is copied to (``ray_shadow``)
             context = serve.get_replica_context()
-            self.replica = context.replica_id.unique_id
-            self.traffic = RayTraffic(context.app_name, self.replica)
+            self.replica, self.traffic = context.replica_id.unique_id, RayTraffic(context.app_name)
 
         def reconfigure(self, config: dict) -> None:
             self.config = config  # target, version, model_id; shadow, traffic (with model, fetch_python, api_key)
@@ -167,26 +166,14 @@ def deployments():
             if hasattr(self, "traffic"):
                 self.traffic.close()  # what it recorded and has not written yet is written
 
-        async def status(self, config: dict, authorization: str) -> Response:
-            """What the local router's ``/router/status`` says, behind the key: the version served, this replica,
-            and the traffic counts of every replica."""
-            if not self.traffic.authorized(config, authorization):
-                return error(401, "a valid API key is required: Authorization: Bearer <key>")
-            return JSONResponse({"target": config["target"], "version": config["version"],
-                                 "model_id": config["model_id"], "replica": self.replica,
-                                 "shadow": (config.get("shadow") or {}).get("target"),
-                                 "traffic": await self.traffic.totals()})
-
         async def __call__(self, request: Request) -> Response:
             # It finishes where it started, and is copied where the mirror pointed then.
             config = self.config
             target, version, model_id, shadow = config["target"], config["version"], config["model_id"], \
                 config.get("shadow")
             path, body, started = stripped(request), await request.body(), time.monotonic()
-            if path.partition("?")[0] == "/v1/feedback" and request.method == "POST":
-                return await self.traffic.feedback(config, request.headers.get("authorization", ""), body)
-            if path.partition("?")[0] == "/router/status" and request.method == "GET":
-                return await self.status(config, request.headers.get("authorization", ""))
+            if (own := await self.traffic.own(config, request.method, path, request.headers, body)) is not None:
+                return own  # the route's own paths: feedback, its status
             headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
             handle = serve.get_app_handle(target)
             if model_id:  # an adapter version: its adapter on the shared base application

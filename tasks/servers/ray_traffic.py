@@ -61,10 +61,14 @@ def request_ids(app: str):
 
 
 class RayTraffic:
-    """One route replica's recording: ``take`` per request, ``after`` once it is answered, ``feedback``."""
+    """One route replica's recording: ``take`` per request, ``after`` once it is answered; ``own`` answers the
+    route's own paths (feedback, status)."""
 
-    def __init__(self, app: str, replica: str):
-        self.app, self.replica, self.recorder, self.ids, self.key = app, replica, None, None, None
+    def __init__(self, app: str):
+        from ray import serve
+
+        self.replica = serve.get_replica_context().replica_id.unique_id  # made in a route replica
+        self.app, self.recorder, self.ids, self.key = app, None, None, None
         self.tasks: set[asyncio.Task] = set()
 
     def _ready(self, config: dict) -> Recorder:
@@ -92,6 +96,24 @@ class RayTraffic:
                     reported = counts
             except Exception:  # noqa: BLE001 (the actor being started again, or a count added as it was read)
                 pass  # told at the next round
+
+    async def own(self, config: dict, method: str, path: str, headers, body: bytes):
+        """The answer to a request for the route itself (``POST /v1/feedback``, ``GET /router/status``), or None."""
+        where, authorization = (method, path.partition("?")[0]), headers.get("authorization", "")
+        if where == ("POST", "/v1/feedback"):
+            return await self.feedback(config, authorization, body)
+        return await self.status(config, authorization) if where == ("GET", "/router/status") else None
+
+    async def status(self, config: dict, authorization: str):
+        """What the local router's ``/router/status`` says, behind the key: the version served, the replica that
+        answers, the canary's target, and the traffic counts of every replica."""
+        from starlette.responses import JSONResponse
+
+        if not self.authorized(config, authorization):
+            return error(401, "a valid API key is required: Authorization: Bearer <key>")
+        return JSONResponse({"target": config["target"], "version": config["version"], "model_id": config["model_id"],
+                             "replica": self.replica, "shadow": (config.get("shadow") or {}).get("target"),
+                             "traffic": await self.totals()})
 
     async def totals(self) -> dict[str, int]:
         """Every replica's counts summed, as last reported (empty: nothing recorded yet)."""
