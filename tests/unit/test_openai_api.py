@@ -67,3 +67,19 @@ def test_an_api_error_carries_its_status_message_and_field():
 @pytest.mark.parametrize("stop, stops", [(None, []), ("###", ["###"]), (["a", "", "b"], ["a", "b"]), ([], [])])
 def test_the_stop_list_is_the_non_empty_sequences_given(stop, stops):
     assert CompletionRequest(prompt="p", stop=stop).stops() == stops
+
+
+def test_the_server_of_a_built_in_app_bounds_request_heads_and_filters_its_access_log():
+    from fastapi import FastAPI
+
+    from tasks.servers.header_deadline import HeaderDeadline
+    from tasks.servers.openai_api import uvicorn_server
+
+    access = logging.getLogger("uvicorn.access")
+    before = list(access.filters)
+    try:
+        server = uvicorn_server(FastAPI(), "127.0.0.1", 1)
+        assert (server.config.host, server.config.port, server.config.http) == ("127.0.0.1", 1, HeaderDeadline)
+        assert [f for f in access.filters if f not in before and isinstance(f, NoQueryStrings)]
+    finally:
+        access.filters[:] = before
