@@ -168,6 +168,8 @@ EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
         'self.thread.join(timeout=31)',
      ),
      'close waits for the batch that runs: only a batch stuck for 30 s tells 30 s from 31 s'),
+    (BATCHING, ('self.adapters.max_resident if self.adapters else 1',),
+     'without adapters no row names one, so the limit of adapters a batch may hold is never read'),
     # The micro-batcher
     (MICRO, (
         'ThreadPoolExecutor(None, thread_name_prefix',

@@ -339,3 +339,50 @@ def test_vllm_loads_adapters_at_runtime_and_answers_as_their_merged_models(adapt
             assert gone.status_code == 404, gone.text
     finally:
         endpoints.stop("vllm-lora")
+
+
+def test_a_row_whose_adapter_cannot_be_loaded_again_fails_alone_beside_a_base_row(adapters, tmp_path):
+    """An adapter known to the server whose folder is gone when its batch forms: its row fails with the load's
+    error, and the base row batched with it answers as the base."""
+    from tasks import inference
+    from tasks.servers.adapters import Adapters
+    from tasks.servers.batching import Batcher, GenRequest
+
+    made, expected = adapters
+    model, tokenizer = inference.load_model(str(TINY_MODEL))
+    shutil.copytree(made["b"], tmp_path / "gone")
+    lora = Adapters(model, "tiny", revision_of(TINY_MODEL), 2, [str(tmp_path)])
+    lora.known["gone"] = lora.check("gone", str(tmp_path / "gone"))
+    shutil.rmtree(tmp_path / "gone")
+    ids = tokenizer(tokenizer.bos_token + PROMPT, add_special_tokens=False).input_ids
+    base, lost = GenRequest(list(ids), TOKENS), GenRequest(list(ids), TOKENS, adapter="gone")
+    events: dict[str, list[str]] = {"base": [], "gone": []}
+    base.on_event = lambda kind, value: events["base"].append(kind)
+    lost.on_event = lambda kind, value: events["gone"].append(kind)
+    batcher = Batcher(model, tokenizer, max_batch=8, wait_ms=60_000, adapters=lora)
+    for r in (base, lost, None):  # one batch of both, then close
+        batcher.queue.put(r)
+    batcher.thread.join(timeout=120)
+    assert not batcher.thread.is_alive() and batcher.batches == 1
+    assert base.error is None and base.text == expected["tiny"] and events["base"][-1] == "done"
+    assert lost.error is not None and events["gone"] == ["error"], (lost.error, events)
+
+
+def test_a_request_arriving_after_the_batch_wait_decodes_in_a_batch_of_its_own():
+    """The batch waits ``wait_ms`` (5 ms) for company after its first row, no longer: a row queued half a second
+    later is the next batch's."""
+    import time
+
+    from tasks import inference
+    from tasks.servers.batching import Batcher, GenRequest
+
+    model, tokenizer = inference.load_model(str(TINY_MODEL))
+    ids = tokenizer(tokenizer.bos_token + PROMPT, add_special_tokens=False).input_ids
+    batcher = Batcher(model, tokenizer, max_batch=8, wait_ms=5)
+    first, second = GenRequest(list(ids), 2), GenRequest(list(ids), 2)
+    batcher.submit(first)
+    time.sleep(0.5)
+    batcher.submit(second)
+    batcher.close()
+    assert not batcher.thread.is_alive() and first.text == second.text
+    assert (batcher.batches, batcher.largest) == (2, 1)
