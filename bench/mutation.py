@@ -41,7 +41,7 @@ LLM_TESTS = ["tests/unit/test_masking.py", "tests/unit/test_evaluate.py", "tests
              "tests/unit/test_formatter_properties.py", "tests/component/test_reference_diff.py",
              "tests/unit/test_data.py", "tests/unit/test_datasets.py"]
 SERVER_TESTS = ["tests/component/test_relay.py", "tests/component/test_relay_serving.py",
-                "tests/unit/test_inference.py", "tests/unit/test_openai_api.py"]
+                "tests/unit/test_inference.py", "tests/unit/test_openai_api.py", "tests/unit/test_batching.py"]
 EMBED_TESTS = ["tests/component/test_embed_serving.py"]
 # Tests that run a mutated module under another environment's interpreter, where mutmut (which the mutated code
 # imports) is not installed: they cannot run here.

@@ -168,6 +168,10 @@ EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
         'self.thread.join(timeout=31)',
      ),
      'close waits for the batch that runs: only a batch stuck for 30 s tells 30 s from 31 s'),
+    (BATCHING, ('if req.top_p <= 1:', 'if req.top_p < 2:'),
+     'top_p 1 filtered keeps every token whose preceding mass is under 1: only a tail whose float32 sum rounds to 1 '
+     '(each under 1e-7) could go, which no bounded test draws'),
+    (BATCHING, ('probs = probs * probs.sum()',), 'torch.multinomial draws by weight, normalized or not'),
     (BATCHING, ('self.adapters.max_resident if self.adapters else 1',),
      'without adapters no row names one, so the limit of adapters a batch may hold is never read'),
     # The micro-batcher

@@ -386,3 +386,27 @@ def test_a_request_arriving_after_the_batch_wait_decodes_in_a_batch_of_its_own()
     batcher.close()
     assert not batcher.thread.is_alive() and first.text == second.text
     assert (batcher.batches, batcher.largest) == (2, 1)
+
+
+def test_a_batch_takes_rows_of_as_many_adapters_as_fit_and_every_row_of_those(adapters):
+    """Two adapters in memory at most: rows of a, b, b, c queued together decode as [a, b, b] (b's second row
+    joins the adapter already in the batch) then [c], each answering as its merged model."""
+    from tasks import inference
+    from tasks.servers.adapters import Adapters
+    from tasks.servers.batching import Batcher, GenRequest
+
+    made, expected = adapters
+    model, tokenizer = inference.load_model(str(TINY_MODEL))
+    lora = Adapters(model, "tiny", revision_of(TINY_MODEL), 2, [str(made["a"].parent)])
+    for name in ("a", "b", "c"):
+        lora.known[name] = lora.check(name, str(made[name]))
+    ids = tokenizer(tokenizer.bos_token + PROMPT, add_special_tokens=False).input_ids
+    batcher = Batcher(model, tokenizer, max_batch=8, wait_ms=60_000, adapters=lora)
+    batches, original = [], lora.prepare
+    lora.prepare = lambda names: batches.append(sorted(names)) or original(names)
+    reqs = [GenRequest(list(ids), TOKENS, adapter=name) for name in ("a", "b", "b", "c")]
+    for r in (*reqs, None):  # then close: what was queued before still runs
+        batcher.queue.put(r)
+    batcher.thread.join(timeout=120)
+    assert not batcher.thread.is_alive() and batches == [["a", "b"], ["c"]] and batcher.largest == 3, batches
+    assert [(r.error, r.text) for r in reqs] == [(None, expected[r.adapter]) for r in reqs]

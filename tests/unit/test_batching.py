@@ -1,0 +1,56 @@
+"""The built-in server's decoding step by step, in-process: how the next token is drawn (temperature, top_p) and
+how much of a streamed answer is held back while a stop sequence may still be forming."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tasks import inference
+from tasks.servers.batching import GenRequest, _Row, pick
+from tests.support.paths import TINY_MODEL
+
+
+def draws(logits: list[float], n: int, **sampling) -> list[int]:
+    generator = torch.Generator().manual_seed(7)
+    req = GenRequest([1], 1, seed=7, **sampling)
+    return [pick(torch.tensor(logits), req, generator) for _ in range(n)]
+
+
+def test_a_low_temperature_sharpens_the_draw_and_a_high_one_flattens_it():
+    # softmax([0, 2] / 0.25) gives the second token 0.9997; multiplied by 0.25 instead, 0.62.
+    assert draws([0.0, 2.0], 200, temperature=0.25).count(1) >= 195
+    # softmax([0, 4] / 2) gives it 0.88; multiplied by 2 instead, 0.9997.
+    assert 300 <= draws([0.0, 4.0], 400, temperature=2.0).count(1) <= 385
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_it():
+    # Two tokens of 0.5 each: top_p 0.5 is reached by the first alone, so one token only is ever drawn.
+    assert len(set(draws([0.0, 0.0], 100, temperature=1.0, top_p=0.5))) == 1
+    assert set(draws([0.0, 0.0], 100, temperature=1.0, top_p=0.51)) == {0, 1}
+    assert set(draws([0.0, 0.0], 100, temperature=1.0)) == {0, 1}
+
+
+def test_greedy_is_the_argmax():
+    assert draws([0.0, 3.0, 1.0], 5) == [1] * 5
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return inference.load_tokenizer(str(TINY_MODEL))
+
+
+@pytest.mark.parametrize("stop, held", [([], 0), (["X"], 0), (["XYZ"], 2), (["XY", "WXYZ"], 3)])
+def test_a_stream_holds_back_only_what_a_stop_sequence_could_still_become(tokenizer, stop, held):
+    """After each token the text streamed so far is the answer less the last ``len(longest stop) - 1``
+    characters, which a stop sequence could still begin with; at the end, all of it."""
+    ids = tokenizer("the cat sat on the mat", add_special_tokens=False).input_ids
+    req = GenRequest([1], 100, stop=stop)
+    streamed: list[str] = []
+    req.on_event = lambda kind, value: streamed.append(value) if kind == "text" else None
+    row = _Row(req, tokenizer)
+    for token in ids:
+        row.add(token, eos=None)
+        assert "".join(streamed) == req.text[:max(0, len(req.text) - held)], (req.text, streamed)
+    row.finish("length")
+    assert "".join(streamed) == req.text == "the cat sat on the mat"
