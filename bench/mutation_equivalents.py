@@ -172,6 +172,7 @@ EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
      'top_p 1 filtered keeps every token whose preceding mass is under 1: only a tail whose float32 sum rounds to 1 '
      '(each under 1e-7) could go, which no bounded test draws'),
     (BATCHING, ('probs = probs * probs.sum()',), 'torch.multinomial draws by weight, normalized or not'),
+    (BATCHING, ('if i >= 0), default=-2)',), 'the default is only compared with 0: -2 is as negative as -1'),
     (BATCHING, ('self.adapters.max_resident if self.adapters else 1',),
      'without adapters no row names one, so the limit of adapters a batch may hold is never read'),
     # The micro-batcher

@@ -54,3 +54,41 @@ def test_a_stream_holds_back_only_what_a_stop_sequence_could_still_become(tokeni
         assert "".join(streamed) == req.text[:max(0, len(req.text) - held)], (req.text, streamed)
     row.finish("length")
     assert "".join(streamed) == req.text == "the cat sat on the mat"
+
+
+def fed(tokenizer, ids: list[int], stop: list[str]) -> tuple[GenRequest, list[str]]:
+    """A request's row fed ``ids`` one by one until it finishes: the request and the pieces it streamed."""
+    req, streamed = GenRequest([1], 100, stop=stop), []
+    req.on_event = lambda kind, value: streamed.append(value) if kind == "text" else None
+    row = _Row(req, tokenizer)
+    for token in ids:
+        if row.add(token, eos=tokenizer.eos_token_id):
+            break
+    return req, streamed
+
+
+def test_a_stop_sequence_ends_the_answer_where_it_first_begins(tokenizer):
+    ids = tokenizer("the cat sat on the mat", add_special_tokens=False).input_ids
+    req, streamed = fed(tokenizer, ids, ["on", "mat"])
+    assert (req.text, req.finish_reason, "".join(streamed)) == ("the cat sat ", "stop", "the cat sat ")
+    assert all(streamed)  # no empty piece
+    # At the very start: nothing is answered.
+    req, streamed = fed(tokenizer, ids, ["th"])
+    assert (req.text, req.finish_reason, streamed) == ("", "stop", [])
+
+
+def test_a_token_holding_the_stop_twice_is_cut_at_the_first(tokenizer):
+    # A token of the vocabulary in which one character comes twice, that character the stop sequence.
+    text, first = next((t, t.index(c)) for t in (tokenizer.decode([i]) for i in range(len(tokenizer)))
+                       if t.isalpha() and len(t) >= 3 for c in t if t.count(c) == 2)
+    req, _ = fed(tokenizer, tokenizer(text, add_special_tokens=False).input_ids, [text[first]])
+    assert req.text == text[:first] and req.finish_reason == "stop", text
+
+
+def test_special_tokens_are_not_part_of_the_answer(tokenizer):
+    ids = tokenizer("the cat", add_special_tokens=False).input_ids
+    req, streamed = fed(tokenizer, [ids[0], tokenizer.pad_token_id, *ids[1:]], [])
+    assert req.text == "the cat" and "".join(streamed) == "the cat" and "<pad>" not in req.text
+    # The end-of-sequence token ends it, with the reason.
+    req, _ = fed(tokenizer, [*ids, tokenizer.eos_token_id, ids[0]], [])
+    assert (req.text, req.finish_reason) == ("the cat", "stop")
