@@ -173,6 +173,16 @@ EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
      '(each under 1e-7) could go, which no bounded test draws'),
     (BATCHING, ('probs = probs * probs.sum()',), 'torch.multinomial draws by weight, normalized or not'),
     (BATCHING, ('if i >= 0), default=-2)',), 'the default is only compared with 0: -2 is as negative as -1'),
+    (BATCHING, (
+        'if (tokenizer.pad_token_id is not None) and False else',
+        'if (tokenizer.pad_token_id is not None) or True else',
+        'if tokenizer.pad_token_id is None else',
+     ),
+     'the attention mask hides padded positions, so the id they hold changes no answer (and load_tokenizer gives '
+     'every tokenizer a pad token)'),
+    (BATCHING, ('device = None',), "on a machine without a GPU torch's default device is the model's"),
+    (BATCHING, ('pad, dtype=None)', 'torch.full((len(reqs), width), pad, )'),
+     'torch.full infers int64 from an integer fill, the dtype named'),
     (BATCHING, ('self.adapters.max_resident if self.adapters else 1',),
      'without adapters no row names one, so the limit of adapters a batch may hold is never read'),
     # The micro-batcher
