@@ -92,3 +92,45 @@ def test_special_tokens_are_not_part_of_the_answer(tokenizer):
     # The end-of-sequence token ends it, with the reason.
     req, _ = fed(tokenizer, [*ids, tokenizer.eos_token_id, ids[0]], [])
     assert (req.text, req.finish_reason) == ("the cat", "stop")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return inference.load_model(str(TINY_MODEL))
+
+
+def greedy(tiny, prompts: list[str], tokens: int = 6) -> list[GenRequest]:
+    from tasks.servers.batching import generate_batch
+
+    model, tok = tiny
+    reqs = [GenRequest(tok(tok.bos_token + p, add_special_tokens=False).input_ids, tokens, ignore_eos=True)
+            for p in prompts]
+    generate_batch(model, tok, reqs)
+    return reqs
+
+
+def test_rows_of_different_lengths_decode_together_as_each_alone(tiny):
+    """The shorter prompt is padded on the left: the mask keeps the padding out of its attention at every step."""
+    prompts = ["the cat sat on the mat and the dog ran to the old barn by the sea", "saw saw", "red"]
+    together = [r.text for r in greedy(tiny, prompts)]
+    assert together == [greedy(tiny, [p])[0].text for p in prompts]
+
+
+def test_a_cancelled_row_stops_with_its_reason_and_a_failing_one_alone(tiny):
+    from tasks.servers.batching import generate_batch
+
+    model, tok = tiny
+    ids = tok(tok.bos_token + "the cat", add_special_tokens=False).input_ids
+    cancelled, broken, kept = (GenRequest(list(ids), 6, ignore_eos=True) for _ in range(3))
+
+    def cancel_after_first(kind, value):
+        cancelled.cancelled = True
+
+    def fail(kind, value):
+        raise RuntimeError("the client's callback broke")
+
+    cancelled.on_event, broken.on_event = cancel_after_first, fail
+    generate_batch(model, tok, [cancelled, broken, kept])
+    assert (cancelled.finish_reason, cancelled.completion_tokens) == ("cancelled", 1)
+    assert isinstance(broken.error, RuntimeError) and broken.completion_tokens == 1
+    assert kept.error is None and kept.completion_tokens == 6 and kept.finish_reason == "length"
