@@ -194,9 +194,6 @@ EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
     (BATCHING, ('active[i] = row.finish("cancelled")',),
      'a cancelled row left active is finished again at each step and adds no token: only the wasted steps differ'),
     (BATCHING, ('\nreturn\n',), 'the loop is the last thing the function does: return and break end it alike'),
-    (BATCHING, ('(mask.cumsum(-1) + 1)',),
-     'rotary positions: moving every position by the same amount changes no attention score (a model with learned '
-     'absolute positions would tell; the served test models are LLaMA-style)'),
     (BATCHING, (
         'if (hasattr(model, "get_base_model")) and False else model',
         'if hasattr(None, "get_base_model") else model',
@@ -214,6 +211,9 @@ EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
      "chosen shows only on a version before 5.24"),
     (BATCHING, ('pad, dtype=None)', 'torch.full((len(reqs), width), pad, )'),
      'torch.full infers int64 from an integer fill, the dtype named'),
+    (BATCHING, ('torch.ones((len(reqs), 2), dtype=torch.long, device=device)], dim=1)',),
+     "a mask that grows by two columns a step instead of one: the model reads its first columns, one for each "
+     "cached position (transformers' padding mask is indexed by the cache's positions), and those are the same"),
     (BATCHING, ('self.adapters.max_resident if self.adapters else 1',),
      'without adapters no row names one, so the limit of adapters a batch may hold is never read'),
     # The micro-batcher

@@ -134,3 +134,29 @@ def test_a_cancelled_row_stops_with_its_reason_and_a_failing_one_alone(tiny):
     assert (cancelled.finish_reason, cancelled.completion_tokens) == ("cancelled", 1)
     assert isinstance(broken.error, RuntimeError) and broken.completion_tokens == 1
     assert kept.error is None and kept.completion_tokens == 6 and kept.finish_reason == "length"
+
+
+@pytest.fixture(scope="module")
+def absolute_positions(tiny):
+    """A small GPT-2 (learned absolute position embeddings, random weights) on the tiny model's tokenizer: unlike
+    the tiny Llama's rotary positions, which shifting a whole row leaves unchanged, its answers depend on each
+    token's own position."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = tiny[1]
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return GPT2LMHeadModel(config).eval(), tok
+
+
+def test_a_left_padded_row_keeps_its_own_positions(absolute_positions):
+    """A padded row's first token is at position 0, as alone and as the model numbers an unpadded prompt itself:
+    the positions come from the row's mask, not the batch's width."""
+    from tests.support.models import greedy_by_hand
+
+    prompts = ["the cat sat on the mat and the dog ran to the old barn by the sea", "saw saw", "red"]
+    together = [r.text for r in greedy(absolute_positions, prompts)]
+    alone = [greedy(absolute_positions, [p])[0].text for p in prompts]
+    assert together == alone == [greedy_by_hand(*absolute_positions, p, 6) for p in prompts], (together, alone)
+    assert len(set(alone)) == 3
