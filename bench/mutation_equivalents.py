@@ -11,7 +11,7 @@ from __future__ import annotations
 
 ROUTER, CACHE, KEYS = "tasks/servers/router.py", "tasks/services/cache.py", "tasks/services/keys.py"
 EMBED, MICRO, RETRIEVAL = "tasks/servers/embed.py", "tasks/servers/microbatch.py", "tasks/evaluate/retrieval.py"
-BATCHING = "tasks/servers/batching.py"
+BATCHING, RELAY = "tasks/servers/batching.py", "tasks/servers/relay.py"
 
 EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
     # The router
@@ -216,6 +216,11 @@ EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
      "cached position (transformers' padding mask is indexed by the cache's positions), and those are the same"),
     (BATCHING, ('self.adapters.max_resident if self.adapters else 1',),
      'without adapters no row names one, so the limit of adapters a batch may hold is never read'),
+    # The built-in server's command line
+    (RELAY, ('batches of up to {args.max_batch}", flush=None)', 'batches of up to {args.max_batch}", )',
+             'batches of up to {args.max_batch}", flush=False)'),
+     "the start line is printed either way; flush decides only when a pipe sees it, and the deploy step waits for "
+     "/health, not for this line"),
     # The micro-batcher
     (MICRO, (
         'ThreadPoolExecutor(None, thread_name_prefix',

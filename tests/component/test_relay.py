@@ -1,7 +1,7 @@
 """The built-in OpenAI-compatible server: its routes checked on the server started detached as the deploy step
 does, and on the same app in this process (where a test can see which code ran)."""
 
-import re
+import json
 import time
 
 import httpx
@@ -260,12 +260,16 @@ def test_a_server_whose_chosen_port_was_taken_starts_on_another(fineflow_home, m
     (["--adapter", "a="], "--adapter 'a=': expected NAME=PATH, each NAME once"),
     (["--max-adapters", "2", "--base-revision", "r", "--adapter", "a=/x", "--adapter", "a=/y"],
      "--adapter 'a=/y': expected NAME=PATH, each NAME once"),
-    (["--adapter", "a=/x"], "--adapter needs --max-adapters N"),
-    (["--max-adapters", "2"], "--max-adapters needs --base-revision"),
+    (["--adapter", "a=/x"], "--adapter needs --max-adapters N (how many adapters may stay in memory)"),
+    (["--max-adapters", "2"], "--max-adapters needs --base-revision (the model's revision, which adapters must match)"),
+    (["--max-adapters", "2", "--base-revision", "r", "--adapter", "a=/x", "--adapter-root", "/srv/adapters"],
+     "--adapter: adapter 'a': /x is outside the folders adapters are loaded from (/srv/adapters; the server's "
+     "--adapter-root)"),
 ])
 def test_the_command_line_refuses_adapters_it_cannot_serve_saying_why(argv, message):
-    with pytest.raises(SystemExit, match=re.escape(message)):
+    with pytest.raises(SystemExit) as refused:
         server(["--model", str(TINY_MODEL), "--port", "1", *argv])
+    assert str(refused.value) == message
 
 
 def test_the_command_lines_limits_reach_the_server(capsys, monkeypatch):
@@ -284,3 +288,52 @@ def test_the_command_lines_limits_reach_the_server(capsys, monkeypatch):
         over = c.post("/v1/completions", json={"prompt": "the", "max_tokens": 8})
         assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens", over.text
         assert c.post("/v1/completions", json={"prompt": "x" * 3000, "max_tokens": 1}).status_code == 413
+
+
+def test_adapters_and_the_key_given_on_the_command_line_reach_the_server(tmp_path, capsys, monkeypatch):
+    """``--adapter`` (its path may hold ``=``), ``--max-adapters``, ``--base-revision``, ``--adapter-root`` and
+    ``--adapter-state`` reach the server as given, and with ``FINEFLOW_API_KEY`` every ``/v1`` route wants it."""
+    from tasks.models.local import revision_of
+    from tests.support.lora import random_adapter
+
+    revision = revision_of(TINY_MODEL)
+    root, elsewhere, state = tmp_path / "root", tmp_path / "elsewhere", tmp_path / "state.json"
+    shop = root / "shop=v1"
+    for folder in (shop, elsewhere):
+        folder.mkdir(parents=True)
+        random_adapter(folder, 1, {"base_model_revision": revision}, str(TINY_MODEL))
+    monkeypatch.setenv("FINEFLOW_API_KEY", "k-command-line")
+    key = {"Authorization": "Bearer k-command-line"}
+    srv = server(["--model", str(TINY_MODEL), "--port", "1", "--name", "base", "--max-adapters", "1",
+                  "--base-revision", revision, "--adapter", f"shop={shop}", "--adapter-root", str(root),
+                  "--adapter-state", str(state)])
+    assert capsys.readouterr().out == ("fineflow relay: base on 127.0.0.1:1 (cpu), API key required, batches of up "
+                                       "to 16\n")
+    assert srv.config.app.state.batcher.adapters.max_resident == 1
+    assert json.loads(state.read_text()) == {"shop": str(shop.resolve())}
+    with TestClient(srv.config.app) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert [(m["id"], m.get("root")) for m in c.get("/v1/models", headers=key).json()["data"]] == \
+            [("base", None), ("shop", str(shop.resolve()))]
+        refused = c.post("/v1/load_lora_adapter", headers=key, json={"lora_name": "other", "lora_path": str(elsewhere)})
+        assert refused.status_code == 403 and f"({root}; the server's --adapter-root)" in refused.text, refused.text
+
+
+def test_auto_decodes_on_a_gpu_where_torch_sees_one(monkeypatch, capsys):
+    """``--device auto`` asks for CUDA where torch sees a GPU, and ``--device cpu`` never does. This machine has no
+    GPU: torch is told it has one, and the model is loaded on the CPU whatever device is asked for."""
+    import torch
+
+    from tasks import inference
+
+    asked: list[str] = []
+    real = inference.load_model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(inference, "load_model", lambda path, device="cpu": asked.append(device) or real(path))
+    monkeypatch.delenv("FINEFLOW_API_KEY", raising=False)
+    for device in ("auto", "cpu", "cuda"):
+        srv = server(["--model", str(TINY_MODEL), "--port", "1", "--device", device])
+        srv.config.app.state.batcher.close()
+    assert asked == ["cuda", "cpu", "cuda"]
+    assert [line.split(" (")[1].split(")")[0] for line in capsys.readouterr().out.splitlines()] == \
+        ["cuda", "cpu", "cuda"]
