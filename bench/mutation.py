@@ -55,7 +55,8 @@ MODULES = {
     "tasks/finetune/merge.py": ("LoRA merge and the weights-moved check", LLM_TESTS),
     "tasks/inference/prompts.py": ("prompt styles", LLM_TESTS),
     "tasks/inference/generation.py": ("greedy generation, the response loss", LLM_TESTS),
-    "tasks/servers/relay.py": ("the built-in server's routes", SERVER_TESTS),
+    # create_app's adapter paths (adapters given at start, their state file after a restart) run there too.
+    "tasks/servers/relay.py": ("the built-in server's routes", SERVER_TESTS + ["tests/component/test_multi_lora.py"]),
     "tasks/servers/openai_api.py": ("the built-in server's requests and errors", SERVER_TESTS),
     # The adapter paths of the batcher (rows of several adapters, work on the model between batches) run there.
     "tasks/servers/batching.py": ("batched, streamed decoding", SERVER_TESTS + ["tests/component/test_multi_lora.py"]),

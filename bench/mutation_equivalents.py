@@ -218,9 +218,18 @@ EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
      'without adapters no row names one, so the limit of adapters a batch may hold is never read'),
     # The built-in server's command line
     (RELAY, ('batches of up to {args.max_batch}", flush=None)', 'batches of up to {args.max_batch}", )',
-             'batches of up to {args.max_batch}", flush=False)'),
-     "the start line is printed either way; flush decides only when a pipe sees it, and the deploy step waits for "
-     "/health, not for this line"),
+             'batches of up to {args.max_batch}", flush=False)', 'left out: {why}", flush=None)',
+             'left out: {why}", )', 'left out: {why}", flush=False)'),
+     "the line is printed either way; flush decides only when a pipe sees it, and the deploy step waits for "
+     "/health, not for a line"),
+    (RELAY, ('inference.load_model(model_path, None)', 'inference.load_model(model_path, )'),
+     "on a machine without a GPU the model loads on the CPU whether `cpu`, None or nothing is named"),
+    (RELAY, ('"max_position_embeddings", None) or 2048)', '"max_position_embeddings", ) or 2048)',
+             '"max_position_embeddings", 1) or 2048)', '"max_position_embeddings", 0) or 2049)'),
+     "every model served here names its context (max_position_embeddings, GPT-2's through its attribute map): the "
+     "fallback for a config without one is never read"),
+    (RELAY, ('for t in tokenizer.get_vocab()) or 2',),
+     "the fallback is for a vocabulary whose every token is empty, which no tokenizer has"),
     # The micro-batcher
     (MICRO, (
         'ThreadPoolExecutor(None, thread_name_prefix',

@@ -45,9 +45,19 @@ def tiny():
 
 
 def test_server_arguments_and_their_defaults():
-    args = parse_args(["--model", "m", "--port", "8001"])
-    assert (args.model, args.port, args.host, args.name, args.prompt_style) == \
-        ("m", 8001, "127.0.0.1", "fineflow-model", "alpaca")
+    assert vars(parse_args(["--model", "m", "--port", "8001"])) == {
+        "model": "m", "port": 8001, "host": "127.0.0.1", "name": "fineflow-model", "prompt_style": "alpaca",
+        "max_tokens": 512, "max_body_bytes": 1_000_000, "max_batch": 16, "batch_wait_ms": 5, "threads": 1,
+        "device": "auto", "max_adapters": 0, "adapter": [], "adapter_root": [], "adapter_state": None,
+        "base_revision": None}
+    given = vars(parse_args(["--model", "m", "--port", "1", "--threads", "2", "--max-adapters", "3", "--adapter",
+                             "a=/x", "--adapter", "b=/y", "--adapter-root", "/r", "--adapter-root", "/s",
+                             "--batch-wait-ms", "2.5", "--device", "cpu"]))
+    assert {k: given[k] for k in ("threads", "max_adapters", "adapter", "adapter_root", "batch_wait_ms", "device")} \
+        == {"threads": 2, "max_adapters": 3, "adapter": ["a=/x", "b=/y"], "adapter_root": ["/r", "/s"],
+            "batch_wait_ms": 2.5, "device": "cpu"}
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m", "--port", "1", "--device", "gpu"])  # auto, cpu or cuda only
     argv = RelayServer(name="n", port=8002, prompt_style="chat_template").cmd("/models/x").argvs[-1]
     args = parse_args(argv[argv.index("tasks.servers.relay") + 1:])
     assert (args.model, args.port, args.host, args.name, args.prompt_style, args.device) == \
@@ -337,3 +347,46 @@ def test_auto_decodes_on_a_gpu_where_torch_sees_one(monkeypatch, capsys):
     assert asked == ["cuda", "cpu", "cuda"]
     assert [line.split(" (")[1].split(")")[0] for line in capsys.readouterr().out.splitlines()] == \
         ["cuda", "cpu", "cuda"]
+
+
+def test_the_help_describes_each_option(capsys, monkeypatch):
+    """What ``--help`` says of each option (its name, metavar and help text), on a terminal wide enough that
+    argparse wraps nothing."""
+    monkeypatch.setenv("COLUMNS", "250")
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    options: dict[str, str] = {}
+    for line in capsys.readouterr().out.split("options:\n")[1].splitlines():
+        if line.startswith("  -"):
+            usage, _, text = line.strip().partition("  ")
+            options[usage] = text.strip()
+        elif line.strip():
+            options[usage] = line.strip()
+    assert options == {
+        "-h, --help": "show this help message and exit", "--model MODEL": "", "--port PORT": "",
+        "--host HOST": "", "--name NAME": "", "--prompt-style PROMPT_STYLE": "",
+        "--max-tokens MAX_TOKENS": "the largest max_tokens a request may ask for",
+        "--max-body-bytes MAX_BODY_BYTES": "", "--max-batch MAX_BATCH": "requests decoded together at most",
+        "--batch-wait-ms BATCH_WAIT_MS": "how long a batch waits for company",
+        "--threads THREADS": "torch's threads for decoding",
+        "--device {auto,cpu,cuda}": "where the model decodes (auto: the first CUDA GPU when there is one)",
+        "--max-adapters MAX_ADAPTERS": "LoRA adapters kept in memory at most (0: the server serves no adapters)",
+        "--adapter NAME=PATH": "an adapter to load at start (with --max-adapters)",
+        "--adapter-root ADAPTER_ROOT": "a folder adapters may be loaded from (default: $FINEFLOW_HOME)",
+        "--adapter-state ADAPTER_STATE": "with --max-adapters: a file the server keeps its adapters in, so that a "
+                                         "restart by its supervisor brings them back",
+        "--base-revision BASE_REVISION": "with --max-adapters: the model's revision, which an adapter's recorded "
+                                         "base revision must equal"}
+
+
+def test_the_apps_own_defaults_are_the_command_lines(monkeypatch):
+    """``create_app`` called without the limits (as tests and the Ray replica's engine do) holds the command line's
+    defaults: batches of 16 gathered within 5 ms, a body of 1,000,000 bytes at most."""
+    app = create_app(str(TINY_MODEL), "tiny")
+    assert (app.state.batcher.max_batch, app.state.batcher.wait_s, app.state.batcher.adapters) == (16, 0.005, None)
+    with TestClient(app) as c:
+        def sized(n: int) -> int:
+            head = '{"max_tokens": 1, "prompt": "'
+            return c.post("/v1/completions", content=head + "x" * (n - len(head) - 2) + '"}',
+                          headers={"content-type": "application/json"}).status_code
+        assert (sized(1_000_000), sized(1_000_001)) == (400, 413)  # the first is only too many tokens
