@@ -228,6 +228,8 @@ EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
              '"max_position_embeddings", 1) or 2048)', '"max_position_embeddings", 0) or 2049)'),
      "every model served here names its context (max_position_embeddings, GPT-2's through its attribute map): the "
      "fallback for a config without one is never read"),
+    (RELAY, ('int(env(RESTARTS_ENV) or 1) > 0',),
+     'FINEFLOW_SERVER_RESTARTS is declared with the default "0" (tasks.settings): the fallback is never reached'),
     (RELAY, ('for t in tokenizer.get_vocab()) or 2',),
      "the fallback is for a vocabulary whose every token is empty, which no tokenizer has"),
     # The micro-batcher

@@ -145,7 +145,7 @@ def test_the_batcher_keeps_rows_of_too_many_adapters_for_the_next_batch_and_chan
     assert ("skipped call", "ran") not in log and log.count(("a", "done")) == 2 and ("a", "error") in log
 
 
-def test_a_restarted_server_comes_back_with_the_adapters_it_kept(adapters, tmp_path, monkeypatch):
+def test_a_restarted_server_comes_back_with_the_adapters_it_kept(adapters, tmp_path, monkeypatch, capsys):
     """With ``--adapter-state`` the server writes its adapters after each load and unload; started again by its
     supervisor (``FINEFLOW_SERVER_RESTARTS`` set) it knows them again, each answering as before; one whose folder
     no longer checks is left out, the others kept. A fresh start begins with none of them."""
@@ -176,8 +176,11 @@ def test_a_restarted_server_comes_back_with_the_adapters_it_kept(adapters, tmp_p
             assert listed == ["tiny", *names], listed
             assert [ask(client, n)["choices"][0]["text"] for n in names] == [expected[n] for n in names]
     assert json.loads(broken.read_text()) == {"b": str(made["b"].resolve())}  # written again, without it
+    assert (f"fineflow relay: an adapter of the restarted server was left out: adapter 'c': {gone} records no base "
+            f"revision ({BASE_RECORD}): it cannot be shown to be an adapter of tiny at {revision}\n"
+            ) in capsys.readouterr().out
 
-    monkeypatch.setenv(RESTARTS_ENV, "0")  # started anew: loads come from whoever started it
+    monkeypatch.delenv(RESTARTS_ENV)  # started anew (no restart counted): loads come from whoever started it
     with TestClient(create_app(str(TINY_MODEL), "tiny", max_adapters=1, base_revision=revision,
                                adapter_state=str(state))) as client:
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["tiny"]
@@ -186,8 +189,10 @@ def test_a_restarted_server_comes_back_with_the_adapters_it_kept(adapters, tmp_p
 
 def test_an_adapter_of_another_base_or_from_elsewhere_is_refused(adapters, tmp_path):
     made, expected = adapters
-    with pytest.raises(ValueError, match="serving adapters needs the base model's revision"):
+    with pytest.raises(ValueError) as refused:
         create_app(str(TINY_MODEL), "tiny", max_adapters=2)
+    assert str(refused.value) == ("serving adapters needs the base model's revision (--base-revision: "
+                                  "tasks.models.local.revision_of of the model folder), which each adapter must match")
     revision = revision_of(TINY_MODEL)
     with TestClient(create_app(str(TINY_MODEL), "tiny", max_adapters=2, base_revision=revision)) as client:
         other = client.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(made["other-base"])})
