@@ -76,7 +76,7 @@ k8s-validate: env  ## check infra/k8s/*.yaml strictly against Kubernetes' schema
 	$(BIN)/python -m infra.kubernetes validate
 
 mutation: env      ## mutation score of the modules where a wrong answer is silent (about two hours; not in `test`)
-	$(BIN)/python -m pip install -q mutmut==3.8.1
+	$(BIN)/python -m pip install -q mutmut==3.8.1 pytest-timeout==2.4.0
 	$(BIN)/python -m bench.mutation
 
 model: env         ## rebuild the embedded base model deterministically (about 4 minutes)

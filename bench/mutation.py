@@ -32,6 +32,7 @@ from tasks.settings import env, environ
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+TEST_TIMEOUT_S = 180  # one test, setup included: the slowest a mutant's tests take here is under a minute
 RUN_INFO = ".bench-run.json"  # in the scratch copy: the commit it holds, its modules, the seconds spent on it
 # The tests of the modules measured first (language-model evaluation, serving, prompters, formatters, data):
 # mutmut runs, for each mutant, only the tests that reached the mutated function.
@@ -235,6 +236,9 @@ def main() -> None:
     mutmut = [str(Path(sys.executable).parent / "mutmut")]
     if not Path(mutmut[0]).exists():
         sys.exit("mutmut is not installed in this environment: run `make mutation` (it installs mutmut==3.8.1)")
+    if subprocess.run([sys.executable, "-c", "import pytest_timeout"], capture_output=True).returncode != 0:
+        sys.exit("pytest-timeout is not installed in this environment: run `make mutation` (it installs "
+                 "pytest-timeout==2.4.0)")
     run_info = args.workdir / RUN_INFO
     if args.resume:
         if not run_info.is_file():
@@ -252,8 +256,10 @@ def main() -> None:
     print(f"mutating {len(args.modules)} modules in {args.workdir}, tests: {' '.join(tests_of(args.modules))}",
           flush=True)
     start = time.monotonic()
+    # A mutant that makes a request wait forever (a stream that never ends, a batch never taken) fails its test
+    # after TEST_TIMEOUT_S; mutmut's own limit is 15 times the whole run's usual time, many minutes a mutant.
     child_env = {**environ(), "FINEFLOW_HOME": str(args.workdir / ".fineflow"),
-                 "FINEFLOW_HYPOTHESIS_PROFILE": "mutation"}
+                 "FINEFLOW_HYPOTHESIS_PROFILE": "mutation", "PYTEST_TIMEOUT": str(TEST_TIMEOUT_S)}
     with shared_stack(args.workdir, args.modules) as stack_env:
         run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=args.workdir,
                              env={**child_env, **stack_env})
