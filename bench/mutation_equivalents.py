@@ -228,6 +228,9 @@ EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
              '"max_position_embeddings", 1) or 2048)', '"max_position_embeddings", 0) or 2049)'),
      "every model served here names its context (max_position_embeddings, GPT-2's through its attribute map): the "
      "fallback for a config without one is never read"),
+    (RELAY, ('if outbox or "loop" in loop_of:',),
+     "an extra wake-up of the event loop with nothing to deliver: events are queued only after a request's run "
+     "has recorded the loop, so a queued event always finds it"),
     (RELAY, ('int(env(RESTARTS_ENV) or 1) > 0',),
      'FINEFLOW_SERVER_RESTARTS is declared with the default "0" (tasks.settings): the fallback is never reached'),
     (RELAY, ('for t in tokenizer.get_vocab()) or 2',),
