@@ -200,8 +200,14 @@ def stream_events(c, path: str, body: dict) -> list:
     return [line if line == "[DONE]" else json.loads(line) for line in lines]
 
 
-def test_sampling_parameters_are_honoured(app, tiny):
-    with TestClient(app) as c:
+def fresh_app():
+    """An app made in the test itself (not the module's): a mutation tester attributes a request handler's code to
+    the tests that made its app, so those that check the handler in detail make their own."""
+    return create_app(str(TINY_MODEL), "tiny", api_key=KEY, max_batch=16, batch_wait_ms=20)
+
+
+def test_sampling_parameters_are_honoured(tiny):
+    with TestClient(fresh_app()) as c:
         def text(**body) -> str:
             r = c.post("/v1/completions", json={"prompt": "the", "max_tokens": 12, **body}, headers=AUTH)
             assert r.status_code == 200, r.text
@@ -220,6 +226,11 @@ def test_sampling_parameters_are_honoured(app, tiny):
         assert full["usage"]["completion_tokens"] == 40 and full["choices"][0]["finish_reason"] == "length"
 
 
+# By the prompt's length: over the context once tokenized, and over it by its characters alone.
+PROMPT_REFUSALS = {800: "prompt is 801 tokens; with max_tokens 32 it is over the model's context of 256",
+                   200_000: "prompt is over 224 tokens, the model's context of 256 less max_tokens 32"}
+
+
 @pytest.mark.parametrize("body,param", [
     ({"temperature": -5}, "temperature"), ({"temperature": 2.5}, "temperature"), ({"top_p": 0}, "top_p"),
     ({"n": 2}, "n"), ({"presence_penalty": 0.5}, "presence_penalty"), ({"logprobs": 3}, "logprobs"),
@@ -227,14 +238,18 @@ def test_sampling_parameters_are_honoured(app, tiny):
     ({"prompt": "x " * 400}, "prompt"), ({"prompt": "x" * 200_000}, "prompt"), ({"prompt": 5}, "prompt"),
     # Values that would break the whole batch's arithmetic (logits / 1e-300 overflow; a seed torch cannot take).
     ({"temperature": 1e-300}, "temperature"), ({"seed": 2**64}, "seed"), ({"seed": -1}, "seed"),
-    ({"stop": ["x"] * 17}, "stop"), ({"stop": "x" * 257}, "stop"),
+    ({"stop": ["x"] * 17}, "stop"), ({"stop": "x" * 257}, "stop")
 ])
-def test_bad_requests_are_refused_before_any_model_work(app, body, param):
+def test_bad_requests_are_refused_before_any_model_work(body, param):
+    app = fresh_app()
     with TestClient(app) as c:
         before = app.state.batcher.batches
         resp = c.post("/v1/completions", json={"prompt": "the", **body}, headers=AUTH)
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["param"].startswith(param) and resp.json()["error"]["message"]
+        if param == "prompt" and isinstance(body["prompt"], str):  # the two the server's own bounds refuse
+            assert resp.json()["error"]["param"] == "prompt"
+            assert resp.json()["error"]["message"] == PROMPT_REFUSALS[len(body["prompt"])], resp.text
         assert app.state.batcher.batches == before
 
 
