@@ -32,7 +32,7 @@ from tasks.settings import env, environ
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-TEST_TIMEOUT_S = 180  # one test, setup included: the slowest a mutant's tests take here is under a minute
+TEST_TIMEOUT_S = 180  # one test, setup included: each test the bench runs takes under a minute in `make test`
 RUN_INFO = ".bench-run.json"  # in the scratch copy: the commit it holds, its modules, the seconds spent on it
 # The tests of the modules measured first (language-model evaluation, serving, prompters, formatters, data):
 # mutmut runs, for each mutant, only the tests that reached the mutated function.
