@@ -380,7 +380,7 @@ def test_the_help_describes_each_option(capsys, monkeypatch):
                                          "base revision must equal"}
 
 
-def test_the_apps_own_defaults_are_the_command_lines(monkeypatch):
+def test_the_apps_own_defaults_are_the_command_lines():
     """``create_app`` called without the limits (as tests and the Ray replica's engine do) holds the command line's
     defaults: batches of 16 gathered within 5 ms, a body of 1,000,000 bytes at most."""
     app = create_app(str(TINY_MODEL), "tiny")

@@ -33,9 +33,15 @@ def tiny():
     return inference.load_model(str(TINY_MODEL))
 
 
+def fresh_app():
+    """The app the tests ask: made in a test itself where that test checks a request handler in detail (a mutation
+    tester attributes the handler's code to the tests that made its app), else the module's (``app``)."""
+    return create_app(str(TINY_MODEL), "tiny", api_key=KEY, max_batch=16, batch_wait_ms=20)
+
+
 @pytest.fixture(scope="module")
 def app():
-    return create_app(str(TINY_MODEL), "tiny", api_key=KEY, max_batch=16, batch_wait_ms=20)
+    return fresh_app()
 
 
 @pytest.fixture(scope="module")
@@ -200,12 +206,6 @@ def stream_events(c, path: str, body: dict) -> list:
     return [line if line == "[DONE]" else json.loads(line) for line in lines]
 
 
-def fresh_app():
-    """An app made in the test itself (not the module's): a mutation tester attributes a request handler's code to
-    the tests that made its app, so those that check the handler in detail make their own."""
-    return create_app(str(TINY_MODEL), "tiny", api_key=KEY, max_batch=16, batch_wait_ms=20)
-
-
 def test_sampling_parameters_are_honoured(tiny):
     with TestClient(fresh_app()) as c:
         def text(**body) -> str:
@@ -238,7 +238,7 @@ PROMPT_REFUSALS = {800: "prompt is 801 tokens; with max_tokens 32 it is over the
     ({"prompt": "x " * 400}, "prompt"), ({"prompt": "x" * 200_000}, "prompt"), ({"prompt": 5}, "prompt"),
     # Values that would break the whole batch's arithmetic (logits / 1e-300 overflow; a seed torch cannot take).
     ({"temperature": 1e-300}, "temperature"), ({"seed": 2**64}, "seed"), ({"seed": -1}, "seed"),
-    ({"stop": ["x"] * 17}, "stop"), ({"stop": "x" * 257}, "stop")
+    ({"stop": ["x"] * 17}, "stop"), ({"stop": "x" * 257}, "stop"),
 ])
 def test_bad_requests_are_refused_before_any_model_work(body, param):
     app = fresh_app()
