@@ -2,6 +2,7 @@
 does, and on the same app in this process (where a test can see which code ran)."""
 
 import json
+import shutil
 import time
 
 import httpx
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 from tasks import inference, net
 from tasks.core import Command
 from tasks.deploy import RelayServer
+from tasks.inference.prompts import load_tokenizer
 from tasks.net import ready as http_ready
 from tasks.servers.relay import create_app, parse_args, server
 from tasks.serving import endpoints
@@ -87,17 +89,38 @@ def test_a_gpu_asked_for_where_there_is_none_is_refused_at_once(monkeypatch):
     srv.config.app.state.batcher.close()
 
 
-def test_a_chat_template_model_is_prompted_without_an_added_bos(chat_model, tiny, capsys):
+@pytest.fixture(scope="module")
+def bos_chat_model(chat_model, tmp_path_factory):
+    """The chat model with a tokenizer that puts BOS in front of what it tokenizes unless told not to, as Llama's
+    does (a ``TemplateProcessing`` post-processor in its ``tokenizer.json``)."""
+    path = tmp_path_factory.mktemp("bos-chat") / "tiny-chat"
+    shutil.copytree(chat_model, path)
+    spec = json.loads((path / "tokenizer.json").read_text())
+    bos = next(t for t in spec["added_tokens"] if t["content"] == "<s>")
+    spec["post_processor"]["single"].insert(0, {"SpecialToken": {"id": "<s>", "type_id": 0}})
+    spec["post_processor"]["special_tokens"] = {"<s>": {"id": "<s>", "ids": [bos["id"]], "tokens": ["<s>"]}}
+    (path / "tokenizer.json").write_text(json.dumps(spec))
+    tokenizer = load_tokenizer(str(path))
+    assert tokenizer("the").input_ids == [bos["id"], *tokenizer("the", add_special_tokens=False).input_ids]
+    return path
+
+
+def test_a_chat_template_model_is_prompted_without_an_added_bos(bos_chat_model, tiny, capsys):
+    """Its tokenizer would add BOS, its template puts BOS in itself: the prompt is tokenized as the template
+    rendered it, no BOS added (a completion's prompt has none; a chat's has one, not two)."""
     prompt = "the"
     expected = greedy_by_hand(*tiny, prompt, 6, bos=False)
     assert expected != greedy_by_hand(*tiny, prompt, 6)  # an added BOS would change the answer
+    chat_model = bos_chat_model
     with TestClient(create_app(str(chat_model), "chat", "chat_template")) as c:
         answer = c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 6}).json()
-        assert answer["choices"][0]["text"] == expected
+        tokens = len(tiny[1](prompt, add_special_tokens=False).input_ids)
+        assert answer["choices"][0]["text"] == expected and answer["usage"]["prompt_tokens"] == tokens
         chat = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "the"}],
                                                     "max_tokens": 6}).json()  # the template puts BOS in
         with_bos = greedy_by_hand(*tiny, tiny[1].bos_token + "the", 6, bos=False)
         assert chat["choices"][0]["message"]["content"] == with_bos != ""
+        assert chat["usage"]["prompt_tokens"] == tokens + 1  # one BOS, the template's
     srv = server(["--model", str(chat_model), "--port", "1", "--host", "localhost", "--prompt-style",
                   "chat_template"])
     assert (srv.config.host, srv.config.port) == ("localhost", 1)
@@ -107,6 +130,33 @@ def test_a_chat_template_model_is_prompted_without_an_added_bos(chat_model, tiny
     with pytest.raises(SystemExit):
         parse_args(["--help"])
     assert "The built-in OpenAI-compatible server for a transformers causal LM." in capsys.readouterr().out
+
+
+def test_a_prompt_is_refused_by_its_characters_only_when_no_tokenization_can_fit_it(chat_model):
+    """A prompt of exactly ``room`` times the longest token's characters may still be ``room`` tokens (the longest
+    token repeated): it is tokenized and served; one character more is refused unread. An empty prompt (a chat
+    template's model takes the prompt as it is) is refused, not decoded from nothing."""
+    from tasks.servers.relay import longest_token_chars
+
+    tokenizer = load_tokenizer(str(chat_model))
+    chars = longest_token_chars(tokenizer)
+    longest = next(t for t in tokenizer.get_vocab() if len(tokenizer.convert_tokens_to_string([t])) == chars)
+    room, context = 4, 256
+    prompt = tokenizer.convert_tokens_to_string([longest]) * room
+    assert len(tokenizer(prompt, add_special_tokens=False).input_ids) == room and len(prompt) == room * chars
+    with TestClient(create_app(str(chat_model), "chat", "chat_template")) as c:
+        def ask(text: str) -> httpx.Response:
+            return c.post("/v1/completions", json={"prompt": text, "max_tokens": context - room})
+
+        fits = ask(prompt)
+        assert fits.status_code == 200 and fits.json()["usage"]["prompt_tokens"] == room, fits.text
+        over = ask(prompt + "x").json()["error"]
+        assert (over["message"], over["param"]) == (
+            f"prompt is over {room} tokens, the model's context of {context} less max_tokens {context - room}",
+            "prompt")
+        empty = ask("")
+        assert empty.status_code == 400 and (empty.json()["error"]["message"], empty.json()["error"]["param"]) == \
+            ("prompt is empty", "prompt")
 
 
 def test_the_server_command_line_runs_the_app_on_its_host_and_port(capfd):
