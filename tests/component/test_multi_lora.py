@@ -373,6 +373,27 @@ def test_a_row_whose_adapter_cannot_be_loaded_again_fails_alone_beside_a_base_ro
     assert lost.error is not None and events["gone"] == ["error"], (lost.error, events)
 
 
+def test_an_adapter_that_cannot_be_loaded_again_is_its_requests_error_over_http(adapters, tmp_path):
+    """One adapter in memory at most: ``a`` was evicted by ``b``, then its folder was emptied. A request for ``a``
+    gets the load's refusal with its status and ``param: model`` (a stream ends with it); ``b`` and the base go on
+    answering as before."""
+    made, expected = adapters
+    copies = {name: shutil.copytree(made[name], tmp_path / name) for name in ("a", "b")}
+    app = create_app(str(TINY_MODEL), "tiny", max_adapters=1, base_revision=revision_of(TINY_MODEL),
+                     adapters={name: str(path) for name, path in copies.items()}, adapter_roots=[str(tmp_path)])
+    (copies["a"] / "adapter_config.json").unlink()
+    message = f"adapter 'a': {copies['a'].resolve()} holds no adapter_config.json (not a PEFT adapter)"
+    with TestClient(app) as client:
+        assert ask(client, "a") == {"status": 400, "error": {
+            "message": message, "type": "invalid_request_error", "param": "model", "code": None}}
+        with client.stream("POST", "/v1/completions", json={"model": "a", "prompt": PROMPT, "max_tokens": TOKENS,
+                                                             "stream": True}) as r:
+            lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert r.status_code == 200 and lines == [
+            "data: " + json.dumps({"error": {"message": message, "type": "server_error"}}), "data: [DONE]"]
+        assert [ask(client, n)["choices"][0]["text"] for n in ("b", "tiny")] == [expected["b"], expected["tiny"]]
+
+
 def test_a_request_arriving_after_the_batch_wait_decodes_in_a_batch_of_its_own():
     """The batch waits ``wait_ms`` (5 ms) for company after its first row, no longer: a row queued half a second
     later is the next batch's."""

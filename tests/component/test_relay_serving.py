@@ -369,6 +369,30 @@ def test_a_batch_that_fails_whole_fails_each_request_and_the_worker_goes_on(tiny
     assert steps.count(2) == 4 + 1  # four decoding steps, then the batch's end
 
 
+def test_a_failed_generation_is_a_500_saying_why_or_the_streams_last_event(monkeypatch):
+    """The model failing mid-request (a device lost, say; here its forward pass made to raise): a whole answer
+    becomes a 500 naming the failure, a stream (whose 200 is sent already) ends with the error and ``[DONE]``;
+    the server answers the next request once the model works again."""
+    app = fresh_app()
+    model = app.state.batcher.model
+
+    def lost(*args, **kwargs):
+        raise RuntimeError("the device was lost")
+
+    body = {"prompt": "the", "max_tokens": 4}
+    with TestClient(app) as c:
+        monkeypatch.setattr(model, "forward", lost)
+        whole = c.post("/v1/completions", json=body, headers=AUTH)
+        assert whole.status_code == 500 and whole.json() == {"error": {
+            "message": "generation failed: the device was lost", "type": "server_error", "param": None, "code": None}}
+        events = stream_events(c, "/v1/completions", {**body, "stream": True})
+        assert events == [{"error": {"message": "generation failed: the device was lost", "type": "server_error"}},
+                          "[DONE]"]
+        monkeypatch.undo()
+        again = c.post("/v1/completions", json=body, headers=AUTH)
+        assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] > 0
+
+
 def test_the_batcher_thread_is_named_and_does_not_keep_a_process_alive():
     """A server that exits without closing its batcher is not held by the worker thread (a daemon)."""
     batcher = Batcher(None, None, 1, 0)  # here too, so mutation testing links this test to the constructor
