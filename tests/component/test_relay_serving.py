@@ -178,23 +178,74 @@ def test_a_row_that_fails_fails_only_its_own_request(tiny):
     assert events[3] == [("error", reqs[3].error)] and reqs[3].text == ""  # its seed: no generator takes 2**64
 
 
-def test_streaming_gives_the_same_text_piece_by_piece_with_usage(app, tiny):
-    with TestClient(app) as c:
+def test_streaming_gives_the_same_text_piece_by_piece_with_usage(tiny):
+    """Its own app: the stream's code is this test's (see ``fresh_app``). Every answer has an id of its kind and
+    the second it was made; a stream's chunks share one id."""
+    import re
+    import time
+
+    with TestClient(fresh_app()) as c:
+        began = int(time.time())
         whole = c.post("/v1/completions", json={"prompt": "the", "max_tokens": 12}, headers=AUTH).json()
         events = stream_events(c, "/v1/completions", {"prompt": "the", "max_tokens": 12, "stream": True,
                                                       "stream_options": {"include_usage": True}})
+        assert re.fullmatch(r"cmpl-[0-9a-f]{12}", whole["id"]) and began <= whole["created"] <= time.time()
+        assert len({e["id"] for e in events[:-1]} | {whole["id"]}) == 2  # one id a stream, another the whole one
+        assert all(e["object"] == "text_completion" and began <= e["created"] <= time.time() for e in events[:-1])
         assert events[-1] == "[DONE]" and events[-2]["usage"] == whole["usage"] and events[-2]["choices"] == []
         pieces = [e["choices"][0]["text"] for e in events[:-2]]
         assert len(pieces) > 3 and "".join(pieces) == whole["choices"][0]["text"] == greedy_by_hand(*tiny, "the", 12)
         assert events[-3]["choices"][0]["finish_reason"] == "length"
         assert all(e["choices"][0]["finish_reason"] is None for e in events[:-3])
+        two = stream_events(c, "/v1/completions", {"prompt": ["the", "a b"], "max_tokens": 6, "stream": True})
+        texts, ends = ["", ""], {}
+        for e in two[:-1]:  # each piece in a chunk of its own, naming its choice
+            (choice,) = e["choices"]
+            texts[choice["index"]] += choice["text"]
+            if choice["finish_reason"]:
+                ends[choice["index"]] = choice["finish_reason"]
+        assert texts == [greedy_by_hand(*tiny, p, 6) for p in ("the", "a b")] and ends == {0: "length", 1: "length"}
         chat = stream_events(c, "/v1/chat/completions", {"messages": [{"role": "user", "content": "the"}],
                                                          "max_tokens": 8, "stream": True})
         assert chat[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         assert chat[0]["object"] == "chat.completion.chunk" and chat[-1] == "[DONE]"
+        assert re.fullmatch(r"chatcmpl-[0-9a-f]{12}", chat[0]["id"]) and len({e["id"] for e in chat[:-1]}) == 1
         text = "".join(e["choices"][0]["delta"]["content"] for e in chat[:-1])
         prompt = inference.render_prompt("alpaca", {"messages": [{"role": "user", "content": "the"}]})
         assert text == greedy_by_hand(*tiny, prompt, 8)
+
+
+def test_a_client_that_goes_away_mid_stream_stops_its_row(monkeypatch):
+    """A real server (uvicorn in this process, so that the test sees the request's row): the client reads the
+    first piece of a long stream and hangs up; the row is cancelled at a next step, its tokens unspent."""
+    import time
+
+    from tasks import net
+    from tasks.servers.openai_api import uvicorn_server
+
+    app, port = fresh_app(), net.free_port()
+    batcher, rows = app.state.batcher, []
+    submit = batcher.submit
+    monkeypatch.setattr(batcher, "submit", lambda r: rows.append(r) or submit(r))
+    srv = uvicorn_server(app, "127.0.0.1", port)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not srv.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        body = {"prompt": "the", "max_tokens": 250, "ignore_eos": True, "stream": True}
+        with httpx.Client(timeout=60) as c:
+            with c.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, headers=AUTH) as r:
+                first = next(line for line in r.iter_lines() if line.startswith("data: "))
+        assert '"text"' in first and len(rows) == 1
+        deadline = time.monotonic() + 60
+        while rows[0].finish_reason is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rows[0].finish_reason == "cancelled" and rows[0].completion_tokens < 250, rows[0]
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
 
 
 def stream_events(c, path: str, body: dict) -> list:
