@@ -235,6 +235,9 @@ EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
      'FINEFLOW_SERVER_RESTARTS is declared with the default "0" (tasks.settings): the fallback is never reached'),
     (RELAY, ('for t in tokenizer.get_vocab()) or 2',),
      "the fallback is for a vocabulary whose every token is empty, which no tokenizer has"),
+    (RELAY, ('yield i, (value if (kind == "text") or True else None)',),
+     'the batcher sends ("done", None): passing the value on for every kind passes None for the end, as the code '
+     'does'),
     # The micro-batcher
     (MICRO, (
         'ThreadPoolExecutor(None, thread_name_prefix',

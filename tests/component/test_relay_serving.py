@@ -207,7 +207,7 @@ def test_streaming_gives_the_same_text_piece_by_piece_with_usage(tiny):
         assert texts == [greedy_by_hand(*tiny, p, 6) for p in ("the", "a b")] and ends == {0: "length", 1: "length"}
         chat = stream_events(c, "/v1/chat/completions", {"messages": [{"role": "user", "content": "the"}],
                                                          "max_tokens": 8, "stream": True})
-        assert chat[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert chat[0]["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
         assert chat[0]["object"] == "chat.completion.chunk" and chat[-1] == "[DONE]"
         assert re.fullmatch(r"chatcmpl-[0-9a-f]{12}", chat[0]["id"]) and len({e["id"] for e in chat[:-1]}) == 1
         text = "".join(e["choices"][0]["delta"]["content"] for e in chat[:-1])
