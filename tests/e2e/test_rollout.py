@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
@@ -19,13 +20,14 @@ from tasks import launchers
 from tasks.servers.router import read_state
 from tasks.services import keys, registry, tracking
 from tasks.serving import endpoints, rollout
-from tasks.serving.platforms.local import router_state_path
+from tasks.serving.platforms.local import router_name, router_state_path
 from tasks.settings import state_dir
 from tests.support import versions
 from tests.support.paths import TINY_MODEL
 from tests.support.versions import PROMPT, answer
 
-MODEL = "fineflow-rollout-test"
+# A name of this session only: the tests run again on one stack (the mutation bench's) find nothing of a run before.
+MODEL = f"fineflow-rollout-test-{uuid.uuid4().hex[:6]}"
 
 
 def serve_version(name: str, model_dir, style: str, run_id: str) -> tuple[str, endpoints.Endpoint]:
@@ -36,6 +38,8 @@ def serve_version(name: str, model_dir, style: str, run_id: str) -> tuple[str, e
 def run_id(stack):
     run = tracking.start_run("fineflow-rollout-test", "rollout", tags={}, params={})
     yield run
+    for name in ("rollout-v1", "rollout-v2", "rollout-v3", router_name(MODEL, "production")):
+        endpoints.stop(name)
     tracking.end_run(run, "FINISHED")
 
 

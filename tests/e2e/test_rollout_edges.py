@@ -9,6 +9,7 @@ import contextlib
 import json
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -20,7 +21,9 @@ from tasks.settings import state_dir
 from tests.support.paths import TINY_MODEL
 from tests.support.versions import answer, serve_version
 
-MODEL, BARE = "fineflow-rollout-edges", "fineflow-rollout-edges-bare"
+# Names of this session only: the tests run again on one stack (the mutation bench's) find nothing of a run before.
+RUN = uuid.uuid4().hex[:6]
+MODEL, BARE = f"fineflow-rollout-edges-{RUN}", f"fineflow-rollout-edges-{RUN}-bare"
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +97,27 @@ def test_a_rollback_with_nothing_to_go_back_to_says_why(production):
         rollout.rollback(BARE)
     with pytest.raises(ValueError, match=f"^{MODEL} has no staging version to roll back$"):
         rollout.rollback(MODEL, "staging")
+
+
+def test_a_rollback_serves_the_replaced_version_again_behind_the_same_url(production):
+    """After the guard's promotion v2 holds production and v1's endpoint is gone: a rollback starts v1 again from
+    its registered record, moves the alias back without recording v2 as what v1 replaced, tags v2 rolled back and
+    stops its endpoint; the URL answers as before."""
+    v1, v2 = production["v1"], registry.alias_version(MODEL, "production")
+    assert v2 != v1 and registry.version_tags(MODEL, v2)["previous_version"] == v1
+    assert endpoints.get("edges-v1") is None
+    lines: list[str] = []
+    done = rollout.rollback(MODEL, log=lines.append)
+    assert (done.model, done.alias, done.version, done.previous_version, done.url) == \
+        (MODEL, "production", v1, v2, production["url"])
+    assert registry.alias_version(MODEL, "production") == v1
+    tags = {v: registry.version_tags(MODEL, v) for v in (v1, v2)}
+    assert tags[v2]["status"] == "rolled_back" and "status" not in tags[v1]
+    assert "previous_version" not in tags[v1]  # a rollback is not a replacement: nothing to roll back to now
+    assert any(line.startswith(f"starting {MODEL} version {v1} ") for line in lines), lines
+    assert endpoints.get("edges-v1").alive() and endpoints.get("edges-v2") is None
+    assert f"stopped replaced endpoint edges-v2 (version {v2})" in lines
+    assert answer(production["url"]).json()["choices"][0]["text"] == production["text"]
 
 
 LOCAL = {"deploy": {"backend": "builtin"}, "prompt_style": "alpaca"}
