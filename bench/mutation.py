@@ -46,7 +46,10 @@ SERVER_TESTS = ["tests/component/test_relay.py", "tests/component/test_relay_ser
 EMBED_TESTS = ["tests/component/test_embed_serving.py"]
 # Tests that run a mutated module under another environment's interpreter, where mutmut (which the mutated code
 # imports) is not installed: they cannot run here.
-DESELECT = ["tests/component/test_embed_serving.py::test_sparse_embeddings_come_from_flagembedding_in_its_environment"]
+# And one that stops and starts the stack every mutant's tests share (``shared_stack``).
+DESELECT = ["tests/component/test_embed_serving.py::test_sparse_embeddings_come_from_flagembedding_in_its_environment",
+            "tests/e2e/test_rollout.py::test_down_and_up_bring_back_the_same_url"]
+ROLLOUT_TESTS = ["tests/e2e/test_rollout_edges.py", "tests/e2e/test_rollout.py"]
 # module -> (what it decides, for the report; the test files that exercise it). A run of several modules runs the
 # union of their tests.
 MODULES = {
@@ -85,6 +88,7 @@ MODULES = {
                                                              "tests/component/test_flagembedding.py"]),
     "tasks/servers/embed.py": ("the embedding and rerank server", EMBED_TESTS),
     "tasks/servers/microbatch.py": ("the embedding server's micro-batcher", EMBED_TESTS),
+    "tasks/serving/rollout.py": ("promotion, rollback and restore behind one URL", ROLLOUT_TESTS),
 }
 COPY = ["tasks", "tests", "infra", "flows", "deployments", "prefect.yaml", "pyproject.toml"]
 TARGET = 0.85
