@@ -1,15 +1,17 @@
 """The promotion rules test_rollout.py does not reach, on the real stack and real endpoints: a guard that refuses
 moves nothing, a restore limited to some models serves them again at the same URL and skips a version that
 cannot be served again, a restore starts independent versions side by side and what shares something in order,
-a registered model is downloaded once, and a rollback with nothing to go back to says so."""
+a registered model is downloaded once, a rollback serves the replaced version again, and one with nothing to go
+back to says so. Each test asks its fixtures for the state it needs, so that it runs alone or in any order (the
+mutation bench runs a mutant's tests fastest first)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -19,104 +21,120 @@ from tasks.serving import endpoints, rollout
 from tasks.serving.platforms.local import router_name, router_state_path
 from tasks.settings import state_dir
 from tests.support.paths import TINY_MODEL
-from tests.support.versions import answer, serve_version
-
-# Names of this session only: the tests run again on one stack (the mutation bench's) find nothing of a run before.
-RUN = uuid.uuid4().hex[:6]
-MODEL, BARE = f"fineflow-rollout-edges-{RUN}", f"fineflow-rollout-edges-{RUN}-bare"
+from tests.support.versions import SessionNames, answer, serve_version, session_names
 
 
 @pytest.fixture(scope="module")
-def production(stack) -> dict:
-    """v1 of MODEL promoted to production behind its router."""
+def names() -> SessionNames:
+    return session_names("rollout-edges")
+
+
+@pytest.fixture(scope="module")
+def production(stack, names) -> dict:
+    """v1 of the model promoted to production behind its router."""
     run = tracking.start_run("fineflow-rollout-edges", "rollout", tags={}, params={})
-    v1, ep1 = serve_version(MODEL, "edges-v1", TINY_MODEL, "alpaca", run)
-    done = rollout.promote(MODEL, "production", v1, ep1, log=print)
+    v1, ep1 = serve_version(names.model, names.endpoint("v1"), TINY_MODEL, "alpaca", run)
+    done = rollout.promote(names.model, "production", v1, ep1, log=print)
     yield {"run": run, "v1": v1, "url": done.url, "text": answer(done.url).json()["choices"][0]["text"]}
-    for name in ("edges-v1", "edges-v2", "edges-bare", router_name(MODEL, "production"),
-                 router_name(BARE, "production")):
+    for name in (*map(names.endpoint, ("v1", "v2", "v3", "bare")), router_name(names.model, "production"),
+                 router_name(names.bare, "production")):
         endpoints.stop(name)
     tracking.end_run(run, "FINISHED")
 
 
-def test_a_guard_that_refuses_moves_nothing_and_one_that_agrees_promotes(production):
+@pytest.fixture(scope="module")
+def bare(names, production) -> str:
+    """The version of a second model in production: it replaced nothing, and records no deploy_config (it cannot
+    be served again)."""
+    version, ep = serve_version(names.bare, names.endpoint("bare"), TINY_MODEL, "alpaca", production["run"],
+                                deploy_config=False)
+    rollout.promote(names.bare, "production", version, ep, log=print)
+    return version
+
+
+def test_a_guard_that_refuses_moves_nothing_and_one_that_agrees_promotes(names, production):
     v1 = production["v1"]
-    v2, ep2 = serve_version(MODEL, "edges-v2", TINY_MODEL, "alpaca", production["run"])
-    router_before, seen = read_state(router_state_path(MODEL, "production")), []
+    v2, ep2 = serve_version(names.model, names.endpoint("v2"), TINY_MODEL, "alpaca", production["run"])
+    router_before, seen = read_state(router_state_path(names.model, "production")), []
     with pytest.raises(rollout.Superseded, match=f"^version {v1} holds production$"):
-        rollout.promote(MODEL, "production", v2, ep2, log=print,
+        rollout.promote(names.model, "production", v2, ep2, log=print,
                         guard=lambda current: seen.append(current) or f"version {current} holds production")
-    assert seen == [v1] and registry.alias_version(MODEL, "production") == v1
-    assert read_state(router_state_path(MODEL, "production")) == router_before
-    assert endpoints.get("edges-v1").alive() and "previous_version" not in registry.version_tags(MODEL, v2)
+    assert seen == [v1] and registry.alias_version(names.model, "production") == v1
+    assert read_state(router_state_path(names.model, "production")) == router_before
+    assert endpoints.get(names.endpoint("v1")).alive()
+    assert "previous_version" not in registry.version_tags(names.model, v2)
     lines: list[str] = []
-    done = rollout.promote(MODEL, "production", v2, ep2, log=lines.append, guard=lambda current: None)
+    done = rollout.promote(names.model, "production", v2, ep2, log=lines.append, guard=lambda current: None)
     assert (done.version, done.previous_version, done.url) == (v2, v1, production["url"])
-    assert registry.alias_version(MODEL, "production") == v2
-    assert registry.version_tags(MODEL, v2)["previous_version"] == v1
-    assert endpoints.get("edges-v1") is None and f"stopped replaced endpoint edges-v1 (version {v1})" in lines
+    assert registry.alias_version(names.model, "production") == v2
+    assert registry.version_tags(names.model, v2)["previous_version"] == v1
+    assert endpoints.get(names.endpoint("v1")) is None
+    assert f"stopped replaced endpoint {names.endpoint('v1')} (version {v1})" in lines
     assert answer(production["url"]).json()["choices"][0]["text"] == production["text"]  # the same tiny model
 
 
-def test_restore_of_some_models_serves_them_at_the_same_url_and_skips_what_cannot_be_served(production):
-    bare, ep = serve_version(BARE, "edges-bare", TINY_MODEL, "alpaca", production["run"], deploy_config=False)
-    rollout.promote(BARE, "production", bare, ep, log=print)
-    current = registry.alias_version(MODEL, "production")
-    registry.move_alias(MODEL, "staging", current)  # two aliases, one version: restored in order, one endpoint
-    for name in ("edges-v1", "edges-v2", "edges-bare", router_name(MODEL, "production"),
-                 router_name(BARE, "production")):
+def test_restore_of_some_models_serves_them_at_the_same_url_and_skips_what_cannot_be_served(names, production, bare):
+    current = registry.alias_version(names.model, "production")
+    registry.move_alias(names.model, "staging", current)  # two aliases, one version: restored in order, one endpoint
+    for name in (*map(names.endpoint, ("v1", "v2", "bare")), router_name(names.model, "production"),
+                 router_name(names.bare, "production")):
         endpoints.stop(name)  # a machine restarted: nothing of either model runs
     lines: list[str] = []
     try:
-        done = rollout.restore([MODEL, BARE], log=lines.append)
-        assert [(p.model, p.alias, p.version) for p in done] == [(MODEL, "production", current),
-                                                                 (MODEL, "staging", current)]
+        done = rollout.restore([names.model, names.bare], log=lines.append)
+        assert [(p.model, p.alias, p.version) for p in done] == [(names.model, "production", current),
+                                                                 (names.model, "staging", current)]
         assert done[0].url == production["url"] and done[1].url != production["url"]
         assert answer(production["url"]).json()["choices"][0]["text"] == production["text"]
         assert answer(done[1].url).json()["choices"][0]["text"] == production["text"]
-        assert sum(line.startswith(f"starting {MODEL} version {current} ") for line in lines) == 1, lines
+        assert sum(line.startswith(f"starting {names.model} version {current} ") for line in lines) == 1, lines
     finally:
-        registry.client().delete_registered_model_alias(MODEL, "staging")
-        endpoints.stop(router_name(MODEL, "staging"))
-    assert f"{BARE}@production: version {bare} could not be served again: {BARE} version {bare} records no " \
-           "deploy_config: it cannot be served again" in lines
-    assert f"{MODEL}@production: version {current} serving at {production['url']}" in lines
+        registry.client().delete_registered_model_alias(names.model, "staging")
+        endpoints.stop(router_name(names.model, "staging"))
+    assert f"{names.bare}@production: version {bare} could not be served again: {names.bare} version {bare} " \
+           "records no deploy_config: it cannot be served again" in lines
+    assert f"{names.model}@production: version {current} serving at {production['url']}" in lines
     assert rollout.restore(["no-such-model"], log=lines.append) == []
 
 
-def test_a_registered_model_is_downloaded_once(production):
-    target = state_dir() / "models" / MODEL / production["v1"]
+def test_a_registered_model_is_downloaded_once(names, production):
+    target = state_dir() / "models" / names.model / production["v1"]
+    shutil.rmtree(target, ignore_errors=True)  # a test run before may have served v1 again from a download
     lines: list[str] = []
-    assert rollout.download_version(MODEL, production["v1"], log=lines.append) == str(target)
+    assert rollout.download_version(names.model, production["v1"], log=lines.append) == str(target)
     assert (target / "config.json").is_file() and len(lines) == 1 and lines[0].startswith("downloading ")
-    assert rollout.download_version(MODEL, production["v1"], log=lines.append) == str(target) and len(lines) == 1
+    assert rollout.download_version(names.model, production["v1"], log=lines.append) == str(target) and len(lines) == 1
 
 
-def test_a_rollback_with_nothing_to_go_back_to_says_why(production):
-    with pytest.raises(ValueError, match=f"^{BARE} version .* replaced no earlier version: nothing to roll back to$"):
-        rollout.rollback(BARE)
-    with pytest.raises(ValueError, match=f"^{MODEL} has no staging version to roll back$"):
-        rollout.rollback(MODEL, "staging")
+def test_a_rollback_with_nothing_to_go_back_to_says_why(names, bare):
+    with pytest.raises(ValueError,
+                       match=f"^{names.bare} version .* replaced no earlier version: nothing to roll back to$"):
+        rollout.rollback(names.bare)
+    with pytest.raises(ValueError, match=f"^{names.model} has no staging version to roll back$"):
+        rollout.rollback(names.model, "staging")
 
 
-def test_a_rollback_serves_the_replaced_version_again_behind_the_same_url(production):
-    """After the guard's promotion v2 holds production and v1's endpoint is gone: a rollback starts v1 again from
-    its registered record, moves the alias back without recording v2 as what v1 replaced, tags v2 rolled back and
-    stops its endpoint; the URL answers as before."""
-    v1, v2 = production["v1"], registry.alias_version(MODEL, "production")
-    assert v2 != v1 and registry.version_tags(MODEL, v2)["previous_version"] == v1
-    assert endpoints.get("edges-v1") is None
+def test_a_rollback_serves_the_replaced_version_again_behind_the_same_url(names, production):
+    """v3 promoted over what holds production stops the replaced version's endpoint; a rollback starts that version
+    again from its registered record, moves the alias back without recording v3 as what it replaced, tags v3
+    rolled back and stops v3's endpoint; the URL answers as before."""
+    before = registry.alias_version(names.model, "production")  # v1, or v2 after the guard's promotion
+    replaced, recorded = (registry.version_tags(names.model, before).get(tag) for tag in ("endpoint_name",
+                                                                                          "previous_version"))
+    v3, ep3 = serve_version(names.model, names.endpoint("v3"), TINY_MODEL, "alpaca", production["run"])
+    rollout.promote(names.model, "production", v3, ep3, log=print)
+    assert endpoints.get(replaced) is None and registry.version_tags(names.model, v3)["previous_version"] == before
     lines: list[str] = []
-    done = rollout.rollback(MODEL, log=lines.append)
+    done = rollout.rollback(names.model, log=lines.append)
     assert (done.model, done.alias, done.version, done.previous_version, done.url) == \
-        (MODEL, "production", v1, v2, production["url"])
-    assert registry.alias_version(MODEL, "production") == v1
-    tags = {v: registry.version_tags(MODEL, v) for v in (v1, v2)}
-    assert tags[v2]["status"] == "rolled_back" and "status" not in tags[v1]
-    assert "previous_version" not in tags[v1]  # a rollback is not a replacement: nothing to roll back to now
-    assert any(line.startswith(f"starting {MODEL} version {v1} ") for line in lines), lines
-    assert endpoints.get("edges-v1").alive() and endpoints.get("edges-v2") is None
-    assert f"stopped replaced endpoint edges-v2 (version {v2})" in lines
+        (names.model, "production", before, v3, production["url"])
+    assert registry.alias_version(names.model, "production") == before
+    tags = {v: registry.version_tags(names.model, v) for v in (before, v3)}
+    assert tags[v3]["status"] == "rolled_back" and "status" not in tags[before]
+    assert tags[before].get("previous_version") == recorded  # a rollback replaces nothing: no record of v3
+    assert any(line.startswith(f"starting {names.model} version {before} ") for line in lines), lines
+    assert endpoints.get(replaced).alive() and endpoints.get(names.endpoint("v3")) is None
+    assert f"stopped replaced endpoint {names.endpoint('v3')} (version {v3})" in lines
     assert answer(production["url"]).json()["choices"][0]["text"] == production["text"]
 
 
@@ -127,11 +145,11 @@ RAY = {"deploy": {"backend": "builtin", "serving": {"platform": "ray", "address"
 RAY_ADAPTER = {"deploy": {**RAY["deploy"], "serve": "adapter"}, "prompt_style": "alpaca"}
 
 
-def test_restore_starts_groups_side_by_side_and_what_shares_something_in_order(production, monkeypatch):
+def test_restore_starts_groups_side_by_side_and_what_shares_something_in_order(names, production, monkeypatch):
     """Versions registered in the real registry, each recording how it is served: a model's aliases, adapter
     versions, and every version on Ray (one Serve deployment at a time) are groups started in order; the groups
     run at once. The starts themselves are observed here (the test above serves real versions again)."""
-    made = {name: f"fineflow-restore-order-{name}" for name in "abcdefgh"}
+    made = {name: f"fineflow-restore-order-{names.tag}-{name}" for name in "abcdefgh"}
     records = {"a": LOCAL, "b": LOCAL, "c": ADAPTER, "d": ADAPTER, "e": RAY, "f": RAY_ADAPTER, "g": None,
                "h": "{not json"}
     try:

@@ -4,6 +4,8 @@ server behind the key, and a registered version whose source is the model in S3,
 from __future__ import annotations
 
 import json
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,3 +34,21 @@ def serve_version(model: str, name: str, model_dir: Path, style: str, run_id: st
 
 def answer(url: str, **kw) -> httpx.Response:
     return httpx.post(f"{url}/v1/completions", json=PROMPT, headers=keys.auth_headers(), timeout=60, **kw)
+
+
+@dataclass(frozen=True)
+class SessionNames:
+    """The registered models and endpoints of one run of a test module, named for that run: a module run again on
+    one stack (the mutation bench's, two mutants side by side) finds nothing of another run. Made by a fixture,
+    not at import: a mutation tester imports the test modules once and forks every run from there."""
+    model: str
+    bare: str  # a second model, for what one model's versions cannot show
+    tag: str
+
+    def endpoint(self, version: str) -> str:
+        return f"{self.tag}-{version}"
+
+
+def session_names(prefix: str) -> SessionNames:
+    tag = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    return SessionNames(model=f"fineflow-{tag}", bare=f"fineflow-{tag}-bare", tag=tag)
