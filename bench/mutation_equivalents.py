@@ -12,6 +12,7 @@ from __future__ import annotations
 ROUTER, CACHE, KEYS = "tasks/servers/router.py", "tasks/services/cache.py", "tasks/services/keys.py"
 EMBED, MICRO, RETRIEVAL = "tasks/servers/embed.py", "tasks/servers/microbatch.py", "tasks/evaluate/retrieval.py"
 BATCHING, RELAY = "tasks/servers/batching.py", "tasks/servers/relay.py"
+ROLLOUT = "tasks/serving/rollout.py"
 
 EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
     # The router
@@ -251,6 +252,14 @@ EQUIVALENT: list[tuple[str, tuple[str, ...], str]] = [
      ),
      "'' is not the running loop either: the queue is made at first use all the same"),
     (MICRO, ('(left := deadline - loop.time()) >= 0:',), 'differs only at the one instant the deadline is reached'),
+    # The rollout
+    (ROLLOUT, ('previous, ep, record_previous=None, log=log)',),
+     "promote reads record_previous only for its truth: None is as false as False"),
+    (ROLLOUT, ('platform.get(tags.get("endpoint_name", None))',),
+     "only for a version without an endpoint_name tag (every deploy step writes one): no endpoint is named '' or "
+     "'None', so either default finds none"),
+    (ROLLOUT, ('urlparse(tags.get("endpoint_url", None)).port', 'urlparse(tags.get("endpoint_url", "XXXX")).port'),
+     "only for a version without an endpoint_url tag: urlparse of '', None or 'XXXX' has no port alike"),
 ]
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import socket
 import threading
 import time
+from urllib.parse import urlparse
 
 import pytest
 
+from tasks import launchers
 from tasks.servers.router import read_state
 from tasks.services import registry, tracking
 from tasks.serving import endpoints, rollout
@@ -67,6 +70,7 @@ def test_a_guard_that_refuses_moves_nothing_and_one_that_agrees_promotes(names, 
     done = rollout.promote(names.model, "production", v2, ep2, log=lines.append, guard=lambda current: None)
     assert (done.version, done.previous_version, done.url) == (v2, v1, production["url"])
     assert registry.alias_version(names.model, "production") == v2
+    assert read_state(router_state_path(names.model, "production"))["version"] == v2
     assert registry.version_tags(names.model, v2)["previous_version"] == v1
     assert endpoints.get(names.endpoint("v1")) is None
     assert f"stopped replaced endpoint {names.endpoint('v1')} (version {v1})" in lines
@@ -74,27 +78,86 @@ def test_a_guard_that_refuses_moves_nothing_and_one_that_agrees_promotes(names, 
 
 
 def test_restore_of_some_models_serves_them_at_the_same_url_and_skips_what_cannot_be_served(names, production, bare):
+    """After a machine restart (nothing runs, the records are left) with another program on the port production's
+    version had: it is served again from its recorded model folder (nothing downloaded) on another port, behind
+    the same URL, its record keeping how to serve it again."""
     current = registry.alias_version(names.model, "production")
+    tags = registry.version_tags(names.model, current)
     registry.move_alias(names.model, "staging", current)  # two aliases, one version: restored in order, one endpoint
     for name in (*map(names.endpoint, ("v1", "v2", "bare")), router_name(names.model, "production"),
                  router_name(names.bare, "production")):
-        endpoints.stop(name)  # a machine restarted: nothing of either model runs
+        if ep := endpoints.get(name):
+            launchers.stop_group(ep.pid)
     lines: list[str] = []
+    taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the killed server's closing connections
     try:
+        taken.bind(("127.0.0.1", urlparse(tags["endpoint_url"]).port))
+        taken.listen()
         done = rollout.restore([names.model, names.bare], log=lines.append)
+        served = endpoints.get(tags["endpoint_name"])
+        assert served.relaunch == json.loads(tags["deploy_config"]) and served.url != tags["endpoint_url"]
+        assert not [line for line in lines if line.startswith("downloading")], lines
         assert [(p.model, p.alias, p.version) for p in done] == [(names.model, "production", current),
                                                                  (names.model, "staging", current)]
         assert done[0].url == production["url"] and done[1].url != production["url"]
         assert answer(production["url"]).json()["choices"][0]["text"] == production["text"]
         assert answer(done[1].url).json()["choices"][0]["text"] == production["text"]
         assert sum(line.startswith(f"starting {names.model} version {current} ") for line in lines) == 1, lines
+        assert [read_state(router_state_path(names.model, alias))["version"] for alias in ("production", "staging")] \
+            == [current, current]  # each router says which version it serves
     finally:
+        taken.close()
         registry.client().delete_registered_model_alias(names.model, "staging")
         endpoints.stop(router_name(names.model, "staging"))
     assert f"{names.bare}@production: version {bare} could not be served again: {names.bare} version {bare} " \
            "records no deploy_config: it cannot be served again" in lines
     assert f"{names.model}@production: version {current} serving at {production['url']}" in lines
     assert rollout.restore(["no-such-model"], log=lines.append) == []
+
+
+def test_a_switch_that_fails_moves_the_alias_back_and_says_why(names, production, monkeypatch):
+    """The route's switch failing (its state file cannot be written, say: made to raise here) after the alias
+    moved: the alias goes back to the version it held, the router is untouched, and the switch's error is the
+    promotion's."""
+    from tasks.serving.platforms.local import LocalPlatform
+
+    before = registry.alias_version(names.model, "production")
+    ep = rollout.serving_endpoint(names.model, before, log=print)  # running, or started again
+    tags = {k: v for k, v in registry.version_tags(names.model, before).items()
+            if k not in ("previous_version", "status")}  # the same files and endpoint, a new version
+    candidate = registry.create_version(names.model, registry.files_uri(names.model, before), production["run"], tags)
+    router_before = read_state(router_state_path(names.model, "production"))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LocalPlatform, "switch", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        rollout.promote(names.model, "production", candidate, ep, log=print)
+    assert registry.alias_version(names.model, "production") == before
+    assert read_state(router_state_path(names.model, "production")) == router_before
+    assert "previous_version" not in registry.version_tags(names.model, candidate)
+
+
+def test_a_promotion_waits_for_the_models_slot_and_says_so(names, production):
+    """Another promotion of the model holds its slot (on the Prefect server): this one waits, says so in its own
+    log, and goes on once the slot is free."""
+    from tasks.services import coordination
+
+    current = registry.alias_version(names.model, "production")
+    ep = rollout.serving_endpoint(names.model, current, log=print)
+    lines: list[str] = []
+    with coordination.slot("promote", names.model):
+        waiting = threading.Thread(target=lambda: rollout.promote(names.model, "production", current, ep,
+                                                                  log=lines.append))
+        waiting.start()
+        time.sleep(coordination.FIRST_TRY_S + 2)
+        assert waiting.is_alive() and registry.alias_version(names.model, "production") == current
+    waiting.join(timeout=120)
+    assert not waiting.is_alive()
+    assert any("promote slot of" in line and "held by another run; waiting for it" in line for line in lines), lines
+    assert any(line.startswith(f"moved alias production -> version {current} of {names.model}") for line in lines)
 
 
 def test_a_registered_model_is_downloaded_once(names, production):
@@ -169,8 +232,11 @@ def test_restore_starts_groups_side_by_side_and_what_shares_something_in_order(n
         firsts = {(made["a"], "production"), (made["b"], "production"), (made["c"], "production")}
         together, spans = threading.Barrier(len(firsts), timeout=60), {}
 
+        threads: set[str] = set()
+
         def restore_alias(model, alias, version, log=print):
             spans[(model, alias)] = [time.monotonic()]
+            threads.add(threading.current_thread().name)
             if (model, alias) in firsts:
                 together.wait()  # broken (an error) unless these three groups run at once
             time.sleep(0.05)
@@ -188,6 +254,7 @@ def test_restore_starts_groups_side_by_side_and_what_shares_something_in_order(n
         for group in ((made["a"],), (made["c"], made["d"])):
             first, second = [entry for entry in order if entry[0] in group]
             assert spans[first][1] <= spans[second][0]  # one after the other
+        assert len(threads) > 1 and all(t.startswith("restore_") for t in threads), threads  # named in a dump
     finally:
         for name in made.values():
             with contextlib.suppress(Exception):  # one not made: nothing to delete
