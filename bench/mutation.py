@@ -131,6 +131,8 @@ def shared_stack(work: Path, modules: list[str]) -> Iterator[dict[str, str]]:
         yield {}
         return
     home = work / ".stack"
+    # A stack of this run's own: `up` serves again every model an earlier run registered (hundreds, one a mutant).
+    shutil.rmtree(home, ignore_errors=True)
     stack_env = {**environ(), "FINEFLOW_HOME": str(home)}
     print(f"starting a stack for the tests under {home} ...", flush=True)
     subprocess.run([sys.executable, "-m", "infra.stack", "up", "--ports", "free"], cwd=work, env=stack_env, check=True)
