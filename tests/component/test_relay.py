@@ -160,23 +160,15 @@ def test_a_prompt_is_refused_by_its_characters_only_when_no_tokenization_can_fit
 
 
 def test_the_server_command_line_runs_the_app_on_its_host_and_port(capfd):
-    import threading
+    from tests.support.asgi import running
 
     port = net.free_port()
     srv = server(["--model", str(TINY_MODEL), "--port", str(port), "--name", "threaded"])
     assert (srv.config.host, srv.config.port, srv.config.log_level) == ("127.0.0.1", port, "info")
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not srv.started and time.monotonic() < deadline:
-            time.sleep(0.1)
+    with running(srv):
         assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok", "model": "threaded"}
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "the", "max_tokens": 3})
         assert answer.json()["choices"][0]["text"]
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
     assert "Uvicorn running on http://127.0.0.1" in capfd.readouterr().err  # the log level lets it say so
     with pytest.raises(SystemExit):
         parse_args(["--port", "1"])  # no model

@@ -207,7 +207,8 @@ def test_streaming_gives_the_same_text_piece_by_piece_with_usage(tiny):
         assert texts == [greedy_by_hand(*tiny, p, 6) for p in ("the", "a b")] and ends == {0: "length", 1: "length"}
         chat = stream_events(c, "/v1/chat/completions", {"messages": [{"role": "user", "content": "the"}],
                                                          "max_tokens": 8, "stream": True})
-        assert chat[0]["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+        role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        assert chat[0]["choices"] == [role]
         assert chat[0]["object"] == "chat.completion.chunk" and chat[-1] == "[DONE]"
         assert re.fullmatch(r"chatcmpl-[0-9a-f]{12}", chat[0]["id"]) and len({e["id"] for e in chat[:-1]}) == 1
         text = "".join(e["choices"][0]["delta"]["content"] for e in chat[:-1])
@@ -222,18 +223,13 @@ def test_a_client_that_goes_away_mid_stream_stops_its_row(monkeypatch):
 
     from tasks import net
     from tasks.servers.openai_api import uvicorn_server
+    from tests.support.asgi import running
 
     app, port = fresh_app(), net.free_port()
     batcher, rows = app.state.batcher, []
     submit = batcher.submit
     monkeypatch.setattr(batcher, "submit", lambda r: rows.append(r) or submit(r))
-    srv = uvicorn_server(app, "127.0.0.1", port)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not srv.started and time.monotonic() < deadline:
-            time.sleep(0.1)
+    with running(uvicorn_server(app, "127.0.0.1", port)):
         body = {"prompt": "the", "max_tokens": 250, "ignore_eos": True, "stream": True}
         with httpx.Client(timeout=60) as c:
             with c.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, headers=AUTH) as r:
@@ -243,9 +239,6 @@ def test_a_client_that_goes_away_mid_stream_stops_its_row(monkeypatch):
         while rows[0].finish_reason is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert rows[0].finish_reason == "cancelled" and rows[0].completion_tokens < 250, rows[0]
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
 
 
 def stream_events(c, path: str, body: dict) -> list:
