@@ -2,8 +2,9 @@
 moves nothing, a restore limited to some models serves them again at the same URL and skips a version that
 cannot be served again, a restore starts independent versions side by side and what shares something in order,
 a registered model is downloaded once, a rollback serves the replaced version again, and one with nothing to go
-back to says so. Each test asks its fixtures for the state it needs, so that it runs alone or in any order (the
-mutation bench runs a mutant's tests fastest first)."""
+back to says so; a version recorded on Ray is served again there or not at all, and one recorded as an adapter
+whose files are a whole model is refused. Each test asks its fixtures for the state it needs, so that it runs
+alone or in any order (the mutation bench runs a mutant's tests fastest first)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tasks import launchers
+from tasks import launchers, net
 from tasks.servers.router import read_state
 from tasks.services import registry, tracking
 from tasks.serving import endpoints, rollout
@@ -39,7 +40,7 @@ def production(stack, names) -> dict:
     v1, ep1 = serve_version(names.model, names.endpoint("v1"), TINY_MODEL, "alpaca", run)
     done = rollout.promote(names.model, "production", v1, ep1, log=print)
     yield {"run": run, "v1": v1, "url": done.url, "text": answer(done.url).json()["choices"][0]["text"]}
-    for name in (*map(names.endpoint, ("v1", "v2", "v3", "bare")), router_name(names.model, "production"),
+    for name in (*map(names.endpoint, ("v1", "v2", "v3", "restore", "bare")), router_name(names.model, "production"),
                  router_name(names.bare, "production")):
         endpoints.stop(name)
     tracking.end_run(run, "FINISHED")
@@ -56,35 +57,39 @@ def bare(names, production) -> str:
 
 
 def test_a_guard_that_refuses_moves_nothing_and_one_that_agrees_promotes(names, production):
-    v1 = production["v1"]
+    before = registry.alias_version(names.model, "production")  # v1, or what another test promoted
+    replaced = rollout.serving_endpoint(names.model, before, log=print).name  # running, or started again
     v2, ep2 = serve_version(names.model, names.endpoint("v2"), TINY_MODEL, "alpaca", production["run"])
     router_before, seen = read_state(router_state_path(names.model, "production")), []
-    with pytest.raises(rollout.Superseded, match=f"^version {v1} holds production$"):
+    with pytest.raises(rollout.Superseded, match=f"^version {before} holds production$"):
         rollout.promote(names.model, "production", v2, ep2, log=print,
                         guard=lambda current: seen.append(current) or f"version {current} holds production")
-    assert seen == [v1] and registry.alias_version(names.model, "production") == v1
+    assert seen == [before] and registry.alias_version(names.model, "production") == before
     assert read_state(router_state_path(names.model, "production")) == router_before
-    assert endpoints.get(names.endpoint("v1")).alive()
+    assert endpoints.get(replaced).alive()
     assert "previous_version" not in registry.version_tags(names.model, v2)
     lines: list[str] = []
     done = rollout.promote(names.model, "production", v2, ep2, log=lines.append, guard=lambda current: None)
-    assert (done.version, done.previous_version, done.url) == (v2, v1, production["url"])
+    assert (done.version, done.previous_version, done.url) == (v2, before, production["url"])
     assert registry.alias_version(names.model, "production") == v2
     assert read_state(router_state_path(names.model, "production"))["version"] == v2
-    assert registry.version_tags(names.model, v2)["previous_version"] == v1
-    assert endpoints.get(names.endpoint("v1")) is None
-    assert f"stopped replaced endpoint {names.endpoint('v1')} (version {v1})" in lines
+    assert registry.version_tags(names.model, v2)["previous_version"] == before
+    assert endpoints.get(replaced) is None
+    assert f"stopped replaced endpoint {replaced} (version {before})" in lines
     assert answer(production["url"]).json()["choices"][0]["text"] == production["text"]  # the same tiny model
 
 
 def test_restore_of_some_models_serves_them_at_the_same_url_and_skips_what_cannot_be_served(names, production, bare):
     """After a machine restart (nothing runs, the records are left) with another program on the port production's
     version had: it is served again from its recorded model folder (nothing downloaded) on another port, behind
-    the same URL, its record keeping how to serve it again."""
-    current = registry.alias_version(names.model, "production")
+    the same URL, its record keeping how to serve it again. The version is one of its own, served from the
+    embedded model's folder: a version another test served again runs from its download folder, where a download
+    would change nothing."""
+    current, ep = serve_version(names.model, names.endpoint("restore"), TINY_MODEL, "alpaca", production["run"])
+    rollout.promote(names.model, "production", current, ep, log=print)
     tags = registry.version_tags(names.model, current)
     registry.move_alias(names.model, "staging", current)  # two aliases, one version: restored in order, one endpoint
-    for name in (*map(names.endpoint, ("v1", "v2", "bare")), router_name(names.model, "production"),
+    for name in (*map(names.endpoint, ("v1", "v2", "v3", "restore", "bare")), router_name(names.model, "production"),
                  router_name(names.bare, "production")):
         if ep := endpoints.get(name):
             launchers.stop_group(ep.pid)
@@ -97,7 +102,9 @@ def test_restore_of_some_models_serves_them_at_the_same_url_and_skips_what_canno
         done = rollout.restore([names.model, names.bare], log=lines.append)
         served = endpoints.get(tags["endpoint_name"])
         assert served.relaunch == json.loads(tags["deploy_config"]) and served.url != tags["endpoint_url"]
+        assert served.model_path == str(TINY_MODEL)
         assert not [line for line in lines if line.startswith("downloading")], lines
+        assert not (state_dir() / "models" / names.model / current).exists()
         assert [(p.model, p.alias, p.version) for p in done] == [(names.model, "production", current),
                                                                  (names.model, "staging", current)]
         assert done[0].url == production["url"] and done[1].url != production["url"]
@@ -199,6 +206,44 @@ def test_a_rollback_serves_the_replaced_version_again_behind_the_same_url(names,
     assert endpoints.get(replaced).alive() and endpoints.get(names.endpoint("v3")) is None
     assert f"stopped replaced endpoint {names.endpoint('v3')} (version {v3})" in lines
     assert answer(production["url"]).json()["choices"][0]["text"] == production["text"]
+
+
+def test_a_version_recorded_on_ray_is_served_again_there_or_not_at_all(names, production):
+    """A version whose record names a Ray cluster is served again on that cluster: one that does not answer is the
+    error, and nothing is started on this machine in its place."""
+    from tasks.serving.platforms.ray import RayServeError
+
+    port = net.free_ports(1)[0]  # nothing listens there
+    record = json.loads(registry.version_tags(names.model, production["v1"])["deploy_config"])
+    record["deploy"]["serving"] = {"platform": "ray", "address": f"127.0.0.1:{port}"}
+    version = registry.create_version(names.model, registry.files_uri(names.model, production["v1"]),
+                                      production["run"], {"deploy_config": json.dumps(record),
+                                                          "endpoint_name": names.endpoint("ray")})
+    lines: list[str] = []
+    with pytest.raises(RayServeError, match=f"^Ray Serve status on 127.0.0.1:{port}: the Ray head does not answer"):
+        rollout.serving_endpoint(names.model, version, log=lines.append)
+    assert lines == [] and endpoints.get(names.endpoint("ray")) is None
+
+
+def test_an_adapter_version_whose_files_are_no_adapter_is_refused_naming_what_is_missing(names, production):
+    """A version recorded as an adapter (``deploy.serve: adapter``) whose registered files are a whole model: served
+    again, its files are fetched into the adapters' folder under its own version, and it is refused there before
+    any base is started or anything loaded."""
+    from tasks.serving import adapter_endpoints, adapters
+
+    record = json.loads(registry.version_tags(names.model, production["v1"])["deploy_config"])
+    record["deploy"]["serve"] = "adapter"
+    version = registry.create_version(names.model, registry.files_uri(names.model, production["v1"]),
+                                      production["run"], {"deploy_config": json.dumps(record),
+                                                          "endpoint_name": names.endpoint("adapter")})
+    folder = adapter_endpoints.root() / "files" / names.model / version
+    lines: list[str] = []
+    with pytest.raises(adapters.BaseMismatch, match=f"^{folder} records no base model"):
+        rollout.serving_endpoint(names.model, version, log=lines.append)
+    assert (folder / "config.json").is_file()  # the registered files, fetched under this version
+    assert lines == [f"downloading {names.model} version {version}'s adapter from "
+                     f"{registry.files_uri(names.model, version)} ..."]
+    assert not [ep for ep in endpoints.list_endpoints() if ep.name.startswith(f"base-{names.model}")]
 
 
 LOCAL = {"deploy": {"backend": "builtin"}, "prompt_style": "alpaca"}
