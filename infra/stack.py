@@ -38,6 +38,8 @@ BUCKET = "fineflow"
 BIN = Path(sys.executable).parent
 HEARTBEAT_S = 30  # flow run heartbeats (Prefect's minimum)
 
+STOP_GRACE_S = 20  # a service still running this long after its stop signal is killed (and ``down`` says so)
+
 
 @dataclass
 class Service:
@@ -199,9 +201,10 @@ def _stop(home: Path, svc: Service) -> None:
     pid = _pid(home, svc.name)
     if pid is None:
         return
-    stop_group(pid, svc.stop_signal, timeout_s=20)
+    stopped = stop_group(pid, svc.stop_signal, timeout_s=STOP_GRACE_S)
     (home / "pids" / f"{svc.name}.pid").unlink(missing_ok=True)
-    print(f"stopped {svc.name}")
+    print(f"stopped {svc.name}" if stopped else
+          f"killed {svc.name}: it still ran {STOP_GRACE_S} s after {signal.Signals(svc.stop_signal).name}")
 
 
 def stop(name: str) -> None:

@@ -173,22 +173,23 @@ def group_alive(pgid: int) -> bool:
         return True  # no /proc (macOS): trust the signal
 
 
-def stop_group(pgid: int, sig: int = signal.SIGTERM, timeout_s: float = 15) -> None:
+def stop_group(pgid: int, sig: int = signal.SIGTERM, timeout_s: float = 15) -> bool:
     """Stop a detached process group (a service, an endpoint and its supervisor): ``sig``, then SIGKILL if its
-    leader still runs after ``timeout_s``."""
+    leader still runs after ``timeout_s``. False when it had to be killed."""
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
-        return
+        return True
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not group_alive(pgid):
-            return
+            return True
         time.sleep(0.2)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
-        return
+        return True
     deadline = time.monotonic() + 5  # gone, as the caller reads it, before it goes on
     while group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    return False

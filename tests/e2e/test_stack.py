@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from infra.ports import PORT_VARIABLES, TWIN_OFFSET
 from tasks import launchers, net
 from tasks.core import Command
 from tasks.net import ready as http_ready
+from tasks.servers import tree_guard
 from tasks.serving import endpoints
 from tasks.settings import Settings, stack_logins
 
@@ -127,6 +129,10 @@ def open_to_others(home) -> list[str]:
     return [str(p) for p in (home, *home.rglob("*")) if not p.is_symlink() and p.exists() and p.stat().st_mode & 0o077]
 
 
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
 def cli(home, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "infra.stack", *args], capture_output=True, text=True,
                             timeout=400, env={**os.environ, "FINEFLOW_HOME": str(home), **(env or {})})
@@ -237,12 +243,19 @@ def test_up_status_env_down_up_reset(tmp_path, monkeypatch):
     booked = python(BOOK_RUNS, remote).split()
     assert len(booked) == 3
 
-    # down: every endpoint stops with the services; the state stays.
+    # MLflow runs no job runner: it held SIGTERM for 10 s at every stop, and started 8 consumers fineflow never uses.
+    mlflow = int((home / "pids" / "mlflow.pid").read_text())
+    mlflow_tree = [cmdline(pid) for pid in (mlflow, *tree_guard.descendants(mlflow))]
+    assert len(mlflow_tree) > 1 and not [c for c in mlflow_tree if "_job_runner" in c or "huey" in c], mlflow_tree
+
+    # down: every endpoint stops with the services, each on its stop signal; the state stays.
     monkeypatch.setenv("FINEFLOW_HOME", str(home))
     ep = start_endpoint("kept-state-check")
     pids = [int(p.read_text()) for p in (home / "pids").iterdir()]
     down = cli(home, "down").stdout
     assert "stopped endpoint kept-state-check" in down and not ep.alive() and endpoints.list_endpoints() == []
+    assert all(f"stopped {svc}\n" in down for svc in ("s3", "mlflow", "prefect", "worker")) and "killed" not in down, \
+        down
     assert not any(launchers.group_alive(pid) for pid in pids) and not list((home / "pids").iterdir())
     assert {"stack.json", "s3-credentials.json", "mlflow.db", "s3", "prefect", "logs"} <= \
         {p.name for p in home.iterdir()}
