@@ -127,9 +127,17 @@ def test_files_travel_as_encoded_queries(tmp_path, monkeypatch):
     img.write_bytes(b"png")
     assert input_files({"inputs": str(img)}) == [img]
     assert input_files(encode_query_with_filepaths("read it", [str(img)])) == [img]
+    # Uploads older than a day are removed when the next is written; a younger one stays.
+    inputs = tmp_path / "temp" / "inputs"
+    inputs.mkdir(parents=True)
+    old, young = inputs / "upload_old.png", inputs / "upload_young.png"
+    for f, age_s in ((old, 24 * 3600 + 60), (young, 24 * 3600 - 60)):
+        f.write_bytes(b"png")
+        os.utime(f, (time.time() - age_s, time.time() - age_s))
     (written,) = input_files({"inputs": [to_data_url(b"png", "image/png")]})
-    assert (written.read_bytes(), written.suffix, written.parent) == (b"png", ".png", tmp_path / "temp" / "inputs")
+    assert (written.read_bytes(), written.suffix, written.parent) == (b"png", ".png", inputs)
     assert (written.stat().st_mode & 0o777, written.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    assert sorted(inputs.iterdir()) == sorted([young, written])
     # A path outside the temp dir and the data roots is refused as a missing one is: nothing tells them apart.
     (tmp_path / "link.png").symlink_to(REPO / "README.md")
     for outside in ("/nope.png", str(REPO / "README.md"), str(REPO / "nope.md"), str(tmp_path / "link.png")):
