@@ -9,10 +9,13 @@ import subprocess
 
 from tasks.settings import api_key_file, env, environ, state_dir
 
-# Ray's client proxy starts one server process per driver connection; on a loaded machine that start can fail
-# (seen in two-host runs), before the driver did anything on the cluster: a driver connects again.
-CLIENT_SERVER_FAILED = "Starting Ray client server failed"
+# Ray's client proxy starts one server process per driver connection. On a loaded machine that start can fail
+# ("Starting Ray client server failed"), or the process dies as it starts and the proxy's own check of it raises
+# (psutil's ZombieProcess; ray-project/ray#63202): seen in two-host runs. Either way the connection's first
+# answer is this, before the driver did anything on the cluster: a driver connects again.
+CLIENT_SERVER_FAILED = "Initialization failure from server"
 CONNECT_RETRIES = 2
+CONNECT_PAUSE_S = 2.0  # times the attempt: 2 s, then 4 s
 
 
 def node_api_key(var: str) -> dict[str, str]:

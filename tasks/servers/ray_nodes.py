@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from tasks.servers.ray_node import CLIENT_SERVER_FAILED, CONNECT_RETRIES
+from tasks.servers.ray_node import CLIENT_SERVER_FAILED, CONNECT_PAUSE_S, CONNECT_RETRIES
 from tasks.servers.train_node import NodeRun
 
 POLL_S = 0.5
@@ -78,7 +78,7 @@ def connect(ray, address: str) -> None:
             if CLIENT_SERVER_FAILED not in str(e) or attempt == CONNECT_RETRIES:
                 raise
             say(f"Ray's client server at {address} did not start a server for this driver; connecting again")
-            time.sleep(2 * (attempt + 1))
+            time.sleep(CONNECT_PAUSE_S * (attempt + 1))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,7 +34,7 @@ from tasks.deploy.ray import replica_argv, serve_driver
 from tasks.files import slug
 from tasks.masking import redact_text
 from tasks.servers.ray_adapters import MODEL_ID_HEADER, ROOT_PLACEHOLDER, model_id
-from tasks.servers.ray_node import CLIENT_SERVER_FAILED, CONNECT_RETRIES
+from tasks.servers.ray_node import CLIENT_SERVER_FAILED, CONNECT_PAUSE_S, CONNECT_RETRIES
 from tasks.services import keys
 from tasks.serving.endpoints import Endpoint
 from tasks.serving.platforms.base import Log, ServingPlatform, head_silent, ray_node_here
@@ -70,7 +70,7 @@ class RayPlatform(ServingPlatform):
                 log.write(redact_text(proc.stdout + proc.stderr))
             if proc.returncode == 0 or CLIENT_SERVER_FAILED not in proc.stderr or attempt == CONNECT_RETRIES:
                 break
-            time.sleep(2 * (attempt + 1))  # the driver never connected, so nothing was done: run it again
+            time.sleep(CONNECT_PAUSE_S * (attempt + 1))  # the driver never connected, so nothing was done: run it again
         if proc.returncode != 0:
             raise RayServeError(f"Ray Serve {args[0]} on {self.section.address} failed (exit {proc.returncode}); "
                                 f"log {log_path}:\n{redact_text(proc.stderr[-2000:])}")
